@@ -1,0 +1,268 @@
+"""A minimal GPT-2 in PyTorch, with a static KV cache for fast decoding.
+
+Module and parameter names match Hugging Face's GPT2LMHeadModel checkpoints
+(`transformer.h.0.attn.c_attn.weight`, ...) and so do the weight layouts: GPT-2 stores its projections as
+Conv1D with weights [in, out], and we keep that layout because `addmm` with [in, out] weights is also the
+fastest matrix-vector product on CPU (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .cache import KVCache
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # context length (n_positions)
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_inner: int | None = None  # MLP width; None means 4 * n_embd
+    layer_norm_epsilon: float = 1e-5
+    activation: str = "gelu_new"  # GPT-2's tanh approximation of GELU
+    dropout: float = 0.0
+    scale_attn_by_inverse_layer_idx: bool = False
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
+            )
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"GPTConfig.activation {self.activation!r} is not supported; use one of {sorted(_ACTIVATIONS)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+_ACTIVATIONS = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class Conv1D(nn.Module):
+    """GPT-2's linear layer: weight [in, out], y = x @ W + b."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x):
+        shape = x.shape[:-1] + (self.weight.shape[1],)
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(shape)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.n_head = config.n_head
+        self.layer_idx = layer_idx
+        self.c_attn = Conv1D(config.n_embd, 3 * config.n_embd)
+        self.c_proj = Conv1D(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.scale = config.head_dim**-0.5
+        if config.scale_attn_by_inverse_layer_idx:
+            self.scale /= layer_idx + 1
+
+    def forward(self, x, cache: KVCache | None = None, mask=None):
+        q, k, v = rearrange(self.c_attn(x), "b t (three nh hs) -> three b nh t hs", three=3, nh=self.n_head)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S_used, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            is_causal=cache is None and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale,
+        )  # (B, nh, T, hs)
+        y = rearrange(y, "b nh t hs -> b t (nh hs)")
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = Conv1D(config.n_embd, inner)
+        self.c_proj = Conv1D(inner, config.n_embd)
+        self.act = _ACTIVATIONS[config.activation]
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2. `gpt(idx)` with idx [B, T] returns logits [B, T, vocab_size]."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+        ))
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the residual projections (1/sqrt(2 * n_layer)).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        self._head_t = None  # [C, V] copy of wte for inference: x @ W beats F.linear's [V, C] on CPU
+        self._head_t_key = None
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # -- properties -------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.wte.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.wte.weight.dtype
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False):
+        """Logits for `idx` [B, T].
+
+        With `cache`, the T tokens are written at the cache's current position (per-row positions come from
+        its left padding) and attend to everything cached before them; the cache then advances by T.
+        `last_only` returns logits for the last position only ([B, 1, V]), as generation needs.
+        """
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+            got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"idx must be a LongTensor of shape [batch, time], got {got}")
+        B, T = idx.shape
+        cfg = self.config
+        if cache is None:
+            self._check_tokens(idx)
+            if T > cfg.block_size:
+                raise ValueError(
+                    f"input of {T} tokens is longer than the model's context of {cfg.block_size} tokens; "
+                    f"shorten the prompt or keep its last {cfg.block_size} tokens"
+                )
+            pos = torch.arange(T, device=idx.device)  # (T,)
+            mask = None
+        else:
+            if T > 1:  # prefill: validate once; decode steps stay free of host syncs
+                self._check_tokens(idx)
+            pos, mask = cache.prepare(T, cfg.block_size)  # (T,) or (B, T); None or (B, 1, T, S)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, cache, mask)
+        if cache is not None:
+            cache.advance(T)
+        x = self.transformer.ln_f(x)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x)
+
+    def lm_head(self, x):
+        """Tied output projection: x @ wte.T."""
+        w = self.transformer.wte.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return F.linear(x, w)
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if self._head_t_key != key:
+            self._head_t = w.detach().t().contiguous()  # (C, V)
+            self._head_t_key = key
+        return x @ self._head_t
+
+    def _check_tokens(self, idx):
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token ids must be an integer tensor (torch.long), got dtype {idx.dtype}")
+        if idx.numel():
+            lo, hi = torch.aminmax(idx)
+            lo, hi = int(lo), int(hi)
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = hi if hi >= self.config.vocab_size else lo
+                raise ValueError(
+                    f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size}); "
+                    "encode text with this model's tokenizer (model.get_tokenizer())"
+                )
+
+    # -- caches -----------------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int, pad: torch.Tensor | list[int] | None = None) -> KVCache:
+        """A preallocated KV cache of `max_len` slots for `batch_size` rows, in the model's dtype/device.
+
+        `pad[b]` is the number of left-padding slots of row b (a ragged batch of prompts).
+        """
+        c = self.config
+        return KVCache(c.n_layer, batch_size, c.n_head, max_len, c.head_dim,
+                       device=self.device, dtype=self.dtype, pad=pad)
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path, device=None, dtype=None) -> "GPT":
+        """Load a GPT-2 checkpoint in the Hugging Face format: a local directory, or a hub id when online."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(cls, name_or_path, device=device, dtype=dtype)
+
+    def save_pretrained(self, directory) -> None:
+        """Write config.json + model.safetensors, loadable by transformers.GPT2LMHeadModel (atomically)."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
