@@ -1,0 +1,279 @@
+"""The model against transformers' GPT2LMHeadModel: logits, KV cache, checkpoints, tokenizer, bad input."""
+
+import json
+import socket
+
+import pytest
+import torch
+from conftest import make_hf_model, save_hf_checkpoint
+
+from model import GPT, CheckpointError, GPTConfig, get_tokenizer
+
+TOL = 1e-4  # float32, max abs difference of logits
+
+
+def _hf_logits(hf, idx):
+    with torch.no_grad():
+        return hf(idx).logits
+
+
+def _max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+# -- logits parity ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(n_layer=1, n_head=1, n_embd=8, vocab_size=11, n_positions=16),  # odd tiny shapes
+        dict(n_layer=3, n_head=6, n_embd=96, vocab_size=1001, n_positions=64, activation_function="gelu"),
+        dict(n_layer=2, n_head=4, n_embd=64, vocab_size=50257, n_positions=128, n_inner=100,
+             scale_attn_by_inverse_layer_idx=True),
+    ],
+    ids=["tiny", "exact-gelu", "inner-and-layer-scale"],
+)
+def test_logits_match_transformers(tmp_path, cfg):
+    hf = save_hf_checkpoint(tmp_path, seed=1, **cfg)
+    gpt = GPT.from_pretrained(tmp_path)
+    T = cfg["n_positions"]
+    idx = torch.randint(0, cfg["vocab_size"], (3, T), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for t in (1, 5, T):
+            assert _max_diff(gpt(idx[:, :t]), _hf_logits(hf, idx[:, :t])) <= TOL
+
+
+def test_gpt2_small_shape_logits_match(tmp_path):
+    """GPT-2 small's real shape: 12 layers x 768, vocab 50257, context 1024."""
+    hf = save_hf_checkpoint(tmp_path, seed=2, n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+    gpt = GPT.from_pretrained(tmp_path)
+    assert gpt.num_params(non_embedding=False) == sum(p.numel() for p in hf.parameters())
+    idx = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
+    assert _max_diff(gpt(idx), _hf_logits(hf, idx)) <= TOL
+
+
+def test_pytorch_model_bin_and_legacy_key_names(tmp_path):
+    """pytorch_model.bin (weights_only load), with the hub's old key names (no `transformer.` prefix, attn.bias)."""
+    hf = make_hf_model(seed=3, n_layer=2, n_head=2, n_embd=32, vocab_size=300, n_positions=32)
+    hf.config.save_pretrained(tmp_path)
+    legacy = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items()}
+    legacy["h.0.attn.bias"] = torch.tril(torch.ones(32, 32)).view(1, 1, 32, 32)
+    torch.save(legacy, tmp_path / "pytorch_model.bin")
+    gpt = GPT.from_pretrained(tmp_path)
+    idx = torch.randint(0, 300, (2, 32))
+    assert _max_diff(gpt(idx), _hf_logits(hf, idx)) <= TOL
+
+
+def test_sharded_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    hf = make_hf_model(seed=4, n_layer=2, n_head=2, n_embd=32, vocab_size=300, n_positions=32)
+    hf.config.save_pretrained(tmp_path)
+    state = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    weight_map = {}
+    for file, keys in shards.items():
+        save_file({k: state[k] for k in keys}, tmp_path / file)
+        weight_map.update({k: file for k in keys})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    gpt = GPT.from_pretrained(tmp_path)
+    idx = torch.randint(0, 300, (1, 20))
+    assert _max_diff(gpt(idx), _hf_logits(hf, idx)) <= TOL
+
+
+# -- KV cache -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    path = tmp_path_factory.mktemp("small")
+    hf = save_hf_checkpoint(path, seed=5, n_layer=2, n_head=4, n_embd=64, vocab_size=500, n_positions=64)
+    return GPT.from_pretrained(path), hf
+
+
+@pytest.mark.parametrize("prompt_len", [1, 7, 63])
+def test_prefill_then_decode_equals_full_forward(small, prompt_len):
+    gpt, _ = small
+    T = gpt.config.block_size  # decode right up to the context size
+    idx = torch.randint(0, 500, (2, T), generator=torch.Generator().manual_seed(prompt_len))
+    with torch.no_grad():
+        full = gpt(idx)
+        cache = gpt.new_cache(2, T)
+        steps = [gpt(idx[:, :prompt_len], cache)]
+        steps += [gpt(idx[:, t:t + 1], cache) for t in range(prompt_len, T)]
+    assert cache.pos == T
+    assert _max_diff(torch.cat(steps, dim=1), full) <= TOL
+
+
+def test_ragged_left_padded_batch_matches_each_row_alone(small):
+    gpt, hf = small
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 500, (n,), generator=g) for n in (9, 3, 1, 6)]
+    width = max(len(p) for p in prompts)
+    pad = [width - len(p) for p in prompts]
+    idx = torch.stack([torch.cat([torch.zeros(k, dtype=torch.long), p]) for k, p in zip(pad, prompts)])
+    new = torch.randint(0, 500, (4, 5), generator=g)
+    with torch.no_grad():
+        cache = gpt.new_cache(4, width + 5, pad=pad)
+        prefill = gpt(idx, cache)
+        decoded = torch.cat([gpt(new[:, t:t + 1], cache) for t in range(5)], dim=1)
+        for b, p in enumerate(prompts):
+            alone = _hf_logits(hf, torch.cat([p, new[b]])[None])[0]
+            assert _max_diff(prefill[b, pad[b]:], alone[: len(p)]) <= TOL
+            assert _max_diff(decoded[b], alone[len(p):]) <= TOL
+
+
+def test_cache_expand_select_and_reorder(small):
+    gpt, _ = small
+    prompt = torch.randint(0, 500, (1, 10))
+    nxt = torch.randint(0, 500, (3, 1))
+    with torch.no_grad():
+        cache = gpt.new_cache(1, 12)
+        gpt(prompt, cache)
+        many = cache.expand(3)  # one prefill, three rollouts
+        out = gpt(nxt, many)[:, -1]
+        for i in range(3):
+            ref = gpt(torch.cat([prompt[0], nxt[i]])[None])[0, -1]
+            assert _max_diff(out[i], ref) <= TOL
+        # reorder rows in place (beam search) and drop a finished row (select)
+        many.reorder_(torch.tensor([2, 2, 0]))
+        shrunk = many.select(torch.tensor([0, 2]))
+        last = torch.randint(0, 500, (2, 1))
+        got = gpt(last, shrunk)[:, -1]
+        for row, src in ((0, 2), (1, 0)):
+            ref = gpt(torch.cat([prompt[0], nxt[src], last[row]])[None])[0, -1]
+            assert _max_diff(got[row], ref) <= TOL
+
+
+def test_bfloat16_model_tracks_float32(small):
+    gpt, _ = small
+    idx = torch.randint(0, 500, (2, 16))
+    with torch.no_grad():
+        ref = torch.log_softmax(gpt(idx), -1)
+        bf = GPT(gpt.config)
+        bf.load_state_dict(gpt.state_dict())
+        got = torch.log_softmax(bf.to(torch.bfloat16).eval()(idx).float(), -1)
+    assert _max_diff(got, ref) < 0.25  # bf16 has 8 mantissa bits; this catches a broken path, not rounding
+
+
+# -- checkpoint round trips ---------------------------------------------------------------------------------
+def test_pigpt_save_then_transformers_load(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=400, block_size=48)).eval()
+    gpt.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 400, (2, 48))
+    with torch.no_grad():
+        assert _max_diff(gpt(idx), hf(idx).logits) <= TOL
+    again = GPT.from_pretrained(tmp_path)
+    assert again.config == gpt.config
+    with torch.no_grad():
+        assert torch.equal(again(idx), gpt(idx))
+
+
+def test_transformers_save_then_pigpt_load(tiny_checkpoint):
+    path, hf = tiny_checkpoint
+    gpt = GPT.from_pretrained(path)
+    idx = torch.randint(0, 50257, (2, 30))
+    assert _max_diff(gpt(idx), _hf_logits(hf, idx)) <= TOL
+
+
+def test_from_pretrained_dtype_and_device(tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    gpt = GPT.from_pretrained(path, device="cpu", dtype="bfloat16")
+    assert gpt.dtype == torch.bfloat16 and gpt.device.type == "cpu" and not gpt.training
+
+
+# -- tokenizer ------------------------------------------------------------------------------------------------
+def test_tokenizer_offline(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the tokenizer tried to use the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    get_tokenizer.cache_clear()
+    enc = get_tokenizer()
+    assert enc.encode("Hello world") == [15496, 995]
+    assert enc.n_vocab == 50257
+    assert enc.encode("<|endoftext|>", allowed_special="all") == [50256]
+    text = "Ünïcödé — 日本語テキスト, emoji 🙂🚀 and\ttabs\n  newlines"
+    assert enc.decode(enc.encode(text)) == text
+
+
+def test_tokenizer_matches_transformers_gpt2_vocab():
+    """Same ids as the GPT-2 BPE (encoder.json) for a handful of known tokens."""
+    enc = get_tokenizer()
+    assert enc.encode(" the") == [262]
+    assert enc.encode("Which is the largest ocean?") == [13828, 318, 262, 4387, 9151, 30]
+
+
+# -- bad input --------------------------------------------------------------------------------------------------
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no such directory"):
+        GPT.from_pretrained(tmp_path / "nope" / "model")
+
+
+def test_missing_config_and_missing_weights(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        GPT.from_pretrained(tmp_path)
+    make_hf_model(n_layer=1, n_head=1, n_embd=8, vocab_size=20, n_positions=8).config.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="no weights found"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_other_architecture_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(CheckpointError, match="'llama' model.*GPT-2"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_missing_and_misshaped_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    hf = make_hf_model(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=16)
+    hf.config.save_pretrained(tmp_path)
+    state = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    partial = {k: v for k, v in state.items() if "h.1.mlp" not in k}
+    save_file(partial, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"lacks 4 tensor\(s\).*h\.1\.mlp"):
+        GPT.from_pretrained(tmp_path)
+    state["transformer.h.0.attn.c_attn.weight"] = torch.zeros(16, 47)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"c_attn.weight has shape \(16, 47\).*\(16, 48\)"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_offline_hub_id_says_how_to_pass_a_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    with pytest.raises(CheckpointError, match="Pass a local directory"):
+        GPT.from_pretrained("gpt2-some-repo-that-is-not-cached")
+
+
+def test_prompt_longer_than_context_and_bad_token_ids(small):
+    gpt, _ = small
+    with pytest.raises(ValueError, match="longer than the model's context of 64"):
+        gpt(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="token id 500 is outside the vocabulary"):
+        gpt(torch.tensor([[1, 2, 500]]))
+    with pytest.raises(ValueError, match="token id -1"):
+        gpt(torch.tensor([[-1, 2]]))
+    with pytest.raises(ValueError, match="LongTensor of shape"):
+        gpt(torch.tensor([1, 2]))
+    cache = gpt.new_cache(1, 70)
+    gpt(torch.zeros(1, 60, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="exceeds the model's context of 64"):
+        for _ in range(10):
+            gpt(torch.zeros(1, 1, dtype=torch.long), cache)
+    small_cache = gpt.new_cache(1, 4)
+    with pytest.raises(ValueError, match="larger max_len"):
+        gpt(torch.zeros(1, 5, dtype=torch.long), small_cache)
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="divisible by n_head"):
+        GPTConfig(n_embd=10, n_head=3)
+    with pytest.raises(ValueError, match="activation"):
+        GPTConfig(activation="swish")
