@@ -1,0 +1,13 @@
+"""Sampling: temperature -> top-k -> top-p -> draw, with counter-based noise keyed by (seed, position, token).
+
+    tokens, logprobs = sample_from_logits(logits, temperature=0.8, top_k=50, top_p=0.9, seed=s, position=t)
+
+Every parameter is a Python scalar or a per-row tensor (B,). backend="auto" runs the Triton kernel on
+CUDA tensors and torch otherwise; the environment variable PIGPT_SAMPLING_BACKEND=torch|triton overrides
+"auto". Both backends draw the same tokens. See docs/sampling.md.
+"""
+
+from .reference import process_logits
+from .sampling import sample_from_logits
+
+__all__ = ["sample_from_logits", "process_logits"]

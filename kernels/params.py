@@ -1,0 +1,74 @@
+"""Validation and normalisation of sampling parameters: each a Python scalar or a per-row tensor (B,)."""
+
+import math
+
+import torch
+
+LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f"logits must be a torch.Tensor of shape (B, V), got {type(logits).__name__}")
+    if logits.dim() != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape (B, V) with B, V >= 1, got {tuple(logits.shape)}; "
+                         "for model output (B, T, V) pass logits[:, -1]")
+    if logits.dtype not in LOGIT_DTYPES:
+        raise ValueError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
+
+
+def _as_row_tensor(name, value, B, device, dtype, integral):
+    """A scalar or (B,) tensor -> (B,) tensor of `dtype` on `device`; shape and type errors name `name`."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            value = value.reshape(1)
+        if value.dim() != 1 or value.shape[0] not in (1, B):
+            raise ValueError(f"{name} must be a scalar or a tensor of shape ({B},), got shape {tuple(value.shape)}")
+        if value.dtype == torch.bool or value.is_complex() or (integral and value.is_floating_point()):
+            kind = "an integer" if integral else "a real"
+            raise ValueError(f"{name} must be {kind} tensor, got dtype {value.dtype}")
+        return value.to(device=device, dtype=dtype).expand(B).contiguous()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number or a tensor of shape ({B},), got {type(value).__name__}")
+    if integral and not isinstance(value, int):
+        if not float(value).is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        value = int(value)
+    if integral and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{name} must fit in int64, got {value}")
+    return torch.full((B,), value, device=device, dtype=dtype)
+
+
+def _check_range(name, t, ok, allowed, checkable):
+    # Reading tensor values back costs a host sync on CUDA: check them only where that is free.
+    if checkable and not bool(ok(t).all()):
+        bad = t[~ok(t)][0].item()
+        raise ValueError(f"{name} must be {allowed}, got {bad}")
+
+
+def normalize_params(logits, temperature, top_k, top_p, seed, position):
+    """Return (temperature f32, top_k i64, top_p f32, seed i64, position i64), each (B,) on logits.device.
+
+    Python scalars are always range-checked; tensors are range-checked when they live on the CPU (on a
+    GPU that would stall the stream; there the kernel treats top_k <= 0 as off and clamps top_p).
+    """
+    B, dev = logits.shape[0], logits.device
+    T = _as_row_tensor("temperature", temperature, B, dev, torch.float32, integral=False)
+    k = _as_row_tensor("top_k", top_k, B, dev, torch.int64, integral=True)
+    p = _as_row_tensor("top_p", top_p, B, dev, torch.float32, integral=False)
+    s = _as_row_tensor("seed", seed, B, dev, torch.int64, integral=True)
+    pos = _as_row_tensor("position", position, B, dev, torch.int64, integral=True)
+    for name, v, t in (("temperature", temperature, T), ("top_k", top_k, k), ("top_p", top_p, p)):
+        checkable = not isinstance(v, torch.Tensor) or v.device.type == "cpu"
+        if name == "temperature":
+            _check_range(name, t, lambda x: (x >= 0) & torch.isfinite(x), "finite and >= 0 (0 = greedy)", checkable)
+        elif name == "top_k":
+            _check_range(name, t, lambda x: x >= 0, ">= 0 (0 = off)", checkable)
+        else:
+            _check_range(name, t, lambda x: (x > 0) & (x <= 1), "in (0, 1] (1 = off)", checkable)
+    return T, k, p, s, pos
+
+
+def is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

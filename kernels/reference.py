@@ -1,0 +1,56 @@
+"""The processed distribution, computed the plain way (full sort): the reference the fast paths match."""
+
+import torch
+import torch.nn.functional as F
+
+from .params import check_logits, normalize_params
+
+
+def topk_threshold(vals: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """k-th largest value per row of descending `vals`; -inf where top-k is off (k == 0).  # (B,)"""
+    kth = vals.gather(1, (k - 1).clamp(0, vals.shape[1] - 1)[:, None])[:, 0]
+    return torch.where(k > 0, kth, float("-inf"))
+
+
+def topp_threshold(vals: torch.Tensor, lse: torch.Tensor, p: torch.Tensor, floor: torch.Tensor):
+    """Smallest value kept by top-p over descending `vals` (entries below `floor` weigh nothing).
+
+    A token is kept iff the mass of tokens strictly above it is < p: the smallest top set whose mass
+    reaches p, the crossing token included, and every token tied with a kept one kept too.
+    Returns (threshold (B,), cumulative mass at the window's end (B,)).
+    """
+    probs = torch.exp(vals - lse[:, None]).masked_fill(vals < floor[:, None], 0.0)  # (B, m)
+    cum = probs.cumsum(-1)
+    excl = F.pad(cum[:, :-1], (1, 0))  # mass strictly before each position
+    last = (excl < p[:, None]).sum(-1) - 1  # excl is non-decreasing and excl[:, 0] = 0 < p
+    t = vals.gather(1, last[:, None])[:, 0]
+    return torch.where(p < 1, t, float("-inf")), cum[:, -1]
+
+
+def effective_top_k(top_k: torch.Tensor, V: int) -> torch.Tensor:
+    """top_k with every 'off' spelling (0, negative, >= V) mapped to 0."""
+    return torch.where((top_k > 0) & (top_k < V), top_k, 0)
+
+
+def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tensor:
+    """Log-probabilities (B, V) float32 of the distribution `sample_from_logits` draws from.
+
+    temperature -> top-k -> top-p as in transformers, then log-softmax over the kept set; removed tokens
+    are -inf. A row with temperature 0 (greedy) is a point mass: 0 at argmax(logits), -inf elsewhere.
+    """
+    check_logits(logits)
+    T, k, p, _, _ = normalize_params(logits, temperature, top_k, top_p, 0, 0)
+    x = logits.float()
+    if torch.isnan(x).any():
+        raise ValueError("logits contain NaN")
+    B, V = x.shape
+    greedy = T == 0
+    s = x / torch.where(greedy, 1.0, T)[:, None]  # (B, V)
+    vals = s.sort(-1, descending=True).values
+    t_k = topk_threshold(vals, effective_top_k(k, V))
+    lse_k = torch.logsumexp(vals.masked_fill(vals < t_k[:, None], float("-inf")), -1)
+    t_p, _ = topp_threshold(vals, lse_k, p, t_k)
+    t = torch.maximum(t_k, t_p)
+    out = torch.log_softmax(s.masked_fill(s < t[:, None], float("-inf")), -1)
+    point_mass = torch.full_like(out, float("-inf")).scatter_(1, x.argmax(-1, keepdim=True), 0.0)
+    return torch.where(greedy[:, None], point_mass, out)
