@@ -6,6 +6,19 @@ import torch.nn.functional as F
 from .params import check_logits, normalize_params
 
 
+def logsumexp(v: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim, summed in float64 and rounded to float32.
+
+    torch splits a reduction differently for different batch shapes (threads, vector lanes); float32
+    sums would then differ in the last bit with the batch around a row. A float64 sum rounds to the same
+    float32 except with probability ~1e-8, which keeps rows batch-invariant in practice.
+    """
+    mx = v.amax(-1, keepdim=True)
+    mx = torch.where(torch.isfinite(mx), mx, 0.0)
+    total = torch.exp(v - mx).sum(-1, dtype=torch.float64)
+    return (total.log() + mx[..., 0].double()).float()
+
+
 def topk_threshold(vals: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """k-th largest value per row of descending `vals`; -inf where top-k is off (k == 0).  # (B,)"""
     kth = vals.gather(1, (k - 1).clamp(0, vals.shape[1] - 1)[:, None])[:, 0]
@@ -48,7 +61,7 @@ def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tens
     s = x / torch.where(greedy, 1.0, T)[:, None]  # (B, V)
     vals = s.sort(-1, descending=True).values
     t_k = topk_threshold(vals, effective_top_k(k, V))
-    lse_k = torch.logsumexp(vals.masked_fill(vals < t_k[:, None], float("-inf")), -1)
+    lse_k = logsumexp(vals.masked_fill(vals < t_k[:, None], float("-inf")))
     t_p, _ = topp_threshold(vals, lse_k, p, t_k)
     t = torch.maximum(t_k, t_p)
     out = torch.log_softmax(s.masked_fill(s < t[:, None], float("-inf")), -1)

@@ -9,7 +9,7 @@ Rows resolve independently, so a row's result never depends on the rows beside i
 import torch
 
 from .hashing import hash_to_gumbel, token_hash
-from .reference import effective_top_k, topk_threshold, topp_threshold
+from .reference import effective_top_k, logsumexp, topk_threshold, topp_threshold
 
 WINDOWS = (64, 512, 4096, 32768)
 NEG_INF = float("-inf")
@@ -32,7 +32,7 @@ def _first_window(k: torch.Tensor, p: torch.Tensor, V: int) -> torch.Tensor:
 def _draw(vals, idx, t, k1, k2):
     """Exponential race over kept entries (vals >= t) of the window: (tokens, log-probs)."""
     kept = vals >= t[:, None]  # (n, m); a prefix when vals is sorted
-    lse = torch.logsumexp(vals.masked_fill(~kept, NEG_INF), -1)
+    lse = logsumexp(vals.masked_fill(~kept, NEG_INF))
     if not torch.isfinite(lse).all():
         raise ValueError("logits / temperature overflows float32 (temperature too small for these "
                          "logits); use temperature=0 for greedy decoding")
@@ -48,7 +48,7 @@ def _resolve(vals, idx, k, p, lse_full, full: bool):
     """
     t_k = topk_threshold(vals, k)
     kept_k = vals >= t_k[:, None]
-    lse_k = torch.where(k > 0, torch.logsumexp(vals.masked_fill(~kept_k, NEG_INF), -1), lse_full)
+    lse_k = torch.where(k > 0, logsumexp(vals.masked_fill(~kept_k, NEG_INF)), lse_full)
     t_p, mass = topp_threshold(vals, lse_k, p, t_k)
     t = torch.maximum(t_k, t_p)
     if full:
@@ -70,7 +70,7 @@ def _sample_rows(x, T, k, p, k1, k2):
     needs_lse = ((k == 0) & (p < 1)).nonzero()[:, 0]
     if needs_lse.numel():
         rows = _rows(x, needs_lse, n)
-        lse_full[needs_lse] = torch.logsumexp(rows / T[needs_lse, None], -1)
+        lse_full[needs_lse] = logsumexp(rows / T[needs_lse, None])
     width = _first_window(k, p, V)
     pending = torch.ones(n, dtype=torch.bool, device=x.device)
     for m in (*[w for w in WINDOWS if w < V], V):
@@ -120,14 +120,14 @@ def sample_torch(logits, T, k, p, k1, k2):
     greedy = T == 0
     if bool(greedy.all()):
         tok = x.argmax(-1)
-        return tok, x.gather(1, tok[:, None])[:, 0] - torch.logsumexp(x, -1)
+        return tok, x.gather(1, tok[:, None])[:, 0] - logsumexp(x)
     tokens = torch.empty(B, dtype=torch.int64, device=x.device)
     logprobs = torch.empty(B, dtype=torch.float32, device=x.device)
     g = greedy.nonzero()[:, 0]
     if g.numel():
         xg = x.index_select(0, g)
         tok = xg.argmax(-1)
-        tokens[g], logprobs[g] = tok, xg.gather(1, tok[:, None])[:, 0] - torch.logsumexp(xg, -1)
+        tokens[g], logprobs[g] = tok, xg.gather(1, tok[:, None])[:, 0] - logsumexp(xg)
     r = (~greedy).nonzero()[:, 0]
     xr = _rows(x, r, B)
     tokens[r], logprobs[r] = _sample_rows(xr, T[r], k[r], p[r], k1[r], k2[r])
