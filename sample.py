@@ -25,7 +25,6 @@ import os
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 DEFAULT_RUN_DIR = "out"  # where `python train.py` saves its default run
 
 EXAMPLES = """\
@@ -207,12 +206,9 @@ def pick_device(name: str) -> str:
 
 
 def default_model_dir() -> Path | None:
-    """train.py's default run, looked up from the working directory, then beside this script."""
-    for base in (Path.cwd(), HERE):
-        run = base / DEFAULT_RUN_DIR
-        if (run / "config.json").exists():
-            return run
-    return None
+    """train.py's default run (./out, relative to the working directory like train.py's own default)."""
+    run = Path(DEFAULT_RUN_DIR)
+    return run if (run / "config.json").exists() else None
 
 
 def load_model(spec: str | None, device: str, dtype: str):

@@ -1,0 +1,276 @@
+"""sample.py, the CLI: rollouts, JSON lines checked against decoding, pictures, streaming, and every bad input.
+
+Most checks call sample.main(argv) in-process (each subprocess pays ~2-5 s of imports); a few run the real
+command line in a subprocess: exit codes, one-line errors, no traceback, the default-model lookup.
+"""
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import sample  # noqa: E402
+from model import GPT, get_tokenizer  # noqa: E402
+
+PROMPT = "Which is the largest ocean?"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_checkpoint):
+    return str(tiny_checkpoint[0])
+
+
+@pytest.fixture(scope="module")
+def gpt(ckpt):
+    return GPT.from_pretrained(ckpt)
+
+
+def run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = sample.main([str(a) for a in argv], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# -- rollouts and their numbers ---------------------------------------------------------------------------
+def test_rollouts_are_printed_with_logprob_and_finish_reason(ckpt):
+    code, out, err = run(PROMPT, "--model", ckpt, "-n", 3, "--max-new-tokens", 5, "--seed", 4)
+    assert code == 0, err
+    heads = [ln for ln in out.splitlines() if ln.startswith("── rollout")]
+    assert len(heads) == 3
+    for i, h in enumerate(heads):
+        assert h.startswith(f"── rollout {i + 1}/3  seed {4 + i}  log π(y|x) = -")
+        assert "finish: " in h
+    assert sum(ln.startswith(PROMPT) for ln in out.splitlines()) == 3
+
+
+def test_json_lines_schema_and_values_agree_with_decoding(ckpt, gpt):
+    """At temperature 1 with no truncation the sampler's log-probs are the model's: they must equal score()."""
+    from decoding import SamplingParams, generate, score
+
+    code, out, err = run(PROMPT, "--model", ckpt, "-n", 4, "--max-new-tokens", 6, "--seed", 7, "--json")
+    assert code == 0, err
+    recs = json_lines(out)
+    assert len(recs) == 4
+    enc = get_tokenizer()
+    prompt = enc.encode(PROMPT)
+    expected = generate(gpt, [prompt], SamplingParams(n=4, max_new_tokens=6, seed=7))[0]
+    for i, (rec, r) in enumerate(zip(recs, expected)):
+        assert set(rec) == {"prompt", "prompt_index", "index", "text", "tokens", "logprobs", "sum_logprob",
+                            "finish_reason", "seed"}
+        assert rec["prompt"] == PROMPT and rec["index"] == i and rec["seed"] == 7 + i
+        assert rec["tokens"] == r.tokens and rec["finish_reason"] == r.finish_reason
+        assert len(rec["logprobs"]) == len(rec["tokens"])
+        assert math.isclose(rec["sum_logprob"], sum(rec["logprobs"]), abs_tol=1e-6)
+        torch.testing.assert_close(torch.tensor(rec["logprobs"]), score(gpt, prompt, rec["tokens"]),
+                                   atol=2e-4, rtol=0)
+        body = rec["tokens"][:-1] if rec["finish_reason"] == "stop" else rec["tokens"]
+        assert rec["text"] == enc.decode(body)
+
+
+def test_json_with_truncation_and_steps(ckpt):
+    code, out, err = run(PROMPT, "--model", ckpt, "-n", 2, "--max-new-tokens", 4, "--seed", 1, "--json",
+                         "--temperature", "0.5", "--top-k", 3, "--show-steps", "--top-tokens", 3)
+    assert code == 0, err
+    for rec in json_lines(out):
+        assert len(rec["steps"]) == len(rec["tokens"])
+        for step, tok, lp in zip(rec["steps"], rec["tokens"], rec["logprobs"]):
+            assert step["token"] == tok and step["kept"] <= 3
+            assert math.isclose(math.log(step["p"]), lp, abs_tol=2e-4)
+            assert any(t["token"] == tok for t in step["top"])
+
+
+def test_single_rollout_streams_the_same_tokens_as_generate(gpt):
+    """The streamed rollout (own loop with a per-token callback) must equal decoding.generate for its seed."""
+    from decoding import SamplingParams, generate
+
+    enc = get_tokenizer()
+    prompt = enc.encode("Once upon a time")
+    for params in (SamplingParams(temperature=0.8, top_p=0.9, repetition_penalty=1.3, max_new_tokens=12, seed=5),
+                   SamplingParams(temperature=1.2, top_k=30, min_new_tokens=3, max_new_tokens=10, seed=9),
+                   SamplingParams(temperature=0.0, max_new_tokens=6, seed=0),
+                   SamplingParams(max_new_tokens=20, seed=2, stop=("e",))):
+        seen = []
+        got = sample.stream_rollout(gpt, prompt, params, on_token=lambda t, lp: seen.append((t, lp)))
+        (want,) = generate(gpt, [prompt], params)[0]
+        assert got.tokens == want.tokens and got.finish_reason == want.finish_reason and got.seed == want.seed
+        torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(want.logprobs), atol=1e-5, rtol=0)
+        assert [t for t, _ in seen] == got.tokens  # every token went through the callback, in order
+
+
+def test_streamed_output(ckpt):
+    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 5, "--seed", 3)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(PROMPT) and lines[1].startswith("── rollout 1/1  seed 3")
+
+
+def test_show_steps_prints_one_chart_per_step(ckpt):
+    code, out, err = run(PROMPT, "--model", ckpt, "-n", 2, "--max-new-tokens", 4, "--seed", 0, "--top-p", "0.8",
+                         "--show-steps")
+    assert code == 0, err
+    import re
+
+    n_tokens = sum(int(m) for m in re.findall(r"\((\d+) tokens, finish", out))
+    assert n_tokens >= 2
+    assert sum(ln.startswith("step ") for ln in out.splitlines()) == n_tokens
+    assert out.count("◀ drawn") == n_tokens
+    assert "after T=1 top-p=0.8" in out
+
+
+def test_beam_search_json_matches_decoding(ckpt, gpt):
+    from decoding import beam_search
+
+    code, out, err = run(PROMPT, "--model", ckpt, "--num-beams", 3, "--max-new-tokens", 5, "--length-penalty", 0.5,
+                         "--json")
+    assert code == 0, err
+    recs = json_lines(out)
+    prompt = get_tokenizer().encode(PROMPT)
+    beams = beam_search(gpt, [prompt], num_beams=3, max_new_tokens=5, length_penalty=0.5, num_return_sequences=3)[0]
+    assert [r["tokens"] for r in recs] == [b.tokens for b in beams]
+    for r, b in zip(recs, beams):
+        assert math.isclose(r["score"], b.score, abs_tol=1e-4)
+        # the per-token scores add up to the beam's score before the length penalty
+        assert math.isclose(r["sum_logprob"] / len(r["tokens"]) ** 0.5, b.score, abs_tol=1e-4)
+        assert r["seed"] is None
+
+
+def test_compare_temperatures_and_top_k(ckpt, tmp_path):
+    code, out, err = run(PROMPT, "--model", ckpt, "--compare-top-k", "1,3", "--json", "--top-tokens", 4)
+    assert code == 0, err
+    (rec,) = json_lines(out)
+    k1, k3 = rec["settings"]
+    assert k1["kept"] == 1 and k1["p"][0] == pytest.approx(1.0) and k1["p"][1:] == [0.0] * 3
+    assert k3["kept"] == 3 and sum(k3["p"][:3]) == pytest.approx(1.0, abs=1e-5)
+    code, out, err = run(PROMPT, "--model", ckpt, "--compare-temperatures", "0.5,1,2", "--plot", tmp_path / "c.png")
+    assert code == 0, err
+    assert "under 3 settings" in out and "T=0.5" in out and "T=2" in out
+    assert "(3 panels, one per setting)" in err
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_and_tree_files(ckpt, tmp_path):
+    plot, tree = tmp_path / "steps.png", tmp_path / "tree.png"
+    code, out, err = run(PROMPT, "--model", ckpt, "-n", 4, "--max-new-tokens", 6, "--seed", 2, "--plot", plot,
+                         "--tree", tree, "--json", "--temperature", "2")
+    assert code == 0, err
+    recs = json_lines(out)
+    panels = min(6, len(recs[0]["tokens"]))
+    assert f"({panels} panels, one per step of rollout 1)" in err
+    prefixes = {tuple(r["tokens"][:t]) for r in recs for t in range(1, len(r["tokens"]) + 1)}
+    assert f"(1 panel, {len(prefixes)} nodes)" in err
+    for f in (plot, tree):
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, err = run(PROMPT, "--model", ckpt, "--num-beams", 2, "--max-new-tokens", 3, "--tree",
+                         tmp_path / "beams.svg", "--plot", tmp_path / "b.png", "--max-panels", 2)
+    assert code == 0, err
+    assert "(2 panels" in err and (tmp_path / "beams.svg").stat().st_size > 1000
+
+
+def test_prompt_file_several_prompts(ckpt, tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("Hello there\n\nThe sea is\n")
+    code, out, err = run("--prompt-file", f, "--model", ckpt, "-n", 2, "--max-new-tokens", 3, "--seed", 0, "--json")
+    assert code == 0, err
+    recs = json_lines(out)
+    assert [(r["prompt"], r["index"]) for r in recs] == [("Hello there", 0), ("Hello there", 1),
+                                                        ("The sea is", 0), ("The sea is", 1)]
+
+
+def test_default_model_is_train_py_run(tmp_path, monkeypatch, ckpt):
+    import shutil
+
+    shutil.copytree(ckpt, tmp_path / "out")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("Hi", "--max-new-tokens", 2, "--seed", 0)
+    assert code == 0, err
+    assert "model: out (" in err
+
+
+# -- bad input: one line, exit code 2 -------------------------------------------------------------------------
+BAD = [
+    (["--temperature", "-1"], "--temperature must be >= 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-k", "-2"], "--top-k must be >= 0"),
+    (["-n", "0"], "-n/--num-rollouts must be >= 1"),
+    (["--repetition-penalty", "0"], "--repetition-penalty must be > 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--min-new-tokens", "9", "--max-new-tokens", "4"], "--min-new-tokens (9) must be <= --max-new-tokens (4)"),
+    (["--num-beams", "2", "--num-return-sequences", "3"], "--num-return-sequences must be in [1, --num-beams=2]"),
+    (["--compare-temperatures", "a,b"], "--compare-temperatures expects comma-separated float values"),
+    (["--compare-top-k", "1", "--compare-top-p", "0.5"], "one --compare-* option at a time"),
+    (["--plot", "/nonexistent-dir/x.png"], "--plot /nonexistent-dir/x.png: cannot write there, directory"),
+    (["--tree", "tree.txt"], "--tree tree.txt: picture files must end in .png, .svg, .pdf"),
+    (["--top-k", "x"], "argument --top-k: invalid int value: 'x'"),
+    (["--max-new-tokens", "100"], "exceeds the model's context of 128 tokens; use --max-new-tokens"),
+    (["--model", "/nonexistent/model-dir"], "--model /nonexistent/model-dir: /nonexistent/model-dir: no such directory"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD, ids=[m[:30] for _, m in BAD])
+def test_bad_input_is_one_line_and_exit_2(ckpt, extra, message):
+    argv = [PROMPT] + (["--model", ckpt] if "--model" not in extra else []) + extra
+    if "--max-new-tokens" in extra and "100" in extra:
+        argv[0] = "word " * 40  # 41 tokens + 100 > 128
+    code, out, err = run(*argv)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("sample.py: error: ")
+    assert message in err
+
+
+def test_bad_prompts(ckpt, tmp_path):
+    for argv, message in [
+        ([""], "the prompt is empty"),
+        ([], "no prompt: pass one as an argument"),
+        ([("word " * 200).strip()], "the prompt is 200 tokens, longer than the model's context of 128 tokens"),
+        (["--prompt-file", tmp_path / "missing.txt"], f"cannot read --prompt-file {tmp_path / 'missing.txt'}: "
+                                                      "No such file or directory"),
+        (["--prompt-file", tmp_path], "cannot read --prompt-file"),
+    ]:
+        code, out, err = run(*argv, "--model", ckpt)
+        assert code == 2 and err.count("\n") == 1, (argv, err)
+        assert message in err, err
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n")
+    code, _, err = run("--prompt-file", blank, "--model", ckpt)
+    assert code == 2 and "holds no prompts" in err
+
+
+# -- the real command line ----------------------------------------------------------------------------------
+def _cli(*argv, cwd=ROOT, env=None):
+    e = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / "sample.py"), *map(str, argv)], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_subprocess_rollouts_and_errors(ckpt, tmp_path):
+    p = _cli(PROMPT, "--model", ckpt, "-n", 2, "--max-new-tokens", 4, "--seed", 1, "--tree", tmp_path / "t.png")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("── rollout") == 2 and (tmp_path / "t.png").exists()
+    p = _cli(PROMPT, "--model", ckpt, "--temperature", "-0.5")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr == "sample.py: error: --temperature must be >= 0 (0 is greedy), got -0.5\n"
+    p = _cli("--help")
+    assert p.returncode == 0 and "examples:" in p.stdout and "--compare-temperatures" in p.stdout
+
+
+def test_cli_without_any_model_says_how_to_get_one(tmp_path):
+    """No --model, no ./out, no GPT-2 in an (empty) Hugging Face cache, offline: one line, exit 2."""
+    p = _cli("Hello", cwd=tmp_path, env={"HF_HOME": str(tmp_path / "hf")})
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert "no model: train the default one with `python train.py`" in p.stderr and "--model" in p.stderr
