@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-step bar graphs of the first rollout, one panel per step (or the --compare-* panels)")
     g.add_argument("--max-panels", type=int, default=16, help="at most this many steps in --plot (default 16)")
     g.add_argument("--tree", metavar="FILE.png", help="the tree of rollouts or beams, edges labelled with p")
+    g.add_argument("--tree-depth", type=int, default=16, metavar="T",
+                   help="draw the first T steps of the tree (default 16)")
 
     g = p.add_argument_group("compare settings (the first step after the prompt, no rollouts drawn)")
     g.add_argument("--compare-temperatures", metavar="T1,T2,..", help="e.g. 0.5,1,2")
@@ -138,6 +140,7 @@ def validate(args) -> None:
     _check(args.seed is None or 0 <= args.seed < 2**62, f"--seed must be in [0, 2**62), got {args.seed}")
     _check(args.top_tokens >= 1, f"--top-tokens must be >= 1, got {args.top_tokens}")
     _check(args.max_panels >= 1, f"--max-panels must be >= 1, got {args.max_panels}")
+    _check(args.tree_depth >= 1, f"--tree-depth must be >= 1, got {args.tree_depth}")
     _check(args.num_beams >= 0, f"--num-beams must be >= 1 (or 0 to sample), got {args.num_beams}")
     if args.num_beams:
         k = args.num_return_sequences
@@ -393,8 +396,7 @@ def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
             views = step_views(s.model, prompt_ids, [r.tokens for r in rollouts], proc, top=a.top_tokens)
         report(s, text, prompt_ids, rollouts, views, streamed=stream, prompt_index=p, n_prompts=len(prompts))
         if p == 0:
-            pictures(s, text, prompt_ids, [r.tokens for r in rollouts], [r.finish_reason for r in rollouts],
-                     views, proc)
+            pictures(s, text, prompt_ids, rollouts, views, proc)
 
 
 def _force_progress() -> bool:
@@ -422,8 +424,7 @@ def run_beams(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
         report(s, text, prompt_ids, rollouts, views if a.show_steps else None, streamed=False, prompt_index=p,
                n_prompts=len(prompts), beams=True)
         if p == 0:
-            pictures(s, text, prompt_ids, [b.tokens for b in beams], [r.finish_reason for r in rollouts], views,
-                     proc, edge_label="p_model")
+            pictures(s, text, prompt_ids, rollouts, views, proc)
 
 
 class _BeamRollout:
@@ -503,12 +504,14 @@ def json_record(s: Session, text, prompt_index, i, r, views, beams) -> dict:
     return rec
 
 
-def pictures(s: Session, text, prompt_ids, completions, reasons, views, proc, edge_label="p") -> None:
+def pictures(s: Session, text, prompt_ids, rollouts, views, proc) -> None:
     a = s.args
     if not (a.plot or a.tree):
         return
     from viz import figures
     from viz.tree import build_tree
+
+    completions = [r.tokens for r in rollouts]
 
     if a.plot:
         steps = views[0][: a.max_panels]
@@ -521,10 +524,16 @@ def pictures(s: Session, text, prompt_ids, completions, reasons, views, proc, ed
         if proc.mode == "beam":
             probs = [[v.raw[v.token_index] for v in vs] for vs in views]
             title = f"{len(completions)} beams; edge label: p_model(token | path above)"
+            labels = [f"score {r.score:.2f}, {r.finish_reason}" for r in rollouts]
         else:
             probs = [[v.processed[v.token_index] for v in vs] for vs in views]
             title = f"{len(completions)} rollouts ({proc.label()}); edge label: π(token | path above)"
-        root = build_tree(completions, probs, reasons)
+            labels = [f"seed {r.seed}, {r.finish_reason}" for r in rollouts]
+        d = a.tree_depth
+        cut = [c[:d] for c in completions]
+        probs = [p[:d] for p in probs]
+        labels = [lab if len(c) <= d else "…" for c, lab in zip(completions, labels)]
+        root = build_tree(cut, probs, labels)
         fig = figures.plot_tree(root, s.tok, prompt_text=text, title=title)
         from viz.tree import count_nodes
 

@@ -35,8 +35,11 @@ class Processing:
     @property
     def is_identity(self) -> bool:
         """True when the processed distribution is the raw one (then only one column is worth showing)."""
+        untouched = self.repetition_penalty == 1.0 and self.min_new_tokens == 0
+        if self.mode == "beam":  # beam search ranks the model's own log-probs unless a penalty applies
+            return untouched
         return (self.mode == "sample" and self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
-                and self.repetition_penalty == 1.0 and self.min_new_tokens == 0)
+                and untouched)
 
     def label(self) -> str:
         if self.mode == "greedy":

@@ -16,7 +16,7 @@ class Node:
     prob: float = 1.0  # probability of `token` given the path to its parent
     children: dict = field(default_factory=dict)  # token -> Node, in first-seen order
     rollouts: list = field(default_factory=list)  # indices of the rollouts that pass through this node
-    ends: list = field(default_factory=list)  # (rollout index, finish reason) of rollouts ending here
+    ends: list = field(default_factory=list)  # (rollout index, label) of rollouts ending here
     y: float = 0.0  # vertical position, set by layout()
 
     def walk(self):
@@ -26,8 +26,9 @@ class Node:
 
 
 def build_tree(completions: list[list[int]], probs: list[list[float]],
-               finish_reasons: list[str] | None = None) -> Node:
-    """A trie over `completions`; probs[i][t] is the probability of completions[i][t] at its step."""
+               labels: list[str] | None = None) -> Node:
+    """A trie over `completions`; probs[i][t] is the probability of completions[i][t] at its step; labels[i]
+    is shown where completion i ends (its seed, its finish reason)."""
     if len(probs) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(probs)} probability lists")
     root = Node(token=None, depth=0)
@@ -41,7 +42,7 @@ def build_tree(completions: list[list[int]], probs: list[list[float]],
                 node.children[token] = Node(token=token, depth=node.depth + 1, prob=p)
             node = node.children[token]
             node.rollouts.append(i)
-        node.ends.append((i, finish_reasons[i] if finish_reasons else ""))
+        node.ends.append((i, labels[i] if labels else ""))
     return root
 
 
