@@ -621,6 +621,10 @@ def main(argv=None, out=None, err=None) -> int:
     except KeyboardInterrupt:
         print(file=err)
         return 130
+    except BrokenPipeError:  # `python sample.py ... --json | head -1`: the reader left, which is fine
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 def _one_line(text: str) -> str:
