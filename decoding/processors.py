@@ -1,0 +1,68 @@
+"""Logits processors that run before sampling, with transformers' exact semantics.
+
+They act on float32 logits [B, V] (or log-probs, in beam search) and return a tensor of the same shape.
+The order, as in transformers: repetition penalty, then the min_new_tokens mask; temperature / top-k /
+top-p come after, inside `kernels.sample_from_logits` (see kernels.process_logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty: float, *, inplace: bool = False):
+    """transformers' RepetitionPenaltyLogitsProcessor: logits [B, V], token_ids [B, L] -> [B, V].
+
+    For every distinct id in row b of `token_ids` (prompt + completion so far), its logit s becomes s * penalty
+    if s < 0, else s / penalty: once per id, however often it occurs. `token_ids` is a LongTensor [B, L]
+    (repeat an id already in the row to pad a ragged batch: repeats change nothing) or a list of B id lists.
+    penalty == 1.0 returns `logits` unchanged. With inplace=False the input is not modified.
+    """
+    if penalty == 1.0:
+        return logits
+    ids = _as_id_matrix(token_ids, logits.shape[0], logits.device)  # (B, L)
+    if ids.shape[1] == 0:
+        return logits
+    seen = logits.gather(1, ids)  # (B, L)
+    # every occurrence of an id reads the same unpenalised logit, so duplicate writes agree
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    out = logits if inplace else logits.clone()
+    return out.scatter_(1, ids, seen)
+
+
+def apply_min_new_tokens(logits: torch.Tensor, num_generated: int, min_new_tokens: int, stop_token_ids,
+                         *, inplace: bool = False):
+    """transformers' MinNewTokensLengthLogitsProcessor: logits [B, V] -> [B, V].
+
+    While `num_generated` (tokens already generated in the completion: 0 for the first new token) is below
+    `min_new_tokens`, the logits of `stop_token_ids` (ints, or a LongTensor) are set to -inf. With
+    inplace=False the input is not modified.
+    """
+    if num_generated >= min_new_tokens or len(stop_token_ids) == 0:
+        return logits
+    stop = torch.as_tensor(stop_token_ids, dtype=torch.long, device=logits.device)
+    out = logits if inplace else logits.clone()
+    out[:, stop] = float("-inf")
+    return out
+
+
+def _as_id_matrix(token_ids, batch: int, device) -> torch.Tensor:
+    if isinstance(token_ids, torch.Tensor):
+        ids = token_ids.to(device=device, dtype=torch.long)
+        if ids.dim() == 1:
+            ids = ids.expand(batch, -1)
+    else:
+        rows = [list(r) for r in token_ids]
+        if isinstance(token_ids, Sequence) and len(rows) != batch:
+            raise ValueError(f"token_ids has {len(rows)} rows for {batch} rows of logits")
+        width = max((len(r) for r in rows), default=0)
+        # pad each row with one of its own ids (a no-op for the penalty); an empty row pads with nothing
+        padded = [r + [r[0]] * (width - len(r)) if r else None for r in rows]
+        if any(p is None for p in padded) and width:
+            raise ValueError("apply_repetition_penalty: pass a tensor to mix empty and non-empty rows")
+        ids = torch.tensor(padded if width else [[]] * batch, dtype=torch.long, device=device)
+    if ids.dim() != 2 or ids.shape[0] != batch:
+        raise ValueError(f"token_ids must be [batch={batch}, length], got shape {tuple(ids.shape)}")
+    return ids
