@@ -1,8 +1,9 @@
 """The torch sampling path: the CPU path users run, and the reference the Triton kernel must match.
 
-No full-vocabulary sort unless a row needs it: each row takes `topk` windows of growing width (64, 512,
-4096, 32768, then a sort) until its window provably holds the whole kept set (top-k reached without a
-tie spilling past the window; top-p mass reached), and noise is hashed only for tokens in the window.
+No full-vocabulary sort unless a row needs it. Rows with top-k take `topk` windows of growing width (64,
+512, 4096, 32768, then a sort) until the window provably holds the whole kept set (no tie spilling past
+it); rows with top-p alone gather their nucleus from a one-pass histogram of the mass below the row max.
+Noise is hashed only for kept tokens.
 Rows resolve independently, so a row's result never depends on the rows beside it.
 """
 
@@ -12,6 +13,7 @@ from .hashing import hash_to_gumbel, token_hash
 from .reference import effective_top_k, logsumexp, topk_threshold, topp_threshold
 
 WINDOWS = (64, 512, 4096, 32768)
+NBINS, BIN_W = 64, 0.25  # nucleus histogram: 16 nats below the row max, then one catch-all bin
 NEG_INF = float("-inf")
 
 
@@ -25,8 +27,7 @@ def _first_window(k: torch.Tensor, p: torch.Tensor, V: int) -> torch.Tensor:
     w = torch.full_like(k, V)
     for width in reversed(WINDOWS):
         w = torch.where((k > 0) & (k + 1 <= width) & (width < V), width, w)
-    # top-p alone: start small, since real models' nuclei are small.
-    return torch.where((k == 0) & (p < 1), min(WINDOWS[0], V), w)
+    return w
 
 
 def _draw(vals, idx, t, k1, k2):
@@ -41,10 +42,11 @@ def _draw(vals, idx, t, k1, k2):
     return idx.gather(1, a)[:, 0], vals.gather(1, a)[:, 0] - lse
 
 
-def _resolve(vals, idx, k, p, lse_full, full: bool):
+def _resolve(vals, idx, k, p, lse_full, full: bool, closed: bool = False):
     """Thresholds from a descending window (n, m); returns (t, resolved) per row.
 
-    full=True means the window is the whole row, so every row resolves.
+    full: the window is the whole row, so every row resolves. closed: the window holds every token
+    >= its smallest value (no tie can spill past it), as the nucleus windows do.
     """
     t_k = topk_threshold(vals, k)
     kept_k = vals >= t_k[:, None]
@@ -54,25 +56,66 @@ def _resolve(vals, idx, k, p, lse_full, full: bool):
     if full:
         return t, torch.ones_like(k, dtype=torch.bool)
     last = vals[:, -1]
-    tie_spills = (last > NEG_INF) & ((last >= t) | ((k > 0) & (last >= t_k)))
+    tie_spills = (last > NEG_INF) & ((last >= t) | ((k > 0) & (last >= t_k))) & (not closed)
     mass_short = (k == 0) & (p < 1) & (mass < p)
     return t, ~(tie_spills | mass_short)
+
+
+def _nucleus_window(s, p):
+    """For top-p without top-k: (vals, idx) descending, padded with -inf, holding each row's nucleus; lse.
+
+    One pass bins every token by its distance below the row max (BIN_W nats a bin) and sums each bin's
+    mass; the bins down to the one where the mass reaches p (plus a margin for rounding) hold the
+    nucleus. Only those tokens are gathered and sorted: a few thousand, not the vocabulary.
+    """
+    n, V = s.shape
+    mx = s.amax(-1, keepdim=True)  # (n, 1)
+    e = torch.exp(s - mx)  # (n, V)
+    Z = e.sum(-1, dtype=torch.float64)
+    lse = (Z.log() + mx[:, 0].double()).float()
+    b = ((mx - s) * (1.0 / BIN_W)).clamp_(max=NBINS - 1).to(torch.int64)  # (n, V); -inf lands in the last bin
+    mass = torch.zeros(n, NBINS, device=s.device).scatter_add_(1, b, e)  # (n, NBINS)
+    need = (p + 1e-4).clamp(max=1.0) * Z.float()
+    last_bin = (mass.cumsum(-1) < need[:, None]).sum(-1).clamp(max=NBINS - 1)
+    cand = b <= last_bin[:, None]  # (n, V)
+    count = cand.sum(-1)
+    r, c = cand.nonzero(as_tuple=True)  # row-major: each row's candidates are contiguous
+    pos = torch.arange(r.numel(), device=s.device) - (count.cumsum(0) - count)[r]
+    m = int(count.max())
+    vals = torch.full((n, m), NEG_INF, device=s.device)
+    idx = torch.zeros((n, m), dtype=torch.int64, device=s.device)
+    vals[r, pos], idx[r, pos] = s[r, c], c
+    vals, order = vals.sort(-1, descending=True)
+    return vals, idx.gather(1, order), lse
+
+
+def _finish(out, rows, vals, idx, t, k1, k2):
+    """Draw for `rows` from their resolved windows; noise is hashed only for the widest kept prefix."""
+    if rows.numel() == 0:
+        return
+    tokens, logprobs = out
+    kept_w = max(int((vals >= t[:, None]).sum(-1).max()), 1)  # kept entries are a prefix when sorted
+    tok, lp = _draw(vals[:, :kept_w], idx[:, :kept_w], t, k1[rows], k2[rows])
+    tokens[rows], logprobs[rows] = tok, lp
 
 
 def _sample_rows(x, T, k, p, k1, k2):
     """Sample rows that all have temperature > 0. x (n, V) float32."""
     n, V = x.shape
-    tokens = torch.empty(n, dtype=torch.int64, device=x.device)
-    logprobs = torch.empty(n, dtype=torch.float32, device=x.device)
+    out = (torch.empty(n, dtype=torch.int64, device=x.device), torch.empty(n, dtype=torch.float32, device=x.device))
     k = effective_top_k(k, V)
-    # top-p without top-k normalises over the whole row: one full pass for those rows only.
-    lse_full = torch.zeros(n, device=x.device)
-    needs_lse = ((k == 0) & (p < 1)).nonzero()[:, 0]
-    if needs_lse.numel():
-        rows = _rows(x, needs_lse, n)
-        lse_full[needs_lse] = logsumexp(rows / T[needs_lse, None])
-    width = _first_window(k, p, V)
     pending = torch.ones(n, dtype=torch.bool, device=x.device)
+    width = _first_window(k, p, V)
+    lse_full = torch.zeros(n, device=x.device)
+    nucleus = ((k == 0) & (p < 1)).nonzero()[:, 0]
+    if nucleus.numel():
+        vals, idx, lse = _nucleus_window(_rows(x, nucleus, n) / T[nucleus, None], p[nucleus])
+        lse_full[nucleus] = lse
+        t, done = _resolve(vals, idx, k[nucleus], p[nucleus], lse, full=vals.shape[1] == V, closed=True)
+        d = done.nonzero()[:, 0]
+        _finish(out, nucleus[d], vals[d], idx[d], t[d], k1, k2)
+        pending[nucleus[d]] = False
+        width[nucleus] = V  # a rounding miss falls back to the full sort
     for m in (*[w for w in WINDOWS if w < V], V):
         take = (pending & (width <= m)).nonzero()[:, 0]
         if take.numel() == 0:
@@ -87,17 +130,11 @@ def _sample_rows(x, T, k, p, k1, k2):
             vals, idx = (xr.sort(-1, descending=True) if m == V else xr.topk(m, -1))
             vals = vals / Tr  # dividing by T > 0 keeps the order, so the window is that of x / T
             t, done = _resolve(vals, idx, kr, pr, lse_full[take], full=m == V)
-        # Kept entries are a prefix of a sorted window (or all of an unsorted one): hash noise only for
-        # the widest kept prefix.
-        kept_w = max(int((vals >= t[:, None]).sum(-1).max()), 1)
-        vals, idx = vals[:, :kept_w], idx[:, :kept_w]
         d = done.nonzero()[:, 0]
-        rows = take[d]
-        tok, lp = _draw(vals[d], idx[d], t[d], k1[rows], k2[rows])
-        tokens[rows], logprobs[rows] = tok, lp
-        pending[rows] = False
+        _finish(out, take[d], vals[d], idx[d], t[d], k1, k2)
+        pending[take[d]] = False
         width[take] = m + 1  # unresolved rows move on to the next window
-    return tokens, logprobs
+    return out
 
 
 def _check_finite(x: torch.Tensor) -> torch.Tensor:
