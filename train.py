@@ -1,0 +1,509 @@
+"""Train a GPT-2 from scratch, or fine-tune one, on any text.
+
+    python train.py                                  # default preset on the stdlib's .py sources, into out/
+    python train.py --data notes.txt --max-steps 500
+    python train.py --data 'src/**/*.py' --init gpt2 --out out-ft   # fine-tune GPT-2 (or --init DIR)
+    python train.py --resume                         # continue out/ exactly where it stopped
+    torchrun --nproc_per_node=4 train.py             # DistributedDataParallel, same global batch
+
+The run directory (out/) gets the model in the Hugging Face GPT-2 format (sample.py, GPT.from_pretrained and
+transformers load it), train_state.pt for --resume, log.jsonl and loss.png. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from model import EOT_TOKEN, GPT, GPTConfig, CheckpointError, get_tokenizer
+from training import data as datalib
+from training import run as runlib
+from training.data import DataError
+from training.loss import LossModel
+from training.run import TrainError
+
+# -- configuration ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "default"
+    data: str | None = None  # None: the running interpreter's standard library sources
+    val_fraction: float = 0.05
+    init: str = "scratch"  # scratch | gpt2 | any directory GPT.from_pretrained accepts
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128  # training context (<= the model's context when fine-tuning)
+    dropout: float = 0.0
+    batch_size: int = 16  # rows per micro-step per process
+    grad_accum: int = 1  # micro-steps per optimizer step, over all processes together
+    max_steps: int = 600
+    lr: float = 2e-3
+    min_lr: float | None = None  # None: lr / 10
+    warmup_steps: int = 40
+    lr_decay_steps: int | None = None  # None: max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: str = "auto"  # auto: bfloat16 autocast where the device has it, else float32
+    seed: int = 1337
+    eval_interval: int = 100
+    eval_iters: int = 8
+    ckpt_interval: int | None = None  # None: eval_interval
+    compile: bool = False
+    samples: int = 3
+    sample_tokens: int = 120
+    temperature: float = 0.8
+    top_k: int = 50
+    prompt: str | None = None  # None: unconditional (after <|endoftext|>)
+
+
+PRESETS = {
+    # For tests: seconds on a CPU.
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_steps=20, lr=3e-3,
+                 warmup_steps=2, eval_interval=10, eval_iters=2, samples=1, sample_tokens=16),
+    # <= 5 minutes on 2 CPU cores (docs/training.md has the measurements).
+    "default": {},
+    # GPT-2 small's shape (124M), for a GPU.
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, grad_accum=8,
+                 max_steps=5000, lr=6e-4, warmup_steps=200, eval_interval=250, eval_iters=20),
+}
+ARCH_KEYS = ("n_layer", "n_head", "n_embd", "dropout")
+FINETUNE_LR = 1e-4  # --init from a checkpoint, unless --lr: a scratch lr would wreck pretrained weights
+# What a resumed run may change: nothing that alters the losses up to the old last step.
+RESUME_MUTABLE = {"max_steps", "eval_interval", "eval_iters", "ckpt_interval", "compile", "samples",
+                  "sample_tokens", "temperature", "top_k", "prompt"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=None)
+    add = p.add_argument
+    add("--preset", choices=sorted(PRESETS), help="size and schedule preset (default: default)")
+    add("--data", help="a text file, a directory of text/code files, or a quoted glob (default: stdlib .py)")
+    add("--val-fraction", type=float, help="share of files held out for validation (default 0.05)")
+    add("--cache-dir", type=Path, help="where token shards are cached (default ~/.cache/pigpt/data)")
+    add("--init", help="scratch, gpt2 (any hub id) or a checkpoint directory (default scratch)")
+    for name in ("n-layer", "n-head", "n-embd", "block-size", "batch-size", "grad-accum", "max-steps",
+                 "warmup-steps", "lr-decay-steps", "eval-interval", "eval-iters", "ckpt-interval", "seed",
+                 "samples", "sample-tokens", "top-k"):
+        add(f"--{name}", type=int)
+    for name in ("dropout", "lr", "min-lr", "weight-decay", "beta1", "beta2", "grad-clip", "temperature"):
+        add(f"--{name}", type=float)
+    add("--dtype", choices=["auto", "float32", "bfloat16"], help="autocast dtype (default auto)")
+    add("--compile", action="store_true", default=None, help="torch.compile the model")
+    add("--prompt", help="prompt of the samples printed at the end (default: unconditional)")
+    add("--out", type=Path, default=Path("out"), help="run directory (default out)")
+    add("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    add("--overwrite", action="store_true", help="replace the model already in --out")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    add("--num-threads", type=int, help="torch CPU threads (default: torch's, split among local processes)")
+    return p.parse_args(argv)
+
+
+def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
+    """Preset < saved run (on --resume) < flags given; a flag that would change a resumed run is an error."""
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if saved is not None:
+        for k, v in given.items():
+            if k not in RESUME_MUTABLE and v != saved.get(k):
+                raise TrainError(
+                    f"--{k.replace('_', '-')} {v} conflicts with the run being resumed in {out} "
+                    f"(it used {saved.get(k)}); drop the flag to resume that run, or start a new one with another --out"
+                )
+        return TrainConfig(**{**saved, **given})
+    cfg = TrainConfig(**{**PRESETS[given.get("preset", "default")], **given})
+    if cfg.init != "scratch":
+        clash = [k for k in ARCH_KEYS if k in given]
+        if clash:
+            raise TrainError(f"--{clash[0].replace('_', '-')} can't be set with --init {cfg.init}: "
+                             "the architecture comes from the checkpoint")
+        if "lr" not in given:
+            cfg.lr = FINETUNE_LR
+    cfg.min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+    cfg.lr_decay_steps = cfg.lr_decay_steps or cfg.max_steps
+    cfg.ckpt_interval = cfg.ckpt_interval or cfg.eval_interval
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    for k in ("block_size", "batch_size", "grad_accum", "max_steps", "lr_decay_steps", "eval_interval",
+              "eval_iters", "ckpt_interval"):
+        if getattr(cfg, k) < 1:
+            raise TrainError(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(cfg, k)}")
+    if not 0 < cfg.val_fraction <= 0.5:
+        raise TrainError(f"--val-fraction must be in (0, 0.5], got {cfg.val_fraction}")
+    if cfg.lr <= 0 or cfg.min_lr < 0 or cfg.min_lr > cfg.lr:
+        raise TrainError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={cfg.lr}, min_lr={cfg.min_lr}")
+    if not 0 <= cfg.warmup_steps <= cfg.lr_decay_steps:
+        raise TrainError(f"--warmup-steps {cfg.warmup_steps} must be within [0, lr_decay_steps={cfg.lr_decay_steps}]")
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to lr, then a cosine down to min_lr at lr_decay_steps, min_lr after."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if step >= cfg.lr_decay_steps:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.lr_decay_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+# -- devices and processes ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup(args) -> tuple[Dist, torch.device]:
+    """torchrun's environment -> a process group (gloo on CPU, nccl on CUDA); the device; CPU threads."""
+    want = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    d = Dist()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)),
+                 int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        if want.startswith("cuda"):
+            want = f"cuda:{d.local_rank}"
+            torch.cuda.set_device(want)
+        dist.init_process_group("nccl" if want.startswith("cuda") else "gloo")
+    device = torch.device(want)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda: no CUDA device is available; use --device cpu")
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    elif device.type == "cpu" and d.local_world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // d.local_world))
+    return d, device
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    bf16_ok = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+               else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if cfg.dtype == "bfloat16" and not bf16_ok:
+        raise TrainError(f"--dtype bfloat16: this {device.type} has no bfloat16 support; use --dtype float32")
+    return torch.bfloat16 if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and bf16_ok) else torch.float32
+
+
+def all_reduce_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Best of a few large matmuls in the training dtype: the denominator of MFU."""
+    n = 4096 if device.type == "cuda" else 1024
+    gen = torch.Generator(device=device).manual_seed(0)  # not the global RNG: a resumed run restores that
+    a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=gen) for _ in range(2))
+    best = float("inf")
+    for _ in range(4):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def flops_per_token(gpt: GPT, block_size: int) -> float:
+    """Forward + backward FLOPs per token: 6 per parameter (the tied head counted once) + attention."""
+    c = gpt.config
+    return 6 * gpt.num_params() + 12 * c.n_layer * c.n_embd * block_size
+
+
+# -- model and optimizer ------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: TrainConfig, saved: dict | None) -> GPT:
+    if saved is not None:
+        gpt = GPT(GPTConfig.from_dict(saved["model_config"]))
+        gpt.load_state_dict(saved["model"])
+    elif cfg.init == "scratch":
+        torch.manual_seed(cfg.seed)
+        gpt = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                            n_embd=cfg.n_embd, dropout=cfg.dropout))
+    else:
+        gpt = GPT.from_pretrained(cfg.init)
+        c = gpt.config
+        cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout = c.n_layer, c.n_head, c.n_embd, c.dropout
+    if cfg.block_size > gpt.config.block_size:
+        raise TrainError(f"--block-size {cfg.block_size} is longer than the model's context "
+                         f"({gpt.config.block_size}); pass --block-size {gpt.config.block_size} or less")
+    return gpt.float().train()
+
+
+def make_optimizer(gpt: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings (>= 2-D) only, never on biases and layer norms."""
+    params = [p for p in gpt.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cpu", "cuda"))
+
+
+# -- training -----------------------------------------------------------------------------------------------------
+
+
+def local_micro_batches(windows, cfg: TrainConfig, d: Dist, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's share of the next global batch: every process draws the same starts, takes its slice."""
+    per_rank = cfg.grad_accum // d.world
+    starts = windows.next_starts(cfg.batch_size * cfg.grad_accum)
+    mine = starts[d.rank * per_rank * cfg.batch_size:(d.rank + 1) * per_rank * cfg.batch_size]
+    batches = []
+    for i in range(per_rank):
+        tokens = torch.from_numpy(windows.batch(mine[i * cfg.batch_size:(i + 1) * cfg.batch_size]))  # (B, T+1)
+        tokens = tokens.to(device, non_blocking=True)
+        batches.append((tokens[:, :-1], tokens[:, 1:]))
+    return batches
+
+
+def train_step(model, optimizer, micro_batches, lr: float, cfg: TrainConfig, amp, d: Dist) -> torch.Tensor:
+    """One optimizer step over this process's micro-batches; returns the mean loss over all processes."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    total = torch.zeros((), device=micro_batches[0][0].device)
+    for i, (x, y) in enumerate(micro_batches):
+        if d.world > 1:  # all-reduce the gradients once, after the last micro-step
+            model.require_backward_grad_sync = i == len(micro_batches) - 1
+        with amp:
+            loss = model(x, y) / len(micro_batches)
+        loss.backward()
+        total += loss.detach()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return all_reduce_sum(total, d) / d.world
+
+
+@torch.no_grad()
+def evaluate(loss_model: LossModel, corpus, cfg: TrainConfig, amp, d: Dist, device) -> float:
+    """Mean loss over a fixed set of val windows (the same every time), shared out among the processes."""
+    starts = datalib.eval_starts(corpus.val, cfg.block_size, cfg.eval_iters * cfg.batch_size)
+    batches = [starts[i:i + cfg.batch_size] for i in range(0, len(starts), cfg.batch_size)]
+    windows = datalib.Windows(corpus.val, cfg.block_size, seed=0)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # (loss * rows, rows)
+    loss_model.eval()
+    for rows in batches[d.rank::d.world]:
+        tokens = torch.from_numpy(windows.batch(rows)).to(device)
+        with amp:
+            loss = loss_model(tokens[:, :-1], tokens[:, 1:])
+        sums += torch.tensor([loss.item() * len(rows), len(rows)], dtype=torch.float64, device=device)
+    loss_model.train()
+    sums = all_reduce_sum(sums, d)
+    return (sums[0] / sums[1]).item()
+
+
+class StopFlag:
+    """Ctrl-C asks the loop to stop after the current step and save; a second Ctrl-C interrupts at once."""
+
+    def __init__(self, enabled: bool):
+        self.requested = False
+        if enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+
+@torch.no_grad()
+def sample(gpt: GPT, prompt: str | None, n: int, max_new: int, temperature: float, top_k: int, seed: int) -> list[str]:
+    """n continuations of prompt, drawn with temperature and top-k through the KV cache."""
+    enc = get_tokenizer()
+    ids = [EOT_TOKEN] + (enc.encode_ordinary(prompt) if prompt else [])
+    ids = ids[-(gpt.config.block_size - 1):]
+    max_new = min(max_new, gpt.config.block_size - len(ids))
+    gen = torch.Generator(device=gpt.device).manual_seed(seed)
+    cache = gpt.new_cache(n, len(ids) + max_new)
+    logits = gpt(torch.tensor([ids] * n, device=gpt.device), cache, last_only=True)[:, -1]  # (n, V)
+    out = []
+    for _ in range(max_new):
+        if temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            logits = logits.float() / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1)  # (n,)
+        out.append(nxt)
+        if len(out) < max_new:
+            logits = gpt(nxt[:, None], cache, last_only=True)[:, -1]
+    rows = torch.stack(out, 1).tolist()  # (n, max_new)
+    texts = []
+    for row in rows:
+        row = row[:row.index(EOT_TOKEN)] if EOT_TOKEN in row else row
+        texts.append((prompt or "") + enc.decode(row))
+    return texts
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    d, device = setup(args)
+    try:
+        return train(args, d, device)
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args, d: Dist, device: torch.device) -> dict:
+    out = args.out
+    say = print if d.master else (lambda *a, **k: None)
+    # Everything that can be wrong with the request is checked before any work.
+    runlib.check_out_dir(out, args.resume, args.overwrite)
+    saved = runlib.load_state(out) if args.resume else None
+    cfg = resolve_config(args, saved["config"] if saved else None, out)
+    if cfg.grad_accum % d.world:
+        raise TrainError(f"--grad-accum {cfg.grad_accum} must be a multiple of the number of processes ({d.world}): "
+                         "the global batch is batch_size x grad_accum rows")
+    amp_dtype = autocast_dtype(cfg, device)
+    datalib.find_files(cfg.data)  # a bad --data fails here, on every process
+    gpt = build_model(cfg, saved)
+    if d.master:
+        cache = datalib.prepare(cfg.data, cfg.val_fraction, args.cache_dir)
+    if d.world > 1:
+        dist.barrier()  # rank 0 tokenises; the others read its cache
+    cache = datalib.prepare(cfg.data, cfg.val_fraction, args.cache_dir, progress=False) if not d.master else cache
+    corpus = datalib.load(cache)
+    datalib.check_fits(corpus, cfg.block_size, cfg.data)
+    entropy = corpus.meta["unigram_entropy"]
+
+    if d.master and not args.resume:
+        runlib.clear_run(out)
+    gpt.to(device)
+    loss_model = LossModel(gpt)
+    model = loss_model
+    if cfg.compile:
+        model = torch.compile(model)
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(gpt, cfg, device)
+    windows = datalib.Windows(corpus.train, cfg.block_size, cfg.seed)
+    step, elapsed = 0, 0.0
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        windows.load_state_dict(saved["data"])
+        step, elapsed = saved["step"], saved.get("elapsed", 0.0)
+        rngs = saved["rng"]
+        if len(rngs) == d.world:
+            runlib.set_rng_state(rngs[d.rank])
+        if saved.get("data_cache") != cache.name:
+            say(f"warning: the data changed since step {step} was saved; resuming on the new data")
+        if d.master:
+            runlib.truncate_log(out, step)
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32 else contextlib.nullcontext()
+    peak = measure_peak_flops(device, amp_dtype)
+    fpt = flops_per_token(gpt, cfg.block_size)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
+
+    say(f"data: {corpus.meta['root']} -> {len(corpus.train):,} train / {len(corpus.val):,} val tokens "
+        f"({corpus.meta['files']['train']} / {corpus.meta['files']['val']} files), cache {cache}")
+    say(f"unigram entropy of the train tokens: {entropy:.3f} nats/token (the loss of a model ignoring context)")
+    say(f"model: {gpt.num_params() / 1e6:.2f}M parameters, {gpt.config.n_layer} layers, width {gpt.config.n_embd}, "
+        f"context {cfg.block_size}; init {cfg.init if saved is None else 'resumed at step %d' % step}")
+    say(f"training: {cfg.max_steps} steps of {tokens_per_step:,} tokens ({cfg.batch_size} x {cfg.grad_accum} x "
+        f"{cfg.block_size}) on {d.world} x {device}, {str(amp_dtype).removeprefix('torch.')}, "
+        f"peak {peak / 1e9:.0f} GFLOP/s per process (measured)")
+
+    def checkpoint():
+        rngs = [runlib.rng_state()]
+        if d.world > 1:
+            rngs = [None] * d.world
+            dist.all_gather_object(rngs, runlib.rng_state())
+        if d.master:
+            state = {"step": step, "config": asdict(cfg), "model_config": gpt.config.to_dict(),
+                     "model": gpt.state_dict(), "optimizer": optimizer.state_dict(), "data": windows.state_dict(),
+                     "rng": rngs, "elapsed": elapsed, "data_cache": cache.name}
+            runlib.save_checkpoint(out, gpt, state)
+
+    log = runlib.Log(out) if d.master else None
+    stop = StopFlag(enabled=d.world == 1 and d.master)
+    val_loss = None
+    if step == 0:
+        val_loss = evaluate(loss_model, corpus, cfg, amp, d, device)
+        if log:
+            log.write({"step": 0, "val_loss": val_loss})
+    from tqdm import tqdm
+
+    start_step, run_time = step, 0.0
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not d.master, desc="training", dynamic_ncols=True)
+    try:
+        while step < cfg.max_steps and not stop.requested:
+            t0 = time.perf_counter()
+            lr = learning_rate(step, cfg)
+            loss = train_step(model, optimizer, local_micro_batches(windows, cfg, d, device), lr, cfg, amp, d).item()
+            dt = time.perf_counter() - t0
+            step, elapsed, run_time = step + 1, elapsed + dt, run_time + dt
+            tps = tokens_per_step / dt
+            mfu = fpt * tps / (peak * d.world)
+            record = {"step": step, "loss": loss, "lr": lr, "tokens": step * tokens_per_step,
+                      "tokens_per_s": tps, "mfu": mfu, "time": elapsed}
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                val_loss = record["val_loss"] = evaluate(loss_model, corpus, cfg, amp, d, device)
+            if log:
+                log.write(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}" if val_loss else "-",
+                            tok_s=f"{tps:,.0f}", mfu=f"{mfu:.1%}")
+            if step % cfg.ckpt_interval == 0 or step == cfg.max_steps or stop.requested:
+                checkpoint()
+    finally:
+        bar.close()
+        if log:
+            log.close()
+    if stop.requested:
+        say(f"stopped at step {step}; saved to {out}. Continue with: python train.py --resume --out {out}")
+    if d.master:
+        runlib.plot_losses(out, entropy)
+    run_steps = step - start_step
+    summary = {"step": step, "val_loss": val_loss, "unigram_entropy": entropy, "time": elapsed,
+               "tokens_per_s": run_steps * tokens_per_step / run_time if run_steps else None,
+               "peak_flops": peak, "flops_per_token": fpt, "out": str(out)}
+    if summary["tokens_per_s"]:
+        summary["mfu"] = fpt * summary["tokens_per_s"] / (peak * d.world)
+    say(f"done: step {step}, val loss {val_loss:.3f} vs unigram entropy {entropy:.3f} nats/token; "
+        f"{elapsed / 60:.1f} min of training, {summary['tokens_per_s'] or 0:,.0f} tokens/s, "
+        f"MFU {summary.get('mfu', 0):.1%}; model in {out}/ (loss curve: {out}/loss.png)")
+    if d.master and cfg.samples and not stop.requested:
+        gpt.eval()
+        for i, text in enumerate(sample(gpt, cfg.prompt, cfg.samples, cfg.sample_tokens, cfg.temperature,
+                                        cfg.top_k, cfg.seed)):
+            say(f"--- sample {i + 1} " + "-" * 60 + f"\n{text}")
+            summary.setdefault("samples", []).append(text)
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (TrainError, DataError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
