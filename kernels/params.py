@@ -72,3 +72,18 @@ def normalize_params(logits, temperature, top_k, top_p, seed, position):
 
 def is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_finite(x: torch.Tensor) -> torch.Tensor:
+    """Row maxima of float32 logits (B,); raises on NaN, +inf, or a row with no finite logit.
+
+    One pass: max propagates NaN, so the row maxima tell all three.
+    """
+    mx = x.amax(-1)
+    if torch.isnan(mx).any():
+        raise ValueError("logits contain NaN (check the model's forward pass / dtype overflow)")
+    if (mx == float("inf")).any():
+        raise ValueError("logits contain +inf; mask tokens with -inf instead")
+    if (mx == float("-inf")).any():
+        raise ValueError("a row of logits is entirely -inf: nothing can be drawn")
+    return mx

@@ -3,20 +3,19 @@
 import torch
 import torch.nn.functional as F
 
-from .params import check_logits, normalize_params
+from .params import check_finite, check_logits, normalize_params
 
 
-def logsumexp(v: torch.Tensor) -> torch.Tensor:
-    """logsumexp over the last dim, summed in float64 and rounded to float32.
+def partition(v: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+    """Z = sum(exp(v - mx)) over the last dim, summed in float64, as float32.  # (B,)
 
-    torch splits a reduction differently for different batch shapes (threads, vector lanes); float32
-    sums would then differ in the last bit with the batch around a row. A float64 sum rounds to the same
-    float32 except with probability ~1e-8, which keeps rows batch-invariant in practice.
+    Log-probs are then (s - mx) - log(Z): s - mx is exact, so a large scale (tiny temperature) costs
+    no precision, as it would through a rounded logsumexp. The float64 sum keeps rows batch-invariant:
+    torch splits a reduction differently for different batch shapes, and float32 sums would then differ
+    in the last bit with the batch around a row; float64 sums round to the same float32 but with
+    probability ~1e-8.
     """
-    mx = v.amax(-1, keepdim=True)
-    mx = torch.where(torch.isfinite(mx), mx, 0.0)
-    total = torch.exp(v - mx).sum(-1, dtype=torch.float64)
-    return (total.log() + mx[..., 0].double()).float()
+    return torch.exp(v - mx[:, None]).sum(-1, dtype=torch.float64).float()
 
 
 def topk_threshold(vals: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -25,19 +24,22 @@ def topk_threshold(vals: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.where(k > 0, kth, float("-inf"))
 
 
-def topp_threshold(vals: torch.Tensor, lse: torch.Tensor, p: torch.Tensor, floor: torch.Tensor):
+def topp_threshold(vals, mx, z_kept, p, floor):
     """Smallest value kept by top-p over descending `vals` (entries below `floor` weigh nothing).
 
     A token is kept iff the mass of tokens strictly above it is < p: the smallest top set whose mass
-    reaches p, the crossing token included, and every token tied with a kept one kept too.
-    Returns (threshold (B,), cumulative mass at the window's end (B,)).
+    reaches p, the crossing token included, and every token tied with a kept one kept too. Masses are
+    exp(s - mx), compared with p * z_kept (as the Triton kernel does).
+    Returns (threshold (B,), whether the window's mass reaches p (B,)).
     """
-    probs = torch.exp(vals - lse[:, None]).masked_fill(vals < floor[:, None], 0.0)  # (B, m)
-    cum = probs.cumsum(-1)
+    w = torch.exp(vals - mx[:, None]).masked_fill(vals < floor[:, None], 0.0)  # (B, m)
+    cum = w.cumsum(-1)
     excl = F.pad(cum[:, :-1], (1, 0))  # mass strictly before each position
-    last = (excl < p[:, None]).sum(-1) - 1  # excl is non-decreasing and excl[:, 0] = 0 < p
+    target = (p * z_kept)[:, None]
+    # excl is non-decreasing and excl[:, 0] = 0 < target (clamped for rows where top-p is off)
+    last = ((excl < target).sum(-1) - 1).clamp(min=0)
     t = vals.gather(1, last[:, None])[:, 0]
-    return torch.where(p < 1, t, float("-inf")), cum[:, -1]
+    return torch.where(p < 1, t, float("-inf")), cum[:, -1] >= target[:, 0]
 
 
 def effective_top_k(top_k: torch.Tensor, V: int) -> torch.Tensor:
@@ -54,15 +56,15 @@ def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tens
     check_logits(logits)
     T, k, p, _, _ = normalize_params(logits, temperature, top_k, top_p, 0, 0)
     x = logits.float()
-    if torch.isnan(x).any():
-        raise ValueError("logits contain NaN")
+    check_finite(x)
     B, V = x.shape
     greedy = T == 0
     s = x / torch.where(greedy, 1.0, T)[:, None]  # (B, V)
     vals = s.sort(-1, descending=True).values
     t_k = topk_threshold(vals, effective_top_k(k, V))
-    lse_k = logsumexp(vals.masked_fill(vals < t_k[:, None], float("-inf")))
-    t_p, _ = topp_threshold(vals, lse_k, p, t_k)
+    mx = vals[:, 0]
+    z_k = partition(vals.masked_fill(vals < t_k[:, None], float("-inf")), mx)
+    t_p, _ = topp_threshold(vals, mx, z_k, p, t_k)
     t = torch.maximum(t_k, t_p)
     out = torch.log_softmax(s.masked_fill(s < t[:, None], float("-inf")), -1)
     point_mass = torch.full_like(out, float("-inf")).scatter_(1, x.argmax(-1, keepdim=True), 0.0)

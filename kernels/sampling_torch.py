@@ -3,14 +3,15 @@
 No full-vocabulary sort unless a row needs it. Rows with top-k take `topk` windows of growing width (64,
 512, 4096, 32768, then a sort) until the window provably holds the whole kept set (no tie spilling past
 it); rows with top-p alone gather their nucleus from a one-pass histogram of the mass below the row max.
-Noise is hashed only for kept tokens.
-Rows resolve independently, so a row's result never depends on the rows beside it.
+Noise is hashed only for kept tokens. Rows resolve independently, so a row's result never depends on
+the rows beside it.
 """
 
 import torch
 
 from .hashing import hash_to_gumbel, token_hash
-from .reference import effective_top_k, logsumexp, topk_threshold, topp_threshold
+from .params import check_finite
+from .reference import effective_top_k, partition, topk_threshold, topp_threshold
 
 WINDOWS = (64, 512, 4096, 32768)
 NBINS, BIN_W = 64, 0.25  # nucleus histogram: 16 nats below the row max, then one catch-all bin
@@ -22,7 +23,7 @@ def _rows(x: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
     return x if rows.numel() == n else x.index_select(0, rows)
 
 
-def _first_window(k: torch.Tensor, p: torch.Tensor, V: int) -> torch.Tensor:
+def _first_window(k: torch.Tensor, V: int) -> torch.Tensor:
     """Width of each row's first window: the smallest one holding k + 1 values (the +1 detects ties)."""
     w = torch.full_like(k, V)
     for width in reversed(WINDOWS):
@@ -31,38 +32,39 @@ def _first_window(k: torch.Tensor, p: torch.Tensor, V: int) -> torch.Tensor:
 
 
 def _draw(vals, idx, t, k1, k2):
-    """Exponential race over kept entries (vals >= t) of the window: (tokens, log-probs)."""
-    kept = vals >= t[:, None]  # (n, m); a prefix when vals is sorted
-    lse = logsumexp(vals.masked_fill(~kept, NEG_INF))
-    if not torch.isfinite(lse).all():
+    """Exponential race over the kept entries (vals >= t) of windows (n, m): (tokens, log-probs)."""
+    kept = vals >= t[:, None]  # (n, m)
+    mx = vals.amax(-1)  # the row max: always kept
+    z = partition(vals.masked_fill(~kept, NEG_INF), mx)
+    if not torch.isfinite(mx).all():
         raise ValueError("logits / temperature overflows float32 (temperature too small for these "
                          "logits); use temperature=0 for greedy decoding")
     score = (vals + hash_to_gumbel(token_hash(idx, k1, k2))).masked_fill(~kept, NEG_INF)
     a = score.argmax(-1, keepdim=True)
-    return idx.gather(1, a)[:, 0], vals.gather(1, a)[:, 0] - lse
+    return idx.gather(1, a)[:, 0], (vals.gather(1, a)[:, 0] - mx) - torch.log(z)
 
 
-def _resolve(vals, idx, k, p, lse_full, full: bool, closed: bool = False):
-    """Thresholds from a descending window (n, m); returns (t, resolved) per row.
+def _resolve(vals, k, p, z_full, full: bool, closed: bool = False):
+    """Thresholds from descending windows (n, m); returns (t, resolved) per row.
 
-    full: the window is the whole row, so every row resolves. closed: the window holds every token
-    >= its smallest value (no tie can spill past it), as the nucleus windows do.
+    z_full: mass of the whole row (for top-p without top-k). full: the window is the whole row, so every
+    row resolves. closed: the window holds every token >= its smallest value (no tie can spill past it).
     """
+    mx = vals[:, 0]
     t_k = topk_threshold(vals, k)
-    kept_k = vals >= t_k[:, None]
-    lse_k = torch.where(k > 0, logsumexp(vals.masked_fill(~kept_k, NEG_INF)), lse_full)
-    t_p, mass = topp_threshold(vals, lse_k, p, t_k)
+    z_k = torch.where(k > 0, partition(vals.masked_fill(vals < t_k[:, None], NEG_INF), mx), z_full)
+    t_p, reached = topp_threshold(vals, mx, z_k, p, t_k)
     t = torch.maximum(t_k, t_p)
     if full:
         return t, torch.ones_like(k, dtype=torch.bool)
     last = vals[:, -1]
     tie_spills = (last > NEG_INF) & ((last >= t) | ((k > 0) & (last >= t_k))) & (not closed)
-    mass_short = (k == 0) & (p < 1) & (mass < p)
+    mass_short = (k == 0) & (p < 1) & ~reached
     return t, ~(tie_spills | mass_short)
 
 
 def _nucleus_window(s, p):
-    """For top-p without top-k: (vals, idx) descending, padded with -inf, holding each row's nucleus; lse.
+    """For top-p without top-k: (vals, idx) descending, padded with -inf, holding each row's nucleus; Z.
 
     One pass bins every token by its distance below the row max (BIN_W nats a bin) and sums each bin's
     mass; the bins down to the one where the mass reaches p (plus a margin for rounding) hold the
@@ -71,11 +73,10 @@ def _nucleus_window(s, p):
     n, V = s.shape
     mx = s.amax(-1, keepdim=True)  # (n, 1)
     e = torch.exp(s - mx)  # (n, V)
-    Z = e.sum(-1, dtype=torch.float64)
-    lse = (Z.log() + mx[:, 0].double()).float()
-    b = ((mx - s) * (1.0 / BIN_W)).clamp_(max=NBINS - 1).to(torch.int64)  # (n, V); -inf lands in the last bin
+    z = e.sum(-1, dtype=torch.float64).float()  # as partition() computes it
+    b = ((mx - s) * (1.0 / BIN_W)).clamp_(max=NBINS - 1).to(torch.int64)  # (n, V); -inf: last bin
     mass = torch.zeros(n, NBINS, device=s.device).scatter_add_(1, b, e)  # (n, NBINS)
-    need = (p + 1e-4).clamp(max=1.0) * Z.float()
+    need = (p + 1e-4).clamp(max=1.0) * z
     last_bin = (mass.cumsum(-1) < need[:, None]).sum(-1).clamp(max=NBINS - 1)
     cand = b <= last_bin[:, None]  # (n, V)
     count = cand.sum(-1)
@@ -86,7 +87,7 @@ def _nucleus_window(s, p):
     idx = torch.zeros((n, m), dtype=torch.int64, device=s.device)
     vals[r, pos], idx[r, pos] = s[r, c], c
     vals, order = vals.sort(-1, descending=True)
-    return vals, idx.gather(1, order), lse
+    return vals, idx.gather(1, order), z
 
 
 def _finish(out, rows, vals, idx, t, k1, k2):
@@ -95,8 +96,7 @@ def _finish(out, rows, vals, idx, t, k1, k2):
         return
     tokens, logprobs = out
     kept_w = max(int((vals >= t[:, None]).sum(-1).max()), 1)  # kept entries are a prefix when sorted
-    tok, lp = _draw(vals[:, :kept_w], idx[:, :kept_w], t, k1[rows], k2[rows])
-    tokens[rows], logprobs[rows] = tok, lp
+    tokens[rows], logprobs[rows] = _draw(vals[:, :kept_w], idx[:, :kept_w], t, k1[rows], k2[rows])
 
 
 def _sample_rows(x, T, k, p, k1, k2):
@@ -105,13 +105,13 @@ def _sample_rows(x, T, k, p, k1, k2):
     out = (torch.empty(n, dtype=torch.int64, device=x.device), torch.empty(n, dtype=torch.float32, device=x.device))
     k = effective_top_k(k, V)
     pending = torch.ones(n, dtype=torch.bool, device=x.device)
-    width = _first_window(k, p, V)
-    lse_full = torch.zeros(n, device=x.device)
+    width = _first_window(k, V)
+    z_full = torch.zeros(n, device=x.device)
     nucleus = ((k == 0) & (p < 1)).nonzero()[:, 0]
     if nucleus.numel():
-        vals, idx, lse = _nucleus_window(_rows(x, nucleus, n) / T[nucleus, None], p[nucleus])
-        lse_full[nucleus] = lse
-        t, done = _resolve(vals, idx, k[nucleus], p[nucleus], lse, full=vals.shape[1] == V, closed=True)
+        vals, idx, z = _nucleus_window(_rows(x, nucleus, n) / T[nucleus, None], p[nucleus])
+        z_full[nucleus] = z
+        t, done = _resolve(vals, k[nucleus], p[nucleus], z, full=vals.shape[1] == V, closed=True)
         d = done.nonzero()[:, 0]
         _finish(out, nucleus[d], vals[d], idx[d], t[d], k1, k2)
         pending[nucleus[d]] = False
@@ -129,7 +129,7 @@ def _sample_rows(x, T, k, p, k1, k2):
         else:
             vals, idx = (xr.sort(-1, descending=True) if m == V else xr.topk(m, -1))
             vals = vals / Tr  # dividing by T > 0 keeps the order, so the window is that of x / T
-            t, done = _resolve(vals, idx, kr, pr, lse_full[take], full=m == V)
+            t, done = _resolve(vals, kr, pr, z_full[take], full=m == V)
         d = done.nonzero()[:, 0]
         _finish(out, take[d], vals[d], idx[d], t[d], k1, k2)
         pending[take[d]] = False
@@ -137,35 +137,26 @@ def _sample_rows(x, T, k, p, k1, k2):
     return out
 
 
-def _check_finite(x: torch.Tensor) -> torch.Tensor:
-    """Row maxima; raises on NaN, +inf, or a row with no finite logit (max propagates NaN)."""
-    mx = x.amax(-1)
-    if torch.isnan(mx).any():
-        raise ValueError("logits contain NaN (check the model's forward pass / dtype overflow)")
-    if (mx == float("inf")).any():
-        raise ValueError("logits contain +inf; mask tokens with -inf instead")
-    if (mx == NEG_INF).any():
-        raise ValueError("a row of logits is entirely -inf: nothing can be drawn")
-    return mx
+def _greedy(x):
+    """argmax and its log-probability under log_softmax of the raw row."""
+    tok = x.argmax(-1)
+    mx = x.gather(1, tok[:, None])[:, 0]
+    return tok, -torch.log(partition(x, mx))
 
 
 def sample_torch(logits, T, k, p, k1, k2):
     """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors."""
     x = logits.float()
-    _check_finite(x)
+    check_finite(x)
     B = x.shape[0]
     greedy = T == 0
     if bool(greedy.all()):
-        tok = x.argmax(-1)
-        return tok, x.gather(1, tok[:, None])[:, 0] - logsumexp(x)
+        return _greedy(x)
     tokens = torch.empty(B, dtype=torch.int64, device=x.device)
     logprobs = torch.empty(B, dtype=torch.float32, device=x.device)
     g = greedy.nonzero()[:, 0]
     if g.numel():
-        xg = x.index_select(0, g)
-        tok = xg.argmax(-1)
-        tokens[g], logprobs[g] = tok, xg.gather(1, tok[:, None])[:, 0] - logsumexp(xg)
+        tokens[g], logprobs[g] = _greedy(x.index_select(0, g))
     r = (~greedy).nonzero()[:, 0]
-    xr = _rows(x, r, B)
-    tokens[r], logprobs[r] = _sample_rows(xr, T[r], k[r], p[r], k1[r], k2[r])
+    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), T[r], k[r], p[r], k1[r], k2[r])
     return tokens, logprobs
