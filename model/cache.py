@@ -81,8 +81,14 @@ class KVCache:
         """A new cache whose row i is this cache's row rows[i] (expand, shrink or permute)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
         out = KVCache.__new__(KVCache)
-        out.k = self.k.index_select(1, rows)
-        out.v = self.v.index_select(1, rows)
+        L, _, nh, S, hs = self.k.shape
+        # Only slots < pos hold data, and nothing reads past pos before writing it: copy just those, so
+        # that expanding a short prompt to many rollouts doesn't write the whole (mostly empty) buffer.
+        out.k = self.k.new_empty((L, rows.numel(), nh, S, hs))
+        out.v = self.v.new_empty((L, rows.numel(), nh, S, hs))
+        used = slice(0, self.pos)
+        out.k[:, :, :, used] = self.k[:, :, :, used].index_select(1, rows)
+        out.v[:, :, :, used] = self.v[:, :, :, used].index_select(1, rows)
         out.pos = self.pos
         out.pad = None if self.pad is None else self.pad.index_select(0, rows)
         if out.pad is not None and not bool((out.pad > 0).any()):
@@ -95,15 +101,24 @@ class KVCache:
         return self.select(torch.arange(self.batch_size, device=self.k.device).repeat_interleave(n))
 
     def reorder_(self, rows: torch.Tensor) -> None:
-        """In place: row i becomes old row rows[i] (beam search). Copies only the slots in use."""
+        """In place: row i becomes old row rows[i] (beam search). Copies only the slots in use, and only
+        the rows that change (beams often keep their place)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
         if rows.numel() != self.batch_size:
             raise ValueError(f"reorder_ needs {self.batch_size} row indices, got {rows.numel()}")
-        used = slice(0, self.pos)
-        self.k[:, :, :, used] = self.k[:, :, :, used].index_select(1, rows)
-        self.v[:, :, :, used] = self.v[:, :, :, used].index_select(1, rows)
+        moved = torch.nonzero(rows != torch.arange(rows.numel(), device=rows.device))[:, 0]  # (M,)
+        if moved.numel():
+            src, used = rows[moved], slice(0, self.pos)
+            # gather the sources first: a moved row may be another moved row's source
+            _put_rows(self.k[:, :, :, used], moved, src)  # writes through the view into the buffer
+            _put_rows(self.v[:, :, :, used], moved, src)
         if self.pad is not None:
             self.pad = self.pad.index_select(0, rows)
+
+
+def _put_rows(x: torch.Tensor, dst: torch.Tensor, src: torch.Tensor) -> None:
+    """In place: x's rows dst (dim 1) become copies of its rows src, gathered before any is written."""
+    x.index_copy_(1, dst, x.index_select(1, src))
 
 
 def _causal(slots: torch.Tensor, end: int) -> torch.Tensor:
