@@ -25,13 +25,19 @@ def to_int32_bits(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v >= (1 << 31), v - (1 << 32), v).to(torch.int32)
 
 
-def fmix32(h: torch.Tensor) -> torch.Tensor:
-    """murmur3 finaliser on int32 bit patterns (a bijection with full avalanche)."""
-    h = h ^ ((h >> 16) & 0xFFFF)
-    h = h * _signed(FMIX_C1)
-    h = h ^ ((h >> 13) & 0x7FFFF)
-    h = h * _signed(FMIX_C2)
-    return h ^ ((h >> 16) & 0xFFFF)
+def fmix32(h: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """murmur3 finaliser on int32 bit patterns (a bijection with full avalanche), in place on `h`.
+
+    In place with one scratch buffer: the hash runs over every kept token, and allocating a temporary
+    per step would cost more than the arithmetic.
+    """
+    t = torch.empty_like(h) if scratch is None else scratch
+    for shift, mask, mult in ((16, 0xFFFF, FMIX_C1), (13, 0x7FFFF, FMIX_C2), (16, 0xFFFF, None)):
+        torch.bitwise_right_shift(h, shift, out=t)
+        h ^= t.bitwise_and_(mask)  # masked: a logical shift
+        if mult is not None:
+            h *= _signed(mult)
+    return h
 
 
 def row_keys(seed: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,15 +53,20 @@ def row_keys(seed: torch.Tensor, position: torch.Tensor) -> tuple[torch.Tensor, 
 
 def token_hash(tokens: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
     """32-bit hash (int32 bits) of token ids under per-row keys; tokens (B, n), keys (B,) -> (B, n)."""
-    h = fmix32(tokens.to(torch.int32) ^ k1[:, None])
-    return fmix32(h + k2[:, None])
+    h = tokens.to(torch.int32) ^ k1[:, None]
+    scratch = torch.empty_like(h)
+    fmix32(h, scratch)
+    h += k2[:, None]
+    return fmix32(h, scratch)
 
 
 def hash_to_gumbel(h: torch.Tensor) -> torch.Tensor:
     """Uniform u = (top 24 bits + 0.5) / 2^24, exact in float32 and never 0 or 1; returns -log(-log u).
 
     Adding this Gumbel noise to the scaled logits and taking the argmax draws from their softmax
-    (the exponential race of gpt-fast / vLLM), with no cumulative sum and no global RNG.
+    (the exponential race of gpt-fast / vLLM), with no cumulative sum and no global RNG. Consumes h.
     """
-    u = (((h >> 8) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
-    return -torch.log(-torch.log(u))
+    u = h.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(torch.float32)
+    u += 0.5
+    u *= 1.0 / 16777216.0
+    return u.log_().neg_().log_().neg_()

@@ -39,9 +39,12 @@ def _draw(vals, idx, t, k1, k2):
     if not torch.isfinite(mx).all():
         raise ValueError("logits / temperature overflows float32 (temperature too small for these "
                          "logits); use temperature=0 for greedy decoding")
-    score = (vals + hash_to_gumbel(token_hash(idx, k1, k2))).masked_fill(~kept, NEG_INF)
+    score = hash_to_gumbel(token_hash(idx, k1, k2))
+    score += vals
+    if bool((t > NEG_INF).any()):
+        score.masked_fill_(~kept, NEG_INF)
     a = score.argmax(-1, keepdim=True)
-    return idx.gather(1, a)[:, 0], (vals.gather(1, a)[:, 0] - mx) - torch.log(z)
+    return idx.gather(1, a)[:, 0].long(), (vals.gather(1, a)[:, 0] - mx) - torch.log(z)
 
 
 def _resolve(vals, k, p, z_full, full: bool, closed: bool = False):
@@ -63,19 +66,20 @@ def _resolve(vals, k, p, z_full, full: bool, closed: bool = False):
     return t, ~(tie_spills | mass_short)
 
 
-def _nucleus_window(s, p):
+def _nucleus_window(s, mx, p):
     """For top-p without top-k: (vals, idx) descending, padded with -inf, holding each row's nucleus; Z.
 
-    One pass bins every token by its distance below the row max (BIN_W nats a bin) and sums each bin's
-    mass; the bins down to the one where the mass reaches p (plus a margin for rounding) hold the
+    One pass bins every token by its distance below the row max mx (BIN_W nats a bin) and sums each
+    bin's mass; the bins down to the one where the mass reaches p (plus a margin for rounding) hold the
     nucleus. Only those tokens are gathered and sorted: a few thousand, not the vocabulary.
     """
     n, V = s.shape
-    mx = s.amax(-1, keepdim=True)  # (n, 1)
-    e = torch.exp(s - mx)  # (n, V)
-    z = e.sum(-1, dtype=torch.float64).float()  # as partition() computes it
-    b = ((mx - s) * (1.0 / BIN_W)).clamp_(max=NBINS - 1).to(torch.int64)  # (n, V); -inf: last bin
+    d = mx[:, None] - s  # (n, V) >= 0; +inf for masked tokens
+    e = torch.neg(d).exp_()  # exp(s - mx)
+    b = d.mul_(1.0 / BIN_W).clamp_(max=NBINS - 1).to(torch.int32).long()  # via int32: much faster
+    # scatter_add accumulates each row in token order, whatever the batch: Z stays batch-invariant
     mass = torch.zeros(n, NBINS, device=s.device).scatter_add_(1, b, e)  # (n, NBINS)
+    z = mass.sum(-1, dtype=torch.float64).float()
     need = (p + 1e-4).clamp(max=1.0) * z
     last_bin = (mass.cumsum(-1) < need[:, None]).sum(-1).clamp(max=NBINS - 1)
     cand = b <= last_bin[:, None]  # (n, V)
@@ -99,8 +103,13 @@ def _finish(out, rows, vals, idx, t, k1, k2):
     tokens[rows], logprobs[rows] = _draw(vals[:, :kept_w], idx[:, :kept_w], t, k1[rows], k2[rows])
 
 
-def _sample_rows(x, T, k, p, k1, k2):
-    """Sample rows that all have temperature > 0. x (n, V) float32."""
+def _scale(x, T):
+    """x / T per row, without a pass over x when every T is 1."""
+    return x if bool((T == 1).all()) else x / T[:, None]
+
+
+def _sample_rows(x, mx, T, k, p, k1, k2):
+    """Sample rows that all have temperature > 0. x (n, V) float32, mx its row maxima."""
     n, V = x.shape
     out = (torch.empty(n, dtype=torch.int64, device=x.device), torch.empty(n, dtype=torch.float32, device=x.device))
     k = effective_top_k(k, V)
@@ -109,7 +118,9 @@ def _sample_rows(x, T, k, p, k1, k2):
     z_full = torch.zeros(n, device=x.device)
     nucleus = ((k == 0) & (p < 1)).nonzero()[:, 0]
     if nucleus.numel():
-        vals, idx, z = _nucleus_window(_rows(x, nucleus, n) / T[nucleus, None], p[nucleus])
+        # max(x / T) == max(x) / T exactly: rounding is monotone
+        vals, idx, z = _nucleus_window(_scale(_rows(x, nucleus, n), T[nucleus]), mx[nucleus] / T[nucleus],
+                                       p[nucleus])
         z_full[nucleus] = z
         t, done = _resolve(vals, k[nucleus], p[nucleus], z, full=vals.shape[1] == V, closed=True)
         d = done.nonzero()[:, 0]
@@ -124,7 +135,7 @@ def _sample_rows(x, T, k, p, k1, k2):
         kr, pr = k[take], p[take]
         if m == V and not bool(((kr > 0) | (pr < 1)).any()):
             # Nothing truncated: every token is a candidate, no ordering needed.
-            vals, idx = xr / Tr, torch.arange(V, device=x.device).expand(take.numel(), V)
+            vals, idx = _scale(xr, T[take]), torch.arange(V, device=x.device, dtype=torch.int32).expand(take.numel(), V)
             t, done = torch.full_like(pr, NEG_INF), torch.ones_like(kr, dtype=torch.bool)
         else:
             vals, idx = (xr.sort(-1, descending=True) if m == V else xr.topk(m, -1))
@@ -147,7 +158,7 @@ def _greedy(x):
 def sample_torch(logits, T, k, p, k1, k2):
     """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors."""
     x = logits.float()
-    check_finite(x)
+    mx = check_finite(x)
     B = x.shape[0]
     greedy = T == 0
     if bool(greedy.all()):
@@ -158,5 +169,5 @@ def sample_torch(logits, T, k, p, k1, k2):
     if g.numel():
         tokens[g], logprobs[g] = _greedy(x.index_select(0, g))
     r = (~greedy).nonzero()[:, 0]
-    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), T[r], k[r], p[r], k1[r], k2[r])
+    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], k1[r], k2[r])
     return tokens, logprobs

@@ -1,0 +1,194 @@
+"""Benchmark one sampling step: transformers' warper chain + multinomial (the reference) vs pigpt.
+
+Columns: the reference (TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> softmax ->
+torch.multinomial), pigpt's torch path, pigpt's Triton kernel (CUDA only), FlashInfer (if installed, CUDA
+only), and a bare softmax pass over the same logits (the memory floor). Each cell is the median of
+--repeats timed calls in this one process, so ratios are comparable even on a noisy machine.
+
+    python benchmarks/bench_sampling.py                        # full grid: B x V x logits x settings
+    python benchmarks/bench_sampling.py --B 64 --V 50257 --repeats 5
+    python benchmarks/bench_sampling.py --device cuda          # adds the Triton / FlashInfer columns
+
+Writes a JSON of every cell and a PNG plot (--out, --png).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kernels import sample_from_logits  # noqa: E402
+
+SETTINGS = {  # name -> (temperature, top_k, top_p)
+    "k50_p0.9": (1.0, 50, 0.9),
+    "p0.9": (1.0, 0, 0.9),
+    "k50": (1.0, 50, 1.0),
+    "plain": (1.0, 0, 1.0),
+}
+LOGITS = {  # name -> scale of N(0, 1) logits; 3 gives a ~2,200-token nucleus at p = 0.9, 1 ~30,000
+    "peaked": 3.0,
+    "flat": 1.0,
+}
+
+
+def reference_chain(x, temperature, top_k, top_p):
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    s = x.float()
+    if temperature != 1.0:
+        s = TemperatureLogitsWarper(temperature)(None, s)
+    if top_k:
+        s = TopKLogitsWarper(top_k)(None, s)
+    if top_p < 1.0:
+        s = TopPLogitsWarper(top_p)(None, s)
+    return torch.multinomial(torch.softmax(s, -1), 1)[:, 0]
+
+
+def flashinfer_fn():
+    try:
+        import flashinfer.sampling as fs
+    except Exception:  # noqa: BLE001 (not installed, or built for another CUDA)
+        return None
+
+    def run(x, temperature, top_k, top_p):
+        s = x.float() / temperature
+        if top_k and top_p < 1.0:
+            return fs.top_k_top_p_sampling_from_logits(s, top_k, top_p)
+        probs = torch.softmax(s, -1)
+        if top_k:
+            return fs.top_k_sampling_from_probs(probs, top_k)
+        if top_p < 1.0:
+            return fs.top_p_sampling_from_probs(probs, top_p)
+        return fs.sampling_from_probs(probs)
+    return run
+
+
+def timeit(fn, repeats, cuda):
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_cell(B, V, kind, setting, args, methods):
+    g = torch.Generator().manual_seed(B * 7 + V)
+    x = (torch.randn(B, V, generator=g) * LOGITS[kind]).to(args.device)
+    T, k, p = SETTINGS[setting]
+    cuda = args.device == "cuda"
+    seed = torch.arange(B, device=args.device)
+    row = {"B": B, "V": V, "logits": kind, "setting": setting, "bytes": x.numel() * x.element_size()}
+    row["softmax_s"] = timeit(lambda: torch.softmax(x, -1), args.repeats, cuda)
+    for name, fn in methods.items():
+        if name == "reference":
+            call = lambda: reference_chain(x, T, k, p)  # noqa: E731
+        elif name in ("torch", "triton"):
+            call = lambda n=name: sample_from_logits(x, temperature=T, top_k=k, top_p=p, seed=seed,  # noqa: E731
+                                                     position=0, backend=n)
+        else:
+            call = lambda: fn(x, T, k, p)  # noqa: E731
+        reps = max(1, args.repeats // 2) if name == "reference" and B * V > 64 * 50257 else args.repeats
+        row[f"{name}_s"] = timeit(call, reps, cuda)
+    return row
+
+
+def print_row(row, methods):
+    gbps = lambda s: row["bytes"] / s / 1e9  # noqa: E731
+    ref = row["reference_s"]
+    cells = [f"{row['setting']:>9} {row['logits']:>6} B={row['B']:<4} V={row['V']:<6}",
+             f"softmax {row['softmax_s'] * 1e6:9.0f}us {gbps(row['softmax_s']):6.1f}GB/s"]
+    for name in methods:
+        s = row[f"{name}_s"]
+        cells.append(f"{name} {s * 1e6:9.0f}us {gbps(s):6.2f}GB/s x{ref / s:6.2f} ref "
+                     f"{s / row['softmax_s']:6.1f}x softmax")
+    print(" | ".join(cells), flush=True)
+
+
+def plot(rows, methods, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    Vs = sorted({r["V"] for r in rows})
+    V = 50257 if 50257 in Vs else Vs[0]
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for kind, style in (("peaked", "-"), ("flat", "--")):
+            sel = sorted((r for r in rows if r["setting"] == setting and r["logits"] == kind and r["V"] == V),
+                         key=lambda r: r["B"])
+            if not sel:
+                continue
+            Bs = [r["B"] for r in sel]
+            for i, name in enumerate([*methods, "softmax"]):
+                ax.plot(Bs, [r[f"{name}_s"] * 1e6 / r["B"] for r in sel], style, color=f"C{i}", marker="o",
+                        ms=3, label=f"{name} ({kind})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{setting}, V={V}")
+        ax.set_xlabel("batch B")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("microseconds per row")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--B", type=int, nargs="+", default=[1, 8, 64, 256])
+    ap.add_argument("--V", type=int, nargs="+", default=[32000, 50257, 128256])
+    ap.add_argument("--logits", nargs="+", default=list(LOGITS), choices=list(LOGITS))
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--out", default="bench_out/bench_sampling.json")
+    ap.add_argument("--png", default="bench_out/bench_sampling.png")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    methods = {"reference": reference_chain, "torch": None}
+    if args.device == "cuda":
+        methods["triton"] = None
+        if (fi := flashinfer_fn()) is not None:
+            methods["flashinfer"] = fi
+    print(f"device={args.device} threads={args.threads} torch={torch.__version__} columns={list(methods)}")
+    rows = []
+    for setting in args.settings:
+        for kind in args.logits:
+            for V in args.V:
+                for B in args.B:
+                    rows.append(bench_cell(B, V, kind, setting, args, methods))
+                    print_row(rows[-1], methods)
+    meta = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
+            "loadavg": os.getloadavg(), "methods": list(methods)}
+    if args.device == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    plot(rows, methods, args.png)
+    print(f"wrote {args.out} and {args.png}")
+
+
+if __name__ == "__main__":
+    main()
