@@ -57,7 +57,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    dtype: str = "auto"  # auto: bfloat16 autocast where the device has it, else float32
+    dtype: str = "auto"  # auto: bfloat16 autocast where it is faster (CUDA; CPUs measured), else float32
     seed: int = 1337
     eval_interval: int = 100
     eval_iters: int = 8
@@ -119,7 +119,7 @@ def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if saved is not None:
         for k, v in given.items():
-            if k not in RESUME_MUTABLE and v != saved.get(k):
+            if k not in RESUME_MUTABLE and v != saved.get(k) and not (k == "dtype" and v == "auto"):
                 raise TrainError(
                     f"--{k.replace('_', '-')} {v} conflicts with the run being resumed in {out} "
                     f"(it used {saved.get(k)}); drop the flag to resume that run, or start a new one with another --out"
@@ -199,12 +199,21 @@ def setup(args) -> tuple[Dist, torch.device]:
     return d, device
 
 
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+def resolve_dtype(cfg: TrainConfig, device: torch.device) -> str:
+    """The autocast dtype. auto: bfloat16 on CUDA; on a CPU only where bf16 matmuls measure faster than
+    float32 ones (AMX does; on the avx512_bf16 CPU this was written on they run at ~0.6x, see docs/training.md)."""
     bf16_ok = (torch.cuda.is_bf16_supported() if device.type == "cuda"
                else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if cfg.dtype == "bfloat16" and not bf16_ok:
         raise TrainError(f"--dtype bfloat16: this {device.type} has no bfloat16 support; use --dtype float32")
-    return torch.bfloat16 if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and bf16_ok) else torch.float32
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    if not bf16_ok:
+        return "float32"
+    if device.type == "cuda":
+        return "bfloat16"
+    faster = measure_peak_flops(device, torch.bfloat16) > 1.25 * measure_peak_flops(device, torch.float32)
+    return "bfloat16" if faster else "float32"
 
 
 def all_reduce_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -384,7 +393,12 @@ def train(args, d: Dist, device: torch.device) -> dict:
     if cfg.grad_accum % d.world:
         raise TrainError(f"--grad-accum {cfg.grad_accum} must be a multiple of the number of processes ({d.world}): "
                          "the global batch is batch_size x grad_accum rows")
-    amp_dtype = autocast_dtype(cfg, device)
+    cfg.dtype = resolve_dtype(cfg, device)  # saved resolved: a resumed run keeps the same arithmetic
+    if d.world > 1:  # a timed choice could differ between processes: rank 0's holds
+        choice = [cfg.dtype]
+        dist.broadcast_object_list(choice, src=0)
+        cfg.dtype = choice[0]
+    amp_dtype = getattr(torch, cfg.dtype)
     datalib.find_files(cfg.data)  # a bad --data fails here, on every process
     gpt = build_model(cfg, saved)
     if d.master:

@@ -3,9 +3,10 @@
 With GPT-2's 50257-token vocabulary the head dominates a small model's cost, and the plain path
 (`F.cross_entropy(gpt(idx))`) makes it worse: [N, V] logits are written, upcast, log-softmaxed, and a
 [N, V] gradient is zero-filled and read back, each a pass over hundreds of MB. Here each chunk of rows
-computes its logits, loss and logit gradient (softmax - onehot) while they are still in cache, and turns
-them straight into the gradients of the hidden states and of the embedding matrix. Backward then only
-scales the saved gradients. Same maths as cross_entropy (tests/test_train_loss.py checks loss and grads).
+computes its float32 logits, loss and logit gradient (softmax - onehot) in a few in-place passes while the
+chunk is in cache, and writes that gradient once, in the compute dtype; two matmuls then give the gradients
+of the hidden states and of the embedding matrix, and backward only scales them. The same maths as
+cross_entropy (tests/test_train.py checks loss and gradients; benchmarks/train_step.py times both).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-CHUNK_ROWS = 512  # rows of logits per chunk: 512 x 50257 fp32 ~ 100 MB
+CHUNK_ROWS = 128  # rows of float32 logits per chunk: 128 x 50257 x 4 B ~ 26 MB, about the size of L3
 
 
 def hidden_states(gpt, idx: torch.Tensor) -> torch.Tensor:
@@ -28,26 +29,28 @@ def hidden_states(gpt, idx: torch.Tensor) -> torch.Tensor:
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
-    """mean_i CE(h_i @ W.T, t_i), with the gradients computed chunk by chunk in forward."""
+    """mean_i CE(h_i @ W.T, t_i), with the gradients computed in forward."""
 
     @staticmethod
     def forward(ctx, h, w, targets, compute_dtype, chunk):
         # h (N, C), w (V, C), targets (N,)
-        N = h.shape[0]
+        N, V = h.shape[0], w.shape[0]
         hc, wc = h.to(compute_dtype), w.to(compute_dtype)
-        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)  # (N, C)
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)  # (V, C)
+        grad_logits = torch.empty(N, V, dtype=compute_dtype, device=h.device)  # (N, V): softmax - onehot
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, N, chunk):
-            h_s, t_s = hc[s:s + chunk], targets[s:s + chunk]
-            logits = (h_s @ wc.t()).float()  # (n, V)
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
-            total += (lse - logits.gather(1, t_s[:, None]).squeeze(1)).sum()
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            g[torch.arange(len(t_s), device=g.device), t_s] -= 1.0  # d(sum of CE)/d(logits)
-            g = g.to(compute_dtype)
-            grad_h[s:s + chunk] = g @ wc  # (n, C)
-            grad_w += g.t() @ h_s  # (V, C)
+            t_s, g_s = targets[s:s + chunk], grad_logits[s:s + chunk]
+            logits = (hc[s:s + chunk] @ wc.t()).float()  # (n, V), float32 for the softmax
+            target_logit = logits.gather(1, t_s[:, None])  # (n, 1)
+            peak = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+            exp = logits.sub_(peak).exp_()  # in place: one buffer per chunk, reused while it is in cache
+            norm = exp.sum(dim=-1, keepdim=True)  # (n, 1)
+            total += (peak + norm.log() - target_logit).sum()
+            torch.div(exp, norm, out=g_s)  # softmax, written straight into the compute dtype
+            g_s[torch.arange(len(t_s), device=h.device), t_s] -= 1.0
+        # Two large matmuls over all rows run faster than per-chunk ones with a (V, C) accumulator.
+        grad_h = grad_logits @ wc  # (N, C)
+        grad_w = grad_logits.t() @ hc  # (V, C)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.n, ctx.h_dtype, ctx.w_dtype = N, h.dtype, w.dtype
         return total / N
@@ -59,12 +62,12 @@ class _HeadCrossEntropy(torch.autograd.Function):
         return (grad_h * scale).to(ctx.h_dtype), (grad_w * scale).to(ctx.w_dtype), None, None, None
 
 
-def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_ROWS) -> torch.Tensor:
+def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """Mean cross-entropy of logits h @ w.T against targets; h (N, C), w (V, C), targets (N,).
 
     The matmuls run in the autocast dtype when autocast is on (bf16 on CPU), the softmax in float32.
     """
-    device_type = h.device.type
+    device_type, chunk = h.device.type, chunk or CHUNK_ROWS
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
     with torch.autocast(device_type, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad):
