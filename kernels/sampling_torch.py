@@ -2,12 +2,13 @@
 
 No full-vocabulary sort unless a row needs it. Rows with top-k take `topk` windows of growing width (64,
 512, 4096, 32768, then a sort) until the window provably holds the whole kept set (no tie spilling past
-it); rows with top-p alone gather their nucleus from a one-pass histogram of the mass below the row max.
-Noise is hashed only for kept tokens. Rows resolve independently, so a row's result never depends on
+it); rows with top-p alone find their nucleus from a one-pass histogram of the mass below the row max and
+sort only the few tokens of the bin where the mass crosses p. Noise is hashed only for kept tokens. Rows resolve independently, so a row's result never depends on
 the rows beside it.
 """
 
 import torch
+import torch.nn.functional as F
 
 from .hashing import hash_to_gumbel, token_hash
 from .params import check_finite
@@ -47,11 +48,11 @@ def _draw(vals, idx, t, k1, k2):
     return idx.gather(1, a)[:, 0].long(), (vals.gather(1, a)[:, 0] - mx) - torch.log(z)
 
 
-def _resolve(vals, k, p, z_full, full: bool, closed: bool = False):
+def _resolve(vals, k, p, z_full, full: bool):
     """Thresholds from descending windows (n, m); returns (t, resolved) per row.
 
     z_full: mass of the whole row (for top-p without top-k). full: the window is the whole row, so every
-    row resolves. closed: the window holds every token >= its smallest value (no tie can spill past it).
+    row resolves.
     """
     mx = vals[:, 0]
     t_k = topk_threshold(vals, k)
@@ -61,37 +62,51 @@ def _resolve(vals, k, p, z_full, full: bool, closed: bool = False):
     if full:
         return t, torch.ones_like(k, dtype=torch.bool)
     last = vals[:, -1]
-    tie_spills = (last > NEG_INF) & ((last >= t) | ((k > 0) & (last >= t_k))) & (not closed)
+    tie_spills = (last > NEG_INF) & ((last >= t) | ((k > 0) & (last >= t_k)))
     mass_short = (k == 0) & (p < 1) & ~reached
     return t, ~(tie_spills | mass_short)
 
 
-def _nucleus_window(s, mx, p):
-    """For top-p without top-k: (vals, idx) descending, padded with -inf, holding each row's nucleus; Z.
+def _compact(mask, s):
+    """Ragged selection -> padded (vals (n, m), -inf padding; idx (n, m) int64), each row in token order."""
+    n = mask.shape[0]
+    count = mask.sum(-1)
+    r, c = mask.nonzero(as_tuple=True)  # row-major: each row's entries are contiguous
+    pos = torch.arange(r.numel(), device=s.device) - (count.cumsum(0) - count)[r]
+    m = max(int(count.max()), 1)
+    vals = torch.full((n, m), NEG_INF, device=s.device)
+    idx = torch.zeros((n, m), dtype=torch.int64, device=s.device)
+    vals[r, pos], idx[r, pos] = s[r, c], c
+    return vals, idx
+
+
+def _nucleus(s, mx, p, k1, k2):
+    """Top-p without top-k, with no sort of the row: (tokens, log-probs) of rows s (n, V) (scaled logits).
 
     One pass bins every token by its distance below the row max mx (BIN_W nats a bin) and sums each
-    bin's mass; the bins down to the one where the mass reaches p (plus a margin for rounding) hold the
-    nucleus. Only those tokens are gathered and sorted: a few thousand, not the vocabulary.
+    bin's mass. Bins above the one where the cumulative mass crosses p are kept whole, bins below it
+    dropped; only the crossing bin's few tokens are sorted, to place the threshold inside it. The kept
+    tokens are then gathered (unordered) for the draw.
     """
-    n, V = s.shape
     d = mx[:, None] - s  # (n, V) >= 0; +inf for masked tokens
     e = torch.neg(d).exp_()  # exp(s - mx)
     b = d.mul_(1.0 / BIN_W).clamp_(max=NBINS - 1).to(torch.int32).long()  # via int32: much faster
     # scatter_add accumulates each row in token order, whatever the batch: Z stays batch-invariant
-    mass = torch.zeros(n, NBINS, device=s.device).scatter_add_(1, b, e)  # (n, NBINS)
+    mass = torch.zeros(s.shape[0], NBINS, device=s.device).scatter_add_(1, b, e)  # (n, NBINS)
     z = mass.sum(-1, dtype=torch.float64).float()
-    need = (p + 1e-4).clamp(max=1.0) * z
-    last_bin = (mass.cumsum(-1) < need[:, None]).sum(-1).clamp(max=NBINS - 1)
-    cand = b <= last_bin[:, None]  # (n, V)
-    count = cand.sum(-1)
-    r, c = cand.nonzero(as_tuple=True)  # row-major: each row's candidates are contiguous
-    pos = torch.arange(r.numel(), device=s.device) - (count.cumsum(0) - count)[r]
-    m = int(count.max())
-    vals = torch.full((n, m), NEG_INF, device=s.device)
-    idx = torch.zeros((n, m), dtype=torch.int64, device=s.device)
-    vals[r, pos], idx[r, pos] = s[r, c], c
-    vals, order = vals.sort(-1, descending=True)
-    return vals, idx.gather(1, order), z
+    target = p * z
+    cum = mass.cumsum(-1)
+    L = (cum < target[:, None]).sum(-1).clamp(max=NBINS - 1)  # the crossing bin
+    above = torch.where(L > 0, cum.gather(1, (L - 1).clamp(min=0)[:, None])[:, 0], 0.0)  # < target
+    cross = b == L[:, None]  # (n, V)
+    bvals = _compact(cross, s)[0].sort(-1, descending=True).values  # (n, mb)
+    w = torch.exp(bvals - mx[:, None])
+    excl = above[:, None] + F.pad(w.cumsum(-1)[:, :-1], (1, 0))  # mass strictly above each token
+    last = ((excl < target[:, None]).sum(-1) - 1).clamp(min=0)
+    t = bvals.gather(1, last[:, None])  # (n, 1): ties with it are kept too
+    kept = (b < L[:, None]) | (cross & (s >= t))
+    vals, idx = _compact(kept, s)
+    return _draw(vals, idx, torch.full_like(z, NEG_INF), k1, k2)
 
 
 def _finish(out, rows, vals, idx, t, k1, k2):
@@ -115,18 +130,13 @@ def _sample_rows(x, mx, T, k, p, k1, k2):
     k = effective_top_k(k, V)
     pending = torch.ones(n, dtype=torch.bool, device=x.device)
     width = _first_window(k, V)
-    z_full = torch.zeros(n, device=x.device)
+    z_full = torch.zeros(n, device=x.device)  # only top-p-alone rows would read it, and they go below
     nucleus = ((k == 0) & (p < 1)).nonzero()[:, 0]
     if nucleus.numel():
         # max(x / T) == max(x) / T exactly: rounding is monotone
-        vals, idx, z = _nucleus_window(_scale(_rows(x, nucleus, n), T[nucleus]), mx[nucleus] / T[nucleus],
-                                       p[nucleus])
-        z_full[nucleus] = z
-        t, done = _resolve(vals, k[nucleus], p[nucleus], z, full=vals.shape[1] == V, closed=True)
-        d = done.nonzero()[:, 0]
-        _finish(out, nucleus[d], vals[d], idx[d], t[d], k1, k2)
-        pending[nucleus[d]] = False
-        width[nucleus] = V  # a rounding miss falls back to the full sort
+        out[0][nucleus], out[1][nucleus] = _nucleus(_scale(_rows(x, nucleus, n), T[nucleus]),
+                                                    mx[nucleus] / T[nucleus], p[nucleus], k1[nucleus], k2[nucleus])
+        pending[nucleus] = False
     for m in (*[w for w in WINDOWS if w < V], V):
         take = (pending & (width <= m)).nonzero()[:, 0]
         if take.numel() == 0:
