@@ -122,7 +122,7 @@ def plot_steps(views: list[StepView], tokenizer, proc: Processing, *, prompt_tex
         title = f"t={view.t + 1}  → {show_token(tokenizer, view.token, limit=14)}  p={fmt_p(p)}"
         if context_texts:
             title = shorten(context_texts[view.t], 34) + "\n" + title
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=8, family="monospace")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ((RAW_COLOR, PROC_COLOR, DRAWN_COLOR) if both
                                                               else (PROC_COLOR, DRAWN_COLOR))]
     names = (["model (raw)", f"after {proc.label()}", "drawn token"] if both

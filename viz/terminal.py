@@ -62,7 +62,7 @@ def render_step(view: StepView, tokenizer, proc: Processing, *, context: str = "
     width = width or terminal_width()
     both = not proc.is_identity
     label_w = max(len(show_token(tokenizer, i)) for i in view.ids)
-    label_w = min(max(label_w, 6), 18)
+    label_w = min(max(label_w, 8), 18)  # at least "(others)"
     fixed = label_w + 2 + 8 + (3 + 8 if both else 0) + 10  # labels, numbers, separators, the marker
     bar_w = max(8, (width - fixed) // (2 if both else 1))
 

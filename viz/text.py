@@ -27,8 +27,11 @@ def show_token(tokenizer, token: int, limit: int = 16) -> str:
 
 
 def shorten(text: str, limit: int, *, keep_end: bool = True) -> str:
-    """One line of at most `limit` characters; keeps the end (the context nearest the next token) by default."""
-    text = text.replace("\n", "↵ ")
+    """One line of at most `limit` characters; keeps the end (the context nearest the next token) by default.
+    Newlines show as ↵ and trailing spaces as ␣, since the next token depends on them."""
+    stripped = text.rstrip(" ")
+    text = stripped + "␣" * (len(text) - len(stripped))
+    text = text.replace("\n", "↵")
     if len(text) <= limit:
         return text
     return "…" + text[-(limit - 1):] if keep_end else text[: limit - 1] + "…"
