@@ -97,25 +97,25 @@ def test_greedy_matches_transformers_alone_and_ragged_batch(tiny):
 @pytest.mark.parametrize("penalty", [1.3, 0.8])
 def test_repetition_penalty_greedy_matches_transformers(mild, penalty):
     gpt, hf = mild
-    params = SamplingParams(temperature=0.0, max_new_tokens=16, repetition_penalty=penalty)
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, repetition_penalty=penalty)
     out = generate(gpt, PROMPTS, params)
     changed = False
     for p, group in zip(PROMPTS, out):
-        ref = hf_generate(hf, p, 16, do_sample=False, repetition_penalty=penalty)
+        ref = hf_generate(hf, p, 12, do_sample=False, repetition_penalty=penalty)
         assert group[0].tokens == ref
-        changed |= ref != hf_generate(hf, p, 16, do_sample=False)
+        changed |= ref != hf_generate(hf, p, 12, do_sample=False)
     assert changed, "the penalty should change some greedy completion, or this test shows nothing"
 
 
 def test_min_new_tokens_masks_stop_tokens(eos_model):
     gpt, hf = eos_model
-    free = generate(gpt, PROMPTS, SamplingParams(max_new_tokens=12, n=8, seed=0))
+    free = generate(gpt, PROMPTS, SamplingParams(max_new_tokens=10, n=4, seed=0))
     assert min(len(r.tokens) for g in free for r in g) < 4, "the EOS-biased model should stop early when allowed"
-    params = SamplingParams(max_new_tokens=12, min_new_tokens=6, n=8, seed=0)
+    params = SamplingParams(max_new_tokens=10, min_new_tokens=6, n=4, seed=0)
     for group in generate(gpt, PROMPTS, params):
         for r in group:
             assert EOS not in r.tokens[:6] and len(r.tokens) >= 6
-            assert (r.finish_reason == "stop") == (r.tokens[-1] == EOS and len(r.tokens) <= 12)
+            assert (r.finish_reason == "stop") == (r.tokens[-1] == EOS)
     # and greedily, the same tokens as transformers' min_new_tokens
     for p in PROMPTS:
         (r,) = generate(gpt, [p], SamplingParams(temperature=0, max_new_tokens=12, min_new_tokens=3))[0]
@@ -130,7 +130,7 @@ def test_min_new_tokens_masks_stop_tokens(eos_model):
 ])
 def test_sampling_logprobs_match_transition_scores(eos_model, kw):
     gpt, hf = eos_model
-    params = SamplingParams(max_new_tokens=10, n=3, seed=123, **kw)
+    params = SamplingParams(max_new_tokens=8, n=2, seed=123, **kw)
     for p, group in zip(PROMPTS[:2], generate(gpt, PROMPTS[:2], params)):
         for r in group:
             ref = hf_processed_logprobs(hf, p, r.tokens, **kw)
@@ -191,7 +191,7 @@ def test_first_token_frequencies_match_processed_distribution(tiny):
 # -- score ---------------------------------------------------------------------------------------------------
 def test_score_equals_untruncated_generate_logprobs(eos_model):
     gpt, hf = eos_model
-    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=10, n=2, seed=3)
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=8, n=2, seed=3)
     for p, group in zip(PROMPTS, generate(gpt, PROMPTS, params)):
         for r in group:
             s = score(gpt, p, r.tokens)
@@ -214,12 +214,12 @@ def test_score_of_one_token(tiny):
 def test_stop_string_ends_at_the_completing_token(eos_model):
     gpt, _ = eos_model
     enc = get_tokenizer()
-    params = SamplingParams(max_new_tokens=12, n=6, seed=11, stop_token_ids=())
+    params = SamplingParams(max_new_tokens=10, n=4, seed=11, stop_token_ids=())
     plain = generate(gpt, PROMPTS[:1], params)[0]
     text = enc.decode(plain[0].tokens)
     stop = text[len(text) // 2: len(text) // 2 + 2]  # a string the first rollout is known to produce
     assert stop.strip(), text
-    cut = generate(gpt, PROMPTS[:1], SamplingParams(max_new_tokens=12, n=6, seed=11, stop_token_ids=(), stop=(stop,)))
+    cut = generate(gpt, PROMPTS[:1], SamplingParams(max_new_tokens=10, n=4, seed=11, stop_token_ids=(), stop=(stop,)))
     for full, r in zip(plain, cut[0]):
         hit = next((k for k in range(1, len(full.tokens) + 1) if stop in enc.decode(full.tokens[:k])), None)
         if hit is None:
