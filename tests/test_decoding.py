@@ -103,6 +103,10 @@ def test_repetition_penalty_greedy_matches_transformers(mild, penalty):
     for p, group in zip(PROMPTS, out):
         ref = hf_generate(hf, p, 12, do_sample=False, repetition_penalty=penalty)
         assert group[0].tokens == ref
+        # greedy log-probs: log_softmax of the penalised logits at the argmax, as compute_transition_scores
+        lp = hf_processed_logprobs(hf, p, ref, temperature=1.0, top_k=0, top_p=1.0,
+                                   repetition_penalty=penalty, min_new_tokens=0)
+        assert torch.allclose(torch.tensor(group[0].logprobs), lp, atol=1e-4)
         changed |= ref != hf_generate(hf, p, 12, do_sample=False)
     assert changed, "the penalty should change some greedy completion, or this test shows nothing"
 
