@@ -88,9 +88,9 @@ def _nucleus(s, mx, p, k1, k2):
     dropped; only the crossing bin's few tokens are sorted, to place the threshold inside it. The kept
     tokens are then gathered (unordered) for the draw.
     """
-    d = mx[:, None] - s  # (n, V) >= 0; +inf for masked tokens
-    e = torch.neg(d).exp_()  # exp(s - mx)
-    b = d.mul_(1.0 / BIN_W).clamp_(max=NBINS - 1).to(torch.int32).long()  # via int32: much faster
+    e = torch.sub(s, mx[:, None]).exp_()  # (n, V) exp(s - mx)
+    # bin = floor((mx - s) / BIN_W), monotone in s; -inf tokens land in the last bin. Via int32: much faster.
+    b = torch.sub(mx[:, None], s).mul_(1.0 / BIN_W).clamp_(max=NBINS - 1).to(torch.int32).long()  # (n, V)
     # scatter_add accumulates each row in token order, whatever the batch: Z stays batch-invariant
     mass = torch.zeros(s.shape[0], NBINS, device=s.device).scatter_add_(1, b, e)  # (n, NBINS)
     z = mass.sum(-1, dtype=torch.float64).float()
@@ -98,14 +98,14 @@ def _nucleus(s, mx, p, k1, k2):
     cum = mass.cumsum(-1)
     L = (cum < target[:, None]).sum(-1).clamp(max=NBINS - 1)  # the crossing bin
     above = torch.where(L > 0, cum.gather(1, (L - 1).clamp(min=0)[:, None])[:, 0], 0.0)  # < target
-    cross = b == L[:, None]  # (n, V)
-    bvals = _compact(cross, s)[0].sort(-1, descending=True).values  # (n, mb)
+    bvals = _compact(b == L[:, None], s)[0].sort(-1, descending=True).values  # (n, mb) the crossing bin
     w = torch.exp(bvals - mx[:, None])
     excl = above[:, None] + F.pad(w.cumsum(-1)[:, :-1], (1, 0))  # mass strictly above each token
     last = ((excl < target[:, None]).sum(-1) - 1).clamp(min=0)
-    t = bvals.gather(1, last[:, None])  # (n, 1): ties with it are kept too
-    kept = (b < L[:, None]) | (cross & (s >= t))
-    vals, idx = _compact(kept, s)
+    t = bvals.gather(1, last[:, None])  # (n, 1)
+    # bins are monotone in s: every token of a higher bin is > t, every token of a lower one < t,
+    # so the kept set (ties with t included) is just s >= t
+    vals, idx = _compact(s >= t, s)
     return _draw(vals, idx, torch.full_like(z, NEG_INF), k1, k2)
 
 
@@ -132,6 +132,13 @@ def _sample_rows(x, mx, T, k, p, k1, k2):
     width = _first_window(k, V)
     z_full = torch.zeros(n, device=x.device)  # only top-p-alone rows would read it, and they go below
     nucleus = ((k == 0) & (p < 1)).nonzero()[:, 0]
+    plain = ((k == 0) & (p == 1)).nonzero()[:, 0]
+    if plain.numel():
+        # Nothing truncated: every token is a candidate, no ordering needed.
+        idx = torch.arange(V, device=x.device, dtype=torch.int32).expand(plain.numel(), V)
+        t = torch.full((plain.numel(),), NEG_INF, device=x.device)
+        out[0][plain], out[1][plain] = _draw(_scale(_rows(x, plain, n), T[plain]), idx, t, k1[plain], k2[plain])
+        pending[plain] = False
     if nucleus.numel():
         # max(x / T) == max(x) / T exactly: rounding is monotone
         out[0][nucleus], out[1][nucleus] = _nucleus(_scale(_rows(x, nucleus, n), T[nucleus]),
@@ -142,15 +149,9 @@ def _sample_rows(x, mx, T, k, p, k1, k2):
         if take.numel() == 0:
             continue
         xr, Tr = _rows(x, take, n), T[take, None]
-        kr, pr = k[take], p[take]
-        if m == V and not bool(((kr > 0) | (pr < 1)).any()):
-            # Nothing truncated: every token is a candidate, no ordering needed.
-            vals, idx = _scale(xr, T[take]), torch.arange(V, device=x.device, dtype=torch.int32).expand(take.numel(), V)
-            t, done = torch.full_like(pr, NEG_INF), torch.ones_like(kr, dtype=torch.bool)
-        else:
-            vals, idx = (xr.sort(-1, descending=True) if m == V else xr.topk(m, -1))
-            vals = vals / Tr  # dividing by T > 0 keeps the order, so the window is that of x / T
-            t, done = _resolve(vals, kr, pr, z_full[take], full=m == V)
+        vals, idx = (xr.sort(-1, descending=True) if m == V else xr.topk(m, -1))
+        vals = vals / Tr  # dividing by T > 0 keeps the order, so the window is that of x / T
+        t, done = _resolve(vals, k[take], p[take], z_full[take], full=m == V)
         d = done.nonzero()[:, 0]
         _finish(out, take[d], vals[d], idx[d], t[d], k1, k2)
         pending[take[d]] = False
@@ -179,5 +180,8 @@ def sample_torch(logits, T, k, p, k1, k2):
     if g.numel():
         tokens[g], logprobs[g] = _greedy(x.index_select(0, g))
     r = (~greedy).nonzero()[:, 0]
+    if not torch.isfinite(mx[r] / T[r]).all():
+        raise ValueError("logits / temperature overflows float32 (temperature too small for these "
+                         "logits); use temperature=0 for greedy decoding")
     tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], k1[r], k2[r])
     return tokens, logprobs

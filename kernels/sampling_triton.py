@@ -186,6 +186,7 @@ def sample_triton(logits, T, k, p, k1, k2, block: int | None = None):
     x = logits if logits.stride(1) == 1 else logits.contiguous()
     k_eff = torch.where((k > 0) & (k < V), k, 0).to(torch.int32)
     p_eff = p.clamp(min=torch.finfo(torch.float32).tiny, max=1.0)
+    T = T.clamp(min=0.0)  # unchecked on the GPU: a negative temperature would reverse the order
     tokens = torch.empty(B, dtype=torch.int64, device=x.device)
     logprobs = torch.empty(B, dtype=torch.float32, device=x.device)
     _sample_kernel[(B,)](x, x.stride(0), T, k_eff, p_eff, k1, k2, tokens, logprobs, V,
