@@ -33,6 +33,7 @@ SETTINGS = {  # name -> (temperature, top_k, top_p)
     "k50": (1.0, 50, 1.0),
     "plain": (1.0, 0, 1.0),
 }
+STAT = "median"
 LOGITS = {  # name -> scale of N(0, 1) logits; 3 gives a ~2,200-token nucleus at p = 0.9, 1 ~30,000
     "peaked": 3.0,
     "flat": 1.0,
@@ -73,7 +74,7 @@ def flashinfer_fn():
 
 
 def timeit(fn, repeats, cuda):
-    """Median seconds of `repeats` calls after one warm-up call."""
+    """Seconds per call (STAT of `repeats` calls, after one warm-up call)."""
     fn()
     times = []
     for _ in range(repeats):
@@ -84,7 +85,7 @@ def timeit(fn, repeats, cuda):
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times) if STAT == "min" else statistics.median(times)
 
 
 def bench_cell(B, V, kind, setting, args, methods):
@@ -159,19 +160,24 @@ def main():
     ap.add_argument("--logits", nargs="+", default=list(LOGITS), choices=list(LOGITS))
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="min is steadier on a machine shared with other jobs")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", default="bench_out/bench_sampling.json")
     ap.add_argument("--png", default="bench_out/bench_sampling.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global STAT
+    STAT = args.stat
 
     methods = {"reference": reference_chain, "torch": None}
     if args.device == "cuda":
         methods["triton"] = None
         if (fi := flashinfer_fn()) is not None:
             methods["flashinfer"] = fi
-    print(f"device={args.device} threads={args.threads} torch={torch.__version__} columns={list(methods)}")
+    print(f"device={args.device} threads={args.threads} torch={torch.__version__} stat={args.stat} "
+          f"loadavg={os.getloadavg()[0]:.1f} columns={list(methods)}")
     rows = []
     for setting in args.settings:
         for kind in args.logits:
@@ -179,7 +185,7 @@ def main():
                 for B in args.B:
                     rows.append(bench_cell(B, V, kind, setting, args, methods))
                     print_row(rows[-1], methods)
-    meta = {"device": args.device, "threads": args.threads, "torch": torch.__version__,
+    meta = {"device": args.device, "threads": args.threads, "stat": args.stat, "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
             "loadavg": os.getloadavg(), "methods": list(methods)}
     if args.device == "cuda":

@@ -144,3 +144,18 @@ def test_triton_on_cuda_matches_torch_on_cpu():
             tok, lp = sample_from_logits(x.cuda(), **{n: v.cuda() for n, v in prm.items()})  # auto -> triton
             assert torch.equal(tok.cpu(), ref_tok)
             torch.testing.assert_close(lp.cpu(), ref_lp, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("V", [3, 33])
+def test_triton_matches_torch_on_random_ties_masks_and_parameters(V):
+    """Fuzz: rounded logits (many ties), ~30% -inf, random per-row temperature / top_k / top_p / seeds."""
+    g = torch.Generator().manual_seed(V)
+    B = 48
+    x = (torch.randn(B, V, generator=g) * 2).round()
+    x[torch.rand(B, V, generator=g) < 0.3] = NEG_INF
+    x[:, 0] = torch.where(x[:, 0] == NEG_INF, 0.0, x[:, 0])  # at least one finite logit per row
+    kw = dict(temperature=torch.tensor([0.0, 0.01, 0.5, 1.0, 3.0])[torch.randint(0, 5, (B,), generator=g)],
+              top_k=torch.randint(0, V + 2, (B,), generator=g),
+              top_p=torch.tensor([1e-6, 0.3, 0.5, 0.9, 0.999, 1.0])[torch.randint(0, 6, (B,), generator=g)],
+              seed=torch.randint(0, 2**40, (B,), generator=g), position=torch.arange(B))
+    assert_same(x, **kw)
