@@ -121,7 +121,6 @@ def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_id
     K = max(2, 1 + len(stop_ids)) * nb  # beams_to_keep
     top_nb = torch.arange(K, device=device) < nb  # top_num_beam_mask
     stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    offset = torch.arange(B, device=device)[:, None] * nb  # (B, 1) first flat row of each prompt
     fill = stop_ids[0] if stop_ids else -1
     run_score = torch.zeros(B, nb, device=device)
     run_score[:, 1:] = NEG  # only beam 0 is live at the first step
@@ -134,14 +133,16 @@ def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_id
         fin_done=torch.zeros(B, nb, dtype=torch.bool, device=device),
         improvable=torch.ones(B, 1, dtype=torch.bool, device=device),
     )
+    items = torch.arange(B, device=device)  # original prompt index of each batch item
+    out = _select_items(st, torch.arange(B, device=device))  # final hypotheses, filled as prompts finish
     for t in range(T):
         if t > 0:
             logits = model(st.run_tok[:, :, t - 1].reshape(-1, 1), cache, last_only=True)[:, -1].float()
         logp = F.log_softmax(logits, dim=-1)  # (B*nb, V)
         logp = apply_repetition_penalty(logp, hist[:, : P + t], penalty, inplace=True)
         logp = apply_min_new_tokens(logp, t, min_new, stop_ids, inplace=True)
-        logp = logp.view(B, nb, V) + st.run_score[:, :, None]
-        topk_lp, topk_idx = torch.topk(logp.view(B, nb * V), k=K)  # (B, K)
+        logp = logp.view(-1, nb, V) + st.run_score[:, :, None]
+        topk_lp, topk_idx = torch.topk(logp.view(-1, nb * V), k=K)  # (B, K)
         src = topk_idx // V  # beam each candidate extends
         ids = topk_idx % V
         topk_tok = _gather_beams(st.run_tok, src)  # (B, K, T)
@@ -152,13 +153,45 @@ def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_id
         run_src = _next_running(st, topk_lp, topk_tok, src, ends, nb)
         _update_finished(st, topk_lp, topk_tok, ends, top_nb, nb, t, lp, early_stopping)
         _update_improvable(st, t + 1, T, lp, early_stopping)
-        if not _has_unfinished(st, ends, early_stopping) or t + 1 == T:
+        done = _items_done(st, ends, early_stopping)  # (B,)
+        if t + 1 == T or bool(done.all()):
             break
-        rows = (run_src + offset).view(-1)  # (B*nb,) flat cache row each new beam continues
-        cache.reorder_(rows)
+        if bool(done.any()):
+            # A finished prompt's hypotheses can no longer change (transformers keeps stepping it, adding
+            # -1e9 to whatever it would add): store them and drop its beams from the batch.
+            finished = torch.nonzero(done)[:, 0]
+            _store(out, st, finished, items[finished])
+            keep = torch.nonzero(~done)[:, 0]
+            st = _select_items(st, keep)
+            items, run_src = items[keep], run_src[keep]
+            rows = (run_src + keep[:, None] * nb).view(-1)  # (B'*nb,) old flat row each new beam continues
+            cache = cache.select(rows)
+        else:
+            rows = (run_src + torch.arange(len(items), device=device)[:, None] * nb).view(-1)
+            cache.reorder_(rows)
         hist = hist.index_select(0, rows)
         hist[:, P + t] = st.run_tok[:, :, t].reshape(-1)
-    return st
+    _store(out, st, torch.arange(len(items), device=device), items)
+    return out
+
+
+def _items_done(st: BeamState, ends, early_stopping) -> torch.Tensor:
+    """Per prompt, transformers' stopping test (_beam_search_has_unfinished_sequences) -> (B,) bool."""
+    no_improvement = ~st.improvable[:, 0]
+    full = torch.all(st.fin_done, dim=-1) & (early_stopping is True)
+    no_continuation = torch.all(ends, dim=-1)
+    return no_improvement | full | no_continuation
+
+
+def _store(out: BeamState, st: BeamState, rows: torch.Tensor, items: torch.Tensor) -> None:
+    """out's prompts `items` get the finished hypotheses of st's batch rows `rows`."""
+    for f in ("fin_tok", "fin_score", "fin_len", "fin_done"):
+        getattr(out, f)[items] = getattr(st, f)[rows]
+
+
+def _select_items(st: BeamState, keep: torch.Tensor) -> BeamState:
+    return BeamState(**{f: getattr(st, f)[keep] for f in ("run_tok", "run_score", "fin_tok", "fin_score",
+                                                           "fin_len", "fin_done", "improvable")})
 
 
 def _gather_beams(x: torch.Tensor, beams: torch.Tensor) -> torch.Tensor:
@@ -203,10 +236,3 @@ def _update_improvable(st: BeamState, gen_len: int, T: int, lp: float, early_sto
     best_running = st.run_score[:, :1] / (best_len**lp)  # (B, 1)
     worst_finished = torch.where(st.fin_done, torch.min(st.fin_score, dim=1, keepdim=True)[0], NEG)  # (B, nb)
     st.improvable = st.improvable & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
-
-
-def _has_unfinished(st: BeamState, ends, early_stopping) -> bool:
-    improvement_possible = torch.any(st.improvable)
-    open_beam = ~(torch.all(st.fin_done) & (early_stopping is True))
-    valid_continuations = ~torch.all(ends)
-    return bool(improvement_possible & open_beam & valid_continuations)

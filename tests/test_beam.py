@@ -124,3 +124,16 @@ def test_bad_arguments_are_clear_errors(pair, kw, match):
     kw = {"max_new_tokens": 8, **kw}
     with pytest.raises(ValueError, match=match):
         beam_search(gpt, PROMPTS[:1], **kw)
+
+
+@pytest.mark.parametrize("num_beams,early_stopping", [(2, False), (4, "never")])
+def test_prompts_finishing_at_different_steps(pair, num_beams, early_stopping):
+    """With 16 new tokens and length_penalty 0.5, prompt 2 is done steps before the others: its beams leave
+    the batch, and every prompt still gets transformers' hypotheses."""
+    gpt, hf = pair
+    kw = dict(num_beams=num_beams, max_new_tokens=16, length_penalty=0.5, early_stopping=early_stopping,
+              num_return_sequences=num_beams)
+    ours = beam_search(gpt, PROMPTS, stop_token_ids=(EOS,), **kw)
+    for p, beams in zip(PROMPTS, ours):
+        assert_same(beams, hf_beams(hf, p, **kw))
+    assert max(len(b.tokens) for b in ours[2]) < max(len(b.tokens) for b in ours[0]), "prompt 2 should end first"
