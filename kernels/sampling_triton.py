@@ -80,7 +80,8 @@ def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target,
             USE_MASS: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr):
     """Largest row value v in [a, b] with f(v) >= target, f = count or mass (exp(s - m)) of {s >= v}.
 
-    Needs f(a) >= target and f < target above b. Returns (v, count(s >= v), mass(s >= v)).
+    Needs f(a) >= target and f < target above b; a need not be a row value. Returns (v, count(s >= v),
+    mass(s >= v)); the two counts are exact only if the bracket moved off its starting a.
     Each round costs one pass; pivot NP - 1 sits on b, so every round either ends or lowers b.
     """
     offs0 = tl.arange(0, BLOCK)
@@ -139,10 +140,17 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, k1_ptr, k2_ptr, tok_ptr, 
     if do_k:
         t, _c, kept_mass = _bisect(x_row, V, T, unit_t, m, mn, n_fin, z, m, k.to(tl.float32),
                                    False, BLOCK, NP)
+    target = p * kept_mass
     if (p < 1.0) & (~greedy) & (~bad):
-        a0 = tl.maximum(t, mn)
-        t, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, kept_mass, m, p * kept_mass,
-                            True, BLOCK, NP)
+        if target <= 1.0:
+            t = m  # the max alone (mass exp(0) = 1) reaches p: no pass needed
+        else:
+            # Tokens below m - log(V / (1 - p)) carry less than (1 - p) of the mass together, so the
+            # threshold lies above; start the bracket there (1 nat lower, for rounding).
+            lb = m - tl.log(V.to(tl.float32) / (1.0 - p)) - 1.0
+            a0 = tl.maximum(tl.maximum(t, mn), lb)
+            t, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, kept_mass, m, target,
+                                True, BLOCK, NP)
 
     # draw: exponential race over s >= t
     k1 = tl.load(k1_ptr + row).to(tl.uint32, bitcast=True)
