@@ -48,10 +48,10 @@ class TrainConfig:
     dropout: float = 0.0
     batch_size: int = 16  # rows per micro-step per process
     grad_accum: int = 1  # micro-steps per optimizer step, over all processes together
-    max_steps: int = 600
+    max_steps: int = 300
     lr: float = 2e-3
     min_lr: float | None = None  # None: lr / 10
-    warmup_steps: int = 40
+    warmup_steps: int = 20
     lr_decay_steps: int | None = None  # None: max_steps
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -59,8 +59,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     dtype: str = "auto"  # auto: bfloat16 autocast where it is faster (CUDA; CPUs measured), else float32
     seed: int = 1337
-    eval_interval: int = 100
-    eval_iters: int = 8
+    eval_interval: int = 50
+    eval_iters: int = 4
     ckpt_interval: int | None = None  # None: eval_interval
     compile: bool = False
     samples: int = 3
@@ -494,6 +494,8 @@ def train(args, d: Dist, device: torch.device) -> dict:
         bar.close()
         if log:
             log.close()
+    if val_loss is None:  # resumed a finished run: nothing trained, but report where it stands
+        val_loss = evaluate(loss_model, corpus, cfg, amp, d, device)
     if stop.requested:
         say(f"stopped at step {step}; saved to {out}. Continue with: python train.py --resume --out {out}")
     if d.master:
