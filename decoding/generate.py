@@ -70,64 +70,86 @@ def generate(model, prompts, params: SamplingParams | None = None, *, backend: s
     return out
 
 
+class _Live:
+    """The rows still decoding: their cache, last tokens, seeds, rollout indices and token history."""
+
+    def __init__(self, cache, seeds: torch.Tensor, hist: torch.Tensor | None):
+        self.cache, self.seeds, self.hist = cache, seeds, hist  # hist: (B, P + T) ids, for the penalty
+        self.rows = torch.arange(len(seeds), device=seeds.device)  # rollout index of each batch row
+        self.rows_host = list(range(len(seeds)))
+        self.tok = None  # (B,) the tokens drawn last step
+
+    def push(self, tok: torch.Tensor, slot: int) -> None:
+        self.tok = tok
+        if self.hist is not None:
+            self.hist[:, slot] = tok
+
+    def keep(self, keep_host: list[int]) -> None:
+        """Drop every row not in keep_host, so that finished rows stop costing work."""
+        keep = torch.tensor(keep_host, dtype=torch.long, device=self.rows.device)
+        self.cache = self.cache.select(keep)
+        self.tok, self.seeds, self.rows = self.tok[keep], self.seeds[keep], self.rows[keep]
+        self.rows_host = [self.rows_host[i] for i in keep_host]
+        if self.hist is not None:
+            self.hist = self.hist[keep]
+
+
+def _start(model, prompts, params, seeds):
+    """Prefill every prompt once and expand to n rows each: (live rows, first logits (N, V), P)."""
+    device, n, T = model.device, params.n, params.max_new_tokens
+    idx, cache, logits = prefill(model, prompts, T)  # (Bp, P), cache, (Bp, V)
+    if n > 1:
+        expand = torch.arange(len(prompts), device=device).repeat_interleave(n)  # (N,)
+        cache, logits, idx = cache.select(expand), logits.index_select(0, expand), idx.index_select(0, expand)
+    N, P = idx.shape
+    hist = None
+    if params.repetition_penalty != 1.0:
+        hist = torch.empty(N, P + T, dtype=torch.long, device=device)
+        hist[:, :P] = idx  # left padding repeats the row's first token: a no-op for the penalty
+    live = _Live(cache, torch.tensor(seeds, dtype=torch.long, device=device), hist)
+    return live, logits, P
+
+
+def _process(logits, live: _Live, params, stop_ids, P: int, t: int):
+    """transformers' order before the sampler: repetition penalty, then the min_new_tokens mask."""
+    if live.hist is not None:
+        logits = apply_repetition_penalty(logits, live.hist[:, : P + t], params.repetition_penalty, inplace=True)
+    return apply_min_new_tokens(logits, t, params.min_new_tokens, stop_ids, inplace=True)
+
+
 def _decode(model, prompts, params, stop_ids, seeds, backend, progress):
     """The decode loop. Returns ((tokens, logprobs) as lists of lists, lengths, finish reasons) per row."""
     from kernels import sample_from_logits
 
-    device, n, T = model.device, params.n, params.max_new_tokens
-    idx, cache, logits = prefill(model, prompts, T)  # (Bp, P), cache, (Bp, V)
-    N, P = len(seeds), idx.shape[1]
-    if n > 1:
-        expand = torch.arange(len(prompts), device=device).repeat_interleave(n)  # (N,)
-        cache, logits = cache.select(expand), logits.index_select(0, expand)
-        idx = idx.index_select(0, expand)
-
-    penalise = params.repetition_penalty != 1.0
-    hist = None
-    if penalise:  # prompt + completion ids per row, for the repetition penalty
-        hist = torch.empty(N, P + T, dtype=torch.long, device=device)
-        hist[:, :P] = idx
+    device, T, N = model.device, params.max_new_tokens, len(seeds)
+    live, logits, P = _start(model, prompts, params, seeds)
     stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device) if stop_ids else None
     strings = None
     if params.stop:
         from model import get_tokenizer
 
         strings = StopStrings(params.stop, N, params.min_new_tokens, get_tokenizer())
-
     out_tok = torch.zeros(N, T, dtype=torch.long, device=device)
     out_lp = torch.zeros(N, T, dtype=torch.float32, device=device)
-    alive = torch.arange(N, device=device)  # rollout index of each batch row
-    alive_host = list(range(N))
-    seed_t = torch.tensor(seeds, dtype=torch.long, device=device)
     lengths, reasons = [T] * N, ["length"] * N
     sample_kw = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, backend=backend)
 
     for t in tqdm(range(T), disable=not progress, desc="generate", unit="tok"):
         if t > 0:
-            logits = model(tok[:, None], cache, last_only=True)[:, -1].float()  # (B, V)
-        if penalise:
-            logits = apply_repetition_penalty(logits, hist[:, : P + t], params.repetition_penalty, inplace=True)
-        logits = apply_min_new_tokens(logits, t, params.min_new_tokens, stop_ids, inplace=True)
-        tok, lp = sample_from_logits(logits, seed=seed_t, position=t, **sample_kw)  # (B,), (B,)
-        out_tok[alive, t] = tok
-        out_lp[alive, t] = lp
-        if penalise:
-            hist[:, P + t] = tok
-        done = _finished(tok, stop_t, strings, alive_host, t)  # host bool list, or None
+            logits = model(live.tok[:, None], live.cache, last_only=True)[:, -1].float()  # (B, V)
+        logits = _process(logits, live, params, stop_ids, P, t)
+        tok, lp = sample_from_logits(logits, seed=live.seeds, position=t, **sample_kw)  # (B,), (B,)
+        out_tok[live.rows, t], out_lp[live.rows, t] = tok, lp
+        live.push(tok, P + t)
+        done = _finished(tok, stop_t, strings, live.rows_host, t)  # host bool list, or None
         if done is None:
             continue
-        for i, d in enumerate(done):
-            if d:
-                lengths[alive_host[i]], reasons[alive_host[i]] = t + 1, "stop"
+        for i in (i for i, d in enumerate(done) if d):
+            lengths[live.rows_host[i]], reasons[live.rows_host[i]] = t + 1, "stop"
         keep_host = [i for i, d in enumerate(done) if not d]
         if not keep_host or t == T - 1:
             break
-        keep = torch.tensor(keep_host, dtype=torch.long, device=device)
-        # drop finished rows from the batch so that they stop costing work
-        cache, tok, seed_t, alive = cache.select(keep), tok[keep], seed_t[keep], alive[keep]
-        alive_host = [alive_host[i] for i in keep_host]
-        if penalise:
-            hist = hist[keep]
+        live.keep(keep_host)
     return (out_tok.tolist(), out_lp.tolist()), lengths, reasons
 
 
