@@ -374,19 +374,82 @@ def sample(gpt: GPT, prompt: str | None, n: int, max_new: int, temperature: floa
 
 
 def main(argv=None) -> dict:
+    """Train as the command line `argv` says; returns a summary (final step, val loss, tokens/s, samples...)."""
     args = parse_args(argv)
     d, device = setup(args)
     try:
-        return train(args, d, device)
+        run = prepare(args, d, device)
+        train_loop(run)
+        return finish(run)
     finally:
         if d.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def train(args, d: Dist, device: torch.device) -> dict:
+@dataclass
+class Run:
+    """Everything one training run holds."""
+
+    cfg: TrainConfig
+    d: Dist
+    device: torch.device
+    out: Path
+    corpus: datalib.Corpus
+    gpt: GPT
+    loss_model: LossModel  # gpt + loss, unwrapped: evaluation
+    model: torch.nn.Module  # what training calls: loss_model, maybe compiled, maybe in DDP
+    optimizer: torch.optim.Optimizer
+    windows: datalib.Windows
+    amp: contextlib.AbstractContextManager
+    peak: float  # FLOP/s of one process, measured
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training steps, over all sessions of the run
+    val_loss: float | None = None
+    session_steps: int = 0  # steps and seconds of this invocation, for tokens/s
+    session_time: float = 0.0
+    stopped: bool = False
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.cfg.block_size
+
+    def say(self, *a):
+        if self.d.master:
+            print(*a)
+
+    def evaluate(self) -> float:
+        self.val_loss = evaluate(self.loss_model, self.corpus, self.cfg, self.amp, self.d, self.device)
+        return self.val_loss
+
+    def checkpoint(self) -> None:
+        rngs = [runlib.rng_state()]
+        if self.d.world > 1:
+            rngs = [None] * self.d.world
+            dist.all_gather_object(rngs, runlib.rng_state())
+        if self.d.master:
+            state = {"step": self.step, "config": asdict(self.cfg), "model_config": self.gpt.config.to_dict(),
+                     "model": self.gpt.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "data": self.windows.state_dict(), "rng": rngs, "elapsed": self.elapsed,
+                     "data_cache": self.corpus.directory.name}
+            runlib.save_checkpoint(self.out, self.gpt, state)
+
+
+def load_corpus(cfg: TrainConfig, cache_dir, d: Dist) -> datalib.Corpus:
+    datalib.find_files(cfg.data)  # a bad --data fails here, on every process
+    if d.master:
+        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir)
+    if d.world > 1:
+        dist.barrier()  # rank 0 tokenises first; the others then read its cache
+    if not d.master:
+        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, progress=False)
+    corpus = datalib.load(directory)
+    datalib.check_fits(corpus, cfg.block_size, cfg.data)
+    return corpus
+
+
+def prepare(args, d: Dist, device: torch.device) -> Run:
+    """Check the request, then build the data, model and optimizer, restored from out/ on --resume."""
     out = args.out
-    say = print if d.master else (lambda *a, **k: None)
-    # Everything that can be wrong with the request is checked before any work.
     runlib.check_out_dir(out, args.resume, args.overwrite)
     saved = runlib.load_state(out) if args.resume else None
     cfg = resolve_config(args, saved["config"] if saved else None, out)
@@ -398,123 +461,117 @@ def train(args, d: Dist, device: torch.device) -> dict:
         choice = [cfg.dtype]
         dist.broadcast_object_list(choice, src=0)
         cfg.dtype = choice[0]
-    amp_dtype = getattr(torch, cfg.dtype)
-    datalib.find_files(cfg.data)  # a bad --data fails here, on every process
     gpt = build_model(cfg, saved)
-    if d.master:
-        cache = datalib.prepare(cfg.data, cfg.val_fraction, args.cache_dir)
-    if d.world > 1:
-        dist.barrier()  # rank 0 tokenises; the others read its cache
-    cache = datalib.prepare(cfg.data, cfg.val_fraction, args.cache_dir, progress=False) if not d.master else cache
-    corpus = datalib.load(cache)
-    datalib.check_fits(corpus, cfg.block_size, cfg.data)
-    entropy = corpus.meta["unigram_entropy"]
-
+    corpus = load_corpus(cfg, args.cache_dir, d)
     if d.master and not args.resume:
         runlib.clear_run(out)
+
     gpt.to(device)
-    loss_model = LossModel(gpt)
-    model = loss_model
+    loss_model = model = LossModel(gpt)
     if cfg.compile:
         model = torch.compile(model)
     if d.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = make_optimizer(gpt, cfg, device)
-    windows = datalib.Windows(corpus.train, cfg.block_size, cfg.seed)
-    step, elapsed = 0, 0.0
-    if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        windows.load_state_dict(saved["data"])
-        step, elapsed = saved["step"], saved.get("elapsed", 0.0)
-        rngs = saved["rng"]
-        if len(rngs) == d.world:
-            runlib.set_rng_state(rngs[d.rank])
-        if saved.get("data_cache") != cache.name:
-            say(f"warning: the data changed since step {step} was saved; resuming on the new data")
-        if d.master:
-            runlib.truncate_log(out, step)
+    amp_dtype = getattr(torch, cfg.dtype)
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype != torch.float32 else contextlib.nullcontext()
-    peak = measure_peak_flops(device, amp_dtype)
-    fpt = flops_per_token(gpt, cfg.block_size)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
-
-    say(f"data: {corpus.meta['root']} -> {len(corpus.train):,} train / {len(corpus.val):,} val tokens "
-        f"({corpus.meta['files']['train']} / {corpus.meta['files']['val']} files), cache {cache}")
-    say(f"unigram entropy of the train tokens: {entropy:.3f} nats/token (the loss of a model ignoring context)")
-    say(f"model: {gpt.num_params() / 1e6:.2f}M parameters, {gpt.config.n_layer} layers, width {gpt.config.n_embd}, "
-        f"context {cfg.block_size}; init {cfg.init if saved is None else 'resumed at step %d' % step}")
-    say(f"training: {cfg.max_steps} steps of {tokens_per_step:,} tokens ({cfg.batch_size} x {cfg.grad_accum} x "
-        f"{cfg.block_size}) on {d.world} x {device}, {str(amp_dtype).removeprefix('torch.')}, "
-        f"peak {peak / 1e9:.0f} GFLOP/s per process (measured)")
-
-    def checkpoint():
-        rngs = [runlib.rng_state()]
-        if d.world > 1:
-            rngs = [None] * d.world
-            dist.all_gather_object(rngs, runlib.rng_state())
+    run = Run(cfg, d, device, out, corpus, gpt, loss_model, model, make_optimizer(gpt, cfg, device),
+              datalib.Windows(corpus.train, cfg.block_size, cfg.seed), amp, measure_peak_flops(device, amp_dtype))
+    if saved is not None:
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.windows.load_state_dict(saved["data"])
+        run.step, run.elapsed = saved["step"], saved["elapsed"]
+        if len(saved["rng"]) == d.world:
+            runlib.set_rng_state(saved["rng"][d.rank])
+        if saved["data_cache"] != corpus.directory.name:
+            run.say(f"warning: the data changed since step {run.step} was saved; resuming on the new data")
         if d.master:
-            state = {"step": step, "config": asdict(cfg), "model_config": gpt.config.to_dict(),
-                     "model": gpt.state_dict(), "optimizer": optimizer.state_dict(), "data": windows.state_dict(),
-                     "rng": rngs, "elapsed": elapsed, "data_cache": cache.name}
-            runlib.save_checkpoint(out, gpt, state)
+            runlib.truncate_log(out, run.step)
+    describe(run, resumed=saved is not None)
+    return run
 
-    log = runlib.Log(out) if d.master else None
-    stop = StopFlag(enabled=d.world == 1 and d.master)
-    val_loss = None
-    if step == 0:
-        val_loss = evaluate(loss_model, corpus, cfg, amp, d, device)
-        if log:
-            log.write({"step": 0, "val_loss": val_loss})
+
+def describe(run: Run, resumed: bool) -> None:
+    cfg, c, meta = run.cfg, run.gpt.config, run.corpus.meta
+    run.say(f"data: {meta['root']} -> {len(run.corpus.train):,} train / {len(run.corpus.val):,} val tokens "
+            f"({meta['files']['train']} / {meta['files']['val']} files), cache {run.corpus.directory}")
+    run.say(f"unigram entropy of the train tokens: {meta['unigram_entropy']:.3f} nats/token "
+            "(the loss of a model that ignores context)")
+    run.say(f"model: {run.gpt.num_params() / 1e6:.2f}M parameters, {c.n_layer} layers, width {c.n_embd}, "
+            f"context {cfg.block_size}; " + (f"resumed at step {run.step}" if resumed else f"init {cfg.init}"))
+    run.say(f"training: {cfg.max_steps} steps of {run.tokens_per_step:,} tokens ({cfg.batch_size} x "
+            f"{cfg.grad_accum} x {cfg.block_size}) on {run.d.world} x {run.device}, {cfg.dtype}; "
+            f"peak {run.peak / 1e9:.0f} GFLOP/s per process (measured)")
+
+
+def train_loop(run: Run) -> None:
+    """Steps until max_steps (or Ctrl-C): log each, evaluate and checkpoint at their intervals."""
     from tqdm import tqdm
 
-    start_step, run_time = step, 0.0
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not d.master, desc="training", dynamic_ncols=True)
+    cfg, d = run.cfg, run.d
+    fpt = flops_per_token(run.gpt, cfg.block_size)
+    log = runlib.Log(run.out) if d.master else None
+    stop = StopFlag(enabled=d.world == 1)
+    if run.step == 0:
+        run.evaluate()
+        if log:
+            log.write({"step": 0, "val_loss": run.val_loss})
+    bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not d.master, desc="training", dynamic_ncols=True)
     try:
-        while step < cfg.max_steps and not stop.requested:
+        while run.step < cfg.max_steps and not stop.requested:
             t0 = time.perf_counter()
-            lr = learning_rate(step, cfg)
-            loss = train_step(model, optimizer, local_micro_batches(windows, cfg, d, device), lr, cfg, amp, d).item()
+            lr = learning_rate(run.step, cfg)
+            batches = local_micro_batches(run.windows, cfg, d, run.device)
+            loss = train_step(run.model, run.optimizer, batches, lr, cfg, run.amp, d).item()
             dt = time.perf_counter() - t0
-            step, elapsed, run_time = step + 1, elapsed + dt, run_time + dt
-            tps = tokens_per_step / dt
-            mfu = fpt * tps / (peak * d.world)
-            record = {"step": step, "loss": loss, "lr": lr, "tokens": step * tokens_per_step,
-                      "tokens_per_s": tps, "mfu": mfu, "time": elapsed}
-            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                val_loss = record["val_loss"] = evaluate(loss_model, corpus, cfg, amp, d, device)
+            run.step += 1
+            run.elapsed += dt
+            run.session_steps += 1
+            run.session_time += dt
+            tps = run.tokens_per_step / dt
+            mfu = fpt * tps / (run.peak * d.world)
+            record = {"step": run.step, "loss": loss, "lr": lr, "tokens": run.step * run.tokens_per_step,
+                      "tokens_per_s": tps, "mfu": mfu, "time": run.elapsed}
+            if run.step % cfg.eval_interval == 0 or run.step == cfg.max_steps:
+                record["val_loss"] = run.evaluate()
             if log:
                 log.write(record)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}" if val_loss else "-",
+            bar.set_postfix(loss=f"{loss:.3f}", val=f"{run.val_loss:.3f}" if run.val_loss else "-",
                             tok_s=f"{tps:,.0f}", mfu=f"{mfu:.1%}")
-            if step % cfg.ckpt_interval == 0 or step == cfg.max_steps or stop.requested:
-                checkpoint()
+            if run.step % cfg.ckpt_interval == 0 or run.step == cfg.max_steps or stop.requested:
+                run.checkpoint()
     finally:
         bar.close()
         if log:
             log.close()
-    if val_loss is None:  # resumed a finished run: nothing trained, but report where it stands
-        val_loss = evaluate(loss_model, corpus, cfg, amp, d, device)
-    if stop.requested:
-        say(f"stopped at step {step}; saved to {out}. Continue with: python train.py --resume --out {out}")
-    if d.master:
+    run.stopped = stop.requested
+
+
+def finish(run: Run) -> dict:
+    """The loss plot, the summary line (val loss vs the unigram entropy), and a few samples."""
+    cfg, out = run.cfg, run.out
+    entropy = run.corpus.meta["unigram_entropy"]
+    if run.val_loss is None:  # resumed a finished run: nothing trained, but report where it stands
+        run.evaluate()
+    if run.d.master:
         runlib.plot_losses(out, entropy)
-    run_steps = step - start_step
-    summary = {"step": step, "val_loss": val_loss, "unigram_entropy": entropy, "time": elapsed,
-               "tokens_per_s": run_steps * tokens_per_step / run_time if run_steps else None,
-               "peak_flops": peak, "flops_per_token": fpt, "out": str(out)}
-    if summary["tokens_per_s"]:
-        summary["mfu"] = fpt * summary["tokens_per_s"] / (peak * d.world)
-    say(f"done: step {step}, val loss {val_loss:.3f} vs unigram entropy {entropy:.3f} nats/token; "
-        f"{elapsed / 60:.1f} min of training, {summary['tokens_per_s'] or 0:,.0f} tokens/s, "
-        f"MFU {summary.get('mfu', 0):.1%}; model in {out}/ (loss curve: {out}/loss.png)")
-    if d.master and cfg.samples and not stop.requested:
-        gpt.eval()
-        for i, text in enumerate(sample(gpt, cfg.prompt, cfg.samples, cfg.sample_tokens, cfg.temperature,
-                                        cfg.top_k, cfg.seed)):
-            say(f"--- sample {i + 1} " + "-" * 60 + f"\n{text}")
-            summary.setdefault("samples", []).append(text)
+    fpt = flops_per_token(run.gpt, cfg.block_size)
+    tps = run.session_steps * run.tokens_per_step / run.session_time if run.session_steps else None
+    summary = {"step": run.step, "val_loss": run.val_loss, "unigram_entropy": entropy, "time": run.elapsed,
+               "tokens_per_s": tps, "mfu": fpt * tps / (run.peak * run.d.world) if tps else None,
+               "peak_flops": run.peak, "flops_per_token": fpt, "out": str(out), "samples": []}
+    if run.stopped:
+        run.say(f"stopped at step {run.step}; saved to {out}. Continue with: python train.py --resume --out {out}")
+    run.say(f"done: step {run.step}, val loss {run.val_loss:.3f} vs unigram entropy {entropy:.3f} nats/token; "
+            f"{run.elapsed / 60:.1f} min of training steps, {tps or 0:,.0f} tokens/s, MFU {summary['mfu'] or 0:.1%}; "
+            f"model in {out}/ (loss curve: {out}/loss.png)")
+    if run.d.master and cfg.samples and not run.stopped:
+        run.gpt.eval()
+        summary["samples"] = sample(run.gpt, cfg.prompt, cfg.samples, cfg.sample_tokens, cfg.temperature,
+                                    cfg.top_k, cfg.seed)
+        for i, text in enumerate(summary["samples"]):
+            run.say(f"--- sample {i + 1} " + "-" * 60 + f"\n{text}")
     return summary
 
 
