@@ -79,18 +79,17 @@ def test_greedy_is_argmax_with_raw_log_softmax():
     assert torch.equal(point.argmax(-1), tok) and torch.all((point > NEG_INF).sum(-1) == 1)
 
 
-@pytest.mark.parametrize("V", [1, 2, 63, 64, 65, 1000, 50257])
+@pytest.mark.parametrize("V", [1, 2, 64, 65, 1000, 50257])
 def test_draws_lie_in_kept_set_with_exact_logprob(V):
     x = logits_with_ties(6, V, V) if V > 7 else peaked_logits(6, V, V)
     grid = GRID if V <= 1000 else [(1.0, 50, 0.9), (1.0, 0, 0.9), (0.7, 0, 1.0), (1.0, 1000, 0.95)]
     for t, k, p in grid:
         ref = process_logits(x, temperature=t, top_k=k, top_p=p)
-        for seed in range(3):
-            tok, lp = sample_from_logits(x, temperature=t, top_k=k, top_p=p, seed=seed, position=V)
-            assert tok.dtype == torch.int64 and lp.dtype == torch.float32
-            expect = ref.gather(1, tok[:, None])[:, 0]
-            assert torch.all(expect > NEG_INF), (t, k, p)
-            torch.testing.assert_close(lp, expect, rtol=0, atol=1e-5)
+        tok, lp = sample_from_logits(x, temperature=t, top_k=k, top_p=p, seed=torch.arange(6) + k, position=V)
+        assert tok.dtype == torch.int64 and lp.dtype == torch.float32
+        expect = ref.gather(1, tok[:, None])[:, 0]
+        assert torch.all(expect > NEG_INF), (t, k, p)
+        torch.testing.assert_close(lp, expect, rtol=0, atol=1e-5)
 
 
 def test_windows_escalate_past_ties_and_wide_nuclei():
@@ -158,7 +157,7 @@ def test_batch_invariance_under_shuffles_and_other_rows():
 
 
 def test_same_inputs_same_draws_and_seeds_or_positions_change_them():
-    x = peaked_logits(1, 5000, 8, scale=1.0).expand(64, -1)
+    x = peaked_logits(1, 2000, 8, scale=1.0).expand(64, -1)
     a = sample_from_logits(x, top_p=0.95, seed=5, position=9)
     assert torch.equal(a[0], sample_from_logits(x, top_p=0.95, seed=5, position=9)[0])
     assert len(set(a[0].tolist())) == 1  # same (seed, position): same token in every row

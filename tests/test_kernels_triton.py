@@ -54,19 +54,19 @@ def test_triton_matches_torch_over_the_parameter_grid(V, dtype):
 
 def test_triton_matches_torch_with_scalar_params_batch_sizes_and_small_blocks():
     x = grid_logits(64, 257, 1, torch.float32)
-    for B, kw in ((1, dict(top_k=50, top_p=0.9)), (8, dict(top_p=0.5, temperature=0.7)),
-                  (64, dict(top_k=3, seed=5))):
+    for B, kw in ((1, dict(top_k=50, top_p=0.9)), (8, dict(top_p=0.5, temperature=0.7))):
         assert_same(x[:B], **kw)
+    assert_same(x[:, :40], top_k=3, seed=5)  # B = 64
     # several tiles per row: the streaming passes and the bisection across tile boundaries
     from kernels.sampling_triton import sample_triton
     from kernels.params import normalize_params
 
-    prm = grid_params()
-    x = grid_logits(len(prm["seed"]), 300, 2, torch.float32)
+    prm = {n: v[::2] for n, v in grid_params().items()}
+    x = grid_logits(len(prm["seed"]), 200, 2, torch.float32)
     T, k, p, s, pos = normalize_params(x, prm["temperature"], prm["top_k"], prm["top_p"], prm["seed"],
                                        prm["position"])
     k1, k2 = row_keys(s, pos)
-    tok, lp = sample_triton(x, T, k, p, k1, k2, block=64)
+    tok, lp = sample_triton(x, T, k, p, k1, k2, block=64)  # 4 tiles per row
     ref_tok, ref_lp = sample_from_logits(x, backend="torch", **prm)
     assert torch.equal(tok, ref_tok)
     torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-5)
@@ -75,8 +75,8 @@ def test_triton_matches_torch_with_scalar_params_batch_sizes_and_small_blocks():
 def test_triton_realistic_vocabulary():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 50257, generator=g) * 3
-    assert_same(x, top_k=50, top_p=0.9, seed=torch.tensor([1, 2]))
-    assert_same(x, top_p=0.9, temperature=0.8, seed=9)
+    assert_same(x, top_k=torch.tensor([50, 0]), top_p=0.9, temperature=torch.tensor([1.0, 0.8]),
+                seed=torch.tensor([1, 2]))
 
 
 def test_triton_rows_are_batch_invariant():
