@@ -11,8 +11,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 def check_logits(logits) -> None:
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"logits must be a torch.Tensor of shape (B, V), got {type(logits).__name__}")
-    if logits.dim() != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
-        raise ValueError(f"logits must have shape (B, V) with B, V >= 1, got {tuple(logits.shape)}; "
+    if logits.dim() != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape (B, V) with V >= 1, got {tuple(logits.shape)}; "
                          "for model output (B, T, V) pass logits[:, -1]")
     if logits.dtype not in LOGIT_DTYPES:
         raise ValueError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")

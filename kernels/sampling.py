@@ -37,6 +37,9 @@ def sample_from_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, seed=0, p
     """
     check_logits(logits)
     T, k, p, seed_t, pos_t = normalize_params(logits, temperature, top_k, top_p, seed, position)
+    if logits.shape[0] == 0:  # e.g. every rollout already finished
+        return (torch.empty(0, dtype=torch.int64, device=logits.device),
+                torch.empty(0, dtype=torch.float32, device=logits.device))
     k1, k2 = row_keys(seed_t, pos_t)
     if resolve_backend(backend, logits.device) == "triton":
         from .sampling_triton import sample_triton  # imported lazily: triton is optional on CPU

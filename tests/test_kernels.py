@@ -226,6 +226,12 @@ def test_bad_parameters_raise_value_error_naming_them(bad, match):
         sample_from_logits(torch.zeros(2, 10), **bad)
 
 
+def test_empty_batch_gives_empty_results():
+    tok, lp = sample_from_logits(torch.zeros(0, 10), top_p=0.9, seed=torch.zeros(0, dtype=torch.long))
+    assert tok.shape == (0,) and tok.dtype == torch.int64 and lp.shape == (0,) and lp.dtype == torch.float32
+    assert process_logits(torch.zeros(0, 10), top_k=3).shape == (0, 10)
+
+
 def test_bad_logits_raise_value_error():
     with pytest.raises(ValueError, match="shape"):
         sample_from_logits(torch.zeros(2, 3, 10))
