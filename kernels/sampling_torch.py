@@ -34,15 +34,16 @@ def _first_window(k: torch.Tensor, V: int) -> torch.Tensor:
 
 def _draw(vals, idx, t, k1, k2):
     """Exponential race over the kept entries (vals >= t) of windows (n, m): (tokens, log-probs)."""
-    kept = vals >= t[:, None]  # (n, m)
+    truncated = bool((t > NEG_INF).any())
+    kept = vals >= t[:, None] if truncated else None  # (n, m)
     mx = vals.amax(-1)  # the row max: always kept
-    z = partition(vals.masked_fill(~kept, NEG_INF), mx)
+    z = partition(vals.masked_fill(~kept, NEG_INF) if truncated else vals, mx)
     if not torch.isfinite(mx).all():
         raise ValueError("logits / temperature overflows float32 (temperature too small for these "
                          "logits); use temperature=0 for greedy decoding")
     score = hash_to_gumbel(token_hash(idx, k1, k2))
     score += vals
-    if bool((t > NEG_INF).any()):
+    if truncated:
         score.masked_fill_(~kept, NEG_INF)
     a = score.argmax(-1, keepdim=True)
     return idx.gather(1, a)[:, 0].long(), (vals.gather(1, a)[:, 0] - mx) - torch.log(z)
