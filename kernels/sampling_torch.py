@@ -2,9 +2,10 @@
 
 No full-vocabulary sort unless a row needs it. Rows with top-k take `topk` windows of growing width (64,
 512, 4096, 32768, then a sort) until the window provably holds the whole kept set (no tie spilling past
-it); rows with top-p alone find their nucleus from a one-pass histogram of the mass below the row max and
-sort only the few tokens of the bin where the mass crosses p. Noise is hashed only for kept tokens. Rows resolve independently, so a row's result never depends on
-the rows beside it.
+it); rows with top-p alone find their nucleus from a one-pass histogram of the mass below the row max
+and sort only the few tokens of the bin where the mass crosses p; untruncated rows race over the whole
+row. Noise is hashed only for kept tokens. Rows resolve independently, so a row's result never depends
+on the rows beside it.
 """
 
 import torch
@@ -49,23 +50,21 @@ def _draw(vals, idx, t, k1, k2):
     return idx.gather(1, a)[:, 0].long(), (vals.gather(1, a)[:, 0] - mx) - torch.log(z)
 
 
-def _resolve(vals, k, p, z_full, full: bool):
-    """Thresholds from descending windows (n, m); returns (t, resolved) per row.
+def _resolve(vals, k, p, full: bool):
+    """Thresholds from descending top-k windows (n, m); returns (t, resolved) per row.
 
-    z_full: mass of the whole row (for top-p without top-k). full: the window is the whole row, so every
-    row resolves.
+    full: the window is the whole row, so every row resolves.
     """
     mx = vals[:, 0]
     t_k = topk_threshold(vals, k)
-    z_k = torch.where(k > 0, partition(vals.masked_fill(vals < t_k[:, None], NEG_INF), mx), z_full)
-    t_p, reached = topp_threshold(vals, mx, z_k, p, t_k)
+    z_k = partition(vals.masked_fill(vals < t_k[:, None], NEG_INF), mx)
+    t_p, _ = topp_threshold(vals, mx, z_k, p, t_k)  # the window holds the whole top-k set
     t = torch.maximum(t_k, t_p)
     if full:
         return t, torch.ones_like(k, dtype=torch.bool)
     last = vals[:, -1]
-    tie_spills = (last > NEG_INF) & ((last >= t) | ((k > 0) & (last >= t_k)))
-    mass_short = (k == 0) & (p < 1) & ~reached
-    return t, ~(tie_spills | mass_short)
+    tie_spills = (last > NEG_INF) & (last >= t_k)  # a tie with the k-th value may lie past the window
+    return t, ~tie_spills
 
 
 def _compact(mask, s):
@@ -131,7 +130,6 @@ def _sample_rows(x, mx, T, k, p, k1, k2):
     k = effective_top_k(k, V)
     pending = torch.ones(n, dtype=torch.bool, device=x.device)
     width = _first_window(k, V)
-    z_full = torch.zeros(n, device=x.device)  # only top-p-alone rows would read it, and they go below
     nucleus = ((k == 0) & (p < 1)).nonzero()[:, 0]
     plain = ((k == 0) & (p == 1)).nonzero()[:, 0]
     if plain.numel():
@@ -152,7 +150,7 @@ def _sample_rows(x, mx, T, k, p, k1, k2):
         xr, Tr = _rows(x, take, n), T[take, None]
         vals, idx = (xr.sort(-1, descending=True) if m == V else xr.topk(m, -1))
         vals = vals / Tr  # dividing by T > 0 keeps the order, so the window is that of x / T
-        t, done = _resolve(vals, k[take], p[take], z_full[take], full=m == V)
+        t, done = _resolve(vals, k[take], p[take], full=m == V)
         d = done.nonzero()[:, 0]
         _finish(out, take[d], vals[d], idx[d], t[d], k1, k2)
         pending[take[d]] = False
