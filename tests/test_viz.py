@@ -93,6 +93,20 @@ def test_step_views_agree_with_generate_and_score(gpt):
             assert sorted(v.raw, reverse=True)[:5] == v.raw[:5]  # shown by raw probability
 
 
+def test_greedy_step_views_agree_with_generate(gpt):
+    """Greedy: the drawn token is the argmax, and its log-prob is the log-softmax of the penalised logits."""
+    from decoding import SamplingParams, generate
+
+    prompt = get_tokenizer().encode("Once upon a time")
+    (r,) = generate(gpt, [prompt], SamplingParams(temperature=0, repetition_penalty=1.5, max_new_tokens=6))[0]
+    proc = Processing(temperature=0, repetition_penalty=1.5, mode="greedy")
+    (views,) = step_views(gpt, prompt, [r.tokens], proc, top=3)
+    torch.testing.assert_close(torch.tensor([v.token_logprob for v in views]), torch.tensor(r.logprobs),
+                               atol=2e-4, rtol=0)
+    for v in views:
+        assert v.processed[v.token_index] == max(v.processed)
+
+
 def test_summarize_keeps_the_drawn_token_and_marks_removed_ones():
     raw = F.log_softmax(torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]), -1)
     proc = processed_logprobs(torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]), [0], [4], Processing(top_k=2))

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 class Processing:
     """The processing chain of one decoding run (what turned the model's logits into the sampled distribution).
 
-    `mode` is "sample" (temperature > 0), "greedy" (temperature 0) or "beam" (processors act on log-probs,
-    as transformers' beam search does, and there is no temperature / top-k / top-p).
+    `mode` is "sample" (temperature > 0), "greedy" (temperature 0: the argmax of the penalised logits, whose
+    log-softmax is the distribution shown) or "beam" (processors act on log-probs, as transformers' beam search
+    does). Greedy and beam search have no temperature / top-k / top-p.
     """
 
     temperature: float = 1.0
@@ -36,7 +37,7 @@ class Processing:
     def is_identity(self) -> bool:
         """True when the processed distribution is the raw one (then only one column is worth showing)."""
         untouched = self.repetition_penalty == 1.0 and self.min_new_tokens == 0
-        if self.mode == "beam":  # beam search ranks the model's own log-probs unless a penalty applies
+        if self.mode in ("beam", "greedy"):  # both rank the model's own log-probs unless a penalty applies
             return untouched
         return (self.mode == "sample" and self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
                 and untouched)
@@ -161,9 +162,8 @@ def processed_logprobs(logits: torch.Tensor, prompt: list[int], completion: list
     if proc.mode == "beam":
         return scores  # beam search ranks these scores directly
     if proc.mode == "greedy":
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, scores.argmax(-1, keepdim=True), 0.0)
-        return out
+        # greedy takes the argmax of these; its log-probs are theirs (transformers' compute_transition_scores)
+        return F.log_softmax(scores, dim=-1)
     from kernels import process_logits
 
     return process_logits(scores, temperature=proc.temperature, top_k=proc.top_k, top_p=proc.top_p).float()
@@ -225,4 +225,10 @@ def next_token_logits(model, prompt: list[int]) -> torch.Tensor:
 def distributions_under(logits: torch.Tensor, prompt: list[int], settings: list[Processing]) -> list[torch.Tensor]:
     """The first step after `prompt` (its logits (V,)) under several processing chains: (V,) log-probs each."""
     # completion [0] is a placeholder: step 0's repetition penalty only sees the prompt
-    return [processed_logprobs(logits[None], prompt, [0], p)[0] for p in settings]
+    out = []
+    for p in settings:
+        lp = processed_logprobs(logits[None], prompt, [0], p)[0]  # (V,)
+        if p.mode == "greedy":  # what a draw comes from: all mass on the argmax
+            lp = torch.full_like(lp, float("-inf")).scatter_(0, lp.argmax()[None], 0.0)
+        out.append(lp)
+    return out
