@@ -175,8 +175,10 @@ def _entropy(logp: torch.Tensor) -> torch.Tensor:
     return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)  # (T,)
 
 
-def summarize(raw_lp: torch.Tensor, proc_lp: torch.Tensor, completion: list[int], top: int = 8) -> list[StepView]:
-    """StepViews for every step: the `top` tokens by raw probability, plus the drawn token if it is not one."""
+def summarize(raw_lp: torch.Tensor, proc_lp: torch.Tensor, completion: list[int], top: int = 8,
+              extra: dict[int, list[int]] | None = None) -> list[StepView]:
+    """StepViews for every step: the `top` tokens by raw probability, plus the drawn token if it is not one,
+    plus extra[t] (tokens worth showing at step t, e.g. the stop tokens that min_new_tokens masked)."""
     views = []
     top = max(1, min(top, raw_lp.shape[-1]))
     top_ids = raw_lp.topk(top, dim=-1).indices  # (T, top)
@@ -184,8 +186,9 @@ def summarize(raw_lp: torch.Tensor, proc_lp: torch.Tensor, completion: list[int]
     h_raw, h_proc = _entropy(raw_lp), _entropy(proc_lp)
     for t, token in enumerate(completion):
         ids = top_ids[t].tolist()
-        if token not in ids:
-            ids.append(token)
+        for tid in [token] + list((extra or {}).get(t, ())):
+            if tid not in ids:
+                ids.append(tid)
         ids_t = torch.tensor(ids)
         views.append(StepView(
             t=t, token=token, ids=ids,
@@ -211,7 +214,9 @@ def step_views(model, prompt: list[int], completions: list[list[int]], proc: Pro
             proc_lp = processed_logprobs(logits, prompt, completion, proc)
             if proc.mode == "beam":
                 proc_lp = F.log_softmax(proc_lp, dim=-1)  # show the penalised scores as a distribution
-            out.append(summarize(raw_lp, proc_lp, completion, top))
+            # while min_new_tokens masks the stop tokens, show them (cut), however unlikely
+            masked = {t: list(proc.stop_token_ids) for t in range(min(proc.min_new_tokens, len(completion)))}
+            out.append(summarize(raw_lp, proc_lp, completion, top, masked))
     return out
 
 
