@@ -121,7 +121,7 @@ def print_row(row, methods):
     print(" | ".join(cells), flush=True)
 
 
-def plot(rows, methods, path):
+def plot(rows, methods, path, meta=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,6 +147,10 @@ def plot(rows, methods, path):
         ax.set_xlabel("batch B")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("microseconds per row")
+    if meta:
+        load = meta.get("loadavg", [float("nan")])[0]
+        fig.suptitle(f"one sampling step, {meta.get('gpu', meta['device'])}, {meta['threads']} threads, "
+                     f"{meta.get('stat', 'median')} of {meta['repeats']}, load average {load:.1f}", fontsize=9)
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +170,13 @@ def main():
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", default="bench_out/bench_sampling.json")
     ap.add_argument("--png", default="bench_out/bench_sampling.png")
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the PNG from an earlier run's JSON")
     args = ap.parse_args()
+    if args.replot:
+        data = json.loads(Path(args.replot).read_text())
+        plot(data["rows"], data["meta"]["methods"], args.png, data["meta"])
+        print(f"wrote {args.png}")
+        return
     torch.set_num_threads(args.threads)
     global STAT
     STAT = args.stat
@@ -192,7 +202,7 @@ def main():
         meta["gpu"] = torch.cuda.get_device_name()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    plot(rows, methods, args.png)
+    plot(rows, methods, args.png, meta)
     print(f"wrote {args.out} and {args.png}")
 
 
