@@ -40,16 +40,17 @@ class TrainConfig:
     preset: str = "default"
     data: str | None = None  # None: the running interpreter's standard library sources
     val_fraction: float = 0.05
+    tabs: bool | None = None  # leading 4 spaces -> tab before tokenising; None: on for the stdlib corpus only
     init: str = "scratch"  # scratch | gpt2 | any directory GPT.from_pretrained accepts
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     block_size: int = 128  # training context (<= the model's context when fine-tuning)
     dropout: float = 0.0
-    batch_size: int = 16  # rows per micro-step per process
+    batch_size: int = 8  # rows per micro-step per process
     grad_accum: int = 1  # micro-steps per optimizer step, over all processes together
-    max_steps: int = 300
-    lr: float = 2e-3
+    max_steps: int = 600
+    lr: float = 4e-3
     min_lr: float | None = None  # None: lr / 10
     warmup_steps: int = 20
     lr_decay_steps: int | None = None  # None: max_steps
@@ -59,8 +60,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     dtype: str = "auto"  # auto: bfloat16 autocast where it is faster (CUDA; CPUs measured), else float32
     seed: int = 1337
-    eval_interval: int = 50
-    eval_iters: int = 4
+    eval_interval: int = 100
+    eval_iters: int = 8
     ckpt_interval: int | None = None  # None: eval_interval
     compile: bool = False
     samples: int = 3
@@ -102,6 +103,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         add(f"--{name}", type=int)
     for name in ("dropout", "lr", "min-lr", "weight-decay", "beta1", "beta2", "grad-clip", "temperature"):
         add(f"--{name}", type=float)
+    add("--tabs", action=argparse.BooleanOptionalAction,
+        help="turn leading groups of 4 spaces into tabs before tokenising (GPT-2 spends a token per space); "
+             "default: on for the stdlib corpus, off for --data")
     add("--dtype", choices=["auto", "float32", "bfloat16"], help="autocast dtype (default auto)")
     add("--compile", action="store_true", default=None, help="torch.compile the model")
     add("--prompt", help="prompt of the samples printed at the end (default: unconditional)")
@@ -133,6 +137,7 @@ def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
                              "the architecture comes from the checkpoint")
         if "lr" not in given:
             cfg.lr = FINETUNE_LR
+    cfg.tabs = cfg.data is None if cfg.tabs is None else cfg.tabs
     cfg.min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
     cfg.lr_decay_steps = cfg.lr_decay_steps or cfg.max_steps
     cfg.ckpt_interval = cfg.ckpt_interval or cfg.eval_interval
@@ -437,11 +442,11 @@ class Run:
 def load_corpus(cfg: TrainConfig, cache_dir, d: Dist) -> datalib.Corpus:
     datalib.find_files(cfg.data)  # a bad --data fails here, on every process
     if d.master:
-        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir)
+        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, tabs=cfg.tabs)
     if d.world > 1:
         dist.barrier()  # rank 0 tokenises first; the others then read its cache
     if not d.master:
-        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, progress=False)
+        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, progress=False, tabs=cfg.tabs)
     corpus = datalib.load(directory)
     datalib.check_fits(corpus, cfg.block_size, cfg.data)
     return corpus
@@ -568,8 +573,9 @@ def finish(run: Run) -> dict:
             f"model in {out}/ (loss curve: {out}/loss.png)")
     if run.d.master and cfg.samples and not run.stopped:
         run.gpt.eval()
-        summary["samples"] = sample(run.gpt, cfg.prompt, cfg.samples, cfg.sample_tokens, cfg.temperature,
-                                    cfg.top_k, cfg.seed)
+        prompt = datalib.tabify(cfg.prompt) if cfg.prompt and cfg.tabs else cfg.prompt
+        texts = sample(run.gpt, prompt, cfg.samples, cfg.sample_tokens, cfg.temperature, cfg.top_k, cfg.seed)
+        summary["samples"] = [t.expandtabs(4) for t in texts] if cfg.tabs else texts
         for i, text in enumerate(summary["samples"]):
             run.say(f"--- sample {i + 1} " + "-" * 60 + f"\n{text}")
     return summary

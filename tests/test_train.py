@@ -110,6 +110,16 @@ def test_learning_rate_schedule():
 
 
 # -- data --------------------------------------------------------------------------------------------------------
+def test_tabify_keeps_python_valid_and_saves_tokens():
+    src = (STDLIB / "textwrap.py").read_text()
+    tabbed = datalib.tabify(src)
+    assert "\t" not in src and tabbed.expandtabs(4) == src  # samples are shown with tabs expanded
+    compile(tabbed, "textwrap.py", "exec")  # still Python
+    assert datalib.tabify("        x = 1\n      y\n") == "\t\tx = 1\n\t  y\n"
+    enc = train.get_tokenizer()
+    assert len(enc.encode_ordinary(tabbed)) < 0.85 * len(enc.encode_ordinary(src))
+
+
 def test_data_split_cache_and_windows(corpus, tmp_path):
     data, _ = corpus
     root, files = datalib.find_files(str(data))

@@ -2,13 +2,17 @@
 
 A corpus is a text file, a directory (every text file under it), or a glob. With no `--data` it is the
 running interpreter's own standard library (`*.py` under `sysconfig.get_paths()["stdlib"]`, without
-site-packages): every machine has it, so training needs no download.
+site-packages and the test suites): every machine has it, so training needs no download.
 
 Each file becomes one document followed by <|endoftext|>. Tokens go into shard files of at most
 SHARD_TOKENS uint16 each, under a cache directory keyed by the files' paths, sizes and mtimes, so a second
 run with the same files reads the shards instead of tokenising again. Files are assigned to the val split
 by a hash of their path relative to the corpus root (stable across machines and runs); a corpus of one
 file is split by tokens instead (its last `val_fraction`).
+
+GPT-2's BPE has no tokens for runs of spaces: every space of an indentation is a token of its own, a third
+of the tokens of typical Python. With `tabs`, each leading group of 4 spaces becomes a tab (one token per
+level, still valid Python); it is on for the default stdlib corpus, and samples are shown with tabs expanded.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import glob as globlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sysconfig
 from dataclasses import dataclass
@@ -44,9 +49,11 @@ def default_cache_dir() -> Path:
 
 # -- finding files --------------------------------------------------------------------------------------------
 def stdlib_files() -> tuple[Path, list[Path]]:
-    """The standard library's .py sources of this interpreter (site-packages excluded)."""
+    """The standard library's .py sources of this interpreter, without site-packages and the test suites
+    (half of the stdlib's code is `self.assertEqual(...)`; library code makes more varied samples)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py") if not _SKIP_DIRS.intersection(p.relative_to(root).parts)]
+    skip = _SKIP_DIRS | {"test", "tests", "idle_test"}
+    files = [p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts)]
     return root, sorted(files)
 
 
@@ -85,6 +92,14 @@ def read_text(path: Path) -> str | None:
     return data.decode("utf-8", errors="replace")
 
 
+_INDENT = re.compile(r"^(?: {4})+", flags=re.MULTILINE)
+
+
+def tabify(text: str) -> str:
+    """Leading groups of 4 spaces -> tabs ('        x' -> '\t\tx'); other spaces are kept."""
+    return _INDENT.sub(lambda m: "\t" * (len(m.group(0)) // 4), text)
+
+
 # -- the split ------------------------------------------------------------------------------------------------
 def _unit_hash(name: str) -> float:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
@@ -101,8 +116,9 @@ def split_files(root: Path, files: list[Path], val_fraction: float) -> tuple[lis
 
 
 # -- the cache ------------------------------------------------------------------------------------------------
-def cache_key(files: list[Path], val_fraction: float) -> str:
-    h = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "tokenizer": "gpt2", "val_fraction": val_fraction}).encode())
+def cache_key(files: list[Path], val_fraction: float, tabs: bool = False) -> str:
+    h = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "tokenizer": "gpt2", "val_fraction": val_fraction,
+                                   "tabs": tabs}).encode())
     for p in files:
         st = p.stat()
         h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -146,7 +162,8 @@ def unigram_entropy(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def tokenize_corpus(root: Path, files: list[Path], val_fraction: float, directory: Path, progress=True) -> dict:
+def tokenize_corpus(root: Path, files: list[Path], val_fraction: float, directory: Path, progress=True,
+                    tabs=False) -> dict:
     """Tokenise `files` into train/val shards under `directory`; returns the metadata written to meta.json."""
     from tqdm import tqdm
 
@@ -162,7 +179,7 @@ def tokenize_corpus(root: Path, files: list[Path], val_fraction: float, director
             chunk = group[i:i + 64]
             texts = [read_text(p) for p in chunk]
             skipped += sum(t is None for t in texts)
-            texts = [t for t in texts if t]
+            texts = [tabify(t) if tabs else t for t in texts if t]
             for ids in enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1):
                 tokens = np.asarray(ids + [EOT_TOKEN], dtype=np.int64)
                 if single:  # one file: the split is by tokens, its last val_fraction is val
@@ -177,6 +194,7 @@ def tokenize_corpus(root: Path, files: list[Path], val_fraction: float, director
         "format": FORMAT_VERSION,
         "root": str(root),
         "files": {"train": len(train_files), "val": len(val_files), "skipped_binary": skipped},
+        "tabs": tabs,
         "shards": {split: w.close() for split, w in writers.items()},
         "unigram_entropy": unigram_entropy(writers["train"].counts) if writers["train"].counts.any() else None,
     }
@@ -184,11 +202,12 @@ def tokenize_corpus(root: Path, files: list[Path], val_fraction: float, director
     return meta
 
 
-def prepare(spec: str | None, val_fraction: float, cache_dir: Path | None = None, progress=True) -> Path:
+def prepare(spec: str | None, val_fraction: float, cache_dir: Path | None = None, progress=True,
+            tabs=False) -> Path:
     """The cache directory of `spec`'s tokens, tokenising first when it is not cached yet."""
     root, files = find_files(spec)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    final = cache_dir / cache_key(files, val_fraction)
+    final = cache_dir / cache_key(files, val_fraction, tabs)
     if (final / "meta.json").exists():
         return final
     try:
@@ -199,7 +218,7 @@ def prepare(spec: str | None, val_fraction: float, cache_dir: Path | None = None
     except OSError as e:
         raise DataError(f"cannot write the token cache under {cache_dir}: {e.strerror}; pass --cache-dir DIR") from None
     try:
-        meta = tokenize_corpus(root, files, val_fraction, tmp, progress)
+        meta = tokenize_corpus(root, files, val_fraction, tmp, progress, tabs)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.replace(tmp, final)  # the whole directory appears at once, or not at all
