@@ -394,7 +394,8 @@ def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
             from viz.steps import step_views
 
             views = step_views(s.model, prompt_ids, [r.tokens for r in rollouts], proc, top=a.top_tokens)
-        report(s, text, prompt_ids, rollouts, views, streamed=stream, prompt_index=p, n_prompts=len(prompts))
+        report(s, text, prompt_ids, rollouts, views if a.show_steps else None, streamed=stream, prompt_index=p,
+               n_prompts=len(prompts))
         if p == 0:
             pictures(s, text, prompt_ids, rollouts, views, proc)
 
@@ -519,7 +520,8 @@ def pictures(s: Session, text, prompt_ids, rollouts, views, proc) -> None:
             raise UsageError("--plot: the first rollout generated no tokens, so there is no step to draw")
         contexts = [s.tok.decode(list(prompt_ids) + completions[0][:t]) for t in range(len(steps))]
         fig = figures.plot_steps(steps, s.tok, proc, prompt_text=text, context_texts=contexts)
-        write_figure(s, fig, a.plot, f"{len(fig.axes)} panels, one per step of rollout 1")
+        n = len(fig.axes)
+        write_figure(s, fig, a.plot, f"{n} panel{'s' if n > 1 else ''}, one per step of rollout 1")
     if a.tree:
         if proc.mode == "beam":
             probs = [[v.raw[v.token_index] for v in vs] for vs in views]

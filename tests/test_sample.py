@@ -169,6 +169,7 @@ def test_plot_and_tree_files(ckpt, tmp_path):
     recs = json_lines(out)
     panels = min(6, len(recs[0]["tokens"]))
     assert f"({panels} panels, one per step of rollout 1)" in err
+    assert all("steps" not in r for r in recs)  # the steps go to the picture; --show-steps would add them
     prefixes = {tuple(r["tokens"][:t]) for r in recs for t in range(1, len(r["tokens"]) + 1)}
     assert f"(1 panel, {len(prefixes)} nodes)" in err
     for f in (plot, tree):

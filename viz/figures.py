@@ -94,9 +94,12 @@ def _bars(ax, labels, raw, processed, drawn_index, both: bool, xmax: float | Non
         xmax = _xmax(raw, processed if both else [])
     ax.set_xlim(0, xmax)
     values = processed if both else raw
-    for y, v in zip(ys if not both else [y - h / 2 for y in ys], values):
+    for i, (y, v) in enumerate(zip(ys if not both else [y - h / 2 for y in ys], values)):
         if v > 0:
             ax.text(v + xmax * 0.01, y, fmt_p(v), fontsize=6, va="center", color="#333333")
+        elif both:  # removed by top-k / top-p / a mask: say so, with what the model gave it
+            ax.text(raw[i] + xmax * 0.01, y, f"cut (raw {fmt_p(raw[i])})", fontsize=6, va="center",
+                    color="#888888")
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="x", alpha=0.3)
 

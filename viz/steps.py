@@ -44,7 +44,7 @@ class Processing:
 
     def label(self) -> str:
         if self.mode == "greedy":
-            parts = ["greedy"]
+            parts = ["greedy (argmax)"]
         elif self.mode == "beam":
             parts = ["beam search"]
         else:
