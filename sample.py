@@ -318,7 +318,7 @@ def finish_note(tokenizer, tokens, reason, stop_ids) -> str:
 def header(i: int, total: int, seed, tokens, logprobs, reason, note, kind: str = "rollout", extra: str = "") -> str:
     seed_part = f"  seed {seed}" if seed is not None else ""
     return (f"── {kind} {i + 1}/{total}{seed_part}  log π(y|x) = {sum(logprobs):.3f}{extra}  "
-            f"({len(tokens)} tokens, finish: {note})")
+            f"({len(tokens)} token{'' if len(tokens) == 1 else 's'}, finish: {note})")
 
 
 # -- the runs -------------------------------------------------------------------------------------------------
