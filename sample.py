@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-step bar graphs of the first rollout, one panel per step (or the --compare-* panels)")
     g.add_argument("--max-panels", type=int, default=16, help="at most this many steps in --plot (default 16)")
     g.add_argument("--tree", metavar="FILE.png", help="the tree of rollouts or beams, edges labelled with p")
-    g.add_argument("--tree-depth", type=int, default=16, metavar="T",
-                   help="draw the first T steps of the tree (default 16)")
+    g.add_argument("--tree-depth", type=int, default=12, metavar="T",
+                   help="draw the first T steps of the tree (default 12)")
 
     g = p.add_argument_group("compare settings (the first step after the prompt, no rollouts drawn)")
     g.add_argument("--compare-temperatures", metavar="T1,T2,..", help="e.g. 0.5,1,2")

@@ -170,7 +170,8 @@ def plot_tree(root: Node, tokenizer, *, prompt_text: str = "", title: str = "", 
     leaves = layout(root)
     nodes = list(root.walk())
     depth = max(n.depth for n in nodes)
-    fig, ax = plt.subplots(figsize=(min(40, 1.7 + 1.45 * (depth + 1)), min(40, 0.9 + 0.5 * max(leaves, 2))))
+    width = min(40, 1.7 + 1.45 * (depth + 1))
+    fig, ax = plt.subplots(figsize=(width, min(40, max(0.9 + 0.5 * leaves, width / 5))))  # never a sliver
     n_rollouts = max(1, len(root.rollouts))
     for node in nodes:
         for child in node.children.values():
