@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 DEFAULT_RUN_DIR = "out"  # where `python train.py` saves its default run
@@ -52,28 +53,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sample.py", description=__doc__.split("\n\n")[1].replace("\n", " "),
+    p = _Parser(prog="sample.py", description=textwrap.fill(" ".join(__doc__.split("\n\n")[1].split()), 100),
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prompt", nargs="?", help="the prompt text (or use --prompt-file)")
     p.add_argument("--prompt-file", metavar="FILE", help="read prompts from FILE, one per line (blank lines skipped)")
 
     g = p.add_argument_group("sampling")
     g.add_argument("-n", "--num-rollouts", type=int, default=1, metavar="N", help="rollouts per prompt (default 1)")
-    g.add_argument("--temperature", type=float, default=1.0, help="divide the logits by T; 0 is greedy (default 1)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 is off (default)")
-    g.add_argument("--top-p", type=float, default=1.0, help="keep the smallest set with mass >= p; 1 is off (default)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0,
+    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="divide the logits by T; 0 is greedy (default 1)")
+    g.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the k most likely tokens; 0 is off (default)")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="keep the smallest set with mass >= p; 1 is off (default)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
                    help="penalise tokens already in prompt or completion; 1 is off (default)")
-    g.add_argument("--min-new-tokens", type=int, default=0, help="no stop token before this many tokens (default 0)")
-    g.add_argument("--max-new-tokens", type=int, default=32, help="completion length cap (default 32)")
+    g.add_argument("--min-new-tokens", type=int, default=0, metavar="N", help="no stop token before this many tokens (default 0)")
+    g.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="completion length cap (default 32)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the completion contains TEXT (repeatable); <|endoftext|> always stops")
-    g.add_argument("--seed", type=int, default=None,
+    g.add_argument("--seed", type=int, default=None, metavar="S",
                    help="rollout i uses seed + i (default: a fresh seed, printed so you can replay it)")
 
     g = p.add_argument_group("beam search (instead of sampling)")
     g.add_argument("--num-beams", type=int, default=0, metavar="B", help="beam search with B beams")
-    g.add_argument("--length-penalty", type=float, default=1.0,
+    g.add_argument("--length-penalty", type=float, default=1.0, metavar="L",
                    help="beam score = sum log p / length**penalty (default 1)")
     g.add_argument("--num-return-sequences", type=int, default=None, metavar="K",
                    help="beams to return (default: all B)")
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-tokens", type=int, default=8, metavar="K", help="tokens per step in charts (default 8)")
     g.add_argument("--plot", metavar="FILE.png",
                    help="per-step bar graphs of the first rollout, one panel per step (or the --compare-* panels)")
-    g.add_argument("--max-panels", type=int, default=16, help="at most this many steps in --plot (default 16)")
+    g.add_argument("--max-panels", type=int, default=16, metavar="N", help="at most this many steps in --plot (default 16)")
     g.add_argument("--tree", metavar="FILE.png", help="the tree of rollouts or beams, edges labelled with p")
     g.add_argument("--tree-depth", type=int, default=12, metavar="T",
                    help="draw the first T steps of the tree (default 12)")
