@@ -131,7 +131,10 @@ def main():
         with torch.inference_mode():
             run_pigpt(gpt, prompt, kind, n, 4)  # warm-up (allocations, lazy head transpose)
             t_ours = timed(lambda: run_pigpt(gpt, prompt, kind, n, T), args.repeats)
-            t_hf = float("nan") if args.no_hf else timed(lambda: run_hf(hf, prompt, kind, n, T), args.repeats)
+            t_hf = float("nan")
+            if not args.no_hf:
+                run_hf(hf, prompt, kind, n, 4)  # warm-up, as for pigpt
+                t_hf = timed(lambda: run_hf(hf, prompt, kind, n, T), args.repeats)
             t_bf = float("nan")
             if bf16 is not None:
                 run_pigpt(bf16, prompt, kind, n, 4)
