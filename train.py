@@ -66,7 +66,7 @@ class TrainConfig:
     compile: bool = False
     samples: int = 3
     sample_tokens: int = 120
-    temperature: float = 0.8
+    temperature: float = 0.7
     top_k: int = 50
     prompt: str | None = None  # None: unconditional (after <|endoftext|>)
 

@@ -49,10 +49,10 @@ def default_cache_dir() -> Path:
 
 # -- finding files --------------------------------------------------------------------------------------------
 def stdlib_files() -> tuple[Path, list[Path]]:
-    """The standard library's .py sources of this interpreter, without site-packages and the test suites
-    (half of the stdlib's code is `self.assertEqual(...)`; library code makes more varied samples)."""
+    """The standard library's .py sources of this interpreter, without site-packages, the test suites (half of
+    the stdlib's code is `self.assertEqual(...)`), the codec tables of `encodings` and pydoc's help text."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    skip = _SKIP_DIRS | {"test", "tests", "idle_test"}
+    skip = _SKIP_DIRS | {"test", "tests", "idle_test", "encodings", "pydoc_data"}  # tests, code tables, help text
     files = [p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts)]
     return root, sorted(files)
 
