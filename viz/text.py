@@ -28,10 +28,11 @@ def show_token(tokenizer, token: int, limit: int = 16) -> str:
 
 def shorten(text: str, limit: int, *, keep_end: bool = True) -> str:
     """One line of at most `limit` characters; keeps the end (the context nearest the next token) by default.
-    Newlines show as ↵ and trailing spaces as ␣, since the next token depends on them."""
+    Newlines show as ↵, tabs as → and trailing spaces as ␣, since the next token depends on them
+    (a raw tab draws as a missing-glyph box in matplotlib)."""
     stripped = text.rstrip(" ")
     text = stripped + "␣" * (len(text) - len(stripped))
-    text = text.replace("\n", "↵")
+    text = text.replace("\n", "↵").replace("\t", "→")
     if len(text) <= limit:
         return text
     return "…" + text[-(limit - 1):] if keep_end else text[: limit - 1] + "…"
