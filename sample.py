@@ -308,6 +308,11 @@ def completion_text(tokenizer, tokens: list[int], stop_ids) -> str:
     return tokenizer.decode(tokens)
 
 
+def for_terminal(text: str) -> str:
+    """Tabs as 4 spaces: the default model (train.py --tabs) indents with tabs, which terminals draw 8 wide."""
+    return text.replace("\t", "    ")
+
+
 def finish_note(tokenizer, tokens, reason, stop_ids) -> str:
     if reason == "stop" and tokens and tokens[-1] in stop_ids:
         from viz.text import show_token
@@ -381,7 +386,7 @@ def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
 
         def on_token(token, _lp):
             if token not in s.stop_ids:
-                print(s.tok.decode([token]), end="", file=s.out, flush=True)
+                print(for_terminal(s.tok.decode([token])), end="", file=s.out, flush=True)
 
         results = [[stream_rollout(s.model, ids[0], params, on_token)]]
         s.say()
@@ -465,7 +470,7 @@ def report(s: Session, text, prompt_ids, rollouts, views, *, streamed, prompt_in
         extra = f"  score {r.score:.3f}" if beams else ""
         s.say(s.style.bold(header(i, len(rollouts), r.seed, r.tokens, r.logprobs, r.finish_reason, note, kind, extra)))
         if not streamed:
-            s.say(s.style.dim(text) + completion_text(s.tok, r.tokens, s.stop_ids))
+            s.say(s.style.dim(text) + for_terminal(completion_text(s.tok, r.tokens, s.stop_ids)))
         if views is not None:
             show_steps(s, prompt_ids, r.tokens, views[i])
         s.say()
