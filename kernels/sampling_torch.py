@@ -8,8 +8,6 @@ row. Noise is hashed only for kept tokens. Rows resolve independently, so a row'
 on the rows beside it.
 """
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 
@@ -20,30 +18,6 @@ from .reference import effective_top_k, partition, topk_threshold, topp_threshol
 WINDOWS = (64, 512, 4096, 32768)
 NBINS, BIN_W = 64, 0.25  # nucleus histogram: 16 nats below the row max, then one catch-all bin
 NEG_INF = float("-inf")
-
-
-SERIAL_MAX = 1 << 24  # elements of logits: a step up to this size runs on one thread
-
-
-@contextmanager
-def _serial(t: torch.Tensor):
-    """Run the sampling step on one thread (CPU tensors up to SERIAL_MAX elements).
-
-    The step is dozens of small and medium ops, and torch computes exp / log through MKL's vector math
-    in 2,048-element chunks spread over threads, so even a 4,096-element exp opens a parallel region.
-    On a busy machine each region waits for a descheduled thread: on the 2-core dev machine under load,
-    a tiny exp took ~15 ms at 2 threads and microseconds at 1, and the whole step at B=64, V=50257 ran
-    3x faster on one thread. The previous thread count is restored on exit.
-    """
-    n = torch.get_num_threads()
-    if n == 1 or t.numel() > SERIAL_MAX or t.device.type != "cpu":
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _rows(x: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
@@ -193,11 +167,6 @@ def _greedy(x):
 
 def sample_torch(logits, T, k, p, k1, k2):
     """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors."""
-    with _serial(logits):
-        return _sample_torch(logits, T, k, p, k1, k2)
-
-
-def _sample_torch(logits, T, k, p, k1, k2):
     x = logits.float()
     mx = check_finite(x)
     B = x.shape[0]

@@ -260,12 +260,3 @@ def test_backend_choice_and_environment_override(monkeypatch):
         sample_from_logits(x, seed=1)
     monkeypatch.delenv("PIGPT_SAMPLING_BACKEND")
     assert torch.equal(a[0], sample_from_logits(x, seed=1, backend="auto")[0])  # CPU tensors: torch
-
-
-def test_torch_path_restores_the_thread_count():
-    """The torch path runs on one thread (see sampling_torch._serial) and must hand the count back."""
-    before = torch.get_num_threads()
-    sample_from_logits(peaked_logits(4, 100, 12), top_p=0.9)
-    with pytest.raises(ValueError):
-        sample_from_logits(torch.full((1, 10), float("nan")))
-    assert torch.get_num_threads() == before
