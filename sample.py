@@ -5,15 +5,8 @@ draws rollouts from it (or searches the best ones with beam search) and shows wh
 the next-token distribution at each step, raw beside what temperature / top-k / top-p / the repetition
 penalty made of it, which token was drawn, and how the rollouts branch from one another.
 
-    python sample.py "Which is the largest ocean?" -n 8 --temperature 0.8 --show-steps
-    python sample.py "Once upon a time" -n 6 --max-new-tokens 8 --tree tree.png
-    python sample.py "def fibonacci(n):" --plot steps.png --top-k 20
-    python sample.py "The capital of France is" --compare-temperatures 0.5,1,2 --plot temps.png
-    python sample.py "The meaning of life is" --num-beams 4 --tree beams.png
-    python sample.py --prompt-file prompts.txt -n 4 --json > rollouts.jsonl
-
-Run `python sample.py --help` for every option. All bad input ends with one line naming the problem and
-exit code 2.
+Run `python sample.py --help` for every option and examples (EXAMPLES below). All bad input ends with one
+line naming the problem and exit code 2.
 """
 
 from __future__ import annotations
