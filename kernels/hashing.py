@@ -12,6 +12,8 @@ GOLDEN = 0x9E3779B9  # 2^32 / phi: spreads consecutive counters before mixing
 FMIX_C1 = 0x85EBCA6B
 FMIX_C2 = 0xC2B2AE35
 KEY2_SALT = 0x632BE5AB
+GROUP = 64  # tokens per group in the two-level draw: group g holds token ids [64 g, 64 g + 64)
+GROUP_BIT = 1 << 31  # group g is hashed as the id g | 2^31, which no token id (< 2^31) shares
 
 
 def _signed(c: int) -> int:
@@ -60,13 +62,22 @@ def token_hash(tokens: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor) -> torc
     return fmix32(h, scratch)
 
 
-def hash_to_gumbel(h: torch.Tensor) -> torch.Tensor:
-    """Uniform u = (top 24 bits + 0.5) / 2^24, exact in float32 and never 0 or 1; returns -log(-log u).
+def group_hash(groups: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
+    """token_hash of group ids (B, n): the same hash on g | 2^31, so group and token noise never collide."""
+    return token_hash(groups.to(torch.int64) - GROUP_BIT, k1, k2)  # g - 2^31 has the bits of g | 2^31
 
+
+def hash_to_gumbel(h: torch.Tensor) -> torch.Tensor:
+    """Uniform u = (top 23 bits + 0.5) / 2^23, exact in float32 and in [2^-24, 1 - 2^-24]; returns -log(-log u).
+
+    23 bits, not 24: (2^24 - 1 + 0.5) needs 25 significant bits, rounds to 2^24 in float32 and would make
+    u = 1, an infinite noise and, on a -inf logit, a NaN score that argmax would pick.
     Adding this Gumbel noise to the scaled logits and taking the argmax draws from their softmax
-    (the exponential race of gpt-fast / vLLM), with no cumulative sum and no global RNG. Consumes h.
+    (the exponential race of gpt-fast / vLLM), with no cumulative sum and no global RNG. The samplers
+    race twice (groups of GROUP tokens by their log-mass, then the tokens of the winning group), so
+    noise is hashed for ~V / 64 + 64 ids a row instead of V. Consumes h.
     """
-    u = h.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(torch.float32)
+    u = h.bitwise_right_shift_(9).bitwise_and_(0x7FFFFF).to(torch.float32)
     u += 0.5
-    u *= 1.0 / 16777216.0
+    u *= 1.0 / 8388608.0
     return u.log_().neg_().log_().neg_()

@@ -3,15 +3,16 @@
 No full-vocabulary sort unless a row needs it. Rows with top-k take `topk` windows of growing width (64,
 512, 4096, 32768, then a sort) until the window provably holds the whole kept set (no tie spilling past
 it); rows with top-p alone find their nucleus from a one-pass histogram of the mass below the row max
-and sort only the few tokens of the bin where the mass crosses p; untruncated rows race over the whole
-row. Noise is hashed only for kept tokens. Rows resolve independently, so a row's result never depends
+and sort only the few tokens of the bin where the mass crosses p; untruncated rows skip all that. The draw
+races groups of 64 tokens by their kept mass, then the tokens of the winning group (kernels/hashing.py),
+so noise is hashed for ~V / 64 + 64 ids a row. Rows resolve independently, so a row's result never depends
 on the rows beside it.
 """
 
 import torch
 import torch.nn.functional as F
 
-from .hashing import hash_to_gumbel, token_hash
+from .hashing import GROUP, group_hash, hash_to_gumbel, token_hash
 from .params import check_finite
 from .reference import effective_top_k, partition, topk_threshold, topp_threshold
 
@@ -33,21 +34,81 @@ def _first_window(k: torch.Tensor, V: int) -> torch.Tensor:
     return w
 
 
-def _draw(vals, idx, t, k1, k2):
-    """Exponential race over the kept entries (vals >= t) of windows (n, m): (tokens, log-probs)."""
-    truncated = bool((t > NEG_INF).any())
-    kept = vals >= t[:, None] if truncated else None  # (n, m)
-    mx = vals.amax(-1)  # the row max: always kept
-    z = partition(vals.masked_fill(~kept, NEG_INF) if truncated else vals, mx)
+def _race(vals, ids, k1, k2):
+    """Gumbel-max over entries (n, m) with token ids `ids`; -inf entries never win. Ties go to the
+    lowest id (as in the Triton kernel), whatever the entries' order."""
+    score = hash_to_gumbel(token_hash(ids, k1, k2)).add_(vals)
+    best = score.amax(-1, keepdim=True)
+    return torch.where(score == best, ids, torch.iinfo(torch.int32).max).amin(-1).long()
+
+
+def _check_scale(mx):
     if not torch.isfinite(mx).all():
         raise ValueError("logits / temperature overflows float32 (temperature too small for these "
                          "logits); use temperature=0 for greedy decoding")
-    score = hash_to_gumbel(token_hash(idx, k1, k2))
-    score += vals
+
+
+def _group_masses(e):
+    """Mass of each group of GROUP consecutive tokens, rows e (n, V) -> (n, ceil(V / GROUP))."""
+    n, V = e.shape
+    full = V // GROUP
+    w = e[:, : full * GROUP].view(n, full, GROUP).sum(-1)
+    return torch.cat((w, e[:, full * GROUP:].sum(-1, keepdim=True)), 1) if V % GROUP else w
+
+
+def _draw_dense(s, mx, t, k1, k2, e=None):
+    """The two-level race over full rows s (n, V) (scaled logits) keeping s >= t: (tokens, log-probs).
+
+    An exact draw from the kept softmax: the group wins with probability (its kept mass) / (kept mass),
+    then the token within it with probability (its mass) / (the group's). Noise is hashed for the
+    ceil(V / GROUP) groups and the GROUP tokens of the winner, not for all V tokens.
+    e: exp(s - mx) when the caller has it (it is overwritten).
+    """
+    n, V = s.shape
+    _check_scale(mx)
+    e = torch.exp(s - mx[:, None]) if e is None else e  # (n, V)
+    truncated = bool((t > NEG_INF).any())
     if truncated:
-        score.masked_fill_(~kept, NEG_INF)
-    a = score.argmax(-1, keepdim=True)
-    return idx.gather(1, a)[:, 0].long(), (vals.gather(1, a)[:, 0] - mx) - torch.log(z)
+        e.masked_fill_(s < t[:, None], 0.0)
+    w = _group_masses(e)  # (n, G)
+    # float64 total: rows stay bit-identical across batch shapes (see reference.partition)
+    z = w.sum(-1, dtype=torch.float64).float()
+    groups = torch.arange(w.shape[1], device=s.device).expand(n, -1)
+    g = _race_groups(w, groups, k1, k2)  # (n,)
+    ids = g[:, None] * GROUP + torch.arange(GROUP, device=s.device)  # (n, GROUP) the winner's tokens
+    vals = s.gather(1, ids.clamp(max=V - 1))
+    vals.masked_fill_((ids >= V) | (vals < t[:, None]), NEG_INF)
+    tok = _race(vals, ids, k1, k2)
+    return tok, (s.gather(1, tok[:, None])[:, 0] - mx) - torch.log(z)
+
+
+def _race_groups(w, groups, k1, k2):
+    """Gumbel-max over groups by log-mass; w (n, m) masses of groups `groups` (n, m) (0: never wins)."""
+    score = hash_to_gumbel(group_hash(groups, k1, k2)).add_(w.log())
+    best = score.amax(-1, keepdim=True)
+    return torch.where(score == best, groups, torch.iinfo(torch.int64).max).amin(-1)
+
+
+def _draw_sparse(vals, idx, t, k1, k2, V):
+    """The two-level race over entries (n, m) (values, token ids), keeping vals >= t.
+
+    The same draw as _draw_dense on the full rows (group masses summed from the kept entries), for
+    windows that hold every kept token: top-k rows never build the full row.
+    """
+    n, m = vals.shape
+    kept = vals >= t[:, None]
+    mx = vals.amax(-1)  # the row max: always kept
+    _check_scale(mx)
+    e = torch.exp(vals - mx[:, None]).masked_fill_(~kept, 0.0)  # (n, m)
+    z = e.sum(-1, dtype=torch.float64).float()
+    idx = idx.long()
+    grp = idx // GROUP
+    G = -(-V // GROUP)
+    w = torch.zeros(n, G, device=vals.device).scatter_add_(1, grp, e).gather(1, grp)  # (n, m) group mass
+    g = _race_groups(w.masked_fill(~kept, 0.0), grp, k1, k2)  # (n,)
+    tok = _race(vals.masked_fill((grp != g[:, None]) | ~kept, NEG_INF), idx, k1, k2)
+    s_tok = torch.where(idx == tok[:, None], vals, NEG_INF).amax(-1)
+    return tok, (s_tok - mx) - torch.log(z)
 
 
 def _resolve(vals, k, p, full: bool):
@@ -85,8 +146,8 @@ def _nucleus(s, mx, p, k1, k2):
 
     One pass bins every token by its distance below the row max mx (BIN_W nats a bin) and sums each
     bin's mass. Bins above the one where the cumulative mass crosses p are kept whole, bins below it
-    dropped; only the crossing bin's few tokens are sorted, to place the threshold inside it. The kept
-    tokens are then gathered (unordered) for the draw.
+    dropped; only the crossing bin's few tokens are sorted, to place the threshold inside it. The draw
+    then runs on the full rows with that threshold.
     """
     e = torch.sub(s, mx[:, None]).exp_()  # (n, V) exp(s - mx)
     # bin = floor((mx - s) / BIN_W), monotone in s; -inf tokens land in the last bin. Via int32: much faster.
@@ -105,17 +166,16 @@ def _nucleus(s, mx, p, k1, k2):
     t = bvals.gather(1, last[:, None])  # (n, 1)
     # bins are monotone in s: every token of a higher bin is > t, every token of a lower one < t,
     # so the kept set (ties with t included) is just s >= t
-    vals, idx = _compact(s >= t, s)
-    return _draw(vals, idx, torch.full_like(z, NEG_INF), k1, k2)
+    return _draw_dense(s, mx, t[:, 0], k1, k2, e=e)
 
 
-def _finish(out, rows, vals, idx, t, k1, k2):
+def _finish(out, rows, vals, idx, t, k1, k2, V):
     """Draw for `rows` from their resolved windows; noise is hashed only for the widest kept prefix."""
     if rows.numel() == 0:
         return
     tokens, logprobs = out
     kept_w = max(int((vals >= t[:, None]).sum(-1).max()), 1)  # kept entries are a prefix when sorted
-    tokens[rows], logprobs[rows] = _draw(vals[:, :kept_w], idx[:, :kept_w], t, k1[rows], k2[rows])
+    tokens[rows], logprobs[rows] = _draw_sparse(vals[:, :kept_w], idx[:, :kept_w], t, k1[rows], k2[rows], V)
 
 
 def _scale(x, T):
@@ -134,9 +194,9 @@ def _sample_rows(x, mx, T, k, p, k1, k2):
     plain = ((k == 0) & (p == 1)).nonzero()[:, 0]
     if plain.numel():
         # Nothing truncated: every token is a candidate, no ordering needed.
-        idx = torch.arange(V, device=x.device, dtype=torch.int32).expand(plain.numel(), V)
         t = torch.full((plain.numel(),), NEG_INF, device=x.device)
-        out[0][plain], out[1][plain] = _draw(_scale(_rows(x, plain, n), T[plain]), idx, t, k1[plain], k2[plain])
+        out[0][plain], out[1][plain] = _draw_dense(_scale(_rows(x, plain, n), T[plain]), mx[plain] / T[plain], t,
+                                                   k1[plain], k2[plain])
         pending[plain] = False
     if nucleus.numel():
         # max(x / T) == max(x) / T exactly: rounding is monotone
@@ -152,7 +212,7 @@ def _sample_rows(x, mx, T, k, p, k1, k2):
         vals = vals / Tr  # dividing by T > 0 keeps the order, so the window is that of x / T
         t, done = _resolve(vals, k[take], p[take], full=m == V)
         d = done.nonzero()[:, 0]
-        _finish(out, take[d], vals[d], idx[d], t[d], k1, k2)
+        _finish(out, take[d], vals[d], idx[d], t[d], k1, k2, V)
         pending[take[d]] = False
         width[take] = m + 1  # unresolved rows move on to the next window
     return out

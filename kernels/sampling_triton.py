@@ -8,8 +8,10 @@ One program per row streams the row in tiles of BLOCK tokens; nothing of size V 
      neighbouring pivots snapped to row values, until a == b. The answer is the largest row value v with
      count(s >= v) >= k (top-k), or with mass(s >= v) >= p * mass(kept by top-k) (top-p): exactly the
      torch path's rule, ties with the threshold kept.
-  3. draw pass: exponential race (Gumbel-max) over tokens >= the threshold with the same counter-based
-     hash as kernels.hashing, so both backends draw the same token; the kept mass gives the log-prob.
+  3. draw pass: two exponential races (Gumbel-max) over tokens >= the threshold with the same
+     counter-based hash as kernels.hashing, so both backends draw the same token: groups of GROUP tokens
+     by their kept mass (one pass), then the GROUP tokens of the winner (one load); the kept mass gives
+     the log-prob.
 A row with NaN or +inf logits (or logits / temperature overflowing) gets token -1 and log-prob NaN:
 raising would need a host sync on every step.
 """
@@ -17,6 +19,8 @@ raising would need a host sync on every step.
 import torch
 import triton
 import triton.language as tl
+
+from .hashing import GROUP, GROUP_BIT
 
 NUM_PIVOTS = 16
 
@@ -37,7 +41,7 @@ def _gumbel(offs, k1, k2):
     """Gumbel noise of tokens `offs` under row keys (k1, k2): kernels.hashing.hash_to_gumbel(token_hash)."""
     h = _fmix32(offs.to(tl.uint32) ^ k1)
     h = _fmix32(h + k2)
-    u = ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    u = ((h >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # 23 bits: u < 1 exactly
     return -tl.log(-tl.log(u))
 
 
@@ -121,7 +125,7 @@ def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target,
 
 @triton.jit
 def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, k1_ptr, k2_ptr, tok_ptr, lp_ptr, V,
-                   BLOCK: tl.constexpr, NP: tl.constexpr):
+                   BLOCK: tl.constexpr, NP: tl.constexpr, GROUP: tl.constexpr, GROUP_BIT: tl.constexpr):
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride
     T = tl.load(T_ptr + row)
@@ -152,24 +156,34 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, k1_ptr, k2_ptr, tok_ptr, 
             t, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, kept_mass, m, target,
                                 True, BLOCK, NP)
 
-    # draw: exponential race over s >= t
+    # draw, in two races (kernels/hashing.py): groups of GROUP tokens by their kept mass, then the tokens
+    # of the winning group; ties go to the lowest id, as on the torch path
     k1 = tl.load(k1_ptr + row).to(tl.uint32, bitcast=True)
     k2 = tl.load(k2_ptr + row).to(tl.uint32, bitcast=True)
     offs0 = tl.arange(0, BLOCK)
-    best = tl.full((), float("-inf"), tl.float32)
+    gj = tl.arange(0, BLOCK // GROUP)
     best_i = arg
     zk = tl.zeros((), tl.float32)
     if (~greedy) & (~bad):
+        g_best = tl.full((), float("-inf"), tl.float32)
+        g_idx = tl.zeros((), tl.int32)
         for start in range(0, V, BLOCK):
             offs = start + offs0
             s = _load_scaled(x_row, offs, V, unit_t, T)
-            keep = s >= t  # padding (-inf) only passes when t = -inf, and then scores -inf
-            score = tl.where(keep, s + _gumbel(offs, k1, k2), float("-inf"))
+            e = tl.where(s >= t, tl.exp(s - m), 0.0)  # padding is -inf: mass 0
+            zk += tl.sum(e, 0)
+            w = tl.sum(tl.reshape(e, (BLOCK // GROUP, GROUP)), 1)  # (BLOCK // GROUP,) group masses
+            gid = start // GROUP + gj
+            score = tl.where(w > 0.0, tl.log(w) + _gumbel(gid.to(tl.uint32) | GROUP_BIT, k1, k2), float("-inf"))
             tile_best = tl.max(score, 0)
-            tile_i = tl.min(tl.where(score == tile_best, offs, V), 0)
-            best_i = tl.where(tile_best > best, tile_i, best_i)
-            best = tl.maximum(best, tile_best)
-            zk += tl.sum(tl.where(keep, tl.exp(s - m), 0.0), 0)
+            tile_g = tl.min(tl.where(score == tile_best, gid, 2147483647), 0)
+            g_idx = tl.where(tile_best > g_best, tile_g, g_idx)
+            g_best = tl.maximum(g_best, tile_best)
+        offs = g_idx * GROUP + tl.arange(0, GROUP)
+        s = _load_scaled(x_row, offs, V, unit_t, T)
+        score = tl.where((s >= t) & (offs < V), s + _gumbel(offs, k1, k2), float("-inf"))
+        tile_best = tl.max(score, 0)
+        best_i = tl.min(tl.where(score == tile_best, offs, V), 0)
     else:
         zk = z
     s_tok = _load_scaled(x_row, best_i, V, unit_t, T)
@@ -179,7 +193,7 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, k1_ptr, k2_ptr, tok_ptr, 
 
 
 def _block_size(V: int) -> int:
-    return min(1024, triton.next_power_of_2(V))
+    return max(GROUP, min(1024, triton.next_power_of_2(V)))  # whole groups per tile
 
 
 def sample_triton(logits, T, k, p, k1, k2, block: int | None = None):
@@ -198,7 +212,8 @@ def sample_triton(logits, T, k, p, k1, k2, block: int | None = None):
     tokens = torch.empty(B, dtype=torch.int64, device=x.device)
     logprobs = torch.empty(B, dtype=torch.float32, device=x.device)
     _sample_kernel[(B,)](x, x.stride(0), T, k_eff, p_eff, k1, k2, tokens, logprobs, V,
-                         BLOCK=block or _block_size(V), NP=NUM_PIVOTS, num_warps=8)
+                         BLOCK=block or _block_size(V), NP=NUM_PIVOTS, GROUP=GROUP, GROUP_BIT=GROUP_BIT,
+                         num_warps=8)
     return tokens, logprobs
 
 

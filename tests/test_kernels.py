@@ -7,7 +7,7 @@ from scipy import stats
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from kernels import process_logits, sample_from_logits
-from kernels.hashing import FMIX_C1, FMIX_C2, row_keys, token_hash
+from kernels.hashing import FMIX_C1, FMIX_C2, hash_to_gumbel, row_keys, token_hash
 
 NEG_INF = float("-inf")
 
@@ -171,11 +171,13 @@ STAT_CASES = [  # (temperature, top_k, top_p)
 ]
 
 
+@pytest.mark.parametrize("V", [40, 333])  # one group of 64 tokens; six, the last one partial
 @pytest.mark.parametrize("t,k,p", STAT_CASES)
-def test_draw_frequencies_match_the_processed_distribution(t, k, p):
+def test_draw_frequencies_match_the_processed_distribution(t, k, p, V):
     """40,000 draws (distinct seeds, then distinct positions) from a fixed row; chi-square p-value > 1e-4
-    over categories with expected count >= 5 (pooled otherwise), and total variation < 0.02."""
-    N, V = 20_000, 40
+    over categories with expected count >= 5 (pooled otherwise), and total variation < 0.02 (V = 40)
+    or < 0.05 (V = 333: more categories, so more sampling noise: its expectation here is ~0.03)."""
+    N = 20_000
     row = peaked_logits(1, V, 9, scale=1.5)
     expect = process_logits(row, temperature=t, top_k=k, top_p=p).exp()[0].double()
     x = row.expand(N, V)
@@ -191,7 +193,7 @@ def test_draw_frequencies_match_the_processed_distribution(t, k, p):
         exp_ = exp_ * (obs.sum() / exp_[keep].sum())  # float32 probabilities sum to 1 only to ~1e-7
         pval = stats.chisquare(obs[keep], exp_[keep]).pvalue if keep.sum() > 1 else 1.0
         tv = 0.5 * (counts / N - expect).abs().sum().item()
-        assert pval > 1e-4 and tv < 0.02, (kw.keys(), pval, tv)
+        assert pval > 1e-4 and tv < (0.02 if V <= 64 else 0.05), (kw.keys(), pval, tv)
 
 
 def test_hash_is_the_uint32_murmur_finaliser():
@@ -211,6 +213,20 @@ def test_hash_is_the_uint32_murmur_finaliser():
         ref = fmix(fmix(tokens.numpy().astype(np.uint32) ^ a) + b)
     assert np.array_equal(ours, ref)
     assert len(set(k1.tolist())) == 4
+
+
+def test_gumbel_noise_is_finite_at_the_extreme_hashes():
+    """The top hash values once rounded u to exactly 1.0 (24 bits + 0.5 needs 25 in float32): infinite
+    noise, and NaN on a -inf logit, which argmax picks. Every 23-bit bucket edge must give finite noise."""
+    edges = torch.tensor([0, 1, 511, 512, 2**31 - 1, -(2**31), -1, -512, -513], dtype=torch.int32)
+    g = hash_to_gumbel(edges.clone())
+    assert torch.isfinite(g).all(), g
+    assert g.max() < 17 and g.min() > -3  # -log(-log(1 - 2^-24)) ~ 16.6, -log(-log 2^-24) ~ -2.8
+    # a row of -inf (banned) tokens next to one allowed token: the allowed one is always drawn
+    x = torch.full((4096, 300), float("-inf"))
+    x[:, 123] = 0.0
+    tok, lp = sample_from_logits(x, seed=torch.arange(4096), position=7)
+    assert (tok == 123).all() and (lp == 0).all()
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -103,12 +103,13 @@ COMPILE_FOR_SM90 = """
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import triton
-from kernels.sampling_triton import NUM_PIVOTS, _sample_kernel
+from kernels.sampling_triton import GROUP, GROUP_BIT, NUM_PIVOTS, _sample_kernel
 
 sig = {"x_ptr": "*bf16", "stride": "i32", "T_ptr": "*fp32", "k_ptr": "*i32", "p_ptr": "*fp32",
        "k1_ptr": "*i32", "k2_ptr": "*i32", "tok_ptr": "*i64", "lp_ptr": "*fp32", "V": "i32",
-       "BLOCK": "constexpr", "NP": "constexpr"}
-src = ASTSource(fn=_sample_kernel, signature=sig, constexprs={"BLOCK": 1024, "NP": NUM_PIVOTS})
+       "BLOCK": "constexpr", "NP": "constexpr", "GROUP": "constexpr", "GROUP_BIT": "constexpr"}
+src = ASTSource(fn=_sample_kernel, signature=sig,
+                constexprs={"BLOCK": 1024, "NP": NUM_PIVOTS, "GROUP": GROUP, "GROUP_BIT": GROUP_BIT})
 compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
 assert "div.rn.f32" in compiled.asm["ptx"], "temperature scaling must be IEEE division, as torch's"
 assert compiled.asm["cubin"]
