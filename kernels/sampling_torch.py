@@ -66,7 +66,7 @@ def _draw_dense(s, mx, t, k1, k2, e=None):
     """
     n, V = s.shape
     _check_scale(mx)
-    e = torch.exp(s - mx[:, None]) if e is None else e  # (n, V)
+    e = torch.sub(s, mx[:, None]).exp_() if e is None else e  # (n, V); one temporary of that size, not two
     truncated = bool((t > NEG_INF).any())
     if truncated:
         e.masked_fill_(s < t[:, None], 0.0)

@@ -90,30 +90,31 @@ def small(tmp_path_factory):
     return GPT.from_pretrained(path), hf
 
 
-@pytest.mark.parametrize("prompt_len", [1, 7, 63])
-def test_prefill_then_decode_equals_full_forward(small, prompt_len):
+@pytest.mark.parametrize("prompt_len,B", [(1, 2), (7, 2), (63, 2), (7, 16)])  # B >= 16: matmul attention
+def test_prefill_then_decode_equals_full_forward(small, prompt_len, B):
     gpt, _ = small
     T = gpt.config.block_size  # decode right up to the context size
-    idx = torch.randint(0, 500, (2, T), generator=torch.Generator().manual_seed(prompt_len))
+    idx = torch.randint(0, 500, (B, T), generator=torch.Generator().manual_seed(prompt_len))
     with torch.no_grad():
         full = gpt(idx)
-        cache = gpt.new_cache(2, T)
+        cache = gpt.new_cache(B, T)
         steps = [gpt(idx[:, :prompt_len], cache)]
         steps += [gpt(idx[:, t:t + 1], cache) for t in range(prompt_len, T)]
     assert cache.pos == T
     assert _max_diff(torch.cat(steps, dim=1), full) <= TOL
 
 
-def test_ragged_left_padded_batch_matches_each_row_alone(small):
+@pytest.mark.parametrize("rows", [4, 20])  # 20: decode attention by matmuls, with the padding mask
+def test_ragged_left_padded_batch_matches_each_row_alone(small, rows):
     gpt, hf = small
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(0, 500, (n,), generator=g) for n in (9, 3, 1, 6)]
+    prompts = [torch.randint(0, 500, ((9, 3, 1, 6)[i % 4],), generator=g) for i in range(rows)]
     width = max(len(p) for p in prompts)
     pad = [width - len(p) for p in prompts]
     idx = torch.stack([torch.cat([torch.zeros(k, dtype=torch.long), p]) for k, p in zip(pad, prompts)])
-    new = torch.randint(0, 500, (4, 5), generator=g)
+    new = torch.randint(0, 500, (rows, 5), generator=g)
     with torch.no_grad():
-        cache = gpt.new_cache(4, width + 5, pad=pad)
+        cache = gpt.new_cache(rows, width + 5, pad=pad)
         prefill = gpt(idx, cache)
         decoded = torch.cat([gpt(new[:, t:t + 1], cache) for t in range(5)], dim=1)
         for b, p in enumerate(prompts):
