@@ -117,8 +117,13 @@ class KVCache:
 
 
 def _put_rows(x: torch.Tensor, dst: torch.Tensor, src: torch.Tensor) -> None:
-    """In place: x's rows dst (dim 1) become copies of its rows src, gathered before any is written."""
-    x.index_copy_(1, dst, x.index_select(1, src))
+    """In place: x's rows dst (dim 1) become copies of its rows src, gathered before any is written.
+
+    Layer by layer: the gathered copy is then one layer's rows (~1 MB), which the allocator reuses,
+    rather than every layer's (tens of MB), which it maps fresh and page-faults in on every step.
+    """
+    for layer in x:  # (B, nh, S_used, hs)
+        layer.index_copy_(0, dst, layer.index_select(0, src))
 
 
 def _causal(slots: torch.Tensor, end: int) -> torch.Tensor:
