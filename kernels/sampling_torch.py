@@ -34,12 +34,16 @@ def _first_window(k: torch.Tensor, V: int) -> torch.Tensor:
     return w
 
 
-def _race(vals, ids, k1, k2):
-    """Gumbel-max over entries (n, m) with token ids `ids`; -inf entries never win. Ties go to the
-    lowest id (as in the Triton kernel), whatever the entries' order."""
-    score = hash_to_gumbel(token_hash(ids, k1, k2)).add_(vals)
+def _race(base, ids, k1, k2, *, groups=False):
+    """Gumbel-max over entries (n, m): argmax of base + noise(id), returned as the winning id (n,).
+
+    base: scaled logits of token ids, or log-masses of group ids (groups=True: the group hash);
+    -inf entries never win. Ties go to the lowest id (as in the Triton kernel), whatever the entries' order.
+    """
+    h = group_hash(ids, k1, k2) if groups else token_hash(ids, k1, k2)
+    score = hash_to_gumbel(h).add_(base)
     best = score.amax(-1, keepdim=True)
-    return torch.where(score == best, ids, torch.iinfo(torch.int32).max).amin(-1).long()
+    return torch.where(score == best, ids, torch.iinfo(ids.dtype).max).amin(-1).long()
 
 
 def _check_scale(mx):
@@ -73,20 +77,13 @@ def _draw_dense(s, mx, t, k1, k2, e=None):
     w = _group_masses(e)  # (n, G)
     # float64 total: rows stay bit-identical across batch shapes (see reference.partition)
     z = w.sum(-1, dtype=torch.float64).float()
-    groups = torch.arange(w.shape[1], device=s.device).expand(n, -1)
-    g = _race_groups(w, groups, k1, k2)  # (n,)
+    gids = torch.arange(w.shape[1], device=s.device).expand(n, -1)
+    g = _race(w.log(), gids, k1, k2, groups=True)  # (n,)
     ids = g[:, None] * GROUP + torch.arange(GROUP, device=s.device)  # (n, GROUP) the winner's tokens
     vals = s.gather(1, ids.clamp(max=V - 1))
     vals.masked_fill_((ids >= V) | (vals < t[:, None]), NEG_INF)
     tok = _race(vals, ids, k1, k2)
     return tok, (s.gather(1, tok[:, None])[:, 0] - mx) - torch.log(z)
-
-
-def _race_groups(w, groups, k1, k2):
-    """Gumbel-max over groups by log-mass; w (n, m) masses of groups `groups` (n, m) (0: never wins)."""
-    score = hash_to_gumbel(group_hash(groups, k1, k2)).add_(w.log())
-    best = score.amax(-1, keepdim=True)
-    return torch.where(score == best, groups, torch.iinfo(torch.int64).max).amin(-1)
 
 
 def _draw_sparse(vals, idx, t, k1, k2, V):
@@ -105,7 +102,7 @@ def _draw_sparse(vals, idx, t, k1, k2, V):
     grp = idx // GROUP
     G = -(-V // GROUP)
     w = torch.zeros(n, G, device=vals.device).scatter_add_(1, grp, e).gather(1, grp)  # (n, m) group mass
-    g = _race_groups(w.masked_fill(~kept, 0.0), grp, k1, k2)  # (n,)
+    g = _race(w.masked_fill(~kept, 0.0).log(), grp, k1, k2, groups=True)  # (n,)
     tok = _race(vals.masked_fill((grp != g[:, None]) | ~kept, NEG_INF), idx, k1, k2)
     s_tok = torch.where(idx == tok[:, None], vals, NEG_INF).amax(-1)
     return tok, (s_tok - mx) - torch.log(z)
