@@ -31,8 +31,9 @@ def sample_from_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, seed=0, p
     transformers' order: logits / temperature -> top-k (ties with the k-th value kept; 0 or >= V = off)
     -> top-p (smallest top set with mass >= p, crossing token and its ties included; 1 = off) -> draw.
     temperature 0 is greedy: token = argmax(logits), logprob = log_softmax(logits)[token] over the raw row.
-    The draw is an exponential race (Gumbel-max) with noise hashed from (seed, position, token id): no RNG
-    state, and a row's token does not depend on its batch. logprobs are those of the processed distribution.
+    The draw is an exponential race (Gumbel-max) with noise hashed from (seed, position, id), in two levels
+    (64-token groups by kept mass, then the winning group's tokens; exact): no RNG state, and a row's token
+    does not depend on its batch. logprobs are those of the processed distribution.
     NaN / +inf logits raise ValueError on the torch path (see docs/sampling.md for the Triton path).
     """
     check_logits(logits)
