@@ -3,7 +3,8 @@
 Module and parameter names match Hugging Face's GPT2LMHeadModel checkpoints
 (`transformer.h.0.attn.c_attn.weight`, ...) and so do the weight layouts: GPT-2 stores its projections as
 Conv1D with weights [in, out], and we keep that layout because `addmm` with [in, out] weights is also the
-fastest matrix-vector product on CPU (see docs/performance.md).
+fastest float32 matrix-vector product on CPU. At more than one row (prefill, n rollouts, beams) CPU inference
+uses oneDNN with weights prepacked into its blocked layout instead (model/packed.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from . import packed
 from .cache import KVCache
 
 
@@ -73,17 +75,25 @@ _ACTIVATIONS = {
 
 
 class Conv1D(nn.Module):
-    """GPT-2's linear layer: weight [in, out], y = x @ W + b."""
+    """GPT-2's linear layer: weight [in, out], y = act(x @ W + b), `act` a name from _ACTIVATIONS."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_in, n_out))
         self.bias = nn.Parameter(torch.zeros(n_out))
         nn.init.normal_(self.weight, std=0.02)
+        self.use_packed = True  # GPT.packed_weights sets it
+        self._packed = packed.DerivedWeight()
 
-    def forward(self, x):
-        shape = x.shape[:-1] + (self.weight.shape[1],)
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(shape)
+    def forward(self, x, act: str | None = None):
+        w = self.weight
+        rows = x.numel() // x.shape[-1]
+        if self.use_packed and (rows > 1 or w.dtype != torch.float32) and packed.usable(x, w):
+            # one row of float32 stays on MKL's matrix-vector product, the faster one there
+            return packed.linear(x, self._packed.get(w, lambda w: packed.reorder(w.t())), self.bias, act)
+        shape = x.shape[:-1] + (w.shape[1],)
+        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), w).view(shape)
+        return _ACTIVATIONS[act](y) if act else y
 
 
 class CausalSelfAttention(nn.Module):
@@ -135,11 +145,11 @@ class MLP(nn.Module):
         inner = config.n_inner or 4 * config.n_embd
         self.c_fc = Conv1D(config.n_embd, inner)
         self.c_proj = Conv1D(inner, config.n_embd)
-        self.act = _ACTIVATIONS[config.activation]
+        self.act = config.activation
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.c_fc(x, act=self.act)))  # act fused into c_fc where it can be
 
 
 class Block(nn.Module):
@@ -173,8 +183,9 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        self._head_t = None  # [C, V] copy of wte for inference: x @ W beats F.linear's [V, C] on CPU
-        self._head_t_key = None
+        self._head_t = packed.DerivedWeight()  # [C, V] for one-row float32: x @ W beats F.linear's [V, C] here
+        self._head_packed = packed.DerivedWeight()
+        self._packed_weights = True
 
     @staticmethod
     def _init_weights(module):
@@ -237,15 +248,37 @@ class GPT(nn.Module):
     def lm_head(self, x):
         """Tied output projection: x @ wte.T."""
         w = self.transformer.wte.weight
+        rows = x.numel() // x.shape[-1]
+        if self._packed_weights and (rows > 1 or w.dtype != torch.float32) and packed.usable(x, w):
+            return packed.linear(x, self._head_packed.get(w, packed.reorder), None)  # wte is [V, C] already
         if (torch.is_grad_enabled() and w.requires_grad) or w.dtype != torch.float32 or w.device.type != "cpu":
-            # the transposed copy pays off for float32 on CPU only: CPU bfloat16 GEMMs are faster with
-            # F.linear's [V, C] layout (~1.3-1.7x for this shape, measured), and GPUs don't care
-            return F.linear(x, w)
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        if self._head_t_key != key:
-            self._head_t = w.detach().t().contiguous()  # (C, V)
-            self._head_t_key = key
-        return x @ self._head_t
+            return F.linear(x, w)  # training, GPUs, and CPU dtypes oneDNN doesn't take
+        head_t = self._head_t.get(w, lambda w: w.t().contiguous())  # (C, V)
+        # 2-D: matmul would broadcast a strided 3-D x into a batched product with the weight expanded
+        return (x.reshape(-1, x.shape[-1]) @ head_t).view(*x.shape[:-1], -1)
+
+    @property
+    def packed_weights(self) -> bool:
+        """Whether CPU inference keeps oneDNN-blocked copies of the weights (faster at more than one row,
+        a second copy of each weight in memory). Set it False to save the memory."""
+        return self._packed_weights
+
+    @packed_weights.setter
+    def packed_weights(self, on: bool) -> None:
+        self._packed_weights = bool(on)
+        for m in self.modules():
+            if isinstance(m, Conv1D):
+                m.use_packed = self._packed_weights
+        self.clear_weight_caches()
+
+    def clear_weight_caches(self) -> None:
+        """Drop the inference copies of the weights (blocked, transposed head); they are rebuilt on next use.
+        Needed only after writing weights through `.data`, which no cache key can see."""
+        for m in self.modules():
+            if isinstance(m, Conv1D):
+                m._packed.clear()
+        self._head_packed.clear()
+        self._head_t.clear()
 
     def _check_tokens(self, idx):
         if idx.dtype not in (torch.int64, torch.int32):

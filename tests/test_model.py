@@ -1,5 +1,6 @@
 """The model against transformers' GPT2LMHeadModel: logits, KV cache, checkpoints, tokenizer, bad input."""
 
+import copy
 import json
 import socket
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 from conftest import make_hf_model, save_hf_checkpoint
 
-from model import GPT, CheckpointError, GPTConfig, get_tokenizer
+from model import GPT, CheckpointError, GPTConfig, get_tokenizer, packed
+from model.gpt import _ACTIVATIONS
 
 TOL = 1e-4  # float32, max abs difference of logits
 
@@ -154,6 +156,69 @@ def test_bfloat16_model_tracks_float32(small):
         bf.load_state_dict(gpt.state_dict())
         got = torch.log_softmax(bf.to(torch.bfloat16).eval()(idx).float(), -1)
     assert _max_diff(got, ref) < 0.25  # bf16 has 8 mantissa bits; this catches a broken path, not rounding
+
+
+# -- CPU inference copies of the weights (model/packed.py) -------------------------------------------------
+def _tiny_gpt(activation="gelu_new", seed=0):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=16, activation=activation)
+    return GPT(cfg).eval()
+
+
+def test_fused_activation_names_cover_the_config_choices():
+    assert set(packed.FUSED_ACTIVATIONS) == set(_ACTIVATIONS)
+
+
+@pytest.mark.parametrize("activation", sorted(_ACTIVATIONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_match_the_plain_path(activation, dtype):
+    """The oneDNN-blocked weights (with the activation fused into c_fc) give the logits of plain addmm."""
+    assert packed.available(dtype), "this torch has no oneDNN linear: the test would test nothing"
+    gpt = _tiny_gpt(activation)
+    with torch.no_grad():  # pre-activations of order 1, where tanh-GELU and erf-GELU differ (by up to ~5e-4)
+        for block in gpt.transformer.h:
+            block.mlp.c_fc.weight.mul_(20)
+    gpt = gpt.to(dtype)
+    idx = torch.randint(0, 97, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast = gpt(idx).float()
+        assert gpt.transformer.h[0].mlp.c_fc._packed.value is not None  # the blocked path really ran
+        gpt.packed_weights = False
+        plain = gpt(idx).float()
+    assert _max_diff(fast, plain) <= (1e-5 if dtype == torch.float32 else 0.05)
+
+
+@pytest.mark.parametrize("rows", [1, 3])  # 1: MKL + the transposed head; 3: the blocked copies
+def test_weight_caches_follow_fused_optimizer_steps(rows):
+    """AdamW(fused=True) updates weights without bumping their version counters; the inference copies must
+    still be rebuilt, or logits after a training step would silently come from the old weights."""
+    gpt = _tiny_gpt()
+    idx = torch.randint(0, 97, (rows, 1), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = gpt(idx)  # builds the copies
+    opt = torch.optim.AdamW(gpt.parameters(), lr=1e-2, fused=True)
+    gpt(torch.randint(0, 97, (2, 8))).logsumexp(-1).mean().backward()
+    opt.step()
+    with torch.no_grad():
+        after = gpt(idx)
+        fresh = copy.deepcopy(gpt)(idx)  # a deep copy starts without the caches
+        assert _max_diff(after, before) > 1e-3  # the step moved the logits
+        assert _max_diff(after, fresh) <= 1e-5
+        for p in gpt.parameters():  # writes through .data are invisible to any key: clear by hand
+            p.data.mul_(0.5)
+        gpt.clear_weight_caches()
+        assert _max_diff(gpt(idx), copy.deepcopy(gpt)(idx)) <= 1e-5
+
+
+def test_model_runs_under_cpu_autocast():
+    """Under autocast the blocked path steps aside (its op doesn't cast inputs), as training's eval needs."""
+    gpt = _tiny_gpt()
+    idx = torch.randint(0, 97, (2, 8))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = gpt(idx).float()
+    with torch.no_grad():
+        ref = gpt(idx)
+    assert _max_diff(torch.log_softmax(got, -1), torch.log_softmax(ref, -1)) < 0.25
 
 
 # -- checkpoint round trips ---------------------------------------------------------------------------------
