@@ -8,7 +8,9 @@ Cases: greedy batch 1; sampling batch 1; n = 8 and n = 64 rollouts of one prompt
 truncation, in both); beam search with 4 beams. Stop tokens are off in both so that every run generates
 exactly the same number of tokens. Prints tokens/s for both and the ratio, and the batch-1 step time
 against the memory-bandwidth bound (weight bytes read per token / measured copy bandwidth).
-Timings are wall-clock medians of --repeats runs, both libraries measured in this one process.
+Timings are wall-clock medians of --repeats runs, both libraries measured in this one process, their runs
+interleaved (pigpt, transformers, pigpt, ...) so that a noisy neighbour on a shared machine slows both
+rather than one; the ratio is the median of the per-pair ratios.
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ def parse_args():
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=1, help="timed runs per case (median reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     ap.add_argument("--cases", default="greedy,sample,n8,n64,beam4")
     ap.add_argument("--bf16", action="store_true", help="also time pigpt in bfloat16")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers (pigpt only)")
     ap.add_argument("--quick", action="store_true", help="32 new tokens, 1 repeat: a quick check")
     args = ap.parse_args()
     if args.quick:
-        args.new_tokens = 32
+        args.new_tokens, args.repeats = 32, 1
     return args
 
 
@@ -96,8 +98,21 @@ def timed(fn, repeats):
     return statistics.median(times)
 
 
-def copy_bandwidth(nbytes=256 * 2**20, repeats=5) -> float:
-    """Copy bandwidth in bytes/s, counting bytes read + written."""
+def timed_pairs(fns, repeats):
+    """Interleaved runs of each fn (None: skipped) -> (median time of each, median of time[0] / time[i])."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            if fn is not None:
+                times[i].append(timed(fn, 1))
+    med = [statistics.median(t) if t else float("nan") for t in times]
+    ratio = [statistics.median(a / b for a, b in zip(times[0], t)) if t and times[0] else float("nan") for t in times]
+    return med, ratio
+
+
+def copy_bandwidth(nbytes=256 * 2**20, repeats=10) -> float:
+    """Copy bandwidth in bytes/s, counting bytes read + written (the best of `repeats`: a busy neighbour
+    on a shared machine only ever lowers it)."""
     src = torch.ones(nbytes // 4)
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -128,30 +143,30 @@ def main():
     for key in args.cases.split(","):
         name, kind, n = CASES[key]
         tokens = T * (1 if kind == "beam" else n)  # beam search yields one sequence of T tokens
+        fns = [None if args.no_hf else (lambda: run_hf(hf, prompt, kind, n, T)),
+               lambda: run_pigpt(gpt, prompt, kind, n, T),
+               None if bf16 is None else (lambda: run_pigpt(bf16, prompt, kind, n, T))]
         with torch.inference_mode():
-            run_pigpt(gpt, prompt, kind, n, 4)  # warm-up (allocations, lazy head transpose)
-            t_ours = timed(lambda: run_pigpt(gpt, prompt, kind, n, T), args.repeats)
-            t_hf = float("nan")
+            run_pigpt(gpt, prompt, kind, n, 4)  # warm-ups: allocations, the lazy weight copies
             if not args.no_hf:
-                run_hf(hf, prompt, kind, n, 4)  # warm-up, as for pigpt
-                t_hf = timed(lambda: run_hf(hf, prompt, kind, n, T), args.repeats)
-            t_bf = float("nan")
+                run_hf(hf, prompt, kind, n, 4)
             if bf16 is not None:
                 run_pigpt(bf16, prompt, kind, n, 4)
-                t_bf = timed(lambda: run_pigpt(bf16, prompt, kind, n, T), args.repeats)
-        rows.append((name, tokens / t_hf, tokens / t_ours, tokens / t_bf, 1000 * t_ours / T, 1000 * t_hf / T))
+            (t_hf, t_ours, t_bf), (_, x_ours, x_bf) = timed_pairs(fns, args.repeats)
+        rows.append((name, tokens / t_hf, tokens / t_ours, tokens / t_bf, 1000 * t_ours / T, 1000 * t_hf / T,
+                     x_ours, x_bf))
         r = rows[-1]
-        print(f"  {name:18s} transformers {r[1]:8.1f} tok/s  pigpt {r[2]:8.1f} tok/s  ratio {r[2] / r[1]:5.2f}x"
-              + (f"  pigpt-bf16 {r[3]:8.1f} tok/s ({r[3] / r[1]:5.2f}x)" if bf16 is not None else ""),
+        print(f"  {name:18s} transformers {r[1]:8.1f} tok/s  pigpt {r[2]:8.1f} tok/s  ratio {x_ours:5.2f}x"
+              + (f"  pigpt-bf16 {r[3]:8.1f} tok/s ({x_bf:5.2f}x)" if bf16 is not None else ""),
               flush=True)
 
     print("\n| case | transformers tok/s | pigpt tok/s | ratio | ms/step pigpt | ms/step transformers |"
           + (" pigpt bf16 tok/s | bf16 ratio |" if bf16 is not None else ""))
     print("|---|---|---|---|---|---|" + ("---|---|" if bf16 is not None else ""))
-    for name, hf_tps, ours, bf, ms, ms_hf in rows:
-        line = f"| {name} | {hf_tps:.1f} | {ours:.1f} | {ours / hf_tps:.2f}x | {ms:.1f} | {ms_hf:.1f} |"
+    for name, hf_tps, ours, bf, ms, ms_hf, x_ours, x_bf in rows:
+        line = f"| {name} | {hf_tps:.1f} | {ours:.1f} | {x_ours:.2f}x | {ms:.1f} | {ms_hf:.1f} |"
         if bf16 is not None:
-            line += f" {bf:.1f} | {bf / hf_tps:.2f}x |"
+            line += f" {bf:.1f} | {x_bf:.2f}x |"
         print(line)
 
     bw = copy_bandwidth()

@@ -115,8 +115,10 @@ def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_id
     P, V = idx.shape[1], logits.shape[-1]
     expand = torch.arange(B, device=device).repeat_interleave(nb)  # (B*nb,)
     cache, logits = cache.select(expand), logits.index_select(0, expand)
-    hist = torch.empty(B * nb, P + T, dtype=torch.long, device=device)  # prompt + generated ids per beam
-    hist[:, :P] = idx.index_select(0, expand)
+    hist = None  # prompt + generated ids per beam, kept only for the repetition penalty
+    if penalty != 1.0:
+        hist = torch.empty(B * nb, P + T, dtype=torch.long, device=device)
+        hist[:, :P] = idx.index_select(0, expand)
 
     K = max(2, 1 + len(stop_ids)) * nb  # beams_to_keep
     top_nb = torch.arange(K, device=device) < nb  # top_num_beam_mask
@@ -139,7 +141,8 @@ def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_id
         if t > 0:
             logits = model(st.run_tok[:, :, t - 1].reshape(-1, 1), cache, last_only=True)[:, -1].float()
         logp = F.log_softmax(logits, dim=-1)  # (B*nb, V)
-        logp = apply_repetition_penalty(logp, hist[:, : P + t], penalty, inplace=True)
+        if hist is not None:
+            logp = apply_repetition_penalty(logp, hist[:, : P + t], penalty, inplace=True)
         logp = apply_min_new_tokens(logp, t, min_new, stop_ids, inplace=True)
         logp = logp.view(-1, nb, V) + st.run_score[:, :, None]
         topk_lp, topk_idx = torch.topk(logp.view(-1, nb * V), k=K)  # (B, K)
@@ -169,8 +172,9 @@ def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_id
         else:
             rows = (run_src + torch.arange(len(items), device=device)[:, None] * nb).view(-1)
             cache.reorder_(rows)
-        hist = hist.index_select(0, rows)
-        hist[:, P + t] = st.run_tok[:, :, t].reshape(-1)
+        if hist is not None:
+            hist = hist.index_select(0, rows)
+            hist[:, P + t] = st.run_tok[:, :, t].reshape(-1)
     _store(out, st, torch.arange(len(items), device=device), items)
     return out
 
