@@ -60,6 +60,28 @@ def _group_masses(e):
     return torch.cat((w, e[:, full * GROUP:].sum(-1, keepdim=True)), 1) if V % GROUP else w
 
 
+def _kept_group_masses(s, mx, t, truncated, e=None):
+    """Group masses of exp(s - mx) over the kept tokens (s >= t): (n, V) -> (n, G).
+
+    Without `e`, rows go through in blocks of ~1M entries: the exp temporary is then a few MB that the
+    allocator reuses, not a fresh logits-sized buffer (13 MB at B = 64) mapped and page-faulted in on
+    every decode step. e: exp(s - mx) when the caller has it (it is overwritten).
+    """
+    if e is not None:
+        if truncated:
+            e.masked_fill_(s < t[:, None], 0.0)
+        return _group_masses(e)
+    n, V = s.shape
+    rows = max(1, (1 << 20) // V)
+    out = []
+    for i in range(0, n, rows):
+        e = torch.sub(s[i:i + rows], mx[i:i + rows, None]).exp_()  # one temporary of the block's size, not two
+        if truncated:
+            e.masked_fill_(s[i:i + rows] < t[i:i + rows, None], 0.0)
+        out.append(_group_masses(e))
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
 def _draw_dense(s, mx, t, k1, k2, e=None):
     """The two-level race over full rows s (n, V) (scaled logits) keeping s >= t: (tokens, log-probs).
 
@@ -70,11 +92,7 @@ def _draw_dense(s, mx, t, k1, k2, e=None):
     """
     n, V = s.shape
     _check_scale(mx)
-    e = torch.sub(s, mx[:, None]).exp_() if e is None else e  # (n, V); one temporary of that size, not two
-    truncated = bool((t > NEG_INF).any())
-    if truncated:
-        e.masked_fill_(s < t[:, None], 0.0)
-    w = _group_masses(e)  # (n, G)
+    w = _kept_group_masses(s, mx, t, bool((t > NEG_INF).any()), e)  # (n, G)
     # float64 total: rows stay bit-identical across batch shapes (see reference.partition)
     z = w.sum(-1, dtype=torch.float64).float()
     gids = torch.arange(w.shape[1], device=s.device).expand(n, -1)
