@@ -255,7 +255,7 @@ class GPT(nn.Module):
             return F.linear(x, w)  # training, GPUs, and CPU dtypes oneDNN doesn't take
         head_t = self._head_t.get(w, lambda w: w.t().contiguous())  # (C, V)
         # 2-D: matmul would broadcast a strided 3-D x into a batched product with the weight expanded
-        return (x.reshape(-1, x.shape[-1]) @ head_t).view(*x.shape[:-1], -1)
+        return (x.reshape(-1, x.shape[-1]) @ head_t).view(*x.shape[:-1], head_t.shape[1])
 
     @property
     def packed_weights(self) -> bool:
