@@ -114,7 +114,7 @@ def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_id
     idx, cache, logits = prefill(model, prompts, T)  # (B, P), cache, (B, V)
     P, V = idx.shape[1], logits.shape[-1]
     expand = torch.arange(B, device=device).repeat_interleave(nb)  # (B*nb,)
-    cache, logits = cache.select(expand), logits.index_select(0, expand)
+    cache, logits = cache.share(expand), logits.index_select(0, expand)  # beams share the prompt's KV
     hist = None  # prompt + generated ids per beam, kept only for the repetition penalty
     if penalty != 1.0:
         hist = torch.empty(B * nb, P + T, dtype=torch.long, device=device)

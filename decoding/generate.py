@@ -1,6 +1,7 @@
 """generate(): batched rollouts from a static KV cache.
 
-The loop: one prefill for all prompts (left-padded), its cache expanded to n rows per prompt; then every
+The loop: one prefill for all prompts (left-padded), its cache shared by the n rows of each prompt (the
+prompt's keys and values are stored and read once, model/cache.py SharedPrefixKVCache); then every
 live row decodes together, one token per step. Rows that finish are dropped from the batch (and the cache)
 so they stop costing work. The only host sync per step is the "did any row stop?" check, and only when
 stop tokens or stop strings are set.
@@ -100,7 +101,8 @@ def _start(model, prompts, params, seeds):
     idx, cache, logits = prefill(model, prompts, T)  # (Bp, P), cache, (Bp, V)
     if n > 1:
         expand = torch.arange(len(prompts), device=device).repeat_interleave(n)  # (N,)
-        cache, logits, idx = cache.select(expand), logits.index_select(0, expand), idx.index_select(0, expand)
+        # the rollouts share their prompt's KV (read once a step for all n), rather than n copies of it
+        cache, logits, idx = cache.share(expand), logits.index_select(0, expand), idx.index_select(0, expand)
     N, P = idx.shape
     hist = None
     if params.repetition_penalty != 1.0:

@@ -1,8 +1,8 @@
 """pigpt's model: a minimal GPT-2 with a static KV cache, its checkpoints, and its tokenizer."""
 
-from .cache import KVCache
+from .cache import KVCache, SharedPrefixKVCache
 from .checkpoint import CheckpointError
 from .gpt import GPT, GPTConfig
 from .tokenizer import EOT_TOKEN, get_tokenizer
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "CheckpointError", "get_tokenizer", "EOT_TOKEN"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "SharedPrefixKVCache", "CheckpointError", "get_tokenizer", "EOT_TOKEN"]

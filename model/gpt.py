@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from . import packed
-from .cache import KVCache
+from .cache import KVCache, SharedPrefixKVCache
 
 
 @dataclass
@@ -113,7 +113,9 @@ class CausalSelfAttention(nn.Module):
         q, k, v = rearrange(self.c_attn(x), "b t (three nh hs) -> three b nh t hs", three=3, nh=self.n_head)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S_used, hs)
-        if cache is not None and q.shape[2] == 1 and q.shape[0] >= 16 and q.device.type == "cpu":
+        if isinstance(cache, SharedPrefixKVCache):  # rows' own keys here, their prompt's inside the cache
+            y = cache.attend(self.layer_idx, q, k, v, self.scale)
+        elif cache is not None and q.shape[2] == 1 and q.shape[0] >= 16 and q.device.type == "cpu":
             y = _one_query_attention(q, k, v, mask, self.scale)
         else:
             y = F.scaled_dot_product_attention(

@@ -147,6 +147,41 @@ def test_cache_expand_select_and_reorder(small):
             assert _max_diff(got[row], ref) <= TOL
 
 
+@pytest.mark.parametrize("pad", [(0, 5, 2), (0, 0, 0)], ids=["ragged", "even"])
+def test_shared_prefix_cache_equals_copied_prompts(small, pad):
+    """Rows continuing shared prompts (their KV stored once) give the logits of rows with their own copies,
+    through decode steps, dropped rows (a whole prompt's included), beam reorders and a ragged batch."""
+    gpt, hf = small
+    g = torch.Generator().manual_seed(3)
+    P = 9
+    idx = torch.randint(0, 500, (3, P), generator=g)
+    new = torch.randint(0, 500, (7, 9), generator=g)
+    with torch.no_grad():
+        prefix = gpt.new_cache(3, P + 9, pad=list(pad))
+        gpt(idx, prefix)
+        rows = torch.tensor([0, 0, 1, 1, 1, 2, 0])  # any order, any number of rows a prompt
+        copied, shared = prefix.select(rows), prefix.share(rows)
+        assert shared.max_len == copied.max_len and shared.batch_size == 7
+        for t in range(3):
+            assert _max_diff(gpt(new[:, t:t + 1], copied), gpt(new[:, t:t + 1], shared)) <= 1e-5
+        keep = torch.tensor([6, 2, 4, 3])  # prompt 2 loses its only row; 0 keeps one of three
+        copied, shared, new = copied.select(keep), shared.select(keep), new[keep]
+        for t in range(3, 6):
+            assert _max_diff(gpt(new[:, t:t + 1], copied), gpt(new[:, t:t + 1], shared)) <= 1e-5
+        for c in (copied, shared):
+            c.reorder_(torch.tensor([0, 2, 2, 1]))
+        for t in range(6, 9):
+            got = gpt(new[:, t:t + 1], shared)
+            assert _max_diff(gpt(new[:, t:t + 1], copied), got) <= 1e-5
+        with pytest.raises(ValueError, match="holds 9 new tokens"):
+            gpt(new[:, :1], shared)
+        with pytest.raises(ValueError, match="one token a step"):
+            gpt(new[:, :2], prefix.share(rows))
+    # and a row that was never reordered (row 0: prompt 0), alone, against transformers
+    alone = _hf_logits(hf, torch.cat([idx[0, pad[0]:], new[0]])[None])[0, -1]
+    assert _max_diff(got[0, -1], alone) <= TOL
+
+
 def test_bfloat16_model_tracks_float32(small):
     gpt, _ = small
     idx = torch.randint(0, 500, (2, 16))
