@@ -81,14 +81,7 @@ class KVCache:
         """A new cache whose row i is this cache's row rows[i] (expand, shrink or permute)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
         out = KVCache.__new__(KVCache)
-        L, _, nh, S, hs = self.k.shape
-        # Only slots < pos hold data, and nothing reads past pos before writing it: copy just those, so
-        # that expanding a short prompt to many rollouts doesn't write the whole (mostly empty) buffer.
-        out.k = self.k.new_empty((L, rows.numel(), nh, S, hs))
-        out.v = self.v.new_empty((L, rows.numel(), nh, S, hs))
-        used = slice(0, self.pos)
-        out.k[:, :, :, used] = self.k[:, :, :, used].index_select(1, rows)
-        out.v[:, :, :, used] = self.v[:, :, :, used].index_select(1, rows)
+        out.k, out.v = _take_rows(self.k, self.v, rows, self.pos)
         out.pos = self.pos
         out.pad = None if self.pad is None else self.pad.index_select(0, rows)
         if out.pad is not None and not bool((out.pad > 0).any()):
@@ -109,17 +102,36 @@ class KVCache:
     def reorder_(self, rows: torch.Tensor) -> None:
         """In place: row i becomes old row rows[i] (beam search). Copies only the slots in use, and only
         the rows that change (beams often keep their place)."""
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
-        if rows.numel() != self.batch_size:
-            raise ValueError(f"reorder_ needs {self.batch_size} row indices, got {rows.numel()}")
-        moved = torch.nonzero(rows != torch.arange(rows.numel(), device=rows.device))[:, 0]  # (M,)
-        if moved.numel():
-            src, used = rows[moved], slice(0, self.pos)
-            # gather the sources first: a moved row may be another moved row's source
-            _put_rows(self.k[:, :, :, used], moved, src)  # writes through the view into the buffer
-            _put_rows(self.v[:, :, :, used], moved, src)
+        rows = _reorder_rows_(self.k, self.v, rows, self.pos)
         if self.pad is not None:
             self.pad = self.pad.index_select(0, rows)
+
+
+def _take_rows(k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, pos: int):
+    """New buffers whose row i is row rows[i] of k, v (L, B, nh, S, hs).
+
+    Only slots < pos hold data, and nothing reads past pos before writing it: copy just those, so that
+    expanding a short prompt to many rows doesn't write the whole (mostly empty) buffer.
+    """
+    L, _, nh, S, hs = k.shape
+    out_k, out_v = k.new_empty((L, rows.numel(), nh, S, hs)), v.new_empty((L, rows.numel(), nh, S, hs))
+    out_k[:, :, :, :pos] = k[:, :, :, :pos].index_select(1, rows)
+    out_v[:, :, :, :pos] = v[:, :, :, :pos].index_select(1, rows)
+    return out_k, out_v
+
+
+def _reorder_rows_(k: torch.Tensor, v: torch.Tensor, rows, pos: int) -> torch.Tensor:
+    """In place: row i of k, v (L, B, nh, S, hs) becomes old row rows[i]; returns rows as a tensor.
+    Copies only the slots in use, and only the rows that change (beams often keep their place)."""
+    rows = torch.as_tensor(rows, dtype=torch.long, device=k.device)
+    if rows.numel() != k.shape[1]:
+        raise ValueError(f"reorder_ needs {k.shape[1]} row indices, got {rows.numel()}")
+    moved = torch.nonzero(rows != torch.arange(rows.numel(), device=rows.device))[:, 0]  # (M,)
+    if moved.numel():
+        # gather the sources first: a moved row may be another moved row's source
+        _put_rows(k[:, :, :, :pos], moved, rows[moved])  # writes through the view into the buffer
+        _put_rows(v[:, :, :, :pos], moved, rows[moved])
+    return rows
 
 
 def _put_rows(x: torch.Tensor, dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -245,25 +257,13 @@ class SharedPrefixKVCache:
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
         out = SharedPrefixKVCache.__new__(SharedPrefixKVCache)
         out.pk, out.pv, out.ppad, out.pos = self.pk, self.pv, self.ppad, self.pos
-        L, _, nh, T, hs = self.k.shape
-        out.k = self.k.new_empty((L, rows.numel(), nh, T, hs))
-        out.v = self.v.new_empty((L, rows.numel(), nh, T, hs))
-        used = slice(0, self.pos)
-        out.k[:, :, :, used] = self.k[:, :, :, used].index_select(1, rows)
-        out.v[:, :, :, used] = self.v[:, :, :, used].index_select(1, rows)
+        out.k, out.v = _take_rows(self.k, self.v, rows, self.pos)
         out._set_rows(self.prompt.index_select(0, rows))
         return out
 
     def reorder_(self, rows: torch.Tensor) -> None:
         """In place: row i becomes old row rows[i] (beam search: rows stay with their prompt)."""
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
-        if rows.numel() != self.batch_size:
-            raise ValueError(f"reorder_ needs {self.batch_size} row indices, got {rows.numel()}")
-        moved = torch.nonzero(rows != torch.arange(rows.numel(), device=rows.device))[:, 0]
-        if moved.numel():
-            src, used = rows[moved], slice(0, self.pos)
-            _put_rows(self.k[:, :, :, used], moved, src)
-            _put_rows(self.v[:, :, :, used], moved, src)
+        rows = _reorder_rows_(self.k, self.v, rows, self.pos)
         prompt = self.prompt.index_select(0, rows)
         if not torch.equal(prompt, self.prompt):
             self._set_rows(prompt)
