@@ -87,9 +87,7 @@ class Conv1D(nn.Module):
 
     def forward(self, x, act: str | None = None):
         w = self.weight
-        rows = x.numel() // x.shape[-1]
-        if self.use_packed and (rows > 1 or w.dtype != torch.float32) and packed.usable(x, w):
-            # one row of float32 stays on MKL's matrix-vector product, the faster one there
+        if self.use_packed and packed.preferred(x, w):
             return packed.linear(x, self._packed.get(w, lambda w: packed.reorder(w.t())), self.bias, act)
         shape = x.shape[:-1] + (w.shape[1],)
         y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), w).view(shape)
@@ -250,8 +248,7 @@ class GPT(nn.Module):
     def lm_head(self, x):
         """Tied output projection: x @ wte.T."""
         w = self.transformer.wte.weight
-        rows = x.numel() // x.shape[-1]
-        if self._packed_weights and (rows > 1 or w.dtype != torch.float32) and packed.usable(x, w):
+        if self._packed_weights and packed.preferred(x, w):
             return packed.linear(x, self._head_packed.get(w, packed.reorder), None)  # wte is [V, C] already
         if (torch.is_grad_enabled() and w.requires_grad) or w.dtype != torch.float32 or w.device.type != "cpu":
             return F.linear(x, w)  # training, GPUs, and CPU dtypes oneDNN doesn't take

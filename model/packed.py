@@ -53,6 +53,13 @@ def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     )
 
 
+def preferred(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """The model's dispatch rule: the blocked path where it is usable and faster, i.e. at more than one row
+    of x, or in bfloat16 at any row count; one float32 row stays on MKL's matrix-vector product
+    (benchmarks/bench_linear.py: 0.89x packed there)."""
+    return (x.numel() // x.shape[-1] > 1 or w.dtype != torch.float32) and usable(x, w)
+
+
 def reorder(w_out_in: torch.Tensor) -> torch.Tensor:
     """The blocked (opaque, mkldnn-layout) copy of an [out, in] weight. 64 is the row count oneDNN tunes
     the layout for; the copy serves any number of rows."""
