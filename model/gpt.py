@@ -216,6 +216,13 @@ class GPT(nn.Module):
         its left padding) and attend to everything cached before them; the cache then advances by T.
         `last_only` returns logits for the last position only ([B, 1, V]), as generation needs.
         """
+        x = self.hidden(idx, cache)  # (B, T, C)
+        return self.lm_head(x[:, -1:] if last_only else x)
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final hidden states (after ln_f) for `idx` [B, T]: (B, T, C). `forward` is lm_head(hidden(...));
+        callers that need logits at a few positions only (scoring a completion) select them first, so the
+        [T, vocab] head product is computed where it is read."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx must be a LongTensor of shape [batch, time], got {got}")
@@ -240,10 +247,7 @@ class GPT(nn.Module):
             x = block(x, cache, mask)
         if cache is not None:
             cache.advance(T)
-        x = self.transformer.ln_f(x)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(x)
+        return self.transformer.ln_f(x)
 
     def lm_head(self, x):
         """Tied output projection: x @ wte.T."""
