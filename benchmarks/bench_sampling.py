@@ -15,16 +15,13 @@ Writes a JSON of every cell and a PNG plot (--out, --png).
 
 import argparse
 import json
+import math
 import os
-import platform
-import statistics
-import sys
-import time
 from pathlib import Path
 
-import torch
+import harness  # first: makes the repository's packages importable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
 
 from kernels import sample_from_logits  # noqa: E402
 
@@ -76,17 +73,7 @@ def flashinfer_fn():
 
 def timeit(fn, repeats, cuda):
     """Seconds per call (STAT of `repeats` calls, after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times) if STAT == "min" else statistics.median(times)
+    return harness.measure(fn, repeats, warmup=1, stat=STAT, sync=torch.cuda.synchronize if cuda else None)
 
 
 def bench_cell(B, V, kind, setting, args, methods):
@@ -129,10 +116,8 @@ def print_row(row, methods):
 
 
 def plot(rows, methods, path, meta=None):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = harness.pyplot()
+    us_per_row = lambda r, name: math.nan if r[f"{name}_s"] is None else r[f"{name}_s"] * 1e6 / r["B"]  # noqa: E731
 
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     Vs = sorted({r["V"] for r in rows})
@@ -146,7 +131,7 @@ def plot(rows, methods, path, meta=None):
                 continue
             Bs = [r["B"] for r in sel]
             for i, name in enumerate([*methods, "softmax"]):
-                ax.plot(Bs, [r[f"{name}_s"] * 1e6 / r["B"] for r in sel], style, color=f"C{i}", marker="o",
+                ax.plot(Bs, [us_per_row(r, name) for r in sel], style, color=f"C{i}", marker="o",
                         ms=3, label=f"{name} ({kind})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -159,9 +144,7 @@ def plot(rows, methods, path, meta=None):
         fig.suptitle(f"one sampling step, {meta.get('gpu', meta['device'])}, {meta['threads']} threads, "
                      f"{meta.get('stat', 'median')} of {meta['repeats']}, load average {load:.1f}", fontsize=9)
     axes[0][-1].legend(fontsize=6)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path)
 
 
 def main():
@@ -175,8 +158,7 @@ def main():
                     help="min is steadier on a machine shared with other jobs")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--out", default="bench_out/bench_sampling.json")
-    ap.add_argument("--png", default="bench_out/bench_sampling.png")
+    harness.add_output_args(ap, "bench_sampling")
     ap.add_argument("--replot", metavar="JSON", help="only redraw the PNG from an earlier run's JSON")
     args = ap.parse_args()
     if args.replot:
@@ -184,7 +166,7 @@ def main():
         plot(data["rows"], data["meta"]["methods"], args.png, data["meta"])
         print(f"wrote {args.png}")
         return
-    torch.set_num_threads(args.threads)
+    harness.setup_threads(args.threads)
     global STAT
     STAT = args.stat
 
@@ -202,14 +184,13 @@ def main():
                 for B in args.B:
                     rows.append(bench_cell(B, V, kind, setting, args, methods))
                     print_row(rows[-1], methods)
-    meta = {"device": args.device, "threads": args.threads, "stat": args.stat, "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(), "repeats": args.repeats,
-            "loadavg": os.getloadavg(), "methods": list(methods)}
+    meta = harness.environment(device=args.device, stat=args.stat, repeats=args.repeats, methods=list(methods),
+                               peak_rss_mb=harness.peak_rss_mb())
     if args.device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    plot(rows, methods, args.png, meta)
+    harness.write_json(args.out, rows, meta)
+    if args.png:
+        plot(rows, methods, args.png, meta)
     print(f"wrote {args.out} and {args.png}")
 
 
