@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from model import GPT, GPTConfig  # noqa: E402
-from train import flops_per_token, measure_peak_flops  # noqa: E402
+from training.perf import flops_per_token, measure_peak_flops  # noqa: E402
 from training.loss import LossModel  # noqa: E402
 
 

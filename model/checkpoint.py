@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
+
+from .textform import CONFIG_KEY, TextForm
 
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
 
@@ -211,6 +213,7 @@ def load_pretrained(cls, name_or_path, device=None, dtype=None):
     model = model.to_empty(device=device or "cpu")
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=False)
     model.to(dtype=dtype)
+    model.text_form = TextForm(hf.get(CONFIG_KEY) or "plain").name  # what textform.for_model(model) reads
     return model.eval()
 
 
@@ -225,7 +228,10 @@ def _parse_dtype(dtype):
 
 
 # -- saving ---------------------------------------------------------------------------------------------------
-def save_pretrained(model, directory) -> None:
+def save_pretrained(model, directory, dtype=None, text_form: str | None = None) -> None:
+    """config.json + model.safetensors. `dtype` (e.g. "float16") stores the weights in that precision (loading
+    casts them back to float32 unless told otherwise); `text_form` (default: the model's `text_form`, else
+    "plain") is recorded under textform.CONFIG_KEY, which transformers ignores."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -233,9 +239,12 @@ def save_pretrained(model, directory) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CheckpointError(f"cannot create checkpoint directory {directory}: {e.strerror}") from None
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    dtype = _parse_dtype(dtype) if dtype is not None else model.dtype
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items()}
     config = config_to_hf(model.config)
-    config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    config[CONFIG_KEY] = TextForm(text_form or getattr(model, "text_form", None) or "plain").name
     # Weights first, config last: a directory with a config.json always has matching weights.
     atomic_write(directory / "model.safetensors", lambda f: save_file(tensors, f, metadata={"format": "pt"}))
     atomic_write(directory / "config.json",
@@ -243,12 +252,17 @@ def save_pretrained(model, directory) -> None:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename over `path`: readers see the old file or the new, never half."""
+    """Call write(tmp_path), fsync, then rename over `path`: readers see the old file or the new, never half.
+
+    The file gets the mode of any newly created file (0666 less the umask, 0644 under umask 022), not the
+    0600 of tempfile.mkstemp: the renamed file keeps its temporary's mode."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = os.stat(tmp).st_mode & 0o777  # 0666 less the umask: the kernel applied it
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with a 0600 one of their own
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

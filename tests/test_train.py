@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # train.py is a script at the repo root, not an installed module
 
 import train  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer  # noqa: E402
 from training import data as datalib  # noqa: E402
+from training import lm  # noqa: E402
 from training.data import DataError  # noqa: E402
 from training.loss import LossModel  # noqa: E402
 from training.run import TrainError  # noqa: E402
@@ -101,8 +102,8 @@ def test_fused_head_loss_matches_cross_entropy():
 
 
 def test_learning_rate_schedule():
-    cfg = train.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, lr_decay_steps=110)
-    lrs = [train.learning_rate(s, cfg) for s in range(130)]
+    cfg = lm.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, lr_decay_steps=110)
+    lrs = [lm.learning_rate(s, cfg) for s in range(130)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warmup
     assert lrs[60] == pytest.approx(0.55)  # half-way down the cosine
     assert lrs[110] == lrs[129] == 0.1
@@ -110,32 +111,23 @@ def test_learning_rate_schedule():
 
 
 # -- data --------------------------------------------------------------------------------------------------------
-def test_tabify_keeps_python_valid_and_saves_tokens():
-    src = (STDLIB / "textwrap.py").read_text()
-    tabbed = datalib.tabify(src)
-    assert "\t" not in src and tabbed.expandtabs(4) == src  # samples are shown with tabs expanded
-    compile(tabbed, "textwrap.py", "exec")  # still Python
-    assert datalib.tabify("        x = 1\n      y\n") == "\t\tx = 1\n\t  y\n"
-    enc = train.get_tokenizer()
-    assert len(enc.encode_ordinary(tabbed)) < 0.85 * len(enc.encode_ordinary(src))
-
-
 def test_data_split_cache_and_windows(corpus, tmp_path):
     data, _ = corpus
-    root, files = datalib.find_files(str(data))
-    train_files, val_files = datalib.split_files(root, files, 0.2)
-    assert val_files and train_files and not set(train_files) & set(val_files)
-    assert sorted(train_files + val_files) == sorted(files)
+    source = datalib.find_source(str(data))
+    train_units, val_units = datalib.split_units(source.units, 0.2)
+    assert val_units and train_units and not {u.key for u in train_units} & {u.key for u in val_units}
+    assert sorted(u.key for u in train_units + val_units) == sorted(p.name for p in source.files)
+    assert datalib.split_units(source.units, 0.2)[1] == val_units  # the same split every time
     cache = datalib.prepare(str(data), 0.2, tmp_path, progress=False)
     stamp = (cache / "meta.json").stat().st_mtime_ns
     assert datalib.prepare(str(data), 0.2, tmp_path, progress=False) == cache  # the second run reads the cache
     assert (cache / "meta.json").stat().st_mtime_ns == stamp
     c = datalib.load(cache)
-    enc = train.get_tokenizer()
+    enc = get_tokenizer()
     # The train stream is the train files' tokens, each followed by <|endoftext|>, in order.
     expected = []
-    for f in train_files:
-        expected += enc.encode_ordinary(f.read_text()) + [train.EOT_TOKEN]
+    for u in train_units:
+        expected += enc.encode_ordinary((data / u.key).read_text()) + [EOT_TOKEN]
     assert c.train.read(0, len(c.train)).tolist() == expected
     assert c.meta["unigram_entropy"] == pytest.approx(
         datalib.unigram_entropy(torch.bincount(torch.tensor(expected)).numpy()))
@@ -307,4 +299,5 @@ def test_fine_tune_from_a_checkpoint(corpus, tmp_path, tiny_checkpoint):
 def test_cli_prints_a_clear_error(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(tmp_path / "nope"),
                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 1 and res.stderr.startswith("error: --data") and "Traceback" not in res.stderr
+    assert res.returncode == 2 and res.stderr.startswith("error: --data") and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

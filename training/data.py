@@ -1,18 +1,15 @@
-"""Training data: text files -> GPT-2 tokens in uint16 shard files, cached; a train/val split by file; batches.
+"""Training data: documents -> GPT-2 tokens in uint16 shard files, cached; a train/val split; batches.
 
-A corpus is a text file, a directory (every text file under it), or a glob. With no `--data` it is the
-running interpreter's own standard library (`*.py` under `sysconfig.get_paths()["stdlib"]`, without
-site-packages and the test suites): every machine has it, so training needs no download.
+A corpus is a text file, a directory (every text file under it), or a glob: each file is one document. With
+no `--data` it is the running interpreter's standard library taken apart into English prose and short
+functions (training/corpus.py): every machine has it, so training needs no download.
 
-Each file becomes one document followed by <|endoftext|>. Tokens go into shard files of at most
-SHARD_TOKENS uint16 each, under a cache directory keyed by the files' paths, sizes and mtimes, so a second
-run with the same files reads the shards instead of tokenising again. Files are assigned to the val split
-by a hash of their path relative to the corpus root (stable across machines and runs); a corpus of one
-file is split by tokens instead (its last `val_fraction`).
-
-GPT-2's BPE has no tokens for runs of spaces: every space of an indentation is a token of its own, a third
-of the tokens of typical Python. With `tabs`, each leading group of 4 spaces becomes a tab (one token per
-level, still valid Python); it is on for the default stdlib corpus, and samples are shown with tabs expanded.
+Each document is rewritten into the model's text form (model/textform.py: "tabs" turns leading groups of 4
+spaces into tabs) and followed by <|endoftext|>. Tokens go into shard files of at most SHARD_TOKENS uint16
+each, under a cache directory keyed by the files' paths, sizes and mtimes, so a second run with the same
+files reads the shards instead of tokenising again. Units (a file; a stdlib module or help topic) go to the
+val split by a hash of their key, a path relative to the corpus root (stable across machines and runs); a
+corpus of one file is split by tokens instead (its last `val_fraction`).
 """
 
 from __future__ import annotations
@@ -21,17 +18,19 @@ import glob as globlib
 import hashlib
 import json
 import os
-import re
 import shutil
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model import EOT_TOKEN, get_tokenizer
+from model.textform import TextForm
 
-FORMAT_VERSION = 1
+from . import corpus as stdlib_corpus
+from .corpus import Unit
+
+FORMAT_VERSION = 2
 SHARD_TOKENS = 2**24  # 32 MiB of uint16 per shard file
 VOCAB_SIZE = 50257  # GPT-2's vocabulary fits in uint16
 _SKIP_DIRS = {"__pycache__", "site-packages", "node_modules"}
@@ -48,22 +47,8 @@ def default_cache_dir() -> Path:
 
 
 # -- finding files --------------------------------------------------------------------------------------------
-def stdlib_files() -> tuple[Path, list[Path]]:
-    """The standard library's .py sources of this interpreter, without site-packages, the test suites (half of
-    the stdlib's code is `self.assertEqual(...)`), the codec tables of `encodings` and pydoc's help text."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = _SKIP_DIRS | {"test", "tests", "idle_test", "encodings", "pydoc_data"}  # tests, code tables, help text
-    files = [p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts)]
-    return root, sorted(files)
-
-
-def find_files(spec: str | None) -> tuple[Path, list[Path]]:
-    """(root, files) for `--data`: None (the stdlib), a file, a directory, or a glob such as 'src/**/*.py'."""
-    if spec is None:
-        root, files = stdlib_files()
-        if not files:
-            raise DataError(f"found no .py files under the standard library ({root}); pass --data PATH")
-        return root, files
+def find_files(spec: str) -> tuple[Path, list[Path]]:
+    """(root, files) for `--data`: a file, a directory, or a glob such as 'src/**/*.py'."""
     path = Path(os.path.expanduser(spec))
     if path.is_file():
         return path.parent, [path]
@@ -84,20 +69,40 @@ def find_files(spec: str | None) -> tuple[Path, list[Path]]:
     raise DataError(f"--data {spec}: no such file or directory; pass a text file, a directory or a glob")
 
 
-def read_text(path: Path) -> str | None:
-    """The file as text, or None for a binary file (a NUL byte in its first 8 KiB)."""
+@dataclass
+class Source:
+    """What to tokenise: `units` (split by their keys); `files`, whose paths, sizes and mtimes key the cache."""
+
+    root: Path
+    units: list[Unit]
+    files: list[Path]
+    recipe: str  # "files", or the stdlib recipe's version: part of the cache key
+
+
+def find_source(spec: str | None) -> Source:
+    """The corpus of `--data spec`: one document per file; None is the standard library's prose and code."""
+    if spec is None:
+        files = stdlib_corpus.stdlib_files()
+        if not files:
+            raise DataError(f"found no .py files under the standard library ({stdlib_corpus.stdlib_root()}); "
+                            "pass --data PATH")
+        return Source(stdlib_corpus.stdlib_root(), stdlib_corpus.stdlib_units(), files,
+                      f"stdlib-v{stdlib_corpus.VERSION}")
+    root, files = find_files(spec)
+    units = [Unit(p.relative_to(root).as_posix(), p.stat().st_size, lambda p=p: read_text(p)) for p in files]
+    return Source(root, units, files, "files")
+
+
+def read_text(path: Path) -> tuple[list[str], str]:
+    """([the file's text], "ok"); ([], "binary") for a NUL byte in its first 8 KiB; ([text], "not-utf8") when
+    bytes that are not UTF-8 were replaced with U+FFFD."""
     data = path.read_bytes()
     if b"\0" in data[:8192]:
-        return None
-    return data.decode("utf-8", errors="replace")
-
-
-_INDENT = re.compile(r"^(?: {4})+", flags=re.MULTILINE)
-
-
-def tabify(text: str) -> str:
-    """Leading groups of 4 spaces -> tabs ('        x' -> '\t\tx'); other spaces are kept."""
-    return _INDENT.sub(lambda m: "\t" * (len(m.group(0)) // 4), text)
+        return [], "binary"
+    try:
+        return [data.decode("utf-8")], "ok"
+    except UnicodeDecodeError:
+        return [data.decode("utf-8", errors="replace")], "not-utf8"
 
 
 # -- the split ------------------------------------------------------------------------------------------------
@@ -105,21 +110,21 @@ def _unit_hash(name: str) -> float:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
 
 
-def split_files(root: Path, files: list[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
-    """(train, val) by a hash of each path relative to root; both non-empty when there are >= 2 files."""
-    if len(files) < 2:
-        return list(files), []
-    keyed = sorted(((_unit_hash(p.relative_to(root).as_posix()), p) for p in files), key=lambda kp: kp[0])
-    n_val = min(len(files) - 1, max(1, sum(u < val_fraction for u, _ in keyed)))
-    val = {p for _, p in keyed[:n_val]}
-    return [p for p in files if p not in val], [p for p in files if p in val]
+def split_units(units: list[Unit], val_fraction: float) -> tuple[list[Unit], list[Unit]]:
+    """(train, val) by a hash of each unit's key; both non-empty when there are >= 2 units."""
+    if len(units) < 2:
+        return list(units), []
+    keyed = sorted(units, key=lambda u: _unit_hash(u.key))
+    n_val = min(len(units) - 1, max(1, sum(_unit_hash(u.key) < val_fraction for u in units)))
+    val = {id(u) for u in keyed[:n_val]}
+    return [u for u in units if id(u) not in val], [u for u in units if id(u) in val]
 
 
 # -- the cache ------------------------------------------------------------------------------------------------
-def cache_key(files: list[Path], val_fraction: float, tabs: bool = False) -> str:
+def cache_key(source: Source, val_fraction: float, text_form: str = "plain") -> str:
     h = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "tokenizer": "gpt2", "val_fraction": val_fraction,
-                                   "tabs": tabs}).encode())
-    for p in files:
+                                   "text_form": text_form, "recipe": source.recipe}).encode())
+    for p in source.files:
         st = p.stat()
         h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
@@ -162,24 +167,29 @@ def unigram_entropy(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def tokenize_corpus(root: Path, files: list[Path], val_fraction: float, directory: Path, progress=True,
-                    tabs=False) -> dict:
-    """Tokenise `files` into train/val shards under `directory`; returns the metadata written to meta.json."""
+def tokenize_corpus(source: Source, val_fraction: float, directory: Path, progress=True,
+                    text_form: str = "plain", spec: str | None = None) -> dict:
+    """Tokenise `source` into train/val shards under `directory`; returns the metadata written to meta.json."""
     from tqdm import tqdm
 
-    enc = get_tokenizer()
-    train_files, val_files = split_files(root, files, val_fraction)
-    single = len(files) == 1
+    enc, form = get_tokenizer(), TextForm(text_form)
+    train_units, val_units = split_units(source.units, val_fraction)
+    single = len(source.units) == 1
     writers = {"train": ShardWriter(directory, "train"), "val": ShardWriter(directory, "val")}
-    skipped = 0
-    bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True, desc="tokenising",
+    odd = {"binary": [], "not-utf8": []}  # keys of skipped binary files, of files with replaced bytes
+    docs = 0
+    bar = tqdm(total=sum(u.size for u in source.units), unit="B", unit_scale=True, desc="tokenising",
                disable=not progress, dynamic_ncols=True)
-    for split, group in (("train", train_files), ("val", val_files)):
-        for i in range(0, len(group), 64):  # batches of files, encoded on all cores
+    for split, group in (("train", train_units), ("val", val_units)):
+        for i in range(0, len(group), 64):  # batches of units, encoded on all cores
             chunk = group[i:i + 64]
-            texts = [read_text(p) for p in chunk]
-            skipped += sum(t is None for t in texts)
-            texts = [tabify(t) if tabs else t for t in texts if t]
+            texts = []
+            for unit in chunk:
+                unit_docs, status = unit.load()
+                if status in odd:
+                    odd[status].append(unit.key)
+                texts += [form.to_model(d) for d in unit_docs if d]
+            docs += len(texts)
             for ids in enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1):
                 tokens = np.asarray(ids + [EOT_TOKEN], dtype=np.int64)
                 if single:  # one file: the split is by tokens, its last val_fraction is val
@@ -188,13 +198,20 @@ def tokenize_corpus(root: Path, files: list[Path], val_fraction: float, director
                     writers["val"].write(tokens[cut:])
                 else:
                     writers[split].write(tokens)
-            bar.update(sum(p.stat().st_size for p in chunk))
+            bar.update(sum(u.size for u in chunk))
     bar.close()
+    if not docs:
+        what = f"--data {spec}" if spec else "the corpus"
+        raise DataError(f"{what}: all {len(source.units)} file(s) are binary (a NUL byte in the first 8 KiB) or "
+                        "empty, so there is no text to train on; pass text files")
     meta = {
         "format": FORMAT_VERSION,
-        "root": str(root),
-        "files": {"train": len(train_files), "val": len(val_files), "skipped_binary": skipped},
-        "tabs": tabs,
+        "root": str(source.root),
+        "recipe": source.recipe,
+        "files": {"train": len(train_units), "val": len(val_units), "documents": docs,
+                  "skipped_binary": len(odd["binary"]), "first_binary": (odd["binary"] or [None])[0],
+                  "not_utf8": len(odd["not-utf8"]), "first_not_utf8": (odd["not-utf8"] or [None])[0]},
+        "text_form": text_form,
         "shards": {split: w.close() for split, w in writers.items()},
         "unigram_entropy": unigram_entropy(writers["train"].counts) if writers["train"].counts.any() else None,
     }
@@ -203,11 +220,11 @@ def tokenize_corpus(root: Path, files: list[Path], val_fraction: float, director
 
 
 def prepare(spec: str | None, val_fraction: float, cache_dir: Path | None = None, progress=True,
-            tabs=False) -> Path:
+            text_form: str = "plain") -> Path:
     """The cache directory of `spec`'s tokens, tokenising first when it is not cached yet."""
-    root, files = find_files(spec)
+    source = find_source(spec)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    final = cache_dir / cache_key(files, val_fraction, tabs)
+    final = cache_dir / cache_key(source, val_fraction, text_form)
     if (final / "meta.json").exists():
         return final
     try:
@@ -218,7 +235,7 @@ def prepare(spec: str | None, val_fraction: float, cache_dir: Path | None = None
     except OSError as e:
         raise DataError(f"cannot write the token cache under {cache_dir}: {e.strerror}; pass --cache-dir DIR") from None
     try:
-        meta = tokenize_corpus(root, files, val_fraction, tmp, progress, tabs)
+        meta = tokenize_corpus(source, val_fraction, tmp, progress, text_form, spec)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.replace(tmp, final)  # the whole directory appears at once, or not at all
@@ -228,6 +245,18 @@ def prepare(spec: str | None, val_fraction: float, cache_dir: Path | None = None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def describe_files(meta: dict) -> list[str]:
+    """Notes on files that were skipped (binary) or read with replaced bytes (not UTF-8), for the user."""
+    f, notes = meta["files"], []
+    if f.get("skipped_binary"):
+        notes.append(f"skipped {f['skipped_binary']} binary file(s) (a NUL byte in the first 8 KiB), "
+                     f"e.g. {f['first_binary']}")
+    if f.get("not_utf8"):
+        notes.append(f"{f['not_utf8']} file(s) are not valid UTF-8, e.g. {f['first_not_utf8']}: their undecodable "
+                     "bytes were replaced with U+FFFD")
+    return notes
 
 
 # -- reading --------------------------------------------------------------------------------------------------
@@ -342,4 +371,4 @@ def epochs(tokens_seen: int, stream: TokenStream, block_size: int) -> float:
 
 
 __all__ = ["DataError", "prepare", "load", "check_fits", "Windows", "eval_starts", "unigram_entropy",
-           "find_files", "split_files", "default_cache_dir"]
+           "find_files", "find_source", "split_units", "describe_files", "default_cache_dir"]

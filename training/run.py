@@ -1,74 +1,155 @@
-"""The output directory of a training run: checkpoints, training state, the JSON-lines log and the loss plot.
+"""The run layer every training loop shares: the output directory, checkpoints, the log, the curves, Ctrl-C,
+and the command line's errors and exit codes.
 
 out/
   config.json, model.safetensors   the model, Hugging Face GPT-2 format (GPT.from_pretrained, transformers)
   train_state.pt                   everything an exact --resume needs: step, config, model, optimizer,
-                                   data position, RNG states (self-contained, so it never pairs with an
-                                   older or newer model file)
-  log.jsonl                        one record per step: loss, lr, tokens/s, MFU, and val_loss when evaluated
-  loss.png                         the loss curves
+                                   data position, RNG states of every process (self-contained, so it never
+                                   pairs with an older or newer model file)
+  log.jsonl                        one JSON record per step, whatever the loop logs
+  loss.png                         the curves of the log (`RunDir.plot`)
+
+A training loop (next-token prediction in training/lm.py; a GRPO loop the same way) uses it like this:
+
+    def main(args) -> dict:
+        d, device = dist.setup(args.device, args.num_threads)
+        try:
+            with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
+                saved = rd.load_state() if args.resume else None   # the dict a save() wrote, or None
+                ... build the model and optimizer, restore them from `saved` ...
+                if saved:
+                    rd.restore_rng(saved, d)
+                rd.begin(saved["step"] if saved else None)        # new run: clear old files; resume: cut the log
+                with rd.log() as log, StopFlag(enabled=d.world == 1) as stop:
+                    while step < max_steps and not stop.requested:
+                        ... one step ...
+                        log.write({"step": step, "reward": r, ...})
+                        if step % every == 0 or stop.requested:
+                            rd.save(gpt, {"step": step, "config": ..., "optimizer": ...}, d, dtype=...)
+                rd.plot(smooth=["reward"], ylabel="reward")
+                return {..., "stopped": stop.requested}
+        finally:
+            dist.teardown(d)
+
+    if __name__ == "__main__":
+        cli(lambda: main(parse_args()))       # errors -> "error: ..." exit 2; Ctrl-C -> exit 130
 
 Every file is written to a temporary name, fsynced and renamed over the old one (model.checkpoint's
-atomic_write): a process killed at any moment leaves the previous or the new version, never half a file.
+atomic_write), with the usual permissions (0644 under umask 022): a process killed at any moment leaves
+the previous or the new version, never half a file.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import tempfile
+import signal
+import sys
 from pathlib import Path
 
 import torch
 
-from model.checkpoint import atomic_write
+from model.checkpoint import CheckpointError, atomic_write, save_pretrained
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"
 RUN_FILES = (STATE_FILE, "config.json", "model.safetensors", LOG_FILE, PLOT_FILE)
+EXIT_USAGE = 2  # bad input, as sample.py
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for a Ctrl-C
 
 
 class TrainError(ValueError):
     """A training run that can't start as asked, with a message that says why and what to do."""
 
 
-def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Fail early when `out` can't be written, or would clobber a run nobody asked to replace."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-"):
-            pass
-    except OSError as e:
-        raise TrainError(f"--out {out}: cannot write there ({e.strerror}); pass a writable directory") from None
-    for stale in out.glob(".*.tmp"):  # left by a write that a kill interrupted
-        if any(stale.name.startswith(f".{name}.") for name in RUN_FILES):
-            stale.unlink(missing_ok=True)
-    if resume:
-        if not (out / STATE_FILE).exists():
-            raise TrainError(f"--resume: {out} holds no {STATE_FILE} to resume; train first, or fix --out")
-    elif not overwrite and any((out / f).exists() for f in (STATE_FILE, "config.json")):
-        raise TrainError(
-            f"--out {out} already holds a model; pass --resume to continue its run, --overwrite to replace it, "
-            "or another --out"
-        )
+# -- the output directory ---------------------------------------------------------------------------------
+class RunDir:
+    """A run's output directory. As a context manager it checks the directory on entry (writable; never
+    clobbering a model unless `resume` or `overwrite`; debris of interrupted writes removed) and, when the
+    run fails before anything was written, removes the directory again if it created it. Writes happen on
+    the master process only; `save` is collective (it gathers every process's RNG state)."""
+
+    def __init__(self, path, *, resume: bool = False, overwrite: bool = False, master: bool = True):
+        self.path, self.resume, self.overwrite, self.master = Path(path), resume, overwrite, master
+        self.created = False
+
+    def __enter__(self) -> "RunDir":
+        out = self.path
+        self.created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-probe-{id(self)}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise TrainError(f"--out {out}: cannot write there ({e.strerror}); pass a writable directory") from None
+        for stale in out.glob(".*.tmp"):  # left by a write that a kill interrupted
+            if any(stale.name.startswith(f".{name}.") for name in RUN_FILES):
+                stale.unlink(missing_ok=True)
+        if self.resume:
+            if not (out / STATE_FILE).exists():
+                raise TrainError(f"--resume: {out} holds no {STATE_FILE} to resume; train first, or fix --out")
+        elif not self.overwrite and any((out / f).exists() for f in (STATE_FILE, "config.json")):
+            raise TrainError(f"--out {out} already holds a model; pass --resume to continue its run, --overwrite "
+                             "to replace it, or another --out")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self.created:
+            try:
+                self.path.rmdir()  # only if still empty: nothing written is ever removed
+            except OSError:
+                pass
+
+    def load_state(self) -> dict:
+        """The dict the last `save` wrote (on CPU)."""
+        try:
+            return torch.load(self.path / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise TrainError(f"{self.path / STATE_FILE}: could not read the training state "
+                             f"({type(e).__name__}: {e})") from None
+
+    def begin(self, resumed_step: int | None) -> None:
+        """A new run removes the files of the run it replaces; a resumed one cuts the log back to its step."""
+        if not self.master:
+            return
+        if resumed_step is None:
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+        else:
+            truncate_log(self.path, resumed_step)
+
+    def save(self, gpt, state: dict, d, dtype=None) -> None:
+        """Checkpoint: `state` (+ every process's RNG state) to train_state.pt, then the model in the HF format
+        (weights in `dtype`, e.g. "float16"; its text form recorded). Call it on every process."""
+        rngs = d.all_gather(rng_state())
+        if self.master:
+            atomic_write(self.path / STATE_FILE, lambda f: torch.save({**state, "rng": rngs}, f))
+            save_pretrained(gpt, self.path, dtype=dtype)
+
+    @staticmethod
+    def restore_rng(saved: dict, d) -> None:
+        """This process's RNG state as saved (with a different process count, the RNGs start afresh)."""
+        if len(saved["rng"]) == d.world:
+            set_rng_state(saved["rng"][d.rank])
+
+    def log(self) -> "Log":
+        """The JSON-lines log, appended to (a no-op on processes other than the master)."""
+        return Log(self.path if self.master else None)
+
+    def plot(self, smooth=("loss",), points=("val_loss",), baselines: dict | None = None,
+             ylabel: str = "cross-entropy (nats/token)") -> None:
+        """loss.png from the log: `smooth` keys per step (raw and a running mean), `points` keys where logged,
+        `baselines` {label: value} as dashed lines."""
+        if self.master:
+            plot_log(self.path, smooth, points, baselines or {}, ylabel)
 
 
-def clear_run(out: Path) -> None:
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-
-
-def load_state(out: Path) -> dict:
-    try:
-        return torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TrainError(f"{out / STATE_FILE}: could not read the training state ({type(e).__name__}: {e})") from None
-
-
-def save_checkpoint(out: Path, gpt, state: dict) -> None:
-    """The training state first, then the model files: each is complete, whatever moment a kill lands."""
-    atomic_write(out / STATE_FILE, lambda f: torch.save(state, f))
-    gpt.save_pretrained(out)
+def truncate_log(out: Path, step: int) -> None:
+    """Keep the records up to `step`: a resumed run logs the later steps again."""
+    kept = [r for r in read_log(out) if r.get("step", 0) <= step]
+    atomic_write(out / LOG_FILE, lambda f: Path(f).write_text("".join(json.dumps(r) + "\n" for r in kept)))
 
 
 # -- RNG ------------------------------------------------------------------------------------------------------
@@ -88,7 +169,7 @@ def set_rng_state(state: dict) -> None:
 # -- the log --------------------------------------------------------------------------------------------------
 def read_log(out: Path) -> list[dict]:
     """The log's records; a line cut short by a kill is dropped."""
-    path = out / LOG_FILE
+    path = Path(out) / LOG_FILE
     if not path.exists():
         return []
     records = []
@@ -100,53 +181,116 @@ def read_log(out: Path) -> list[dict]:
     return records
 
 
-def truncate_log(out: Path, step: int) -> None:
-    """Keep the records up to `step`: a resumed run logs the later steps again."""
-    kept = [r for r in read_log(out) if r.get("step", 0) <= step]
-    atomic_write(out / LOG_FILE, lambda f: Path(f).write_text("".join(json.dumps(r) + "\n" for r in kept)))
-
-
 class Log:
-    def __init__(self, out: Path):
-        self.file = open(out / LOG_FILE, "a")
+    """Appends one JSON record per line, flushed at once (a killed run keeps every finished step)."""
+
+    def __init__(self, out: Path | None):
+        self.file = open(Path(out) / LOG_FILE, "a") if out is not None else None
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file:
+            self.file.close()
+
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def plot_losses(out: Path, unigram_entropy: float | None = None) -> None:
-    """loss.png: train loss per step (and its running mean), val loss at each eval, the unigram baseline."""
+def plot_log(out: Path, smooth, points, baselines: dict, ylabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_log(out)
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    if train:
-        steps, losses = zip(*train)
-        ax.plot(steps, losses, lw=0.6, alpha=0.35, color="C0")
-        k = max(1, len(losses) // 50)
-        smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1]) for i in range(len(losses))]
-        ax.plot(steps, smooth, lw=1.5, color="C0", label="train")
-    if val:
-        ax.plot(*zip(*val), "o-", ms=3, color="C1", label="val")
-    if unigram_entropy:
-        ax.axhline(unigram_entropy, ls="--", color="gray", lw=1, label=f"unigram entropy {unigram_entropy:.2f}")
+    colors = iter(f"C{i}" for i in range(10))
+    for key in smooth:
+        series = [(r["step"], r[key]) for r in records if key in r]
+        if not series:
+            continue
+        steps, values = zip(*series)
+        color = next(colors)
+        ax.plot(steps, values, lw=0.6, alpha=0.35, color=color)
+        k = max(1, len(values) // 50)
+        mean = [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
+        ax.plot(steps, mean, lw=1.5, color=color, label=key.replace("loss", "train") if key == "loss" else key)
+    for key in points:
+        series = [(r["step"], r[key]) for r in records if key in r]
+        if series:
+            ax.plot(*zip(*series), "o-", ms=3, color=next(colors), label=key.replace("val_loss", "val"))
+    for label, value in baselines.items():
+        if value is not None:
+            ax.axhline(value, ls="--", color="gray", lw=1, label=f"{label} {value:.2f}")
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_write(out / PLOT_FILE, lambda f: fig.savefig(f, format="png"))
+    atomic_write(Path(out) / PLOT_FILE, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
 
-__all__ = ["TrainError", "check_out_dir", "clear_run", "load_state", "save_checkpoint", "rng_state",
-           "set_rng_state", "read_log", "truncate_log", "Log", "plot_losses"]
+# -- Ctrl-C ---------------------------------------------------------------------------------------------------
+class StopFlag:
+    """While active, the first Ctrl-C sets `requested` (the loop finishes its step, saves and stops); a second
+    one raises KeyboardInterrupt at once. Disabled (plain KeyboardInterrupt) when `enabled` is False, as under
+    torchrun, whose processes all receive the signal."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.requested, self.previous = enabled, False, None
+
+    def __enter__(self) -> "StopFlag":
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step, then saving (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+
+# -- the command line -----------------------------------------------------------------------------------------
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (TrainError -> `cli` prints it, exit 2), not usage + message."""
+
+    def error(self, message):
+        raise TrainError(f"{message} (see --help)")
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad input (each carries a message that says what to do)."""
+    from .data import DataError
+
+    return TrainError, DataError, CheckpointError
+
+
+def cli(main) -> None:
+    """Run `main()` as a command: bad input prints `error: ...` and exits 2; Ctrl-C exits 130 (after the loop
+    saved, when main returns {"stopped": True}; at once, without a traceback, otherwise); else exit 0."""
+    try:
+        result = main()
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopped without saving (any earlier checkpoint is intact)", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_INTERRUPTED if isinstance(result, dict) and result.get("stopped") else 0)
+
+
+__all__ = ["TrainError", "RunDir", "Log", "StopFlag", "ArgumentParser", "cli", "read_log", "truncate_log",
+           "rng_state", "set_rng_state", "STATE_FILE", "LOG_FILE", "PLOT_FILE", "EXIT_USAGE", "EXIT_INTERRUPTED"]

@@ -1,0 +1,145 @@
+"""The default corpus: English prose and Python code that every Python install carries.
+
+A model trained on raw .py files mostly learns indentation (GPT-2's BPE spends a token per space, and even
+with tabs a small model falls into runs of them) and never learns where a piece of code ends. So the
+standard library is taken apart into documents, each followed by <|endoftext|> when tokenised:
+
+- prose: every docstring of a module (module, classes, functions, in source order, as paragraphs), its
+  comments (consecutive comment lines as one paragraph; commented-out code and fragments dropped), and the
+  help topics of `pydoc_data.topics` (the language reference pages `help("if")` shows). Runs of spaces
+  inside a line are collapsed: column alignment costs a token per space and carries no meaning.
+- code: every function and method of up to CODE_MAX_LINES lines (decorators included), dedented, as a
+  document of its own, so the model learns that a function ends, and with it the document.
+
+Sizes on CPython 3.11 (610 modules, without the test suites, the codec tables of `encodings` and
+`pydoc_data` itself, which comes in as topics): see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import sysconfig
+import textwrap
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+VERSION = 1  # part of the token cache key: bump when the documents change
+CODE_MAX_LINES = 12  # longer functions are left out: prose stays the larger share, and short bodies end soon
+_SKIP_DIRS = {"__pycache__", "site-packages", "test", "tests", "idle_test", "encodings", "pydoc_data"}
+_INNER_SPACES = re.compile(r"(?<=\S) {2,}(?=\S)")
+
+
+@dataclass
+class Unit:
+    """A piece of a corpus that goes to train or val as a whole: `key` decides which (a hash of it), `size`
+    drives the progress bar, and `load()` returns (its documents, a status: "ok", or for a file "binary"
+    (skipped, no documents) or "not-utf8" (undecodable bytes replaced))."""
+
+    key: str
+    size: int
+    load: Callable[[], "tuple[list[str], str]"]
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files() -> list[Path]:
+    """This interpreter's standard library .py files, without site-packages, the test suites, the codec tables
+    of `encodings` and pydoc_data (whose help text comes in as topics)."""
+    root = stdlib_root()
+    return sorted(p for p in root.rglob("*.py") if not _SKIP_DIRS.intersection(p.relative_to(root).parts))
+
+
+def stdlib_units() -> list[Unit]:
+    """One unit per module (its prose and its short functions), and one per pydoc help topic."""
+    root = stdlib_root()
+    units = [Unit(p.relative_to(root).as_posix(), p.stat().st_size, lambda p=p: (module_documents(p), "ok"))
+             for p in stdlib_files()]
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions package pydoc_data separately
+        topics = {}
+    units += [Unit(f"pydoc_data/topics/{name}", len(text), lambda text=text: ([collapse_spaces(text)], "ok"))
+              for name, text in sorted(topics.items())]
+    return units
+
+
+def module_documents(path: Path) -> list[str]:
+    """A module's prose (docstrings, then comments) and its short functions, each a document."""
+    source = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):  # a stdlib file for another Python version: no documents
+        return []
+    docs = [docstrings(tree), comments(source)]
+    docs = [collapse_spaces(d) for d in docs if d]
+    return docs + functions(tree, source.splitlines(keepends=True))
+
+
+def docstrings(tree: ast.Module) -> str:
+    """Every docstring of three words or more, in source order, as paragraphs of one text."""
+    nodes = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    found = [(getattr(n, "lineno", 0), ast.get_docstring(n)) for n in ast.walk(tree) if isinstance(n, nodes)]
+    return "\n\n".join(d for _, d in sorted(found, key=lambda x: x[0]) if d and len(d.split()) >= 3)
+
+
+def comments(source: str) -> str:
+    """The comments of a module as paragraphs: consecutive comment lines joined, '#' removed; kept when
+    they read as prose (>= 4 words, mostly letters, not commented-out code)."""
+    paragraphs, current, last = [], [], -2
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            text = tok.string.lstrip("#").strip()
+            if tok.start[0] != last + 1 or not text:
+                paragraphs.append(current)
+                current = []
+            if text:
+                current.append(text)
+            last = tok.start[0]
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    paragraphs.append(current)
+    return "\n\n".join(p for p in map("\n".join, paragraphs) if _is_prose(p))
+
+
+def _is_prose(text: str) -> bool:
+    if len(text.split()) < 4 or sum(c.isalpha() or c == " " for c in text) < 0.8 * len(text):
+        return False
+    try:
+        compile(text, "<comment>", "exec")
+        return False  # commented-out code
+    except (SyntaxError, ValueError):
+        return True
+
+
+def functions(tree: ast.Module, lines: list[str]) -> list[str]:
+    """Top-level functions and methods (not functions nested in functions) of at most CODE_MAX_LINES lines,
+    dedented, with their decorators."""
+    out = []
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([child.lineno] + [d.lineno for d in child.decorator_list])
+                if child.end_lineno - start + 1 <= CODE_MAX_LINES:
+                    out.append(textwrap.dedent("".join(lines[start - 1:child.end_lineno])).rstrip() + "\n")
+            elif isinstance(child, (ast.ClassDef, ast.If, ast.Try)):  # methods; `if sys.platform ...:` defs
+                visit(child)
+
+    visit(tree)
+    return out
+
+
+def collapse_spaces(text: str) -> str:
+    """'a    b' -> 'a b' inside lines (indentation is kept)."""
+    return _INNER_SPACES.sub(" ", text)
+
+
+__all__ = ["Unit", "stdlib_units", "stdlib_files", "stdlib_root", "module_documents", "VERSION"]

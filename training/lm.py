@@ -1,0 +1,444 @@
+"""Next-token training (pretraining or fine-tuning a GPT on text): the loop behind `python train.py`.
+
+    summary = lm.main(args)    # args: train.py's parsed command line; returns step, val loss, samples, ...
+
+prepare() checks the request and builds data, model and optimizer (restored on --resume); train_loop() runs
+the steps, logging each and evaluating / checkpointing at their intervals; finish() plots, reports the val
+loss against the unigram entropy and prints samples drawn with decoding.generate, exactly as sample.py
+draws them. The run directory, checkpoints, log, Ctrl-C and torchrun come from training/run.py and
+training/dist.py, which a second loop (GRPO in policy/) shares.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer
+from model.textform import FORMS, TextForm
+
+from . import data as datalib
+from . import dist, optim, perf
+from .loss import LossModel
+from .run import RunDir, StopFlag, TrainError
+
+# -- configuration ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "default"
+    data: str | None = None  # None: the running interpreter's standard library (training/corpus.py)
+    val_fraction: float = 0.05
+    text_form: str | None = None  # model/textform.py: "tabs" or "plain"; None: tabs for the stdlib corpus only
+    init: str = "scratch"  # scratch | gpt2 | any directory GPT.from_pretrained accepts
+    n_layer: int = 6
+    n_head: int = 4
+    n_embd: int = 256
+    block_size: int = 256  # training context (<= the model's context when fine-tuning)
+    dropout: float = 0.0
+    batch_size: int = 8  # rows per micro-step per process
+    grad_accum: int = 1  # micro-steps per optimizer step, over all processes together
+    max_steps: int = 500
+    lr: float = 2e-3
+    min_lr: float | None = None  # None: lr / 10
+    warmup_steps: int = 30
+    lr_decay_steps: int | None = None  # None: max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: str = "auto"  # auto: bfloat16 autocast where it is faster (CUDA; CPUs measured), else float32
+    seed: int = 1337
+    eval_interval: int = 100
+    eval_iters: int = 8
+    ckpt_interval: int | None = None  # None: eval_interval
+    compile: bool = False
+    samples: int = 3
+    sample_tokens: int = 120
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 1.0
+    prompt: str | None = None  # None: unconditional (the prompt "<|endoftext|>")
+    save_dtype: str = "float32"  # the HF model files' weights (train_state.pt keeps float32)
+
+
+PRESETS = {
+    # For tests: seconds on a CPU.
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_steps=20, lr=3e-3,
+                 warmup_steps=2, eval_interval=10, eval_iters=2, samples=1, sample_tokens=16),
+    # The old default: ~5 CPU-minutes on 2 quiet cores, code-shaped samples, no more.
+    "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, max_steps=600, lr=4e-3, warmup_steps=20),
+    # The shipped model/default (docs/training.md): float32 pinned, since a timed choice would make the
+    # recipe irreproducible.
+    "default": dict(dtype="float32"),
+    # GPT-2 small's shape (124M), for a GPU.
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, grad_accum=8,
+                 max_steps=5000, lr=6e-4, warmup_steps=200, eval_interval=250, eval_iters=20),
+}
+ARCH_KEYS = ("n_layer", "n_head", "n_embd", "dropout")
+FINETUNE_LR = 1e-4  # --init from a checkpoint, unless --lr: a scratch lr would wreck pretrained weights
+# What a resumed run may change: nothing that alters the losses up to the old last step.
+RESUME_MUTABLE = {"max_steps", "eval_interval", "eval_iters", "ckpt_interval", "compile", "samples",
+                  "sample_tokens", "temperature", "top_k", "top_p", "prompt", "save_dtype"}
+
+
+def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
+    """Preset < saved run (on --resume) < flags given; a flag that would change a resumed run is an error."""
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if getattr(args, "tabs", None) is not None:  # --tabs / --no-tabs
+        given["text_form"] = "tabs" if args.tabs else "plain"
+    if saved is not None:
+        saved = {k: v for k, v in saved.items() if k in names}
+        for k, v in given.items():
+            if k not in RESUME_MUTABLE and v != saved.get(k) and not (k == "dtype" and v == "auto"):
+                raise TrainError(
+                    f"--{k.replace('_', '-')} {v} conflicts with the run being resumed in {out} "
+                    f"(it used {saved.get(k)}); drop the flag to resume that run, or start a new one with another --out"
+                )
+        cfg = TrainConfig(**{**saved, **given})
+        validate(cfg)
+        return cfg
+    cfg = TrainConfig(**{**PRESETS[given.get("preset", "default")], **given})
+    if cfg.init != "scratch":
+        clash = [k for k in ARCH_KEYS if k in given]
+        if clash:
+            raise TrainError(f"--{clash[0].replace('_', '-')} can't be set with --init {cfg.init}: "
+                             "the architecture comes from the checkpoint")
+        if "lr" not in given:
+            cfg.lr = FINETUNE_LR
+    if cfg.text_form is None:
+        cfg.text_form = "tabs" if cfg.data is None else "plain"
+    cfg.min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+    cfg.lr_decay_steps = cfg.lr_decay_steps or cfg.max_steps
+    cfg.ckpt_interval = cfg.ckpt_interval or cfg.eval_interval
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every check that needs no data and no model: bad values fail before any work."""
+    def need(ok: bool, message: str):
+        if not ok:
+            raise TrainError(message)
+
+    for k in ("block_size", "batch_size", "grad_accum", "max_steps", "lr_decay_steps", "eval_interval",
+              "eval_iters", "ckpt_interval", "n_layer", "n_head", "n_embd", "sample_tokens"):
+        need(getattr(cfg, k) >= 1, f"--{k.replace('_', '-')} must be a positive integer, got {getattr(cfg, k)}")
+    need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head} "
+         f"(each head gets n_embd / n_head dimensions); try --n-embd {cfg.n_head * max(1, cfg.n_embd // cfg.n_head)}")
+    need(0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}")
+    need(0 < cfg.val_fraction <= 0.5, f"--val-fraction must be in (0, 0.5], got {cfg.val_fraction}")
+    need(cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr,
+         f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={cfg.lr}, min_lr={cfg.min_lr}")
+    need(0 <= cfg.warmup_steps <= cfg.lr_decay_steps,
+         f"--warmup-steps {cfg.warmup_steps} must be within [0, lr_decay_steps={cfg.lr_decay_steps}]")
+    need(cfg.samples >= 0, f"--samples must be >= 0, got {cfg.samples}")
+    need(cfg.temperature >= 0, f"--temperature must be >= 0 (0 is greedy), got {cfg.temperature}")
+    need(cfg.top_k >= 0, f"--top-k must be >= 0 (0 turns top-k off), got {cfg.top_k}")
+    need(0 < cfg.top_p <= 1, f"--top-p must be in (0, 1] (1 turns top-p off), got {cfg.top_p}")
+    need(cfg.prompt is None or cfg.prompt != "", "--prompt is empty; give some text, or drop it for unconditional samples")
+    need(cfg.text_form in FORMS, f"unknown text form {cfg.text_form!r}; use one of {', '.join(FORMS)}")
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    return optim.learning_rate(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.lr_decay_steps)
+
+
+# -- model and data -----------------------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig, saved: dict | None) -> GPT:
+    if saved is not None:
+        gpt = GPT(GPTConfig.from_dict(saved["model_config"]))
+        gpt.load_state_dict(saved["model"])
+    elif cfg.init == "scratch":
+        torch.manual_seed(cfg.seed)
+        gpt = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                            n_embd=cfg.n_embd, dropout=cfg.dropout))
+    else:
+        gpt = GPT.from_pretrained(cfg.init)
+        c = gpt.config
+        cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout = c.n_layer, c.n_head, c.n_embd, c.dropout
+    if cfg.block_size > gpt.config.block_size:
+        raise TrainError(f"--block-size {cfg.block_size} is longer than the model's context "
+                         f"({gpt.config.block_size}); pass --block-size {gpt.config.block_size} or less")
+    gpt.text_form = cfg.text_form  # recorded in config.json by every save
+    return gpt.float().train()
+
+
+def load_corpus(cfg: TrainConfig, cache_dir, d: dist.Dist) -> datalib.Corpus:
+    datalib.find_source(cfg.data)  # a bad --data fails here, on every process
+    if d.master:
+        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, text_form=cfg.text_form)
+    d.barrier()  # rank 0 tokenises first; the others then read its cache
+    if not d.master:
+        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, progress=False, text_form=cfg.text_form)
+    corpus = datalib.load(directory)
+    datalib.check_fits(corpus, cfg.block_size, cfg.data)
+    return corpus
+
+
+def sample_prompt(cfg: TrainConfig, gpt: GPT) -> list[int]:
+    """The samples' prompt as sample.py encodes it: the user's text in the model's text form, special tokens
+    allowed; unconditional samples follow "<|endoftext|>"."""
+    ids = get_tokenizer().encode(TextForm(cfg.text_form).to_model(cfg.prompt or "<|endoftext|>"),
+                                 allowed_special="all")
+    room = gpt.config.block_size - len(ids)
+    if room < cfg.sample_tokens:
+        raise TrainError(f"--prompt ({len(ids)} tokens) + --sample-tokens {cfg.sample_tokens} exceeds the model's "
+                         f"context of {gpt.config.block_size} tokens; use --sample-tokens {max(1, room)} or a "
+                         "shorter prompt")
+    return ids
+
+
+def sampling_params(cfg: TrainConfig):
+    from decoding import SamplingParams
+
+    return SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                          max_new_tokens=cfg.sample_tokens, seed=cfg.seed, stop_token_ids=(EOT_TOKEN,))
+
+
+def draw_samples(gpt: GPT, cfg: TrainConfig) -> list[str]:
+    """cfg.samples completions of the prompt (rollout i with seed cfg.seed + i), as a person reads them."""
+    from decoding import generate
+
+    form, enc = TextForm(cfg.text_form), get_tokenizer()
+    rollouts = generate(gpt, [sample_prompt(cfg, gpt)], sampling_params(cfg))[0]
+    # as sample.py prints a completion: without the stop token that ended it
+    return [form.from_model(enc.decode(r.tokens[:-1] if r.tokens[-1:] == [EOT_TOKEN] else r.tokens))
+            for r in rollouts]
+
+
+# -- the step -----------------------------------------------------------------------------------------------------
+def local_micro_batches(windows, cfg: TrainConfig, d: dist.Dist, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's share of the next global batch: every process draws the same starts, takes its slice."""
+    per_rank = cfg.grad_accum // d.world
+    starts = windows.next_starts(cfg.batch_size * cfg.grad_accum)
+    mine = starts[d.rank * per_rank * cfg.batch_size:(d.rank + 1) * per_rank * cfg.batch_size]
+    batches = []
+    for i in range(per_rank):
+        tokens = torch.from_numpy(windows.batch(mine[i * cfg.batch_size:(i + 1) * cfg.batch_size]))  # (B, T+1)
+        tokens = tokens.to(device, non_blocking=True)
+        batches.append((tokens[:, :-1], tokens[:, 1:]))
+    return batches
+
+
+def train_step(model, optimizer, micro_batches, lr: float, cfg: TrainConfig, amp, d: dist.Dist) -> torch.Tensor:
+    """One optimizer step over this process's micro-batches; returns the mean loss over all processes."""
+    optim.set_lr(optimizer, lr)
+    total = torch.zeros((), device=micro_batches[0][0].device)
+    for i, (x, y) in enumerate(micro_batches):
+        if d.world > 1:  # all-reduce the gradients once, after the last micro-step
+            model.require_backward_grad_sync = i == len(micro_batches) - 1
+        with amp:
+            loss = model(x, y) / len(micro_batches)
+        loss.backward()
+        total += loss.detach()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return d.all_reduce_sum(total) / d.world
+
+
+@torch.no_grad()
+def evaluate(loss_model: LossModel, corpus, cfg: TrainConfig, amp, d: dist.Dist, device) -> float:
+    """Mean loss over a fixed set of val windows (the same every time), shared out among the processes."""
+    starts = datalib.eval_starts(corpus.val, cfg.block_size, cfg.eval_iters * cfg.batch_size)
+    batches = [starts[i:i + cfg.batch_size] for i in range(0, len(starts), cfg.batch_size)]
+    windows = datalib.Windows(corpus.val, cfg.block_size, seed=0)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # (loss * rows, rows)
+    loss_model.eval()
+    for rows in batches[d.rank::d.world]:
+        tokens = torch.from_numpy(windows.batch(rows)).to(device)
+        with amp:
+            loss = loss_model(tokens[:, :-1], tokens[:, 1:])
+        sums += torch.tensor([loss.item() * len(rows), len(rows)], dtype=torch.float64, device=device)
+    loss_model.train()
+    sums = d.all_reduce_sum(sums)
+    return (sums[0] / sums[1]).item()
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """Everything one training run holds."""
+
+    cfg: TrainConfig
+    d: dist.Dist
+    device: torch.device
+    rd: RunDir
+    corpus: datalib.Corpus
+    gpt: GPT
+    loss_model: LossModel  # gpt + loss, unwrapped: evaluation
+    model: torch.nn.Module  # what training calls: loss_model, maybe compiled, maybe in DDP
+    optimizer: torch.optim.Optimizer
+    windows: datalib.Windows
+    amp: object  # autocast context (or a null one)
+    peak: perf.Peak
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training steps, over all sessions of the run
+    val_loss: float | None = None
+    session_steps: int = 0  # steps and seconds of this invocation, for tokens/s
+    session_time: float = 0.0
+    stopped: bool = False
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.cfg.block_size
+
+    def say(self, *a):
+        if self.d.master:
+            print(*a, flush=True)
+
+    def evaluate(self) -> float:
+        self.val_loss = evaluate(self.loss_model, self.corpus, self.cfg, self.amp, self.d, self.device)
+        return self.val_loss
+
+    def checkpoint(self) -> None:
+        state = {"step": self.step, "config": asdict(self.cfg), "model_config": self.gpt.config.to_dict(),
+                 "model": self.gpt.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "data": self.windows.state_dict(), "elapsed": self.elapsed,
+                 "data_cache": self.corpus.directory.name}
+        self.rd.save(self.gpt, state, self.d, dtype=self.cfg.save_dtype)
+
+
+def main(args) -> dict:
+    """Train as train.py's parsed `args` say; returns a summary (final step, val loss, tokens/s, samples, and
+    "stopped": True when Ctrl-C ended the run early, after saving)."""
+    d, device = dist.setup(args.device, args.num_threads)
+    try:
+        with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
+            run = prepare(args, rd, d, device)
+            train_loop(run)
+            return finish(run)
+    finally:
+        dist.teardown(d)
+
+
+def prepare(args, rd: RunDir, d: dist.Dist, device: torch.device) -> Run:
+    """Check the request, then build the data, model and optimizer, restored from out/ on --resume."""
+    saved = rd.load_state() if args.resume else None
+    cfg = resolve_config(args, saved["config"] if saved else None, rd.path)
+    if cfg.grad_accum % d.world:
+        raise TrainError(f"--grad-accum {cfg.grad_accum} must be a multiple of the number of processes ({d.world}): "
+                         "the global batch is batch_size x grad_accum rows")
+    # Saved resolved, so a resumed run keeps the same arithmetic; a timed choice could differ between
+    # processes, so rank 0's holds.
+    cfg.dtype = d.broadcast(perf.resolve_dtype(cfg.dtype, device))
+    gpt = build_model(cfg, saved)
+    if cfg.samples:
+        sample_prompt(cfg, gpt)  # a prompt too long for the context fails now, not after the training
+        sampling_params(cfg)
+    corpus = load_corpus(cfg, args.cache_dir, d)
+    rd.begin(saved["step"] if saved else None)
+
+    gpt.to(device)
+    loss_model = model = LossModel(gpt)
+    if cfg.compile:
+        model = torch.compile(model)
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = optim.make_optimizer(gpt, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
+    run = Run(cfg, d, device, rd, corpus, gpt, loss_model, model, optimizer,
+              datalib.Windows(corpus.train, cfg.block_size, cfg.seed), perf.autocast(device, cfg.dtype),
+              perf.Peak(device, getattr(torch, cfg.dtype)))
+    if saved is not None:
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.windows.load_state_dict(saved["data"])
+        run.step, run.elapsed = saved["step"], saved["elapsed"]
+        rd.restore_rng(saved, d)
+        if saved["data_cache"] != corpus.directory.name:
+            run.say(f"warning: the data changed since step {run.step} was saved; resuming on the new data")
+    describe(run, resumed=saved is not None)
+    return run
+
+
+def describe(run: Run, resumed: bool) -> None:
+    cfg, c, meta = run.cfg, run.gpt.config, run.corpus.meta
+    run.say(f"data: {meta['root']} -> {len(run.corpus.train):,} train / {len(run.corpus.val):,} val tokens "
+            f"({meta['files']['train']} / {meta['files']['val']} files), text form {cfg.text_form}, "
+            f"cache {run.corpus.directory}")
+    for note in datalib.describe_files(meta):
+        run.say(f"note: {note}")
+    run.say(f"unigram entropy of the train tokens: {meta['unigram_entropy']:.3f} nats/token "
+            "(the loss of a model that ignores context)")
+    run.say(f"model: {run.gpt.num_params() / 1e6:.2f}M parameters, {c.n_layer} layers, width {c.n_embd}, "
+            f"context {cfg.block_size}; " + (f"resumed at step {run.step}" if resumed else f"init {cfg.init}"))
+    run.say(f"training: {cfg.max_steps} steps of {run.tokens_per_step:,} tokens ({cfg.batch_size} x "
+            f"{cfg.grad_accum} x {cfg.block_size}) on {run.d.world} x {run.device}, {cfg.dtype}; MFU against a "
+            f"measured matmul peak of {run.peak.flops / 1e9:.0f} GFLOP/s per process (an estimate)")
+
+
+def train_loop(run: Run) -> None:
+    """Steps until max_steps (or Ctrl-C): log each, evaluate and checkpoint at their intervals."""
+    from tqdm import tqdm
+
+    cfg, d = run.cfg, run.d
+    fpt = perf.flops_per_token(run.gpt, cfg.block_size)
+    with run.rd.log() as log, StopFlag(enabled=d.world == 1) as stop:
+        if run.step == 0:
+            log.write({"step": 0, "val_loss": run.evaluate()})
+        bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not d.master, desc="training", dynamic_ncols=True)
+        try:
+            while run.step < cfg.max_steps and not stop.requested:
+                t0 = time.perf_counter()
+                lr = learning_rate(run.step, cfg)
+                batches = local_micro_batches(run.windows, cfg, d, run.device)
+                loss = train_step(run.model, run.optimizer, batches, lr, cfg, run.amp, d).item()
+                dt = time.perf_counter() - t0
+                run.step += 1
+                run.elapsed += dt
+                run.session_steps += 1
+                run.session_time += dt
+                tps = run.tokens_per_step / dt
+                mfu = run.peak.mfu(fpt * tps, d.world)
+                record = {"step": run.step, "loss": loss, "lr": lr, "tokens": run.step * run.tokens_per_step,
+                          "tokens_per_s": tps, "mfu": mfu, "time": run.elapsed}
+                if run.step % cfg.eval_interval == 0 or run.step == cfg.max_steps:
+                    record["val_loss"] = run.evaluate()
+                log.write(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", val=f"{run.val_loss:.3f}" if run.val_loss else "-",
+                                tok_s=f"{tps:,.0f}", mfu=f"{mfu:.1%}")
+                if run.step % cfg.ckpt_interval == 0 or run.step == cfg.max_steps or stop.requested:
+                    run.checkpoint()
+        finally:
+            bar.close()
+        run.stopped = stop.requested
+
+
+def finish(run: Run) -> dict:
+    """The loss plot, the summary line (val loss vs the unigram entropy), and a few samples."""
+    cfg, out = run.cfg, run.rd.path
+    entropy = run.corpus.meta["unigram_entropy"]
+    if run.val_loss is None:  # resumed a finished run: nothing trained, but report where it stands
+        run.evaluate()
+    run.rd.plot(baselines={"unigram entropy": entropy})
+    fpt = perf.flops_per_token(run.gpt, cfg.block_size)
+    tps = run.session_steps * run.tokens_per_step / run.session_time if run.session_steps else None
+    run.peak.remeasure()
+    mfu = run.peak.mfu(fpt * tps, run.d.world) if tps else None
+    summary = {"step": run.step, "val_loss": run.val_loss, "unigram_entropy": entropy, "time": run.elapsed,
+               "tokens_per_s": tps, "mfu": mfu, "peak_flops": run.peak.flops, "flops_per_token": fpt,
+               "out": str(out), "samples": [], "stopped": run.stopped}
+    if run.stopped:
+        run.say(f"stopped at step {run.step}; saved to {out}. Continue with: python train.py --resume --out {out}")
+    run.say(f"done: step {run.step}, val loss {run.val_loss:.3f} vs unigram entropy {entropy:.3f} nats/token; "
+            f"{run.elapsed / 60:.1f} min of training steps, {tps or 0:,.0f} tokens/s, MFU ~{mfu or 0:.1%} of a "
+            f"measured {run.peak.flops / 1e9:.0f} GFLOP/s; model in {out}/ (loss curve: {out}/loss.png)")
+    if run.d.master and cfg.samples and not run.stopped:
+        run.gpt.eval()
+        summary["samples"] = draw_samples(run.gpt, cfg)
+        shown = cfg.prompt or ""  # unconditional samples start after <|endoftext|>, which shows as nothing
+        for i, text in enumerate(summary["samples"]):
+            run.say(f"--- sample {i + 1} (seed {cfg.seed + i}) " + "-" * 50 + f"\n{shown}{text}")
+    return summary
+
+
+__all__ = ["TrainConfig", "PRESETS", "main", "prepare", "train_loop", "finish", "resolve_config",
+           "learning_rate", "draw_samples"]
