@@ -153,17 +153,30 @@ def interleave(fns: dict[str, Callable[[], float | None] | None], repeats: int, 
 
 
 # -- memory --------------------------------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def rss_mb() -> float:
-    """This process's resident set size now, in MB."""
+# Peaks come from /proc/<pid>/status's VmHWM, the high-water mark of the process's own address space.
+# Not getrusage's ru_maxrss: Linux carries the pre-exec address space's peak into it, so a program
+# started from a benchmark holding a 500 MB model would report at least 500 MB of its own.
+def _status_kb(pid, field: str) -> float:
     try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
     except OSError:
-        return math.nan
+        pass
+    return math.nan
+
+
+def peak_rss_mb(pid="self") -> float:
+    """The peak resident set size of a process (this one by default) so far, in MB; NaN if unknown."""
+    kb = _status_kb(pid, "VmHWM")
+    if math.isnan(kb) and pid == "self":
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: the best there is
+    return kb / 1024
+
+
+def rss_mb(pid="self") -> float:
+    """The resident set size of a process (this one by default) now, in MB."""
+    return _status_kb(pid, "VmRSS") / 1024
 
 
 @dataclass
@@ -171,29 +184,35 @@ class Measured:
     returncode: int
     stdout: str
     stderr: str
-    peak_mb: float  # the child's own peak RSS
+    peak_mb: float  # the child's own peak RSS (NaN if it ended before it could be read)
 
 
 def run_measured(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> Measured:
-    """Run an external program to completion and report its peak RSS (from wait4, so only its own)."""
+    """Run an external program to completion and report its own peak RSS.
+
+    The peak is read from /proc while the program runs (every few ms: its high-water mark only grows),
+    and the last reading before it exits is kept."""
     import tempfile
 
     # Output goes to files, not pipes: a chatty program can't block on a full pipe while we wait on it.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
         deadline = None if timeout is None else time.monotonic() + timeout
+        peak, t0 = math.nan, time.monotonic()
         while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-            if pid:
+            # waitid with WNOWAIT: an exited child stays a zombie (status readable, not reaped) so that the
+            # loop can't confuse "exited" with "its /proc entry went away".
+            if os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 break
+            now = peak_rss_mb(p.pid)
+            if not math.isnan(now):
+                peak = now if math.isnan(peak) else max(peak, now)
             if deadline is not None and time.monotonic() > deadline:
                 p.kill()
-                pid, status, usage = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.02)
-        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here; tell Popen so it won't wait again
+            time.sleep(0.001 if time.monotonic() - t0 < 0.1 else 0.01)
+        p.wait()
         out.seek(0), err.seek(0)
-        return Measured(p.returncode, out.read(), err.read(), usage.ru_maxrss / 1024)
+        return Measured(p.returncode, out.read(), err.read(), peak)
 
 
 class Worker:
@@ -201,7 +220,7 @@ class Worker:
 
     `Worker([script, args...])` starts `python script args...`; that script calls `serve(handle)`, which
     reads one JSON object a line and answers each with `handle(message)`. `close()` ends it and returns
-    its last word, which carries its peak RSS."""
+    its last word, which carries its peak RSS (its own: read from /proc, see peak_rss_mb)."""
 
     def __init__(self, argv: list[str], env: dict | None = None):
         self.proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
