@@ -1,15 +1,19 @@
-"""pigpt's decoding engine: batched rollouts with log-probs, beam search, and scoring.
+"""pigpt's decoding engine: the one place where text is drawn from the policy.
 
-    from decoding import SamplingParams, generate, beam_search, score
+    from decoding import SamplingParams, generate, stream, beam_search, score
 
-`decoding.processors` exposes the logits processors (repetition penalty, min_new_tokens) used before
-`kernels.sample_from_logits`, so that a caller can recompute any step's distribution.
+`stream` yields the decode steps as they happen (decoding/engine.py, the one decode loop); `generate`
+collects them into Rollouts with log-probs under the processed and the raw distribution; `beam_search`
+is transformers' beam search; `score` recomputes log-probs of given completions, batched and optionally
+with gradients. `decoding.processors.apply_processors` is the one place the logits processors' order lives.
 """
 
 from . import processors
-from .beam import Beam, beam_search
+from .beam import Beam, BeamStep, beam_search
+from .engine import Step, Stream, stream
 from .generate import Rollout, generate
 from .params import SamplingParams
 from .score import score
 
-__all__ = ["SamplingParams", "generate", "beam_search", "score", "Rollout", "Beam", "processors"]
+__all__ = ["SamplingParams", "generate", "stream", "beam_search", "score", "Rollout", "Beam", "BeamStep", "Step",
+           "Stream", "processors"]

@@ -1,124 +1,191 @@
 """beam_search(): transformers' vectorised beam search (>= 4.50), on pigpt's static KV cache.
 
 Per step, as in transformers' `_beam_search` (generation/utils.py):
-  1. log_softmax of each running beam's logits, then the processors (repetition penalty, min_new_tokens)
-     act on those log-probs; add each beam's running score.
+  1. log_softmax of each running beam's logits, then the processors (decoding.processors.apply_processors:
+     repetition penalty, min_new_tokens, the user's) act on those log-probs; add each beam's running score.
   2. Keep the top K = max(2, 1 + n_stop) * num_beams of the flattened num_beams * vocab candidates.
-  3. Candidates that end (a stop token, or the length cap) leave the running set; those ranked in the top
-     num_beams become finished hypotheses, scored sum(log-probs) / (generated length ** length_penalty),
-     the length counting the stop token. The best num_beams hypotheses are kept.
+  3. Candidates that end (a stop token, a stop string, or the length cap) leave the running set; those
+     ranked in the top num_beams become finished hypotheses, scored sum(log-probs) / (generated length **
+     length_penalty), the length counting the stop token. The best num_beams hypotheses are kept.
   4. Stop per transformers' early_stopping rules (True / False / "never").
-All of it is batched tensor work: [B, num_beams] state per prompt, no Python loop over beams.
-num_beams == 1 is greedy search, as `generate(num_beams=1)` in transformers; its score is the sum of the
-greedy tokens' log-probs / length ** length_penalty.
+All of it is batched tensor work: [B, num_beams] state per prompt, no Python loop over beams (stop strings
+excepted: their text is matched on the host). Each hypothesis carries, per token, the processed log-prob
+that beam search added up (they sum to its unnormalised score), the raw model's log-prob, and the running
+beam whose distribution it was drawn from. num_beams == 1 is greedy search, as `generate(num_beams=1)` in
+transformers; its score is the sum of the greedy tokens' log-probs / length ** length_penalty.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 
-from model import EOT_TOKEN
-
-from .processors import apply_min_new_tokens, apply_repetition_penalty
-from .prompts import check_prompts, check_stop_ids, prefill
+from .engine import decode_one_token, prefill
+from .params import SamplingParams
+from .processors import apply_processors
+from .prompts import check_prompts, stop_ids_of, tokenizer_for
+from .stopping import StopStrings
 
 NEG = -1.0e9  # transformers' "impossible" score; kept identical so that ties break the same way
 
 
 @dataclass
 class Beam:
-    """A finished hypothesis: its generated tokens (ending with the stop token when one was hit) and score."""
+    """A finished hypothesis: its generated tokens (ending with the stop token when one was hit), its score
+    (sum of `logprobs` / length ** length_penalty), each token's processed log-prob (what beam search
+    added up) and raw model log-prob, why it ended ("stop": a stop token or string; "length"), and for
+    each token the running beam (0 .. num_beams - 1) it extended."""
 
     tokens: list[int]
     score: float
+    logprobs: list[float] = field(default_factory=list)
+    model_logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = "length"
+    beam_indices: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BeamStep:
+    """What an on_step observer sees at step t: every running beam's distribution. Row r is beam
+    beams[r] of prompt prompts[r] (original prompt index); logits are raw, scores the processed log-probs
+    the candidates are ranked by."""
+
+    t: int
+    prompts: torch.Tensor  # (R,)
+    beams: torch.Tensor  # (R,)
+    logits: torch.Tensor  # (R, V) float32
+    scores: torch.Tensor  # (R, V) float32
 
 
 @dataclass
 class BeamState:
-    """Running and finished beams of B prompts, num_beams each (transformers' names in comments)."""
+    """Running and finished beams of B prompts, num_beams each (transformers' names in comments).
 
-    run_tok: torch.Tensor  # (B, nb, T) running_sequences, generated part only
+    Per hypothesis and generated position, `run` and `fin` hold: tok (ids), lp (processed log-prob),
+    mlp (raw model log-prob), src (running beam extended at that step): each (B, nb, T)."""
+
+    run: dict  # running_sequences and their per-token records
     run_score: torch.Tensor  # (B, nb) running_beam_scores
-    fin_tok: torch.Tensor  # (B, nb, T) sequences
+    fin: dict  # sequences
     fin_score: torch.Tensor  # (B, nb) beam_scores
     fin_len: torch.Tensor  # (B, nb) generated length of each finished hypothesis
     fin_done: torch.Tensor  # (B, nb) is_sent_finished
+    fin_stop: torch.Tensor  # (B, nb) ended by a stop token / string (not the length cap)
     improvable: torch.Tensor  # (B, 1) is_early_stop_heuristic_unsatisfied
 
 
-def beam_search(model, prompts, *, num_beams: int, max_new_tokens: int, length_penalty: float = 1.0,
-                early_stopping: bool | str = False, num_return_sequences: int = 1, min_new_tokens: int = 0,
-                repetition_penalty: float = 1.0, stop_token_ids=(EOT_TOKEN,)) -> list[list[Beam]]:
-    """The best `num_return_sequences` beams of each prompt, best first (transformers' semantics)."""
-    _check_args(num_beams, max_new_tokens, length_penalty, early_stopping, num_return_sequences,
-                min_new_tokens, repetition_penalty)
-    prompts = check_prompts(model, prompts, max_new_tokens)
-    if isinstance(stop_token_ids, int):
-        stop_token_ids = (stop_token_ids,)
-    stop_ids = check_stop_ids(model, stop_token_ids)
+_RECORDS = ("tok", "lp", "mlp", "src")
+
+
+def beam_search(model, prompts, params: SamplingParams | None = None, *, num_beams: int,
+                max_new_tokens: int | None = None, length_penalty: float = 1.0, early_stopping: bool | str = False,
+                num_return_sequences: int = 1, min_new_tokens: int | None = None,
+                repetition_penalty: float | None = None, stop_token_ids=None, stop=None, tokenizer=None,
+                on_step=None) -> list[list[Beam]]:
+    """The best `num_return_sequences` beams of each prompt, best first (transformers' semantics).
+
+    Lengths, stops and processors come from `params` (its max_new_tokens, min_new_tokens,
+    repetition_penalty, stop_token_ids, stop strings and logits_processors) or from the keywords of the
+    same names; beam search is deterministic, so params' sampling fields (temperature, top_k, top_p, n,
+    seed) must be left at their defaults. on_step(BeamStep) sees every step's distributions.
+    """
+    params = _params(params, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                     repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids, stop=stop)
+    _check_args(num_beams, params.max_new_tokens, length_penalty, early_stopping, num_return_sequences)
+    prompts = check_prompts(model, prompts, params.max_new_tokens)
+    stop_ids = stop_ids_of(model, params.stop_token_ids)
+    tokenizer = tokenizer_for(model, tokenizer) if params.stop else tokenizer
     if num_beams == 1:
-        return _greedy(model, prompts, max_new_tokens, length_penalty, min_new_tokens, repetition_penalty,
-                       stop_ids)
+        return _greedy(model, prompts, params, length_penalty, tokenizer, on_step)
     with torch.inference_mode():
-        st = _search(model, prompts, num_beams, max_new_tokens, length_penalty, early_stopping,
-                     min_new_tokens, repetition_penalty, stop_ids)
-    toks, lens, scores = st.fin_tok.tolist(), st.fin_len.tolist(), st.fin_score.tolist()
-    return [[Beam(tokens=toks[b][j][: lens[b][j]], score=scores[b][j]) for j in range(num_return_sequences)]
-            for b in range(len(prompts))]
+        st = _search(model, prompts, params, num_beams, length_penalty, early_stopping, stop_ids, tokenizer,
+                     on_step)
+    rec = {k: v.tolist() for k, v in st.fin.items()}
+    lens, scores, stops = st.fin_len.tolist(), st.fin_score.tolist(), st.fin_stop.tolist()
+    return [[Beam(tokens=rec["tok"][b][j][:lens[b][j]], score=scores[b][j], logprobs=rec["lp"][b][j][:lens[b][j]],
+                  model_logprobs=rec["mlp"][b][j][:lens[b][j]], finish_reason="stop" if stops[b][j] else "length",
+                  beam_indices=rec["src"][b][j][:lens[b][j]])
+             for j in range(num_return_sequences)] for b in range(len(prompts))]
 
 
-def _check_args(num_beams, max_new_tokens, length_penalty, early_stopping, num_return_sequences, min_new_tokens,
-                repetition_penalty):
+def _params(params, **kw) -> SamplingParams:
+    """One SamplingParams from params and/or the keywords (None = not given); conflicts are errors."""
+    given = {k: v for k, v in kw.items() if v is not None}
+    try:
+        if params is None:
+            if "max_new_tokens" not in given:
+                raise ValueError("beam_search needs max_new_tokens (a keyword, or in params)")
+            return SamplingParams(**given)
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams or None, got {type(params).__name__}")
+        merged = replace(params, **given)
+    except ValueError as e:  # the keywords are beam_search's own: name them as such
+        raise ValueError(str(e).replace("SamplingParams.", "")) from None
+    for k in given:
+        if getattr(merged, k) != getattr(params, k):
+            raise ValueError(f"{k} is given both in params ({getattr(params, k)!r}) and as a keyword "
+                             f"({getattr(merged, k)!r}); pass it once")
+    sampling = {k: getattr(params, k) for k in ("temperature", "top_k", "top_p", "n", "seed")}
+    if sampling != {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "n": 1, "seed": None}:
+        raise ValueError(f"beam search is deterministic: params' sampling fields {sampling} would be ignored; "
+                         "leave temperature, top_k, top_p, n and seed at their defaults "
+                         "(num_return_sequences gives several beams)")
+    return params
+
+
+def _check_args(num_beams, max_new_tokens, length_penalty, early_stopping, num_return_sequences):
     def is_int(v):
         return isinstance(v, int) and not isinstance(v, bool)
 
     if not is_int(num_beams) or num_beams < 1:
         raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
-    if not is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not is_int(min_new_tokens) or not 0 <= min_new_tokens <= max_new_tokens:
-        raise ValueError(f"min_new_tokens must be an integer in [0, max_new_tokens={max_new_tokens}], "
-                         f"got {min_new_tokens!r}")
     if not is_int(num_return_sequences) or not 1 <= num_return_sequences <= num_beams:
         raise ValueError(f"num_return_sequences must be an integer in [1, num_beams={num_beams}], "
                          f"got {num_return_sequences!r}")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
             or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be a finite number (1.0 = average log-prob), got {length_penalty!r}")
-    if early_stopping not in (True, False, "never") or (early_stopping is not True and early_stopping is not False
-                                                         and early_stopping != "never"):
+    if not (early_stopping is True or early_stopping is False or early_stopping == "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) \
-            or not repetition_penalty > 0 or not math.isfinite(repetition_penalty):
-        raise ValueError(f"repetition_penalty must be a number > 0 (1.0 disables it), got {repetition_penalty!r}")
 
 
-def _greedy(model, prompts, max_new_tokens, length_penalty, min_new_tokens, repetition_penalty, stop_ids):
-    from .generate import generate
-    from .params import SamplingParams
+def _greedy(model, prompts, params, length_penalty, tokenizer, on_step):
+    from .engine import stream
 
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                            repetition_penalty=float(repetition_penalty), stop_token_ids=tuple(stop_ids), seed=0)
-    out = generate(model, prompts, params)
-    return [[Beam(tokens=r.tokens, score=math.fsum(r.logprobs) / len(r.tokens) ** length_penalty)]
-            for (r,) in out]
+    s = stream(model, prompts, replace(params, temperature=0.0, seed=0), tokenizer=tokenizer,
+               distributions=on_step is not None)
+    toks = [[] for _ in range(s.num_rows)]
+    lps, mlps, reasons = [[] for _ in toks], [[] for _ in toks], ["length"] * len(toks)
+    for step in s:
+        if on_step is not None:
+            on_step(BeamStep(step.t, step.rows, torch.zeros_like(step.rows), step.logits,
+                             torch.log_softmax(step.scores, -1)))
+        for r, tok, lp, mlp, stopped in zip(step.rows.tolist(), step.tokens.tolist(), step.logprobs.tolist(),
+                                            step.model_logprobs.tolist(), step.stopped.tolist()):
+            toks[r].append(tok)
+            lps[r].append(lp)
+            mlps[r].append(mlp)
+            reasons[r] = "stop" if stopped else reasons[r]
+    return [[Beam(tokens=toks[r], score=math.fsum(lps[r]) / len(toks[r]) ** length_penalty, logprobs=lps[r],
+                  model_logprobs=mlps[r], finish_reason=reasons[r], beam_indices=[0] * len(toks[r]))]
+            for r in range(len(prompts))]
 
 
-def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_ids) -> BeamState:
-    device = model.device
+def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer, on_step) -> BeamState:
+    device, T = model.device, params.max_new_tokens
     B = len(prompts)
     idx, cache, logits = prefill(model, prompts, T)  # (B, P), cache, (B, V)
     P, V = idx.shape[1], logits.shape[-1]
     expand = torch.arange(B, device=device).repeat_interleave(nb)  # (B*nb,)
     cache, logits = cache.share(expand), logits.index_select(0, expand)  # beams share the prompt's KV
-    hist = None  # prompt + generated ids per beam, kept only for the repetition penalty
-    if penalty != 1.0:
+    hist = None  # prompt + generated ids per beam, for the repetition penalty and user processors
+    if params.repetition_penalty != 1.0 or params.logits_processors:
         hist = torch.empty(B * nb, P + T, dtype=torch.long, device=device)
         hist[:, :P] = idx.index_select(0, expand)
+    strings = StopStrings(params.stop, B * nb, params.min_new_tokens, tokenizer) if params.stop else None
 
     K = max(2, 1 + len(stop_ids)) * nb  # beams_to_keep
     top_nb = torch.arange(K, device=device) < nb  # top_num_beam_mask
@@ -126,35 +193,42 @@ def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_id
     fill = stop_ids[0] if stop_ids else -1
     run_score = torch.zeros(B, nb, device=device)
     run_score[:, 1:] = NEG  # only beam 0 is live at the first step
-    st = BeamState(
-        run_tok=torch.full((B, nb, T), fill, dtype=torch.long, device=device),
-        run_score=run_score,
-        fin_tok=torch.full((B, nb, T), fill, dtype=torch.long, device=device),
-        fin_score=torch.full((B, nb), NEG, device=device),
-        fin_len=torch.zeros(B, nb, dtype=torch.long, device=device),
-        fin_done=torch.zeros(B, nb, dtype=torch.bool, device=device),
-        improvable=torch.ones(B, 1, dtype=torch.bool, device=device),
-    )
+
+    def records():
+        return {"tok": torch.full((B, nb, T), fill, dtype=torch.long, device=device),
+                "lp": torch.zeros(B, nb, T, device=device), "mlp": torch.zeros(B, nb, T, device=device),
+                "src": torch.zeros(B, nb, T, dtype=torch.long, device=device)}
+
+    st = BeamState(run=records(), run_score=run_score, fin=records(), fin_score=torch.full((B, nb), NEG, device=device),
+                   fin_len=torch.zeros(B, nb, dtype=torch.long, device=device),
+                   fin_done=torch.zeros(B, nb, dtype=torch.bool, device=device),
+                   fin_stop=torch.zeros(B, nb, dtype=torch.bool, device=device),
+                   improvable=torch.ones(B, 1, dtype=torch.bool, device=device))
     items = torch.arange(B, device=device)  # original prompt index of each batch item
     out = _select_items(st, torch.arange(B, device=device))  # final hypotheses, filled as prompts finish
     for t in range(T):
         if t > 0:
-            logits = model(st.run_tok[:, :, t - 1].reshape(-1, 1), cache, last_only=True)[:, -1].float()
-        logp = F.log_softmax(logits, dim=-1)  # (B*nb, V)
-        if hist is not None:
-            logp = apply_repetition_penalty(logp, hist[:, : P + t], penalty, inplace=True)
-        logp = apply_min_new_tokens(logp, t, min_new, stop_ids, inplace=True)
-        logp = logp.view(-1, nb, V) + st.run_score[:, :, None]
-        topk_lp, topk_idx = torch.topk(logp.view(-1, nb * V), k=K)  # (B, K)
-        src = topk_idx // V  # beam each candidate extends
-        ids = topk_idx % V
-        topk_tok = _gather_beams(st.run_tok, src)  # (B, K, T)
-        topk_tok[:, :, t] = ids
-        ends = torch.isin(ids, stop_t) if stop_ids else torch.zeros_like(ids, dtype=torch.bool)
-        if t + 1 >= T:  # the length cap ends every candidate
-            ends = torch.ones_like(ends)
-        run_src = _next_running(st, topk_lp, topk_tok, src, ends, nb)
-        _update_finished(st, topk_lp, topk_tok, ends, top_nb, nb, t, lp, early_stopping)
+            logits = decode_one_token(model, st.run["tok"][:, :, t - 1].reshape(-1), cache)
+        raw = F.log_softmax(logits, dim=-1)  # (B*nb, V)
+        history = hist[:, : P + t] if hist is not None else None
+        proc = apply_processors(raw, params, history, t, stop_ids)
+        if on_step is not None:
+            on_step(BeamStep(t, items.repeat_interleave(nb), torch.arange(nb, device=device).repeat(len(items)),
+                             logits, proc))
+        total = proc.view(-1, nb, V) + st.run_score[:, :, None]
+        topk_lp, topk_idx = torch.topk(total.view(-1, nb * V), k=K)  # (B, K)
+        src, ids = topk_idx // V, topk_idx % V  # the beam each candidate extends, its token
+        cand = {k: _gather_beams(v, src) for k, v in st.run.items()}  # (B, K, T)
+        cand["tok"][:, :, t] = ids
+        cand["lp"][:, :, t] = proc.view(-1, nb * V).gather(1, topk_idx)
+        cand["mlp"][:, :, t] = raw.view(-1, nb * V).gather(1, topk_idx)
+        cand["src"][:, :, t] = src
+        stops = torch.isin(ids, stop_t) if stop_ids else torch.zeros_like(ids, dtype=torch.bool)
+        if strings is not None:
+            stops |= _string_hits(strings, src, ids, nb, t + 1)
+        ends = torch.ones_like(stops) if t + 1 >= T else stops  # the length cap ends every candidate
+        run_src = _next_running(st, topk_lp, cand, src, ends, nb)
+        _update_finished(st, topk_lp, cand, ends, stops, top_nb, nb, t, lp, early_stopping)
         _update_improvable(st, t + 1, T, lp, early_stopping)
         done = _items_done(st, ends, early_stopping)  # (B,)
         if t + 1 == T or bool(done.all()):
@@ -174,9 +248,18 @@ def _search(model, prompts, nb, T, lp, early_stopping, min_new, penalty, stop_id
             cache.reorder_(rows)
         if hist is not None:
             hist = hist.index_select(0, rows)
-            hist[:, P + t] = st.run_tok[:, :, t].reshape(-1)
+            hist[:, P + t] = st.run["tok"][:, :, t].reshape(-1)
+        if strings is not None:
+            strings.reorder(rows.tolist(), st.run["tok"][:, :, t].reshape(-1).tolist(), t + 1)
     _store(out, st, torch.arange(len(items), device=device), items)
     return out
+
+
+def _string_hits(strings: StopStrings, src, ids, nb, num_generated) -> torch.Tensor:
+    """(B, K) bool: whether each candidate's token completes a stop string on the beam it extends."""
+    rows = (src + torch.arange(src.shape[0], device=src.device)[:, None] * nb).tolist()
+    hits = [[strings.would_stop(r, tok, num_generated) for r, tok in zip(rr, tt)] for rr, tt in zip(rows, ids.tolist())]
+    return torch.tensor(hits, dtype=torch.bool, device=src.device)
 
 
 def _items_done(st: BeamState, ends, early_stopping) -> torch.Tensor:
@@ -187,15 +270,21 @@ def _items_done(st: BeamState, ends, early_stopping) -> torch.Tensor:
     return no_improvement | full | no_continuation
 
 
+_FIN = ("fin_score", "fin_len", "fin_done", "fin_stop")
+
+
 def _store(out: BeamState, st: BeamState, rows: torch.Tensor, items: torch.Tensor) -> None:
     """out's prompts `items` get the finished hypotheses of st's batch rows `rows`."""
-    for f in ("fin_tok", "fin_score", "fin_len", "fin_done"):
+    for k in _RECORDS:
+        out.fin[k][items] = st.fin[k][rows]
+    for f in _FIN:
         getattr(out, f)[items] = getattr(st, f)[rows]
 
 
 def _select_items(st: BeamState, keep: torch.Tensor) -> BeamState:
-    return BeamState(**{f: getattr(st, f)[keep] for f in ("run_tok", "run_score", "fin_tok", "fin_score",
-                                                           "fin_len", "fin_done", "improvable")})
+    return BeamState(run={k: v[keep] for k, v in st.run.items()}, run_score=st.run_score[keep],
+                     fin={k: v[keep] for k, v in st.fin.items()}, improvable=st.improvable[keep],
+                     **{f: getattr(st, f)[keep] for f in _FIN})
 
 
 def _gather_beams(x: torch.Tensor, beams: torch.Tensor) -> torch.Tensor:
@@ -205,16 +294,16 @@ def _gather_beams(x: torch.Tensor, beams: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(x, beams, dim=1)
 
 
-def _next_running(st: BeamState, topk_lp, topk_tok, src, ends, nb) -> torch.Tensor:
+def _next_running(st: BeamState, topk_lp, cand, src, ends, nb) -> torch.Tensor:
     """The best nb candidates that did not end become the running beams; returns their source beams."""
     running_lp = topk_lp + ends.to(torch.float32) * NEG  # (B, K)
     keep = torch.topk(running_lp, k=nb)[1]  # (B, nb)
-    st.run_tok = _gather_beams(topk_tok, keep)
+    st.run = {k: _gather_beams(v, keep) for k, v in cand.items()}
     st.run_score = _gather_beams(running_lp, keep)
     return _gather_beams(src, keep)
 
 
-def _update_finished(st: BeamState, topk_lp, topk_tok, ends, top_nb, nb, t, lp, early_stopping):
+def _update_finished(st: BeamState, topk_lp, cand, ends, stops, top_nb, nb, t, lp, early_stopping):
     """Merge newly ended top-nb candidates into the finished hypotheses; keep the best nb."""
     just_done = ends & top_nb[None, :]  # (B, K)
     score = topk_lp / ((t + 1) ** lp)  # generated length includes the stop token
@@ -223,15 +312,17 @@ def _update_finished(st: BeamState, topk_lp, topk_tok, ends, top_nb, nb, t, lp, 
     score += (~st.improvable).to(torch.float32) * NEG
     score += (~just_done) * NEG
     B, K = just_done.shape
-    merged_tok = torch.cat((st.fin_tok, topk_tok), dim=1)
+    merged = {k: torch.cat((st.fin[k], cand[k]), dim=1) for k in _RECORDS}
     merged_score = torch.cat((st.fin_score, score), dim=1)
     merged_len = torch.cat((st.fin_len, torch.full((B, K), t + 1, dtype=torch.long, device=ends.device)), dim=1)
     merged_done = torch.cat((st.fin_done, just_done), dim=1)
+    merged_stop = torch.cat((st.fin_stop, stops), dim=1)
     best = torch.topk(merged_score, k=nb)[1]  # (B, nb)
-    st.fin_tok = _gather_beams(merged_tok, best)
+    st.fin = {k: _gather_beams(v, best) for k, v in merged.items()}
     st.fin_score = _gather_beams(merged_score, best)
     st.fin_len = _gather_beams(merged_len, best)
     st.fin_done = _gather_beams(merged_done, best)
+    st.fin_stop = _gather_beams(merged_stop, best)
 
 
 def _update_improvable(st: BeamState, gen_len: int, T: int, lp: float, early_stopping):

@@ -1,13 +1,14 @@
-"""SamplingParams: every knob of a sampling run, validated once, up front."""
+"""SamplingParams: every knob of a sampling run, validated once, up front. The one settings object for
+drawing from the policy: generate, stream, score, beam search (its processors and lengths) and the
+pictures all read it."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from model import EOT_TOKEN
-
-MAX_SEED = 2**62  # seeds (and seed + n) stay well inside int64
+from kernels import MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,18 @@ class SamplingParams:
     repetition_penalty: transformers' (CTRL) penalty over prompt + completion tokens; 1.0 is off.
     min_new_tokens: stop tokens are masked until this many tokens were generated.
     max_new_tokens: completion length cap (finish_reason "length").
-    stop_token_ids: tokens that end a completion (kept as its last token).
+    stop_token_ids: tokens that end a completion (kept as its last token); None: the model's end-of-text
+        id (model.config.eos_token_id); () for none.
     stop: stop strings; a completion ends with the token whose text completes one of them.
-    n: rollouts per prompt. seed: rollout i uses seed + i; None draws a fresh seed per prompt.
+    n: rollouts per prompt.
+    seed: an int s: rollout i of prompt p uses seed s + p * n + i (every rollout of the batch its own
+        noise); a list of one seed per prompt: rollout i of prompt p uses seed[p] + i; None: a fresh seed
+        per prompt. A rollout depends only on (model, prompt, params, its seed): Rollout.seed replays it
+        alone with n=1.
+    logits_processors: callables in transformers' LogitsProcessor convention,
+        (input_ids [B, L] = prompt + tokens so far, scores [B, V]) -> scores, applied after the repetition
+        penalty and min_new_tokens and before temperature / top-k / top-p, as transformers applies a
+        `logits_processor=` list (its own processor objects work unchanged).
     """
 
     temperature: float = 1.0
@@ -31,15 +41,18 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0
     max_new_tokens: int = 64
-    stop_token_ids: tuple[int, ...] = (EOT_TOKEN,)
+    stop_token_ids: tuple[int, ...] | None = None
     stop: tuple[str, ...] = ()
     n: int = 1
-    seed: int | None = None
+    seed: int | tuple[int, ...] | None = None
+    logits_processors: tuple[Callable, ...] = ()
 
     def __post_init__(self):
         # normalise lists to tuples so that params stay hashable and immutable
-        object.__setattr__(self, "stop_token_ids", _int_tuple("stop_token_ids", self.stop_token_ids))
+        if self.stop_token_ids is not None:
+            object.__setattr__(self, "stop_token_ids", _int_tuple("stop_token_ids", self.stop_token_ids))
         object.__setattr__(self, "stop", _str_tuple(self.stop))
+        object.__setattr__(self, "logits_processors", _callables(self.logits_processors))
         _check_number("temperature", self.temperature, lo=0.0, hint=">= 0 (0 means greedy)")
         _check_int("top_k", self.top_k, lo=0, hint=">= 0 (0 disables top-k)")
         _check_number("top_p", self.top_p, lo=0.0, lo_open=True, hi=1.0, hint="in (0, 1] (1.0 disables top-p)")
@@ -54,9 +67,17 @@ class SamplingParams:
             )
         _check_int("n", self.n, lo=1, hint=">= 1")
         if self.seed is not None:
-            _check_int("seed", self.seed, lo=0, hint=f"in [0, 2**62) or None for a fresh seed")
-            if self.seed >= MAX_SEED:
-                raise ValueError(f"SamplingParams.seed must be in [0, 2**62) or None, got {self.seed}")
+            seeds = self.seed if isinstance(self.seed, Sequence) and not isinstance(self.seed, str) else None
+            if seeds is not None:
+                seeds = tuple(seeds)
+                if not seeds:
+                    raise ValueError("SamplingParams.seed as a list needs one seed per prompt, got an empty list")
+                object.__setattr__(self, "seed", seeds)
+            for s in seeds if seeds is not None else (self.seed,):
+                _check_int("seed", s, lo=0, hint="in [0, 2**62), a list of those (one per prompt), or None "
+                                                   "for a fresh seed")
+                if s >= MAX_SEED:
+                    raise ValueError(f"SamplingParams.seed must be in [0, 2**62), got {s}")
 
     @property
     def greedy(self) -> bool:
@@ -99,4 +120,18 @@ def _str_tuple(values) -> tuple[str, ...]:
     for s in out:
         if not isinstance(s, str) or not s:
             raise ValueError(f"SamplingParams.stop must hold non-empty strings, got {s!r}")
+    return out
+
+
+def _callables(values) -> tuple[Callable, ...]:
+    if callable(values):
+        values = (values,)
+    try:
+        out = tuple(values)
+    except TypeError:
+        raise ValueError(f"SamplingParams.logits_processors must be a list of callables, got {values!r}") from None
+    for f in out:
+        if not callable(f):
+            raise ValueError(f"SamplingParams.logits_processors must hold callables "
+                             f"(input_ids, scores) -> scores, got {f!r}")
     return out

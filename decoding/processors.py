@@ -1,8 +1,10 @@
-"""Logits processors that run before sampling, with transformers' exact semantics.
+"""Logits processors that run before sampling, with transformers' exact semantics, in one function.
 
-They act on float32 logits [B, V] (or log-probs, in beam search) and return a tensor of the same shape.
-The order, as in transformers: repetition penalty, then the min_new_tokens mask; temperature / top-k /
-top-p come after, inside `kernels.sample_from_logits` (see kernels.process_logits).
+`apply_processors` is the one place the order lives, as in transformers: repetition penalty, the
+min_new_tokens mask, then the user's `SamplingParams.logits_processors`; temperature / top-k / top-p come
+after, inside `kernels.sample_from_logits` (see kernels.process_logits). generate, the stream, beam search,
+score and the pictures all call it. Processors act on float32 logits [B, V] (or log-probs, in beam search)
+and return a tensor of the same shape.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty: float, *,
     ids = _as_id_matrix(token_ids, logits.shape[0], logits.device)  # (B, L)
     if ids.shape[1] == 0:
         return logits
+    if logits.requires_grad:
+        # gather/scatter would hand a repeated id's gradient back once per occurrence: a mask sees it once
+        seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, ids, True)  # (B, V)
+        return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
     seen = logits.gather(1, ids)  # (B, L)
     # every occurrence of an id reads the same unpenalised logit, so duplicate writes agree
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
@@ -32,19 +38,48 @@ def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty: float, *,
     return out.scatter_(1, ids, seen)
 
 
-def apply_min_new_tokens(logits: torch.Tensor, num_generated: int, min_new_tokens: int, stop_token_ids,
+def apply_min_new_tokens(logits: torch.Tensor, num_generated, min_new_tokens: int, stop_token_ids,
                          *, inplace: bool = False):
     """transformers' MinNewTokensLengthLogitsProcessor: logits [B, V] -> [B, V].
 
-    While `num_generated` (tokens already generated in the completion: 0 for the first new token) is below
-    `min_new_tokens`, the logits of `stop_token_ids` (ints, or a LongTensor) are set to -inf. With
-    inplace=False the input is not modified.
+    While `num_generated` (tokens already generated in the completion: 0 for the first new token; an int,
+    or a tensor [B] with one count per row) is below `min_new_tokens`, the logits of `stop_token_ids`
+    (ints, or a LongTensor) are set to -inf. With inplace=False the input is not modified.
     """
-    if num_generated >= min_new_tokens or len(stop_token_ids) == 0:
+    if len(stop_token_ids) == 0 or min_new_tokens == 0:
+        return logits
+    if not isinstance(num_generated, torch.Tensor) and num_generated >= min_new_tokens:
         return logits
     stop = torch.as_tensor(stop_token_ids, dtype=torch.long, device=logits.device)
     out = logits if inplace else logits.clone()
-    out[:, stop] = float("-inf")
+    if isinstance(num_generated, torch.Tensor):
+        rows = (num_generated < min_new_tokens).nonzero()[:, 0]
+        out[rows[:, None], stop[None, :]] = float("-inf")
+    else:
+        out[:, stop] = float("-inf")
+    return out
+
+
+def apply_processors(scores: torch.Tensor, params, input_ids: torch.Tensor, num_generated: int, stop_ids,
+                     *, inplace: bool = False) -> torch.Tensor:
+    """transformers' processors, in its order: scores [B, V] -> [B, V].
+
+    input_ids [B, L]: prompt + the tokens generated so far (left padding repeats the row's first token,
+    which changes nothing for the penalty); num_generated: tokens already generated (0 for the first), an
+    int or, for rows at different steps (score), a tensor [B] (user processors then need one step a call);
+    stop_ids: the run's stop tokens (min_new_tokens masks them). Differentiable when not inplace: score
+    recomputes log-probs with gradients through it. With inplace=False `scores` is never modified.
+    """
+    out = apply_repetition_penalty(scores, input_ids, params.repetition_penalty, inplace=inplace)
+    out = apply_min_new_tokens(out, num_generated, params.min_new_tokens, stop_ids,
+                               inplace=inplace or out is not scores)
+    for proc in params.logits_processors:
+        if out is scores and not inplace:
+            out = scores.clone()  # user processors may write in place, as transformers' own do
+        out = proc(input_ids, out)
+        if not isinstance(out, torch.Tensor) or out.shape != scores.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"logits processor {proc!r} returned {got}, not scores of shape {tuple(scores.shape)}")
     return out
 
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def token_bytes(tokenizer, token: int) -> bytes:
+    try:
+        return tokenizer.decode_single_token_bytes(token)
+    except KeyError:  # an id the tokenizer doesn't know (a model with a larger vocabulary)
+        return b""
+
+
 class StopStrings:
     """Tracks the decoded bytes of every rollout and reports the first token that completes a stop string.
 
@@ -18,11 +25,9 @@ class StopStrings:
         self.buf = [bytearray() for _ in range(num_rows)]
         self.searched = [0] * num_rows  # bytes of each buffer already searched
 
-    def _bytes(self, token: int) -> bytes:
-        try:
-            return self.tok.decode_single_token_bytes(token)
-        except KeyError:  # an id the tokenizer doesn't know (a model with a larger vocabulary)
-            return b""
+    def _found(self, buf, searched: int) -> bool:
+        start = max(0, searched - self.longest + 1)  # a match may straddle the old end
+        return any(buf.find(s, start) >= 0 for s in self.stops)
 
     def update(self, rows: list[int], tokens: list[int], num_generated: int) -> list[int]:
         """Append tokens[i] to rollout rows[i]; return the positions i whose rollout hit a stop string."""
@@ -30,11 +35,24 @@ class StopStrings:
         eligible = num_generated >= self.min_new_tokens
         for i, (row, token) in enumerate(zip(rows, tokens)):
             buf = self.buf[row]
-            buf += self._bytes(token)
+            buf += token_bytes(self.tok, token)
             if not eligible:
                 continue
-            start = max(0, self.searched[row] - self.longest + 1)
-            if any(buf.find(s, start) >= 0 for s in self.stops):
+            if self._found(buf, self.searched[row]):
                 hits.append(i)
             self.searched[row] = len(buf)
         return hits
+
+    def would_stop(self, row: int, token: int, num_generated: int) -> bool:
+        """Whether appending `token` to rollout `row` (num_generated tokens long with it) completes a stop
+        string, without appending it: beam search asks this of every candidate."""
+        if num_generated < self.min_new_tokens:
+            return False
+        buf = self.buf[row] + token_bytes(self.tok, token)
+        return self._found(buf, self.searched[row])  # 0 until eligible: then the whole text is searched
+
+    def reorder(self, sources: list[int], tokens: list[int], num_generated: int) -> None:
+        """Beam search: row i becomes old row sources[i] extended by tokens[i]."""
+        self.buf = [self.buf[s] + token_bytes(self.tok, tok) for s, tok in zip(sources, tokens)]
+        eligible = num_generated >= self.min_new_tokens
+        self.searched = [len(b) if eligible else 0 for b in self.buf]

@@ -8,6 +8,7 @@ CUDA tensors and torch otherwise; the environment variable PIGPT_SAMPLING_BACKEN
 """
 
 from .reference import process_logits
-from .sampling import sample_from_logits
+from .params import MAX_SEED
+from .sampling import sample_from_logits, token_logprobs
 
-__all__ = ["sample_from_logits", "process_logits"]
+__all__ = ["sample_from_logits", "process_logits", "token_logprobs", "MAX_SEED"]

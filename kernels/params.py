@@ -6,6 +6,7 @@ import torch
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_SEED = 2**62  # seeds are integers in [0, 2**62), everywhere (decoding.SamplingParams too)
 
 
 def check_logits(logits) -> None:
@@ -59,9 +60,11 @@ def normalize_params(logits, temperature, top_k, top_p, seed, position):
     p = _as_row_tensor("top_p", top_p, B, dev, torch.float32, integral=False)
     s = _as_row_tensor("seed", seed, B, dev, torch.int64, integral=True)
     pos = _as_row_tensor("position", position, B, dev, torch.int64, integral=True)
-    for name, v, t in (("temperature", temperature, T), ("top_k", top_k, k), ("top_p", top_p, p)):
+    for name, v, t in (("temperature", temperature, T), ("top_k", top_k, k), ("top_p", top_p, p), ("seed", seed, s)):
         checkable = not isinstance(v, torch.Tensor) or v.device.type == "cpu"
-        if name == "temperature":
+        if name == "seed":
+            _check_range(name, t, lambda x: (x >= 0) & (x < MAX_SEED), "in [0, 2**62)", checkable)
+        elif name == "temperature":
             _check_range(name, t, lambda x: (x >= 0) & torch.isfinite(x), "finite and >= 0 (0 = greedy)", checkable)
         elif name == "top_k":
             _check_range(name, t, lambda x: x >= 0, ">= 0 (0 = off)", checkable)

@@ -5,8 +5,8 @@ import os
 import torch
 
 from .hashing import row_keys
-from .params import check_logits, normalize_params
-from .sampling_torch import sample_torch
+from .params import check_finite, check_logits, normalize_params
+from .sampling_torch import keep_thresholds, sample_torch
 
 ENV_BACKEND = "PIGPT_SAMPLING_BACKEND"
 BACKENDS = ("auto", "torch", "triton")
@@ -47,3 +47,30 @@ def sample_from_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, seed=0, p
 
         return sample_triton(logits, T, k, p, k1, k2)
     return sample_torch(logits, T, k, p, k1, k2)
+
+
+def token_logprobs(logits, tokens, *, temperature=1.0, top_k=0, top_p=1.0):
+    """log p(tokens) (B,) float32 under the distribution `sample_from_logits` draws from, differentiable in
+    `logits` (B, V): the same kept set (the sampler's own thresholds, found without gradients), then a
+    log-softmax over it. These are the numbers sample_from_logits reports as log-probs, so a trainer that
+    recomputes them with gradients scores exactly the distribution the tokens were drawn from.
+    temperature 0 is greedy: log_softmax(logits)[token] over the whole row. A token outside the kept set
+    gets -inf.
+    """
+    check_logits(logits)
+    T, k, p, _, _ = normalize_params(logits, temperature, top_k, top_p, 0, 0)
+    tokens = torch.as_tensor(tokens, dtype=torch.long, device=logits.device).reshape(-1)
+    if tokens.numel() != logits.shape[0]:
+        raise ValueError(f"tokens must hold one id per row of logits ({logits.shape[0]}), got {tokens.numel()}")
+    x = logits.float()
+    with torch.no_grad():
+        check_finite(x)
+        greedy = T == 0
+        T1 = torch.where(greedy, 1.0, T)
+        t = torch.full_like(T, float("-inf"))
+        sampled = (~greedy).nonzero()[:, 0]
+        if sampled.numel():
+            t[sampled] = keep_thresholds(x.detach().index_select(0, sampled), T[sampled], k[sampled], p[sampled])
+    s = x / T1[:, None]  # (B, V)
+    kept = s.masked_fill(s.detach() < t[:, None], float("-inf"))
+    return kept.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(kept, -1)

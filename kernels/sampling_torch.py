@@ -156,13 +156,13 @@ def _compact(mask, s):
     return vals, idx
 
 
-def _nucleus(s, mx, p, k1, k2):
-    """Top-p without top-k, with no sort of the row: (tokens, log-probs) of rows s (n, V) (scaled logits).
+def _nucleus_threshold(s, mx, p):
+    """Top-p without top-k, with no sort of the row: the threshold (n,) on rows s (n, V) (scaled logits),
+    and exp(s - mx) (n, V), which the draw reuses.
 
     One pass bins every token by its distance below the row max mx (BIN_W nats a bin) and sums each
     bin's mass. Bins above the one where the cumulative mass crosses p are kept whole, bins below it
-    dropped; only the crossing bin's few tokens are sorted, to place the threshold inside it. The draw
-    then runs on the full rows with that threshold.
+    dropped; only the crossing bin's few tokens are sorted, to place the threshold inside it.
     """
     e = torch.sub(s, mx[:, None]).exp_()  # (n, V) exp(s - mx)
     # bin = floor((mx - s) / BIN_W), monotone in s; -inf tokens land in the last bin. Via int32: much faster.
@@ -178,10 +178,15 @@ def _nucleus(s, mx, p, k1, k2):
     w = torch.exp(bvals - mx[:, None])
     excl = above[:, None] + F.pad(w.cumsum(-1)[:, :-1], (1, 0))  # mass strictly above each token
     last = ((excl < target[:, None]).sum(-1) - 1).clamp(min=0)
-    t = bvals.gather(1, last[:, None])  # (n, 1)
     # bins are monotone in s: every token of a higher bin is > t, every token of a lower one < t,
     # so the kept set (ties with t included) is just s >= t
-    return _draw_dense(s, mx, t[:, 0], k1, k2, e=e)
+    return bvals.gather(1, last[:, None])[:, 0], e
+
+
+def _nucleus(s, mx, p, k1, k2):
+    """Top-p rows without top-k: (tokens, log-probs), drawn on the full rows with the nucleus threshold."""
+    t, e = _nucleus_threshold(s, mx, p)
+    return _draw_dense(s, mx, t, k1, k2, e=e)
 
 
 def _finish(out, rows, vals, idx, t, k1, k2, V):
@@ -198,39 +203,67 @@ def _scale(x, T):
     return x if bool((T == 1).all()) else x / T[:, None]
 
 
+def _topk_windows(x, T, k, p, rows):
+    """Top-k rows, resolved: yields (rows, vals, idx, t) with each row's descending window of x / T that
+    provably holds its whole kept set, and its threshold. Windows grow (WINDOWS, then a full sort) until
+    no tie with the k-th value can spill past them. x (n, V) float32; T, k, p per row (n,); rows (r,)."""
+    V = x.shape[1]
+    width = _first_window(k, V)
+    pending = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    pending[rows] = True
+    for m in (*[w for w in WINDOWS if w < V], V):
+        take = (pending & (width <= m)).nonzero()[:, 0]
+        if take.numel() == 0:
+            continue
+        xr, Tr = _rows(x, take, x.shape[0]), T[take, None]
+        vals, idx = (xr.sort(-1, descending=True) if m == V else xr.topk(m, -1))
+        vals = vals / Tr  # dividing by T > 0 keeps the order, so the window is that of x / T
+        t, done = _resolve(vals, k[take], p[take], full=m == V)
+        d = done.nonzero()[:, 0]
+        yield take[d], vals[d], idx[d], t[d]
+        pending[take[d]] = False
+        width[take] = m + 1  # unresolved rows move on to the next window
+
+
+def _routes(k, p):
+    """Rows by how their kept set is found: untruncated, top-p alone (nucleus), top-k (windows)."""
+    return (((k == 0) & (p == 1)).nonzero()[:, 0], ((k == 0) & (p < 1)).nonzero()[:, 0],
+            (k > 0).nonzero()[:, 0])
+
+
 def _sample_rows(x, mx, T, k, p, k1, k2):
     """Sample rows that all have temperature > 0. x (n, V) float32, mx its row maxima."""
     n, V = x.shape
     out = (torch.empty(n, dtype=torch.int64, device=x.device), torch.empty(n, dtype=torch.float32, device=x.device))
     k = effective_top_k(k, V)
-    pending = torch.ones(n, dtype=torch.bool, device=x.device)
-    width = _first_window(k, V)
-    nucleus = ((k == 0) & (p < 1)).nonzero()[:, 0]
-    plain = ((k == 0) & (p == 1)).nonzero()[:, 0]
+    plain, nucleus, windowed = _routes(k, p)
     if plain.numel():
         # Nothing truncated: every token is a candidate, no ordering needed.
         t = torch.full((plain.numel(),), NEG_INF, device=x.device)
         out[0][plain], out[1][plain] = _draw_dense(_scale(_rows(x, plain, n), T[plain]), mx[plain] / T[plain], t,
                                                    k1[plain], k2[plain])
-        pending[plain] = False
     if nucleus.numel():
         # max(x / T) == max(x) / T exactly: rounding is monotone
         out[0][nucleus], out[1][nucleus] = _nucleus(_scale(_rows(x, nucleus, n), T[nucleus]),
                                                     mx[nucleus] / T[nucleus], p[nucleus], k1[nucleus], k2[nucleus])
-        pending[nucleus] = False
-    for m in (*[w for w in WINDOWS if w < V], V):
-        take = (pending & (width <= m)).nonzero()[:, 0]
-        if take.numel() == 0:
-            continue
-        xr, Tr = _rows(x, take, n), T[take, None]
-        vals, idx = (xr.sort(-1, descending=True) if m == V else xr.topk(m, -1))
-        vals = vals / Tr  # dividing by T > 0 keeps the order, so the window is that of x / T
-        t, done = _resolve(vals, k[take], p[take], full=m == V)
-        d = done.nonzero()[:, 0]
-        _finish(out, take[d], vals[d], idx[d], t[d], k1, k2, V)
-        pending[take[d]] = False
-        width[take] = m + 1  # unresolved rows move on to the next window
+    for rows, vals, idx, t in _topk_windows(x, T, k, p, windowed):
+        _finish(out, rows, vals, idx, t, k1, k2, V)
     return out
+
+
+def keep_thresholds(x, T, k, p):
+    """The threshold of each row's kept set, exactly as the sampler finds it: a token is kept iff
+    x / T >= t. x (n, V) float32, every T > 0; returns t (n,) float32 (-inf: nothing truncated)."""
+    n, V = x.shape
+    t = torch.full((n,), NEG_INF, device=x.device)
+    k = effective_top_k(k, V)
+    _, nucleus, windowed = _routes(k, p)
+    if nucleus.numel():
+        s = _scale(_rows(x, nucleus, n), T[nucleus])
+        t[nucleus] = _nucleus_threshold(s, s.amax(-1), p[nucleus])[0]
+    for rows, _, _, t_rows in _topk_windows(x, T, k, p, windowed):
+        t[rows] = t_rows
+    return t
 
 
 def _greedy(x):

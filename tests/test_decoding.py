@@ -142,20 +142,42 @@ def test_sampling_logprobs_match_transition_scores(eos_model, kw):
 
 
 def test_same_seed_same_rollout_alone_or_batched(eos_model):
+    """With one base seed s, rollout i of prompt p has seed s + p * n + i: every rollout of the batch draws
+    its own noise, and the seed it reports replays it alone."""
     gpt, _ = eos_model
     kw = dict(temperature=1.2, top_k=40, top_p=0.95, max_new_tokens=12)
     batched = generate(gpt, PROMPTS, SamplingParams(n=4, seed=7, **kw))
     again = generate(gpt, PROMPTS, SamplingParams(n=4, seed=7, **kw))
     assert [[r.tokens for r in g] for g in batched] == [[r.tokens for r in g] for g in again]
-    for p, group in zip(PROMPTS, batched):
-        assert [r.seed for r in group] == [7, 8, 9, 10]
+    for p, (prompt, group) in enumerate(zip(PROMPTS, batched)):
+        assert [r.seed for r in group] == [7 + 4 * p + i for i in range(4)]
         for i in (0, 3):
-            (alone,) = generate(gpt, [p], SamplingParams(n=1, seed=7 + i, **kw))[0]
+            (alone,) = generate(gpt, [prompt], SamplingParams(n=1, seed=group[i].seed, **kw))[0]
             assert alone.tokens == group[i].tokens
             assert alone.logprobs == pytest.approx(group[i].logprobs, abs=1e-5)
     lengths = {len(r.tokens) for g in batched for r in g}
     assert len(lengths) > 1, "rows should finish at different steps so that dropping rows is exercised"
     assert len({tuple(r.tokens) for r in batched[0]}) > 1, "different seeds should give different rollouts"
+
+
+def test_same_prompt_twice_in_a_batch_draws_independent_rollouts(eos_model):
+    """Under one base seed, two copies of a prompt are two prompts: their rollouts differ (before this rule,
+    rollout i of every prompt shared seed s + i, so copies drew the same noise)."""
+    gpt, _ = eos_model
+    a, b = generate(gpt, [PROMPTS[0], PROMPTS[0]], SamplingParams(n=3, seed=5, max_new_tokens=10))
+    assert [r.tokens for r in a] != [r.tokens for r in b]
+    assert {r.seed for r in a}.isdisjoint({r.seed for r in b})
+
+
+def test_a_seed_per_prompt(eos_model):
+    gpt, _ = eos_model
+    kw = dict(max_new_tokens=6, n=2)
+    out = generate(gpt, PROMPTS[:3], SamplingParams(seed=[100, 7, 100], **kw))
+    assert [[r.seed for r in g] for g in out] == [[100, 101], [7, 8], [100, 101]]
+    (alone,) = generate(gpt, [PROMPTS[1]], SamplingParams(seed=7, **kw))
+    assert [r.tokens for r in alone] == [r.tokens for r in out[1]]
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        generate(gpt, PROMPTS[:3], SamplingParams(seed=[1, 2], **kw))
 
 
 def test_seed_none_draws_and_reports_fresh_seeds(tiny):
@@ -268,8 +290,20 @@ def test_prompt_beyond_context_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match="context"):
         generate(gpt, [[1] * (block - 10)], SamplingParams(max_new_tokens=11))
     with pytest.raises(ValueError, match="context"):
-        score(gpt, [1] * (block - 3), [2] * 4)
+        score(gpt, [1] * (block - 2), [2] * 4)
+    score(gpt, [1] * (block - 3), [2] * 4)  # the last token is predicted, never fed: block positions
     generate(gpt, [[1] * (block - 10)], SamplingParams(max_new_tokens=10, temperature=0))  # fits exactly
+
+
+def test_error_messages_name_the_completion_and_a_possible_fix(tiny):
+    """score's errors call a completion a completion; the context hint never says 'keep its last 0 tokens'."""
+    gpt, _ = tiny
+    block = gpt.config.block_size
+    with pytest.raises(ValueError, match=r"^completion 0 holds 50257"):
+        score(gpt, [1, 2], [3, 50257])
+    with pytest.raises(ValueError, match="lower max_new_tokens below") as e:
+        generate(gpt, [[1]], SamplingParams(max_new_tokens=block))
+    assert "last 0" not in str(e.value)
 
 
 @pytest.mark.parametrize("prompts,match", [

@@ -276,3 +276,39 @@ def test_backend_choice_and_environment_override(monkeypatch):
         sample_from_logits(x, seed=1)
     monkeypatch.delenv("PIGPT_SAMPLING_BACKEND")
     assert torch.equal(a[0], sample_from_logits(x, seed=1, backend="auto")[0])  # CPU tensors: torch
+
+
+@pytest.mark.parametrize("make", [peaked_logits, logits_with_ties])
+def test_token_logprobs_are_the_samplers_logprobs_with_gradients(make):
+    """token_logprobs re-scores drawn tokens under the sampler's own kept set: the numbers
+    sample_from_logits reported, and gradients of a log-softmax over that set (process_logits's)."""
+    from kernels import token_logprobs
+
+    x = make(24, 300, 2)
+    for t, k, p in GRID + [(0.0, 0, 1.0)]:
+        tok, lp = sample_from_logits(x, temperature=t, top_k=k, top_p=p, seed=torch.arange(24))
+        xg = x.clone().requires_grad_(True)
+        ours = token_logprobs(xg, tok, temperature=t, top_k=k, top_p=p)
+        torch.testing.assert_close(ours.detach(), lp, rtol=0, atol=1e-5)
+        ours.sum().backward()
+        ref_x = x.clone().requires_grad_(True)
+        keep = process_logits(x, temperature=t, top_k=k, top_p=p) > NEG_INF
+        s = ref_x if t == 0 else ref_x / t
+        ref = torch.log_softmax(s if t == 0 else s.masked_fill(~keep, NEG_INF), -1).gather(1, tok[:, None])
+        ref.sum().backward()
+        torch.testing.assert_close(xg.grad, ref_x.grad, rtol=0, atol=1e-5)
+
+
+def test_seeds_follow_one_rule_everywhere():
+    """Seeds are integers in [0, 2**62) for the kernel as for SamplingParams."""
+    from decoding import SamplingParams
+
+    x = peaked_logits(2, 50)
+    for bad in (-1, 2**62):
+        with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*62\)"):
+            sample_from_logits(x, seed=bad)
+        with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*62\)"):
+            sample_from_logits(x, seed=torch.tensor([0, bad]))
+        with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*62\)"):
+            SamplingParams(seed=bad)
+    sample_from_logits(x, seed=2**62 - 1)
