@@ -6,7 +6,8 @@ the next-token distribution at each step, raw beside what temperature / top-k / 
 penalty made of it, which token was drawn, and how the rollouts branch from one another.
 
 Run `python sample.py --help` for every option and examples (EXAMPLES below). All bad input ends with one
-line naming the problem and exit code 2.
+line naming the problem and exit code 2. Everything is drawn by the decoding engine (decoding.generate,
+decoding.beam_search): the distributions shown are the ones it drew from, as it drew.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ import sys
 import textwrap
 from pathlib import Path
 
-DEFAULT_RUN_DIR = "out"  # where `python train.py` saves its default run
+SHIPPED_MODEL = Path(__file__).resolve().parent / "model" / "default"  # made by docs/training.md's command
 
 EXAMPLES = """\
 examples:
   python sample.py "Which is the largest ocean?" -n 8 --temperature 0.8 --show-steps
   python sample.py "Once upon a time" -n 6 --max-new-tokens 8 --tree tree.png
   python sample.py "def fibonacci(n):" --plot steps.png --top-k 20
-  python sample.py "The capital of France is" --compare-temperatures 0.5,1,2 --plot temps.png
+  python sample.py "The function returns" --compare-temperatures 0.5,1,2 --plot temps.png
   python sample.py "The meaning of life is" --num-beams 4 --tree beams.png
+  python sample.py "def add(a, b):" -n 8 --reward python_compiles --stop "\\n\\n"
   python sample.py --prompt-file prompts.txt -n 4 --json > rollouts.jsonl
 
-model: --model DIR_OR_HUB_ID; without it, ./out (what `python train.py` writes) if it exists, else GPT-2
-from the local Hugging Face cache or the hub.
+model: --model DIR_OR_HUB_ID; without it, the small default model shipped in model/default/ (make your own
+with `python train.py`, then --model out).
 """
 
 
@@ -48,7 +50,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="sample.py", description=textwrap.fill(" ".join(__doc__.split("\n\n")[1].split()), 100),
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("prompt", nargs="?", help="the prompt text (or use --prompt-file)")
+    p.add_argument("prompt", nargs="?", help="the prompt text (or use --prompt-file); none: unconditional samples, "
+                                             "after <|endoftext|>")
     p.add_argument("--prompt-file", metavar="FILE", help="read prompts from FILE, one per line (blank lines skipped)")
 
     g = p.add_argument_group("sampling")
@@ -63,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the completion contains TEXT (repeatable); <|endoftext|> always stops")
     g.add_argument("--seed", type=int, default=None, metavar="S",
-                   help="rollout i uses seed + i (default: a fresh seed, printed so you can replay it)")
+                   help="rollout i of prompt p uses seed S + p*n + i (default: a fresh seed per prompt, printed so "
+                        "you can replay it)")
 
     g = p.add_argument_group("beam search (instead of sampling)")
     g.add_argument("--num-beams", type=int, default=0, metavar="B", help="beam search with B beams")
@@ -79,10 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a checkpoint directory (Hugging Face GPT-2 format) or a hub id such as gpt2")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8 weights (per-channel scales, float activations): less memory, faster on a CPU")
+
+    g = p.add_argument_group("rewards (the RL view: each rollout scored)")
+    g.add_argument("--reward", action="append", default=[], metavar="SPEC",
+                   help="score each rollout: python_compiles, contains:WORD, regex:PATTERN, path/file.py:function "
+                        "or module:function (repeatable; the total is their sum)")
 
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true",
-                   help="JSON lines on stdout: prompt, text, tokens, logprobs, sum_logprob, finish_reason, seed")
+                   help="JSON lines on stdout: prompt, text, tokens, logprobs, model_logprobs, sum_logprob, "
+                        "finish_reason, seed (and reward with --reward)")
     g.add_argument("--show-steps", action="store_true",
                    help="each time step's top tokens as a bar chart: raw beside processed, the drawn one marked")
     g.add_argument("--top-tokens", type=int, default=8, metavar="K", help="tokens per step in charts (default 8)")
@@ -116,8 +128,6 @@ def _parse_list(text: str, flag: str, cast):
 
 def validate(args) -> None:
     """Every check that needs no model: bad values fail before anything is loaded."""
-    _check(args.prompt is not None or args.prompt_file is not None,
-           "no prompt: pass one as an argument (python sample.py \"Once upon a time\") or use --prompt-file")
     _check(args.prompt is None or args.prompt_file is None, "pass a prompt or --prompt-file, not both")
     _check(args.prompt is None or args.prompt != "", "the prompt is empty; give at least one character of text")
     _check(math.isfinite(args.temperature) and args.temperature >= 0,
@@ -140,7 +150,6 @@ def validate(args) -> None:
         k = args.num_return_sequences
         _check(k is None or 1 <= k <= args.num_beams,
                f"--num-return-sequences must be in [1, --num-beams={args.num_beams}], got {k}")
-        _check(not args.stop, "--stop (stop strings) works with sampling only, not with --num-beams")
         _check(args.num_rollouts == 1, "-n/--num-rollouts is for sampling; with --num-beams use --num-return-sequences")
     else:
         _check(args.num_return_sequences is None, "--num-return-sequences needs --num-beams")
@@ -152,6 +161,7 @@ def validate(args) -> None:
     if compares:
         _check(not args.num_beams, "--compare-* shows sampling settings; drop --num-beams")
         _check(not args.tree, "--compare-* draws no rollouts, so there is no --tree to draw")
+        _check(not args.reward, "--compare-* draws no rollouts, so there is nothing to --reward")
         flag = "--" + compares[0].replace("_", "-")
         if compares[0] == "compare_temperatures":
             values = _parse_list(args.compare_temperatures, flag, float)
@@ -175,8 +185,8 @@ def validate(args) -> None:
 
 
 def read_prompts(args) -> list[str]:
-    if args.prompt is not None:
-        return [args.prompt]
+    if args.prompt_file is None:
+        return [args.prompt if args.prompt is not None else UNCONDITIONAL]
     try:
         text = Path(args.prompt_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -185,6 +195,9 @@ def read_prompts(args) -> list[str]:
     prompts = [line for line in text.splitlines() if line.strip()]
     _check(bool(prompts), f"--prompt-file {args.prompt_file} holds no prompts (one per line)")
     return prompts
+
+
+UNCONDITIONAL = "<|endoftext|>"  # no prompt: what the model writes after the end of a document
 
 
 # -- the model ------------------------------------------------------------------------------------------------
@@ -202,39 +215,33 @@ def pick_device(name: str) -> str:
     return name
 
 
-def default_model_dir() -> Path | None:
-    """train.py's default run (./out, relative to the working directory like train.py's own default)."""
-    run = Path(DEFAULT_RUN_DIR)
-    return run if (run / "config.json").exists() else None
-
-
-def load_model(spec: str | None, device: str, dtype: str):
+def load_model(spec: str | None, device: str, dtype: str, quantize: str | None = None):
     from model import GPT, CheckpointError
 
-    if spec is not None:
-        try:
-            return GPT.from_pretrained(spec, device=device, dtype=dtype), spec
-        except CheckpointError as e:
-            raise UsageError(f"--model {spec}: {e}") from None
-    run = default_model_dir()
-    if run is not None:
-        try:
-            return GPT.from_pretrained(run, device=device, dtype=dtype), str(run)
-        except CheckpointError as e:
-            raise UsageError(f"the default model {run}: {e}") from None
+    if spec is None and not (SHIPPED_MODEL / "config.json").is_file():
+        raise UsageError(f"no model: the shipped default {SHIPPED_MODEL} is missing; pass --model DIR (a Hugging "
+                         "Face GPT-2 checkpoint directory, e.g. one `python train.py` wrote) or a hub id such as gpt2 "
+                         "when online")
+    source = spec if spec is not None else str(SHIPPED_MODEL)
     try:
-        return GPT.from_pretrained("gpt2", device=device, dtype=dtype), "gpt2"
-    except CheckpointError:
-        raise UsageError(
-            "no model: train the default one with `python train.py` (writes ./out, ~5 minutes on a CPU), "
-            "or pass --model DIR (a Hugging Face GPT-2 checkpoint directory) or a hub id such as gpt2 when online"
-        ) from None
+        gpt = GPT.from_pretrained(source, device=device, dtype=dtype)
+    except CheckpointError as e:
+        raise UsageError(f"--model {spec}: {e}" if spec is not None else f"the default model {source}: {e}") from None
+    if quantize:
+        if not hasattr(gpt, "quantize"):
+            raise UsageError(f"--quantize {quantize}: this build of pigpt has no quantized weights")
+        try:
+            gpt.quantize(quantize)
+        except ValueError as e:
+            raise UsageError(f"--quantize {quantize}: {e}") from None
+    return gpt.eval(), "default model" if spec is None else spec
 
 
-def encode_prompts(tokenizer, prompts: list[str], block_size: int, max_new_tokens: int) -> list[list[int]]:
+def encode_prompts(tokenizer, form, prompts: list[str], block_size: int, max_new_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt, in the text form the model was trained on (model/textform.py)."""
     out = []
     for i, text in enumerate(prompts):
-        ids = tokenizer.encode(text, allowed_special="all")
+        ids = tokenizer.encode(form.to_model(text), allowed_special="all")
         which = "the prompt" if len(prompts) == 1 else f"prompt {i + 1}"
         _check(bool(ids), f"{which} is empty")
         _check(len(ids) <= block_size - 1,
@@ -247,89 +254,70 @@ def encode_prompts(tokenizer, prompts: list[str], block_size: int, max_new_token
     return out
 
 
-# -- streaming one rollout ------------------------------------------------------------------------------------
-def stream_rollout(model, prompt: list[int], params, on_token=None):
-    """One rollout, token by token, with exactly `decoding.generate`'s semantics (same tokens for a seed).
-
-    generate() draws token t of a row from `sample_from_logits(..., seed, position=t)`: the draw depends only
-    on (seed, position, processed logits), so a one-row loop over the same prefill, processors and kernel
-    reproduces it while calling on_token(token, logprob) as each token arrives.
-    """
-    import torch
-
-    from decoding.generate import Rollout, draw_seed
-    from decoding.processors import apply_min_new_tokens, apply_repetition_penalty
-    from decoding.prompts import check_prompts, check_stop_ids, prefill
-    from decoding.stopping import StopStrings
-    from kernels import sample_from_logits
-    from model import get_tokenizer
-
-    prompt = check_prompts(model, [prompt], params.max_new_tokens)[0]
-    stop_ids = check_stop_ids(model, params.stop_token_ids)
-    seed = params.seed if params.seed is not None else draw_seed()
-    strings = StopStrings(params.stop, 1, params.min_new_tokens, get_tokenizer()) if params.stop else None
-    seed_t = torch.tensor([seed], dtype=torch.long, device=model.device)
-    history = list(prompt)
-    tokens, logprobs, reason = [], [], "length"
-    with torch.inference_mode():
-        _, cache, logits = prefill(model, [prompt], params.max_new_tokens)  # (1, V)
-        for t in range(params.max_new_tokens):
-            if t > 0:
-                logits = model(tok[:, None], cache, last_only=True)[:, -1].float()  # (1, V)
-            if params.repetition_penalty != 1.0:
-                logits = apply_repetition_penalty(logits, [history], params.repetition_penalty)
-            logits = apply_min_new_tokens(logits, t, params.min_new_tokens, stop_ids)
-            tok, lp = sample_from_logits(logits, seed=seed_t, position=t, temperature=params.temperature,
-                                         top_k=params.top_k, top_p=params.top_p)  # (1,), (1,)
-            token, logprob = int(tok[0]), float(lp[0])
-            tokens.append(token)
-            logprobs.append(logprob)
-            history.append(token)
-            if on_token is not None:
-                on_token(token, logprob)
-            if token in stop_ids or (strings is not None and strings.update([0], [token], t + 1)):
-                reason = "stop"
-                break
-    return Rollout(tokens=tokens, logprobs=logprobs, finish_reason=reason, seed=seed)
-
-
-# -- printing -------------------------------------------------------------------------------------------------
-def completion_text(tokenizer, tokens: list[int], stop_ids) -> str:
-    """The completion's text, without the stop token that ended it (the finish reason says so)."""
-    if tokens and tokens[-1] in stop_ids:
+# -- text ------------------------------------------------------------------------------------------------------
+def completion_text(s: "Session", tokens: list[int]) -> str:
+    """The completion as a person reads it: without the stop token that ended it (the finish reason says
+    so), in plain text form."""
+    if tokens and tokens[-1] in s.stop_ids:
         tokens = tokens[:-1]
-    return tokenizer.decode(tokens)
+    return s.form.from_model(s.tok.decode(tokens))
 
 
 def for_terminal(text: str) -> str:
-    """Tabs as 4 spaces: the default model (train.py --tabs) indents with tabs, which terminals draw 8 wide."""
+    """Tabs as 4 spaces: terminals draw them 8 wide."""
     return text.replace("\t", "    ")
 
 
-def finish_note(tokenizer, tokens, reason, stop_ids) -> str:
-    if reason == "stop" and tokens and tokens[-1] in stop_ids:
+class Printer:
+    """Prints one rollout's text as its tokens arrive (an on_step callback of decoding.generate)."""
+
+    def __init__(self, s: "Session", prompt_ids: list[int]):
+        self.s, self.prompt_ids, self.tokens, self.shown = s, prompt_ids, [], ""
+
+    def __call__(self, step) -> None:
+        self.tokens.append(int(step.tokens[0]))
+        body = self.tokens[:-1] if self.tokens[-1] in self.s.stop_ids else self.tokens
+        # decode the whole completion (a token may end mid-character); hold back an unfinished character
+        text = self.s.form.from_model(self.s.tok.decode(self.prompt_ids + body))[len(self.s.prompt_text):]
+        text = text.rstrip("\ufffd") if not bool(step.finished[0]) else text
+        if text.startswith(self.shown):
+            print(for_terminal(text[len(self.shown):]), end="", file=self.s.out, flush=True)
+            self.shown = text
+
+
+def finish_note(s: "Session", tokens, reason) -> str:
+    if reason == "stop" and tokens and tokens[-1] in s.stop_ids:
         from viz.text import show_token
 
-        return f"stop at {show_token(tokenizer, tokens[-1])}"
+        return f"stop at {show_token(s.tok, tokens[-1])}"
     return "stop string" if reason == "stop" else "length (hit --max-new-tokens)"
 
 
-def header(i: int, total: int, seed, tokens, logprobs, reason, note, kind: str = "rollout", extra: str = "") -> str:
+def header(i: int, total: int, r, note, kind: str = "rollout", extra: str = "") -> str:
+    seed = getattr(r, "seed", None)  # beams and greedy rollouts have none
     seed_part = f"  seed {seed}" if seed is not None else ""
-    return (f"── {kind} {i + 1}/{total}{seed_part}  log π(y|x) = {sum(logprobs):.3f}{extra}  "
-            f"({len(tokens)} token{'' if len(tokens) == 1 else 's'}, finish: {note})")
+    n = len(r.tokens)
+    return (f"── {kind} {i + 1}/{total}{seed_part}  log π(y|x) = {sum(r.logprobs):.3f}{extra}  "
+            f"({n} token{'' if n == 1 else 's'}, finish: {note})")
 
 
 # -- the runs -------------------------------------------------------------------------------------------------
 class Session:
-    """Everything a run needs: parsed args, model, tokenizer, styles."""
+    """Everything a run needs: parsed args, model, tokenizer, text form, styles."""
 
     def __init__(self, args, model, tokenizer, out=sys.stdout, err=sys.stderr):
+        from decoding.prompts import stop_ids_of
+        from model.textform import for_model
         from viz.terminal import Style, use_color
 
         self.args, self.model, self.tok = args, model, tokenizer
         self.out, self.err = out, err
         self.style = Style(use_color(out))
+        self.form = for_model(model)
+        self.stop_ids = tuple(stop_ids_of(model, None))
+        self.prompt_text = ""
+        self.params = self.sampling_params()
+        self.reward = load_rewards(args.reward)
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -337,148 +325,155 @@ class Session:
     def note(self, text: str) -> None:
         print(text, file=self.err, flush=True)
 
-    # processing chains, for viz
-    def processing(self):
-        from viz.steps import Processing
-
-        a = self.args
-        if a.num_beams:
-            mode = "beam"
-        elif a.temperature == 0:
-            mode = "greedy"
-        else:
-            mode = "sample"
-        return Processing(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                          repetition_penalty=a.repetition_penalty, min_new_tokens=a.min_new_tokens,
-                          stop_token_ids=self.stop_ids, mode=mode)
-
-    @property
-    def stop_ids(self):
-        return (self.tok.eot_token,)
-
     def sampling_params(self):
+        """The run's SamplingParams: one settings object for drawing, plotting and (its lengths, stops and
+        processors) beam search."""
         from decoding import SamplingParams
 
         a = self.args
+        beam = bool(a.num_beams)
         try:
-            return SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                                  repetition_penalty=a.repetition_penalty, min_new_tokens=a.min_new_tokens,
-                                  max_new_tokens=a.max_new_tokens, stop_token_ids=self.stop_ids,
-                                  stop=tuple(a.stop), n=a.num_rollouts, seed=a.seed)
+            return SamplingParams(
+                temperature=1.0 if beam else a.temperature, top_k=0 if beam else a.top_k,
+                top_p=1.0 if beam else a.top_p, repetition_penalty=a.repetition_penalty,
+                min_new_tokens=a.min_new_tokens, max_new_tokens=a.max_new_tokens, stop_token_ids=self.stop_ids,
+                stop=tuple(self.form.to_model(x) for x in a.stop), n=1 if beam else a.num_rollouts,
+                seed=None if beam else a.seed)
         except ValueError as e:  # validate() should have caught it; never show a traceback for bad input
             raise UsageError(str(e)) from None
+
+    def processing(self) -> str | None:
+        """The label of the processing chain for the pictures; None when processed == raw."""
+        from viz.steps import is_identity, label
+
+        beam = bool(self.args.num_beams)
+        return None if is_identity(self.params, beam=beam) else label(self.params, beam=beam)
+
+
+def load_rewards(specs):
+    if not specs:
+        return None
+    from policy import PolicyError, combine_rewards, load_reward
+
+    try:
+        return combine_rewards([load_reward(spec) for spec in specs])
+    except PolicyError as e:
+        raise UsageError(f"--reward: {e}") from None
+
+
+def score_rewards(s: Session, prompts: list[str], results) -> list[list[tuple[float, list[float]]]] | None:
+    """Per rollout: (total reward, per-function rewards), judged on the plain text (NaN: not applicable)."""
+    if s.reward is None:
+        return None
+    from policy import PolicyError
+
+    flat_p = [text for text, group in zip(prompts, results) for _ in group]
+    flat_c = [completion_text(s, r.tokens) for group in results for r in group]
+    try:
+        per_func, total = s.reward(flat_p, flat_c)
+    except PolicyError as e:
+        raise UsageError(f"--reward: {e}") from None
+    out, k = [], 0
+    for group in results:
+        out.append([(float(total[k + i]), per_func[k + i].tolist()) for i in range(len(group))])
+        k += len(group)
+    return out
 
 
 def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
     from decoding import generate
+    from viz.steps import StepRecorder
 
-    a, params = s.args, s.sampling_params()
-    stream = len(ids) == 1 and a.num_rollouts == 1 and not a.json
-    if stream:
-        print(s.style.dim(prompts[0]), end="", file=s.out, flush=True)
-
-        def on_token(token, _lp):
-            if token not in s.stop_ids:
-                print(for_terminal(s.tok.decode([token])), end="", file=s.out, flush=True)
-
-        results = [[stream_rollout(s.model, ids[0], params, on_token)]]
+    a, params = s.args, s.params
+    streaming = len(ids) == 1 and a.num_rollouts == 1 and not a.json
+    # distributions for the rows that are shown: every row with --show-steps, prompt 0's for the pictures
+    rows = None if a.show_steps else (set(range(a.num_rollouts)) if a.plot or a.tree else set())
+    recorder = StepRecorder(params, s.stop_ids, rows=rows, top=a.top_tokens) if rows != set() else None
+    callbacks = [recorder] if recorder else []
+    if streaming:
+        s.prompt_text = s.form.from_model(s.tok.decode(ids[0]))
+        print(s.style.dim(for_terminal(prompts[0] if prompts[0] != UNCONDITIONAL else "")), end="", file=s.out, flush=True)
+        callbacks.append(Printer(s, ids[0]))
+    results = generate(s.model, ids, params, progress=not a.json and not streaming and _progress(s),
+                       on_step=(lambda step: [f(step) for f in callbacks]) if callbacks else None,
+                       distributions=recorder is not None)
+    if streaming:
         s.say()
-    else:
-        results = generate(s.model, ids, params, progress=not a.json and sys.stderr.isatty() or _force_progress())
-    proc = s.processing()
+    rewards = score_rewards(s, prompts, results)
+    n = a.num_rollouts
     for p, (text, prompt_ids, rollouts) in enumerate(zip(prompts, ids, results)):
-        need_steps = a.show_steps or (p == 0 and (a.plot or a.tree))
-        views = None
-        if need_steps:
-            from viz.steps import step_views
-
-            views = step_views(s.model, prompt_ids, [r.tokens for r in rollouts], proc, top=a.top_tokens)
-        report(s, text, prompt_ids, rollouts, views if a.show_steps else None, streamed=stream, prompt_index=p,
+        views = [recorder.views.get(p * n + i) for i in range(n)] if recorder else None
+        report(s, text, rollouts, views, rewards[p] if rewards else None, streamed=streaming, prompt_index=p,
                n_prompts=len(prompts))
         if p == 0:
-            pictures(s, text, prompt_ids, rollouts, views, proc)
+            pictures(s, text, ids[0], rollouts, views)
 
 
-def _force_progress() -> bool:
-    return os.environ.get("PIGPT_PROGRESS") == "1"
+def _progress(s: Session) -> bool:
+    return s.err.isatty() or os.environ.get("PIGPT_PROGRESS") == "1"
 
 
 def run_beams(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
     from decoding import beam_search
-    from viz.steps import Processing, step_views
+    from viz.steps import BeamRecorder
 
     a = s.args
     k = a.num_return_sequences or a.num_beams
     early = {"true": True, "false": False, "never": "never"}[a.early_stopping]
-    results = beam_search(s.model, ids, num_beams=a.num_beams, max_new_tokens=a.max_new_tokens,
-                          length_penalty=a.length_penalty, early_stopping=early, num_return_sequences=k,
-                          min_new_tokens=a.min_new_tokens, repetition_penalty=a.repetition_penalty,
-                          stop_token_ids=s.stop_ids)
-    proc = s.processing()
-    for p, (text, prompt_ids, beams) in enumerate(zip(prompts, ids, results)):
-        # per-token scores: log-softmax, then the penalties, as beam search adds them up (no renormalising)
-        views = step_views(s.model, prompt_ids, [b.tokens for b in beams], proc, top=a.top_tokens)
-        per_token = beam_token_scores(s.model, prompt_ids, [b.tokens for b in beams], proc)
-        rollouts = [_BeamRollout(b.tokens, lps, _beam_reason(b.tokens, s.stop_ids, a.max_new_tokens), b.score)
-                    for b, lps in zip(beams, per_token)]
-        report(s, text, prompt_ids, rollouts, views if a.show_steps else None, streamed=False, prompt_index=p,
+    want = None if a.show_steps else ({0} if a.plot or a.tree else set())
+    recorder = BeamRecorder(s.params, s.stop_ids, prompts=want, top=a.top_tokens) if want != set() else None
+    results = beam_search(s.model, ids, s.params, num_beams=a.num_beams, length_penalty=a.length_penalty,
+                          early_stopping=early, num_return_sequences=k, on_step=recorder)
+    rewards = score_rewards(s, prompts, results)
+    for p, (text, beams) in enumerate(zip(prompts, results)):
+        views = [recorder.views(p, b) for b in beams] if recorder and (want is None or p in want) else None
+        report(s, text, beams, views, rewards[p] if rewards else None, streamed=False, prompt_index=p,
                n_prompts=len(prompts), beams=True)
         if p == 0:
-            pictures(s, text, prompt_ids, rollouts, views, proc)
+            pictures(s, text, ids[0], beams, views)
 
 
-class _BeamRollout:
-    def __init__(self, tokens, logprobs, finish_reason, score):
-        self.tokens, self.logprobs, self.finish_reason, self.score, self.seed = tokens, logprobs, finish_reason, score, None
-
-
-def _beam_reason(tokens, stop_ids, max_new_tokens) -> str:
-    return "stop" if tokens and tokens[-1] in stop_ids else "length"
-
-
-def beam_token_scores(model, prompt, completions, proc) -> list[list[float]]:
-    """Each beam token's contribution to the beam's summed score (log-softmax then penalties)."""
-    import torch
-
-    from viz.steps import batch_raw_logits, processed_logprobs
-
-    out = []
-    for logits, c in zip(batch_raw_logits(model, prompt, completions), completions):
-        lp = processed_logprobs(logits, prompt, c, proc)  # (T, V)
-        out.append(lp[torch.arange(len(c)), torch.tensor(c, dtype=torch.long)].tolist() if c else [])
-    return out
-
-
-def report(s: Session, text, prompt_ids, rollouts, views, *, streamed, prompt_index, n_prompts, beams=False):
+def report(s: Session, text, rollouts, views, rewards, *, streamed, prompt_index, n_prompts, beams=False):
     a = s.args
     if a.json:
         for i, r in enumerate(rollouts):
-            s.say(json.dumps(json_record(s, text, prompt_index, i, r, views[i] if views else None, beams)))
+            rec = json_record(s, text, prompt_index, i, r, views[i] if views and a.show_steps else None, beams)
+            if rewards is not None:
+                rec["reward"] = _json_float(rewards[i][0])
+                rec["rewards"] = {name: _json_float(v) for name, v in zip(s.reward.names, rewards[i][1])}
+            s.say(json.dumps(rec))
         return
     if n_prompts > 1:
         s.say(s.style.bold(f"══ prompt {prompt_index + 1}/{n_prompts}: {text!r}"))
     kind = "beam" if beams else "rollout"
     for i, r in enumerate(rollouts):
-        note = finish_note(s.tok, r.tokens, r.finish_reason, s.stop_ids)
+        note = finish_note(s, r.tokens, r.finish_reason)
         extra = f"  score {r.score:.3f}" if beams else ""
-        s.say(s.style.bold(header(i, len(rollouts), r.seed, r.tokens, r.logprobs, r.finish_reason, note, kind, extra)))
+        if rewards is not None:
+            extra += f"  reward {rewards[i][0]:.3g}"
+        s.say(s.style.bold(header(i, len(rollouts), r, note, kind, extra)))
         if not streamed:
-            s.say(s.style.dim(text) + for_terminal(completion_text(s.tok, r.tokens, s.stop_ids)))
-        if views is not None:
-            show_steps(s, prompt_ids, r.tokens, views[i])
+            shown = text if text != UNCONDITIONAL else ""
+            s.say(s.style.dim(for_terminal(shown)) + for_terminal(completion_text(s, r.tokens)))
+        if a.show_steps and views is not None:
+            show_steps(s, text, r, views[i])
         s.say()
 
 
-def show_steps(s: Session, prompt_ids, tokens, views) -> None:
+def _json_float(x: float):
+    return None if math.isnan(x) else x  # NaN: no reward function applied (JSON has no NaN)
+
+
+def show_steps(s: Session, prompt_text: str, r, views) -> None:
     from viz.terminal import render_step
 
-    proc = s.processing()
+    processing = s.processing()
     for view in views:
-        context = s.tok.decode(list(prompt_ids) + list(tokens[:view.t]))
-        s.say(render_step(view, s.tok, proc, context=context, style=s.style))
-    raw = sum(v.token_raw_logprob for v in views)
-    s.say(s.style.dim(f"   log p_model(y|x) = {raw:.3f} under the raw model; "
-                      f"log π(y|x) = {sum(v.token_logprob for v in views):.3f} under the sampler's distribution"))
+        context = prompt_text + completion_text(s, r.tokens[:view.t]) if view.t else prompt_text
+        s.say(render_step(view, s.tok, processing, context=context, style=s.style))
+    s.say(s.style.dim(f"   log p_model(y|x) = {sum(r.model_logprobs):.3f} under the raw model; "
+                      f"log π(y|x) = {sum(r.logprobs):.3f} under the "
+                      f"{'beam search scores' if s.args.num_beams else 'sampler'}'s distribution"))
 
 
 def json_record(s: Session, text, prompt_index, i, r, views, beams) -> dict:
@@ -486,12 +481,13 @@ def json_record(s: Session, text, prompt_index, i, r, views, beams) -> dict:
         "prompt": text,
         "prompt_index": prompt_index,
         "index": i,
-        "text": completion_text(s.tok, r.tokens, s.stop_ids),
+        "text": completion_text(s, r.tokens),
         "tokens": list(r.tokens),
         "logprobs": [float(x) for x in r.logprobs],
+        "model_logprobs": [float(x) for x in r.model_logprobs],
         "sum_logprob": float(sum(r.logprobs)),
         "finish_reason": r.finish_reason,
-        "seed": r.seed,
+        "seed": None if beams else r.seed,
     }
     if beams:
         rec["score"] = float(r.score)
@@ -504,40 +500,37 @@ def json_record(s: Session, text, prompt_index, i, r, views, beams) -> dict:
     return rec
 
 
-def pictures(s: Session, text, prompt_ids, rollouts, views, proc) -> None:
+def pictures(s: Session, text, prompt_ids, rollouts, views) -> None:
     a = s.args
     if not (a.plot or a.tree):
         return
     from viz import figures
-    from viz.tree import build_tree
+    from viz.tree import build_tree, count_nodes
 
     completions = [r.tokens for r in rollouts]
-
     if a.plot:
         steps = views[0][: a.max_panels]
         if not steps:
             raise UsageError("--plot: the first rollout generated no tokens, so there is no step to draw")
-        contexts = [s.tok.decode(list(prompt_ids) + completions[0][:t]) for t in range(len(steps))]
-        fig = figures.plot_steps(steps, s.tok, proc, prompt_text=text, context_texts=contexts)
+        contexts = [text + completion_text(s, completions[0][:t]) if t else text for t in range(len(steps))]
+        fig = figures.plot_steps(steps, s.tok, s.processing(), prompt_text=text, context_texts=contexts)
         n = len(fig.axes)
-        write_figure(s, fig, a.plot, f"{n} panel{'s' if n > 1 else ''}, one per step of rollout 1")
+        write_figure(s, fig, a.plot, f"{n} panel{'s' if n > 1 else ''}, one per step of "
+                                     f"{'beam' if a.num_beams else 'rollout'} 1")
     if a.tree:
-        if proc.mode == "beam":
-            probs = [[v.raw[v.token_index] for v in vs] for vs in views]
+        beam = bool(a.num_beams)
+        if beam:
+            probs = [[math.exp(lp) for lp in r.model_logprobs] for r in rollouts]
             title = f"{len(completions)} beams; edge label: p_model(token | path above)"
             labels = [f"score {r.score:.2f}, {r.finish_reason}" for r in rollouts]
         else:
-            probs = [[v.processed[v.token_index] for v in vs] for vs in views]
-            title = f"{len(completions)} rollouts ({proc.label()}); edge label: π(token | path above)"
-            labels = [f"seed {r.seed}, {r.finish_reason}" for r in rollouts]
+            probs = [[math.exp(lp) for lp in r.logprobs] for r in rollouts]
+            title = f"{len(completions)} rollouts ({s.processing() or 'the model as is'}); edge label: π(token | path above)"
+            labels = [f"{'seed ' + str(r.seed) + ', ' if r.seed is not None else ''}{r.finish_reason}" for r in rollouts]
         d = a.tree_depth
-        cut = [c[:d] for c in completions]
-        probs = [p[:d] for p in probs]
-        labels = [lab if len(c) <= d else "…" for c, lab in zip(completions, labels)]
-        root = build_tree(cut, probs, labels)
+        labels = [lab if len(c) <= d else f"{lab} (+{len(c) - d} tokens)" for c, lab in zip(completions, labels)]
+        root = build_tree([c[:d] for c in completions], [p[:d] for p in probs], labels)
         fig = figures.plot_tree(root, s.tok, prompt_text=text, title=title)
-        from viz.tree import count_nodes
-
         write_figure(s, fig, a.tree, f"{len(fig.axes)} panel, {count_nodes(root)} nodes")
 
 
@@ -554,27 +547,18 @@ def write_figure(s: Session, fig, path, what: str) -> None:
 def run_compare(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
     import dataclasses
 
-    import torch
-
     from viz import figures
-    from viz.steps import distributions_under, next_token_logits
+    from viz.steps import compare_settings, label
     from viz.terminal import render_compare
 
     a = s.args
     field, values = a.compare
-    base = s.processing()
-    settings = []
-    for v in values:
-        proc = dataclasses.replace(base, **{field: v})
-        proc = dataclasses.replace(proc, mode="greedy" if proc.temperature == 0 else "sample")
-        settings.append(proc)
+    settings = [dataclasses.replace(s.params, **{field: v}, max_new_tokens=1, n=1, seed=0) for v in values]
     for p, (text, prompt_ids) in enumerate(zip(prompts, ids)):
-        logits = next_token_logits(s.model, prompt_ids)  # (V,)
-        raw = torch.log_softmax(logits, -1)
-        dists = distributions_under(logits, prompt_ids, settings)
+        raw, dists = compare_settings(s.model, prompt_ids, settings)
         top = raw.topk(a.top_tokens).indices
         shown = top.tolist()
-        columns = [(q.label(), d[top].exp().tolist(), int(torch.isfinite(d).sum())) for q, d in zip(settings, dists)]
+        columns = [(label(q), d[top].exp().tolist(), int(d.isfinite().sum())) for q, d in zip(settings, dists)]
         raw_p = raw[top].exp().tolist()
         if a.json:
             s.say(json.dumps({"prompt": text, "prompt_index": p, "tokens": shown,
@@ -598,15 +582,17 @@ def main(argv=None, out=None, err=None) -> int:
         validate(args)
         prompts = read_prompts(args)
         device = pick_device(args.device)
-        model, source = load_model(args.model, device, args.dtype)
+        model, source = load_model(args.model, device, args.dtype, args.quantize)
         from model import get_tokenizer
+        from model.textform import for_model
 
         tokenizer = get_tokenizer()
-        ids = encode_prompts(tokenizer, prompts, model.config.block_size,
+        ids = encode_prompts(tokenizer, for_model(model), prompts, model.config.block_size,
                              1 if args.compare else args.max_new_tokens)
         s = Session(args, model, tokenizer, out, err)
         if not args.json:
-            s.note(f"model: {source} ({model.num_params() / 1e6:.1f}M parameters, {device}, {args.dtype})")
+            quant = f", {args.quantize}" if args.quantize else ""
+            s.note(f"model: {source} ({model.num_params() / 1e6:.1f}M parameters, {device}, {args.dtype}{quant})")
         if args.compare:
             run_compare(s, prompts, ids)
         elif args.num_beams:

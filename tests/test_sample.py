@@ -68,14 +68,15 @@ def test_json_lines_schema_and_values_agree_with_decoding(ckpt, gpt):
     prompt = enc.encode(PROMPT)
     expected = generate(gpt, [prompt], SamplingParams(n=4, max_new_tokens=6, seed=7))[0]
     for i, (rec, r) in enumerate(zip(recs, expected)):
-        assert set(rec) == {"prompt", "prompt_index", "index", "text", "tokens", "logprobs", "sum_logprob",
-                            "finish_reason", "seed"}
+        assert set(rec) == {"prompt", "prompt_index", "index", "text", "tokens", "logprobs", "model_logprobs",
+                            "sum_logprob", "finish_reason", "seed"}
         assert rec["prompt"] == PROMPT and rec["index"] == i and rec["seed"] == 7 + i
         assert rec["tokens"] == r.tokens and rec["finish_reason"] == r.finish_reason
         assert len(rec["logprobs"]) == len(rec["tokens"])
         assert math.isclose(rec["sum_logprob"], sum(rec["logprobs"]), abs_tol=1e-6)
         torch.testing.assert_close(torch.tensor(rec["logprobs"]), score(gpt, prompt, rec["tokens"]),
-                                   atol=2e-4, rtol=0)
+                                   atol=1e-5, rtol=0)
+        assert rec["model_logprobs"] == pytest.approx(rec["logprobs"], abs=1e-5)  # T = 1, nothing truncated
         body = rec["tokens"][:-1] if rec["finish_reason"] == "stop" else rec["tokens"]
         assert rec["text"] == enc.decode(body)
 
@@ -92,29 +93,49 @@ def test_json_with_truncation_and_steps(ckpt):
             assert any(t["token"] == tok for t in step["top"])
 
 
-def test_single_rollout_streams_the_same_tokens_as_generate(gpt):
-    """The streamed rollout (own loop with a per-token callback) must equal decoding.generate for its seed."""
-    from decoding import SamplingParams, generate
-
-    enc = get_tokenizer()
-    prompt = enc.encode("Once upon a time")
-    for params in (SamplingParams(temperature=0.8, top_p=0.9, repetition_penalty=1.3, max_new_tokens=12, seed=5),
-                   SamplingParams(temperature=1.2, top_k=30, min_new_tokens=3, max_new_tokens=10, seed=9),
-                   SamplingParams(temperature=0.0, max_new_tokens=6, seed=0),
-                   SamplingParams(max_new_tokens=20, seed=2, stop=("e",))):
-        seen = []
-        got = sample.stream_rollout(gpt, prompt, params, on_token=lambda t, lp: seen.append((t, lp)))
-        (want,) = generate(gpt, [prompt], params)[0]
-        assert got.tokens == want.tokens and got.finish_reason == want.finish_reason and got.seed == want.seed
-        torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(want.logprobs), atol=1e-5, rtol=0)
-        assert [t for t, _ in seen] == got.tokens  # every token went through the callback, in order
-
-
 def test_streamed_output(ckpt):
+    """One rollout streams its text as it is drawn; the text is the one --json reports for the same seed."""
     code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 5, "--seed", 3)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith(PROMPT) and lines[1].startswith("── rollout 1/1  seed 3")
+    assert lines[1].startswith("── rollout 1/1  seed 3")
+    (rec,) = json_lines(run(PROMPT, "--model", ckpt, "--max-new-tokens", 5, "--seed", 3, "--json")[1])
+    assert lines[0] == PROMPT + rec["text"]
+
+
+def test_greedy_runs_print_no_seed(ckpt):
+    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 3, "--temperature", 0, "-n", 2)
+    assert code == 0, err
+    assert out.count("── rollout") == 2 and "seed" not in out
+    recs = json_lines(run(PROMPT, "--model", ckpt, "--max-new-tokens", 3, "--temperature", 0, "--json")[1])
+    assert recs[0]["seed"] is None
+
+
+def test_no_prompt_samples_unconditionally(ckpt, gpt):
+    """No prompt: what the model writes after <|endoftext|> (as train.py's end-of-run samples)."""
+    from decoding import SamplingParams, generate
+
+    code, out, err = run("--model", ckpt, "--max-new-tokens", 4, "--seed", 1, "--json")
+    assert code == 0, err
+    (rec,) = json_lines(out)
+    (want,) = generate(gpt, [[50256]], SamplingParams(max_new_tokens=4, seed=1))[0]
+    assert rec["prompt"] == "<|endoftext|>" and rec["tokens"] == want.tokens
+
+
+def test_rewards_are_printed_and_in_json(ckpt, tmp_path):
+    f = tmp_path / "r.py"
+    f.write_text("def length(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
+    code, out, err = run(PROMPT, "--model", ckpt, "-n", 3, "--max-new-tokens", 4, "--seed", 2, "--json",
+                         "--reward", f"{f}:length", "--reward", "regex:.")
+    assert code == 0, err
+    for rec in json_lines(out):
+        assert rec["rewards"] == {f"{f}:length": float(len(rec["text"])), "regex:.": 1.0 if rec["text"] else 0.0}
+        assert rec["reward"] == pytest.approx(sum(rec["rewards"].values()))
+    code, out, err = run(PROMPT, "--model", ckpt, "-n", 2, "--max-new-tokens", 4, "--reward", "contains:the")
+    assert code == 0, err
+    assert out.count("  reward ") == 2
+    code, out, err = run(PROMPT, "--model", ckpt, "--reward", "nosuchreward")
+    assert code == 2 and err.startswith("sample.py: error: --reward") and err.count("\n") == 1
 
 
 def test_show_steps_prints_one_chart_per_step(ckpt):
@@ -190,14 +211,15 @@ def test_prompt_file_several_prompts(ckpt, tmp_path):
                                                         ("The sea is", 0), ("The sea is", 1)]
 
 
-def test_default_model_is_train_py_run(tmp_path, monkeypatch, ckpt):
-    import shutil
-
-    shutil.copytree(ckpt, tmp_path / "out")
-    monkeypatch.chdir(tmp_path)
+def test_default_model_is_the_shipped_one(monkeypatch, ckpt, tmp_path):
+    monkeypatch.setattr(sample, "SHIPPED_MODEL", Path(ckpt))
     code, out, err = run("Hi", "--max-new-tokens", 2, "--seed", 0)
     assert code == 0, err
-    assert "model: out (" in err
+    assert "model: default model (" in err
+    monkeypatch.setattr(sample, "SHIPPED_MODEL", tmp_path / "missing")
+    code, out, err = run("Hi", "--max-new-tokens", 2)
+    assert code == 2 and err.count("\n") == 1
+    assert "no model: the shipped default" in err and "--model DIR" in err and "python train.py" in err
 
 
 # -- bad input: one line, exit code 2 -------------------------------------------------------------------------
@@ -214,6 +236,7 @@ BAD = [
     (["--compare-temperatures", "a,b"], "--compare-temperatures expects comma-separated float values"),
     (["--compare-top-k", "1", "--compare-top-p", "0.5"], "one --compare-* option at a time"),
     (["--plot", "/nonexistent-dir/x.png"], "--plot /nonexistent-dir/x.png: cannot write there, directory"),
+    (["--plot", "/proc/x.png"], "--plot /proc/x.png: cannot write there"),
     (["--tree", "tree.txt"], "--tree tree.txt: picture files must end in .png, .svg, .pdf"),
     (["--top-k", "x"], "argument --top-k: invalid int value: 'x'"),
     (["--max-new-tokens", "100"], "exceeds the model's context of 128 tokens; use --max-new-tokens"),
@@ -236,7 +259,6 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, extra, message):
 def test_bad_prompts(ckpt, tmp_path):
     for argv, message in [
         ([""], "the prompt is empty"),
-        ([], "no prompt: pass one as an argument"),
         ([("word " * 200).strip()], "the prompt is 200 tokens, longer than the model's context of 128 tokens"),
         (["--prompt-file", tmp_path / "missing.txt"], f"cannot read --prompt-file {tmp_path / 'missing.txt'}: "
                                                       "No such file or directory"),
@@ -267,11 +289,3 @@ def test_cli_subprocess_rollouts_and_errors(ckpt, tmp_path):
     assert p.stderr == "sample.py: error: --temperature must be >= 0 (0 is greedy), got -0.5\n"
     p = _cli("--help")
     assert p.returncode == 0 and "examples:" in p.stdout and "--compare-temperatures" in p.stdout
-
-
-def test_cli_without_any_model_says_how_to_get_one(tmp_path):
-    """No --model, no ./out, no GPT-2 in an (empty) Hugging Face cache, offline: one line, exit 2."""
-    p = _cli("Hello", cwd=tmp_path, env={"HF_HOME": str(tmp_path / "hf")})
-    assert p.returncode == 2, p.stderr
-    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
-    assert "no model: train the default one with `python train.py`" in p.stderr and "--model" in p.stderr

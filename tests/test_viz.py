@@ -1,13 +1,13 @@
-"""viz: the recomputed per-step distributions against transformers' processors and against what decoding drew;
+"""viz: the recorded per-step distributions against transformers' processors and against what decoding drew;
 the rollout tree; the figures' panels; the terminal bar charts."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from decoding import SamplingParams, generate, score
 from model import GPT, get_tokenizer
 from viz import figures
-from viz.steps import Processing, processed_logprobs, step_views, summarize
+from viz.steps import BeamRecorder, StepRecorder, is_identity, label, summarize
 from viz.terminal import bar, render_compare, render_step
 from viz.tree import branch_points, build_tree, count_nodes, layout
 
@@ -17,100 +17,93 @@ def gpt(tiny_checkpoint):
     return GPT.from_pretrained(tiny_checkpoint[0])
 
 
-def _transformers_chain(proc: Processing, prompt_len: int):
+def _recorded(gpt, prompt, params, **kw):
+    rec = StepRecorder(params, (50256,), **kw)
+    rollouts = generate(gpt, [prompt], params, on_step=rec, distributions=True)[0]
+    return rollouts, rec
+
+
+def test_recorded_steps_are_the_distributions_generate_drew_from(gpt):
+    """What viz shows for a step is what decoding sampled from: the drawn token's processed log-prob equals
+    Rollout.logprobs, its raw log-prob Rollout.model_logprobs (and score), and the shown processed
+    probabilities are transformers' chain applied to the raw logits (checked against its processors)."""
     from transformers import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
                               RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                               TopPLogitsWarper)
-
-    chain = LogitsProcessorList()
-    if proc.repetition_penalty != 1.0:
-        chain.append(RepetitionPenaltyLogitsProcessor(proc.repetition_penalty))
-    if proc.min_new_tokens:
-        chain.append(MinNewTokensLengthLogitsProcessor(prompt_len, proc.min_new_tokens, list(proc.stop_token_ids)))
-    chain.append(TemperatureLogitsWarper(proc.temperature))
-    if proc.top_k:
-        chain.append(TopKLogitsWarper(proc.top_k))
-    if proc.top_p < 1.0:
-        chain.append(TopPLogitsWarper(proc.top_p))
-    return chain
-
-
-@pytest.mark.parametrize("proc", [
-    Processing(temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3, min_new_tokens=3, stop_token_ids=(5,)),
-    Processing(temperature=1.5, top_p=0.5, repetition_penalty=0.8),
-    Processing(temperature=1.0, top_k=7),
-])
-def test_processed_logprobs_match_transformers_step_by_step(proc):
-    """All steps processed at once (viz) == transformers' processors run step by step on prompt + y_<t."""
-    g = torch.Generator().manual_seed(0)
-    V, prompt = 64, [3, 9, 9, 17, 5]
-    completion = [9, 30, 5, 30, 41, 2]
-    logits = torch.randn(len(completion), V, generator=g) * 3  # (T, V)
-    ours = processed_logprobs(logits, prompt, completion, proc)
-    chain = _transformers_chain(proc, len(prompt))
-    for t in range(len(completion)):
-        ids = torch.tensor([prompt + completion[:t]])
-        ref = F.log_softmax(chain(ids, logits[t:t + 1].clone()), dim=-1)[0]
-        assert torch.equal(torch.isinf(ours[t]), torch.isinf(ref)), f"step {t}: different kept sets"
-        keep = torch.isfinite(ref)
-        torch.testing.assert_close(ours[t][keep], ref[keep], atol=1e-5, rtol=1e-5)
-
-
-def test_beam_mode_processes_logprobs_like_transformers():
-    from transformers import RepetitionPenaltyLogitsProcessor
-
-    g = torch.Generator().manual_seed(1)
-    logits = torch.randn(3, 32, generator=g)
-    prompt, completion = [1, 2], [4, 1, 7]
-    ours = processed_logprobs(logits, prompt, completion, Processing(repetition_penalty=1.5, mode="beam"))
-    proc = RepetitionPenaltyLogitsProcessor(1.5)
-    for t in range(3):
-        ref = proc(torch.tensor([prompt + completion[:t]]), F.log_softmax(logits[t:t + 1], -1))[0]
-        torch.testing.assert_close(ours[t], ref)
-
-
-def test_step_views_agree_with_generate_and_score(gpt):
-    """What viz shows for a step is what decoding sampled from: the drawn token's processed log-prob equals
-    Rollout.logprobs, and its raw log-prob equals decoding.score."""
-    from decoding import SamplingParams, generate, score
 
     enc = get_tokenizer()
     prompt = enc.encode("Which is the largest ocean?")
     params = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.3, min_new_tokens=2,
                             max_new_tokens=8, n=3, seed=11)
-    rollouts = generate(gpt, [prompt], params)[0]
-    proc = Processing(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.3, min_new_tokens=2)
-    views = step_views(gpt, prompt, [r.tokens for r in rollouts], proc, top=5, chunk=2)
-    assert len(views) == 3
-    for r, vs in zip(rollouts, views):
+    rollouts, rec = _recorded(gpt, prompt, params, top=5)
+    chain = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.3),
+                                 MinNewTokensLengthLogitsProcessor(len(prompt), 2, [50256]),
+                                 TemperatureLogitsWarper(0.7), TopKLogitsWarper(40), TopPLogitsWarper(0.9)])
+    assert sorted(rec.views) == [0, 1, 2]
+    for i, r in enumerate(rollouts):
+        vs = rec.views[i]
         assert [v.token for v in vs] == r.tokens
         torch.testing.assert_close(torch.tensor([v.token_logprob for v in vs]), torch.tensor(r.logprobs),
-                                   atol=2e-4, rtol=0)
+                                   atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.tensor([v.token_raw_logprob for v in vs]), score(gpt, prompt, r.tokens),
-                                   atol=2e-4, rtol=0)
-        for v in vs:
+                                   atol=1e-5, rtol=0)
+        seq = torch.tensor([prompt + r.tokens])
+        with torch.no_grad():
+            logits = gpt(seq)[0, len(prompt) - 1:]
+        for t, v in enumerate(vs):
+            ref = torch.softmax(chain(seq[:, :len(prompt) + t], logits[t:t + 1].clone()), -1)[0]
+            torch.testing.assert_close(torch.tensor(v.processed), ref[v.ids], atol=1e-5, rtol=0)
             assert v.token in v.ids and v.kept <= 40
             assert sorted(v.raw, reverse=True)[:5] == v.raw[:5]  # shown by raw probability
+            if t < 2:  # min_new_tokens masks the stop token: it is shown, cut
+                assert 50256 in v.ids and v.processed[v.ids.index(50256)] == 0.0
 
 
-def test_greedy_step_views_agree_with_generate(gpt):
-    """Greedy: the drawn token is the argmax, and its log-prob is the log-softmax of the penalised logits."""
-    from decoding import SamplingParams, generate
-
+def test_greedy_views_and_only_the_rows_asked_for(gpt):
+    """Greedy: the drawn token is the argmax, its log-prob the log-softmax of the penalised logits."""
     prompt = get_tokenizer().encode("Once upon a time")
-    (r,) = generate(gpt, [prompt], SamplingParams(temperature=0, repetition_penalty=1.5, max_new_tokens=6))[0]
-    proc = Processing(temperature=0, repetition_penalty=1.5, mode="greedy")
-    (views,) = step_views(gpt, prompt, [r.tokens], proc, top=3)
+    params = SamplingParams(temperature=0, repetition_penalty=1.5, max_new_tokens=6)
+    (r,), rec = _recorded(gpt, prompt, params, top=3)
+    views = rec.views[0]
     torch.testing.assert_close(torch.tensor([v.token_logprob for v in views]), torch.tensor(r.logprobs),
-                               atol=2e-4, rtol=0)
+                               atol=1e-5, rtol=0)
     for v in views:
         assert v.processed[v.token_index] == max(v.processed)
+    _, rec = _recorded(gpt, prompt, SamplingParams(n=3, seed=0, max_new_tokens=3), rows={1})
+    assert list(rec.views) == [1]
+
+
+def test_beam_views_follow_each_beams_path(gpt):
+    """BeamRecorder: each final beam's step t is the distribution of the running beam it extended then; the
+    token's processed log-prob (normalised) and raw log-prob match the beam's own records."""
+    from decoding import beam_search
+
+    prompt = get_tokenizer().encode("The sea is")
+    params = SamplingParams(max_new_tokens=6, repetition_penalty=1.4)
+    rec = BeamRecorder(params, (50256,), top=4)
+    beams = beam_search(gpt, [prompt], params, num_beams=3, num_return_sequences=3, on_step=rec)[0]
+    for b in beams:
+        vs = rec.views(0, b)
+        assert [v.token for v in vs] == b.tokens
+        torch.testing.assert_close(torch.tensor([v.token_raw_logprob for v in vs]), torch.tensor(b.model_logprobs),
+                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor([v.token_raw_logprob for v in vs]), score(gpt, prompt, b.tokens),
+                                   atol=1e-5, rtol=0)
+    assert len({tuple(b.beam_indices) for b in beams}) > 1 or len(beams) == 1
+
+
+def test_labels_of_the_processing():
+    assert label(SamplingParams(temperature=0.7, top_k=50, repetition_penalty=1.3)) == "T=0.7 top-k=50 rep=1.3"
+    assert label(SamplingParams(temperature=0)) == "greedy (argmax)"
+    assert label(SamplingParams(), beam=True) == "beam search"
+    assert is_identity(SamplingParams()) and not is_identity(SamplingParams(top_p=0.9))
+    assert is_identity(SamplingParams(temperature=0.5), beam=True)
 
 
 def test_summarize_keeps_the_drawn_token_and_marks_removed_ones():
-    raw = F.log_softmax(torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]), -1)
-    proc = processed_logprobs(torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]), [0], [4], Processing(top_k=2))
-    (view,) = summarize(raw, proc, [4], top=2)
+    x = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    (s,) = summarize(0, x, x, SamplingParams(top_k=2), top=2)
+    view = s.view(4)
     assert view.ids == [0, 1, 4] and view.token_index == 2
     assert view.processed[2] == 0.0 and view.kept == 2
     assert abs(sum(view.processed[:2]) - 1.0) < 1e-6
@@ -145,9 +138,10 @@ def _png_ok(path):
 def test_figures_have_one_panel_per_step_and_setting(gpt, tmp_path):
     enc = get_tokenizer()
     prompt = enc.encode("Once upon a time")
-    proc = Processing(temperature=0.8, top_k=10)
-    views = step_views(gpt, prompt, [[262, 373, 11, 290, 257], [262, 373]], proc, top=4)
-    fig = figures.plot_steps(views[0], enc, proc, prompt_text="Once upon a time")
+    params = SamplingParams(temperature=0.8, top_k=10, max_new_tokens=5, n=2, seed=0, stop_token_ids=())
+    _, rec = _recorded(gpt, prompt, params, top=4)
+    views = [rec.views[0], rec.views[1]]
+    fig = figures.plot_steps(views[0], enc, label(params), prompt_text="Once upon a time")
     assert len(fig.axes) == 5
     figures.save(fig, tmp_path / "steps.png")
     _png_ok(tmp_path / "steps.png")
@@ -174,16 +168,31 @@ def test_check_output_path(tmp_path):
     (tmp_path / "d.png").mkdir()
     with pytest.raises(ValueError, match="is a directory"):
         figures.check_output_path(tmp_path / "d.png")
+    with pytest.raises(ValueError, match="cannot write there"):  # writable by its mode bits for root; not really
+        figures.check_output_path("/proc/x.png")
+    assert not list(tmp_path.glob(".*probe")), "the probe file is removed"
+
+
+def test_pictures_are_written_atomically_with_normal_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        fig = figures.plot_tree(build_tree([[262]], [[0.5]]), get_tokenizer())
+        figures.save(fig, tmp_path / "t.png")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t.png").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["t.png"]
 
 
 def test_terminal_charts():
     enc = get_tokenizer()
     assert bar(1.0, 10) == "█" * 10 and bar(0.0, 4) == "    " and bar(0.55, 10).startswith("█████▌")
-    raw = F.log_softmax(torch.tensor([[5.0, 4.0, 1.0, 0.0]]), -1)
-    proc = Processing(top_k=2)
-    lp = processed_logprobs(torch.tensor([[5.0, 4.0, 1.0, 0.0]]), [0], [1], proc)
-    (view,) = summarize(raw, lp, [1], top=3)
-    text = render_step(view, enc, proc, context="Hello", width=100)
+    x = torch.tensor([[5.0, 4.0, 1.0, 0.0]])
+    params = SamplingParams(top_k=2)
+    (s,) = summarize(0, x, x, params, top=3)
+    text = render_step(s.view(1), enc, label(params), context="Hello", width=100)
     lines = text.splitlines()
     assert "→ '\"'" in lines[0]  # token 1 is '"'
     drawn = [ln for ln in lines if "◀ drawn" in ln]

@@ -1,14 +1,13 @@
 """Pictures of a language model as a distribution and a policy: per-step bar charts (terminal and matplotlib),
 the tree of rollouts, and one step under several sampling settings.
 
-The distributions are recomputed after generation (viz.steps): one forward pass over prompt + completion,
-then the same processors as the sampler, so what is shown is what was sampled from.
+The distributions come from the decoding engine as it draws (viz.steps' recorders are its step callbacks),
+so what is shown is what was sampled from, and nothing runs the model a second time.
 """
 
-from .steps import (Processing, StepView, distributions_under, next_token_logits, processed_logprobs,
-                    raw_logits, step_views, summarize)
+from .steps import (BeamRecorder, StepRecorder, StepView, compare_settings, is_identity, label, processed_logprobs,
+                    summarize)
 from .tree import Node, branch_points, build_tree, count_nodes, layout
 
-__all__ = ["Processing", "StepView", "step_views", "raw_logits", "processed_logprobs", "summarize",
-           "next_token_logits", "distributions_under", "Node", "build_tree", "layout", "count_nodes",
-           "branch_points"]
+__all__ = ["StepView", "StepRecorder", "BeamRecorder", "summarize", "processed_logprobs", "compare_settings", "label",
+           "is_identity", "Node", "build_tree", "layout", "count_nodes", "branch_points"]

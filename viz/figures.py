@@ -6,10 +6,10 @@ Every builder returns the Figure (callers and tests count its panels with `len(f
 from __future__ import annotations
 
 import math
-import os
+import tempfile
 from pathlib import Path
 
-from .steps import Processing, StepView
+from .steps import StepView
 from .text import show_token, shorten
 from .tree import Node, layout
 
@@ -43,7 +43,8 @@ def _plt():
 
 
 def check_output_path(path) -> Path:
-    """Raise ValueError (before any work is done) when `path` can't take a picture."""
+    """Raise ValueError (before any work is done) when `path` can't take a picture: the directory must
+    really take a new file (one is created and removed: permission bits say nothing for root, or on /proc)."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"{path}: picture files must end in {', '.join(FORMATS)}")
@@ -52,15 +53,26 @@ def check_output_path(path) -> Path:
         raise ValueError(f"{path}: cannot write there, directory {parent} does not exist")
     if path.is_dir():
         raise ValueError(f"{path}: is a directory, not a file name")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"{path}: cannot write there, permission denied")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{path}: cannot write there ({e.strerror or e})") from None
     return path
 
 
 def save(fig, path) -> None:
+    """Write the figure atomically (a finished picture or the old file, never half of one), 0644 under
+    umask 022 like any new file."""
+    from model.checkpoint import atomic_write
+
     plt = _plt()
-    fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
-    plt.close(fig)
+    fmt = Path(path).suffix.lower().lstrip(".")
+    try:
+        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight",
+                                                         facecolor="white"))
+    finally:
+        plt.close(fig)
 
 
 def _grid(plt, n: int, ncols: int, panel_w: float, panel_h: float):
@@ -110,14 +122,15 @@ def _xmax(*prob_lists) -> float:
     return min(1.0, max(0.02, top * 1.3))
 
 
-def plot_steps(views: list[StepView], tokenizer, proc: Processing, *, prompt_text: str = "",
+def plot_steps(views: list[StepView], tokenizer, processing: str | None, *, prompt_text: str = "",
                context_texts: list[str] | None = None, ncols: int = 4):
-    """One panel per time step: the top tokens' probabilities, raw beside processed, the drawn token orange."""
+    """One panel per time step: the top tokens' probabilities, raw beside processed, the drawn token orange.
+    processing: viz.steps.label of the chain, or None when the processed distribution is the raw one."""
     plt = _plt()
     if not views:
         raise ValueError("no steps to plot: the rollout generated no tokens")
     fig, axes = _grid(plt, len(views), ncols, 3.4, 0.32 * max(len(v.ids) for v in views) + 1.1)
-    both = not proc.is_identity
+    both = processing is not None
     for ax, view in zip(axes, views):
         labels = [show_token(tokenizer, i, limit=14) for i in view.ids]
         _bars(ax, labels, view.raw, view.processed, view.token_index, both)
@@ -128,7 +141,7 @@ def plot_steps(views: list[StepView], tokenizer, proc: Processing, *, prompt_tex
         ax.set_title(title, fontsize=8, family="monospace")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ((RAW_COLOR, PROC_COLOR, DRAWN_COLOR) if both
                                                               else (PROC_COLOR, DRAWN_COLOR))]
-    names = (["model (raw)", f"after {proc.label()}", "drawn token"] if both
+    names = (["model (raw)", f"after {processing}", "drawn token"] if both
              else ["model distribution", "drawn token"])
     _header(fig, f"Next-token distribution at each step — prompt: {shorten(prompt_text, 70, keep_end=False)!r}",
             handles, names)

@@ -1,11 +1,10 @@
-"""The next-token distribution at every time step of a finished rollout, recomputed after the fact.
+"""The next-token distribution at every time step, as the decoding engine had it, reduced for pictures.
 
-Generation keeps only the drawn tokens and their log-probs. To *show* a step we need the whole
-distribution there, twice: as the model gave it (raw) and as the sampler saw it after the processors
-(repetition penalty, min_new_tokens, temperature, top-k, top-p — transformers' order). One forward pass over
-prompt + completion gives the raw logits of every step at once (causal attention: position t only sees
-tokens <= t), and the processors are applied to all steps together. Nothing in the decoding loop is
-instrumented, so looking costs nothing when nobody looks.
+Nothing here runs the model or a processor: the engine's steps carry each step's raw logits and the scores
+after the processors (`stream(..., distributions=True)`, `generate(..., on_step=..., distributions=True)`,
+`beam_search(..., on_step=...)`), and the recorders below keep, per rollout or beam and step, the few
+numbers a picture shows: the top tokens under the raw model (the policy pi(.|x, y_<t)) beside what
+temperature / top-k / top-p / the penalties made of them, and the drawn token.
 """
 
 from __future__ import annotations
@@ -15,49 +14,48 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from decoding import SamplingParams
 
-@dataclass(frozen=True)
-class Processing:
-    """The processing chain of one decoding run (what turned the model's logits into the sampled distribution).
 
-    `mode` is "sample" (temperature > 0), "greedy" (temperature 0: the argmax of the penalised logits, whose
-    log-softmax is the distribution shown) or "beam" (processors act on log-probs, as transformers' beam search
-    does). Greedy and beam search have no temperature / top-k / top-p.
-    """
+# -- what a picture says about the processing --------------------------------------------------------------------
+def label(params: SamplingParams, *, beam: bool = False) -> str:
+    """A short description of the processing chain: 'T=0.7 top-k=50 rep=1.3', 'greedy (argmax)', ..."""
+    if beam:
+        parts = ["beam search"]
+    elif params.greedy:
+        parts = ["greedy (argmax)"]
+    else:
+        parts = [f"T={params.temperature:g}"]
+        if params.top_k:
+            parts.append(f"top-k={params.top_k}")
+        if params.top_p < 1.0:
+            parts.append(f"top-p={params.top_p:g}")
+    if params.repetition_penalty != 1.0:
+        parts.append(f"rep={params.repetition_penalty:g}")
+    if params.min_new_tokens:
+        parts.append(f"min_new={params.min_new_tokens}")
+    if params.logits_processors:
+        parts.append(f"+{len(params.logits_processors)} processor(s)")
+    return " ".join(parts)
 
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    min_new_tokens: int = 0
-    stop_token_ids: tuple[int, ...] = (50256,)
-    mode: str = "sample"
 
-    @property
-    def is_identity(self) -> bool:
-        """True when the processed distribution is the raw one (then only one column is worth showing)."""
-        untouched = self.repetition_penalty == 1.0 and self.min_new_tokens == 0
-        if self.mode in ("beam", "greedy"):  # both rank the model's own log-probs unless a penalty applies
-            return untouched
-        return (self.mode == "sample" and self.temperature == 1.0 and self.top_k == 0 and self.top_p == 1.0
-                and untouched)
+def is_identity(params: SamplingParams, *, beam: bool = False) -> bool:
+    """True when the processed distribution is the raw one (then only one column is worth showing)."""
+    untouched = params.repetition_penalty == 1.0 and params.min_new_tokens == 0 and not params.logits_processors
+    if beam or params.greedy:  # both rank the model's own log-probs unless something processes them
+        return untouched
+    return params.temperature == 1.0 and params.top_k == 0 and params.top_p == 1.0 and untouched
 
-    def label(self) -> str:
-        if self.mode == "greedy":
-            parts = ["greedy (argmax)"]
-        elif self.mode == "beam":
-            parts = ["beam search"]
-        else:
-            parts = [f"T={self.temperature:g}"]
-            if self.top_k:
-                parts.append(f"top-k={self.top_k}")
-            if self.top_p < 1.0:
-                parts.append(f"top-p={self.top_p:g}")
-        if self.repetition_penalty != 1.0:
-            parts.append(f"rep={self.repetition_penalty:g}")
-        if self.min_new_tokens:
-            parts.append(f"min_new={self.min_new_tokens}")
-        return " ".join(parts)
+
+def processed_logprobs(scores: torch.Tensor, params: SamplingParams, *, beam: bool = False) -> torch.Tensor:
+    """(B, V) log-probs of the distribution a step drew from, given the scores after the processors
+    (-inf = removed). Sampling: temperature / top-k / top-p (kernels.process_logits). Greedy and beam
+    search rank the scores themselves: shown as their softmax."""
+    if beam or params.greedy:
+        return F.log_softmax(scores.float(), dim=-1)
+    from kernels import process_logits
+
+    return process_logits(scores, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
 
 
 @dataclass
@@ -65,7 +63,7 @@ class StepView:
     """One time step, reduced to what a picture needs: the top tokens under both distributions.
 
     `ids` are the shown token ids, sorted by raw probability (the drawn token always among them);
-    `raw` / `processed` their probabilities (processed 0.0 = removed by top-k / top-p / greedy).
+    `raw` / `processed` their probabilities (processed 0.0 = removed by top-k / top-p / a mask).
     """
 
     t: int  # 0-based index of the generated token
@@ -76,164 +74,120 @@ class StepView:
     token_raw_logprob: float  # log p(token | context) under the model
     token_logprob: float  # log p(token | context) under the processed distribution
     kept: int  # tokens with non-zero processed probability (the sampler's support)
-    raw_entropy: float  # nats
-    processed_entropy: float
 
     @property
     def token_index(self) -> int:
         return self.ids.index(self.token)
 
 
-# -- the forward pass ------------------------------------------------------------------------------------------
-@torch.no_grad()
-def raw_logits(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
-    """float32 logits (T_c, V): row t is the model's prediction of completion[t] given prompt + completion[:t]."""
-    if not prompt:
-        raise ValueError("the prompt must have at least one token")
-    if not completion:
-        return torch.empty(0, model.config.vocab_size)
-    seq = list(prompt) + list(completion[:-1])  # the last token predicts nothing we show
-    idx = torch.tensor([seq], dtype=torch.long, device=model.device)  # (1, T)
-    logits = model(idx)[0, len(prompt) - 1:]  # (T_c, V)
-    return logits.float().cpu()
+@dataclass
+class _Summary:
+    """One row's step before its token is known (beam search learns it at the end): the shown tokens,
+    and the whole raw and processed log-prob rows (V,) for the token's own numbers."""
+
+    t: int
+    ids: list[int]
+    raw: list[float]
+    processed: list[float]
+    raw_lp: torch.Tensor
+    proc_lp: torch.Tensor
+    kept: int
+
+    def view(self, token: int) -> StepView:
+        ids, raw, processed = list(self.ids), list(self.raw), list(self.processed)
+        raw_lp, proc_lp = float(self.raw_lp[token]), float(self.proc_lp[token])
+        if token not in ids:
+            ids.append(token)
+            raw.append(float(self.raw_lp[token].exp()))
+            processed.append(float(self.proc_lp[token].exp()))
+        return StepView(self.t, token, ids, raw, processed, raw_lp, proc_lp, self.kept)
 
 
-@torch.no_grad()
-def batch_raw_logits(model, prompt: list[int], completions: list[list[int]]) -> list[torch.Tensor]:
-    """raw_logits for many completions of one prompt in one forward pass.
-
-    Right padding is harmless here: with causal attention a pad token only affects positions after it, and
-    we never read those.
-    """
-    if not completions:
-        return []
-    lengths = [len(c) for c in completions]
-    width = len(prompt) + max(max(lengths) - 1, 0)
-    rows = [list(prompt) + list(c[:-1]) for c in completions]
-    idx = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, row in enumerate(rows):
-        idx[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-    logits = model(idx.to(model.device))  # (B, T, V)
-    start = len(prompt) - 1
-    return [logits[b, start:start + n].float().cpu() for b, n in enumerate(lengths)]
-
-
-# -- the processors, for all steps at once ----------------------------------------------------------------------
-def seen_mask(prompt: list[int], completion: list[int], vocab_size: int) -> torch.Tensor:
-    """(T_c, V) bool: seen[t, v] is True when v occurs in prompt + completion[:t] (what step t penalises)."""
-    T = len(completion)
-    seen = torch.zeros(T, vocab_size, dtype=torch.bool)
-    if T == 0:
-        return seen
-    seen[:, torch.tensor(sorted(set(prompt)), dtype=torch.long)] = True
-    if T > 1:
-        onehot = F.one_hot(torch.tensor(completion[:-1]), vocab_size).cumsum(0) > 0  # (T_c - 1, V)
-        seen[1:] |= onehot
-    return seen
-
-
-def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """transformers' rule: a seen token's score s becomes s * penalty if s < 0, else s / penalty."""
-    if penalty == 1.0:
-        return scores
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen, penalised, scores)
-
-
-def apply_min_new_tokens(scores: torch.Tensor, min_new_tokens: int, stop_token_ids) -> torch.Tensor:
-    """Stop tokens are impossible while fewer than min_new_tokens tokens were generated (rows t < min)."""
-    if min_new_tokens <= 0 or not stop_token_ids:
-        return scores
-    scores = scores.clone()
-    rows = slice(0, min(min_new_tokens, scores.shape[0]))
-    scores[rows, torch.tensor(list(stop_token_ids), dtype=torch.long)] = float("-inf")
-    return scores
-
-
-def processed_logprobs(logits: torch.Tensor, prompt: list[int], completion: list[int],
-                       proc: Processing) -> torch.Tensor:
-    """(T_c, V) float32 log-probs of the distribution each step was drawn from (-inf = removed)."""
-    scores = logits.float()
-    if proc.mode == "beam":  # transformers' beam search processes log-probs, not logits
-        scores = F.log_softmax(scores, dim=-1)
-    scores = apply_repetition_penalty(scores, seen_mask(prompt, completion, scores.shape[-1]),
-                                      proc.repetition_penalty)
-    scores = apply_min_new_tokens(scores, proc.min_new_tokens, proc.stop_token_ids)
-    if proc.mode == "beam":
-        return scores  # beam search ranks these scores directly
-    if proc.mode == "greedy":
-        # greedy takes the argmax of these; its log-probs are theirs (transformers' compute_transition_scores)
-        return F.log_softmax(scores, dim=-1)
-    from kernels import process_logits
-
-    return process_logits(scores, temperature=proc.temperature, top_k=proc.top_k, top_p=proc.top_p).float()
-
-
-# -- reducing a step to its top tokens ----------------------------------------------------------------------
-def _entropy(logp: torch.Tensor) -> torch.Tensor:
-    p = logp.exp()
-    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)  # (T,)
-
-
-def summarize(raw_lp: torch.Tensor, proc_lp: torch.Tensor, completion: list[int], top: int = 8,
-              extra: dict[int, list[int]] | None = None) -> list[StepView]:
-    """StepViews for every step: the `top` tokens by raw probability, plus the drawn token if it is not one,
-    plus extra[t] (tokens worth showing at step t, e.g. the stop tokens that min_new_tokens masked)."""
-    views = []
+def summarize(t: int, logits: torch.Tensor, scores: torch.Tensor, params: SamplingParams, *, beam: bool = False,
+              top: int = 8, extra: tuple[int, ...] = ()) -> list[_Summary]:
+    """Per row of one step (logits, scores (B, V)): the `top` tokens by raw probability (plus `extra`, e.g.
+    the stop tokens min_new_tokens masks, shown cut however unlikely) under both distributions."""
+    raw_lp = F.log_softmax(logits.float(), dim=-1).cpu()
+    proc_lp = processed_logprobs(scores, params, beam=beam).float().cpu()
     top = max(1, min(top, raw_lp.shape[-1]))
-    top_ids = raw_lp.topk(top, dim=-1).indices  # (T, top)
-    kept = torch.isfinite(proc_lp).sum(-1)  # (T,)
-    h_raw, h_proc = _entropy(raw_lp), _entropy(proc_lp)
-    for t, token in enumerate(completion):
-        ids = top_ids[t].tolist()
-        for tid in [token] + list((extra or {}).get(t, ())):
-            if tid not in ids:
-                ids.append(tid)
-        ids_t = torch.tensor(ids)
-        views.append(StepView(
-            t=t, token=token, ids=ids,
-            raw=raw_lp[t, ids_t].exp().tolist(),
-            processed=proc_lp[t, ids_t].exp().tolist(),
-            token_raw_logprob=float(raw_lp[t, token]),
-            token_logprob=float(proc_lp[t, token]),
-            kept=int(kept[t]),
-            raw_entropy=float(h_raw[t]),
-            processed_entropy=float(h_proc[t]),
-        ))
-    return views
-
-
-def step_views(model, prompt: list[int], completions: list[list[int]], proc: Processing,
-               top: int = 8, chunk: int = 8) -> list[list[StepView]]:
-    """Per completion, the StepView of each of its steps (one batched forward pass for all of them)."""
+    top_ids = raw_lp.topk(top, dim=-1).indices  # (B, top)
+    if extra:
+        top_ids = torch.cat([top_ids, torch.tensor([list(extra)] * len(top_ids))], 1)
+    kept = torch.isfinite(proc_lp).sum(-1).tolist()
     out = []
-    for i in range(0, len(completions), chunk):  # chunks bound the (B, T, V) logits in memory
-        group = completions[i:i + chunk]
-        for logits, completion in zip(batch_raw_logits(model, prompt, group), group):
-            raw_lp = F.log_softmax(logits, dim=-1)
-            proc_lp = processed_logprobs(logits, prompt, completion, proc)
-            if proc.mode == "beam":
-                proc_lp = F.log_softmax(proc_lp, dim=-1)  # show the penalised scores as a distribution
-            # while min_new_tokens masks the stop tokens, show them (cut), however unlikely
-            masked = {t: list(proc.stop_token_ids) for t in range(min(proc.min_new_tokens, len(completion)))}
-            out.append(summarize(raw_lp, proc_lp, completion, top, masked))
+    for b in range(len(raw_lp)):
+        ids = list(dict.fromkeys(top_ids[b].tolist()))
+        idx = torch.tensor(ids)
+        out.append(_Summary(t, ids, raw_lp[b, idx].exp().tolist(), proc_lp[b, idx].exp().tolist(), raw_lp[b],
+                            proc_lp[b], kept[b]))
     return out
 
 
-@torch.no_grad()
-def next_token_logits(model, prompt: list[int]) -> torch.Tensor:
-    """float32 logits (V,) of the first token after `prompt`."""
-    idx = torch.tensor([list(prompt)], dtype=torch.long, device=model.device)
-    return model(idx)[0, -1].float().cpu()
+class StepRecorder:
+    """An on_step callback for generate (distributions=True): StepViews per rollout, made as each step
+    happens (so only a few numbers per step are kept).
+
+        rec = StepRecorder(params, stop_ids, rows={0, 1}, top=8)
+        generate(model, prompts, params, on_step=rec, distributions=True)
+        rec.views[0]  # rollout 0's StepViews, one per step
+    """
+
+    def __init__(self, params: SamplingParams, stop_ids=(), *, rows=None, top: int = 8):
+        self.params, self.stop_ids, self.rows, self.top = params, tuple(stop_ids), rows, top
+        self.views: dict[int, list[StepView]] = {}
+
+    def __call__(self, step) -> None:
+        want = [i for i, r in enumerate(step.rows.tolist()) if self.rows is None or r in self.rows]
+        if not want:
+            return
+        sel = torch.tensor(want, device=step.rows.device)
+        extra = self.stop_ids if step.t < self.params.min_new_tokens else ()
+        summaries = summarize(step.t, step.logits[sel], step.scores[sel], self.params, top=self.top, extra=extra)
+        for i, s, tok in zip(want, summaries, step.tokens[sel].tolist()):
+            self.views.setdefault(int(step.rows[i]), []).append(s.view(tok))
 
 
-def distributions_under(logits: torch.Tensor, prompt: list[int], settings: list[Processing]) -> list[torch.Tensor]:
-    """The first step after `prompt` (its logits (V,)) under several processing chains: (V,) log-probs each."""
-    # completion [0] is a placeholder: step 0's repetition penalty only sees the prompt
-    out = []
-    for p in settings:
-        lp = processed_logprobs(logits[None], prompt, [0], p)[0]  # (V,)
-        if p.mode == "greedy":  # what a draw comes from: all mass on the argmax
+class BeamRecorder:
+    """An on_step callback for beam_search: every running beam's step, assembled into StepViews for the
+    final beams at the end (a beam's token at step t came from running beam beam_indices[t]).
+
+        rec = BeamRecorder(params, stop_ids, prompts={0})
+        beams = beam_search(model, prompts, params, num_beams=4, on_step=rec)
+        rec.views(0, beams[0][0])
+    """
+
+    def __init__(self, params: SamplingParams, stop_ids=(), *, prompts=None, top: int = 8):
+        self.params, self.stop_ids, self.prompts, self.top = params, tuple(stop_ids), prompts, top
+        self.steps: dict[tuple[int, int, int], _Summary] = {}
+
+    def __call__(self, step) -> None:
+        prompts = step.prompts.tolist()
+        want = [i for i, p in enumerate(prompts) if self.prompts is None or p in self.prompts]
+        if not want:
+            return
+        sel = torch.tensor(want, device=step.prompts.device)
+        extra = self.stop_ids if step.t < self.params.min_new_tokens else ()
+        summaries = summarize(step.t, step.logits[sel], step.scores[sel], self.params, beam=True, top=self.top,
+                              extra=extra)
+        beams = step.beams.tolist()
+        for i, s in zip(want, summaries):
+            self.steps[(step.t, prompts[i], beams[i])] = s
+
+    def views(self, prompt: int, beam) -> list[StepView]:
+        return [self.steps[(t, prompt, j)].view(tok) for t, (tok, j) in enumerate(zip(beam.tokens, beam.beam_indices))]
+
+
+def compare_settings(model, prompt: list[int], settings: list[SamplingParams], *, backend: str = "auto"):
+    """The first step after `prompt` under several settings: (raw log-probs (V,), [processed log-probs (V,)]),
+    each from one step of the engine (a draw from a point mass for greedy settings)."""
+    from decoding import stream
+
+    raw, out = None, []
+    for params in settings:
+        step = next(iter(stream(model, [prompt], params, backend=backend, distributions=True)))
+        raw = F.log_softmax(step.logits[0].float(), -1).cpu()
+        lp = processed_logprobs(step.scores, params)[0].cpu()
+        if params.greedy:  # what a draw comes from: all mass on the argmax
             lp = torch.full_like(lp, float("-inf")).scatter_(0, lp.argmax()[None], 0.0)
         out.append(lp)
-    return out
+    return raw, out

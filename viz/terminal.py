@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 
-from .steps import Processing, StepView
+from .steps import StepView
 from .text import show_token, shorten
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -55,12 +55,12 @@ def terminal_width(default: int = 100) -> int:
     return max(60, min(140, shutil.get_terminal_size((default, 24)).columns))
 
 
-def render_step(view: StepView, tokenizer, proc: Processing, *, context: str = "", width: int | None = None,
+def render_step(view: StepView, tokenizer, processing: str | None, *, context: str = "", width: int | None = None,
                 style: Style | None = None) -> str:
     """Lines for one step: a header (context -> drawn token), then one bar row per shown token."""
     style = style or Style(False)
     width = width or terminal_width()
-    both = not proc.is_identity
+    both = processing is not None  # the chain's label; None: processed == raw, one column
     label_w = max(len(show_token(tokenizer, i)) for i in view.ids)
     label_w = min(max(label_w, 8), 18)  # at least "(others)"
     fixed = label_w + 2 + 8 + (3 + 8 if both else 0) + 10  # labels, numbers, separators, the marker
@@ -72,7 +72,7 @@ def render_step(view: StepView, tokenizer, proc: Processing, *, context: str = "
     lines = [head]
     if both:
         lines.append(" " * (label_w + 3) + style.raw("model (raw)".ljust(bar_w + 7)) + "   "
-                     + style.proc(f"after {proc.label()}"[: bar_w + 7]))
+                     + style.proc(f"after {processing}"[: bar_w + 7]))
     for tid, p_raw, p_proc in zip(view.ids, view.raw, view.processed):
         name = show_token(tokenizer, tid, limit=label_w - 2).rjust(label_w)
         row = f"  {name} " + style.raw(bar(p_raw, bar_w)) + f" {_pct(p_raw)}"
