@@ -5,6 +5,11 @@
     python train.py --data 'src/**/*.py' --init gpt2 --out out-ft   # fine-tune GPT-2 (or --init DIR)
     python train.py --resume                         # continue out/ exactly where it stopped
     torchrun --nproc_per_node=4 train.py             # DistributedDataParallel, same global batch
+    python train.py --reward python_compiles --prompts heads.txt --out out-rl   # GRPO on model/default
+
+With --reward the policy (--init, default model/default) is fine-tuned with GRPO on the prompts instead of
+next-token training: rollouts drawn as sample.py draws them, rewards, TRL's loss, exactly on-policy
+(docs/policy.md).
 
 The run directory (out/) gets the model in the Hugging Face GPT-2 format (sample.py, GPT.from_pretrained and
 transformers load it), train_state.pt for --resume, log.jsonl and loss.png. Bad input: one line, exit 2;
@@ -56,6 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dtype", choices=["auto", "float32", "bfloat16"], help="autocast dtype (default auto)")
     add("--compile", action="store_true", default=None, help="torch.compile the model")
 
+    g = p.add_argument_group("GRPO (with --reward: reinforcement learning on --prompts instead of next-token "
+                             "training; TRL's GRPOConfig names; --init defaults to model/default, --lr to 1e-5, "
+                             "--temperature/--top-k/--top-p to 1/0/1 and set the rollouts' sampling)")
+    g.add_argument("--reward", action="append", metavar="SPEC",
+                   help="reward function: python_compiles, contains:WORD, regex:PATTERN, path/file.py:function or "
+                        "module:function (TRL's signature); repeatable, the total is their weighted sum")
+    g.add_argument("--reward-weights", type=float, nargs="+", metavar="W", help="one weight per --reward (default 1)")
+    g.add_argument("--prompts", metavar="FILE", help="prompts, one per line (\\n for a newline), or JSON lines with a "
+                                                      "\"prompt\" key and extra columns passed to the rewards")
+    g.add_argument("--num-generations", type=int, help="rollouts per prompt, G (default 8)")
+    g.add_argument("--prompts-per-step", type=int, help="prompts per step (default 8): P x G rollouts a step")
+    g.add_argument("--max-completion-length", type=int, help="new tokens per rollout at most (default 64)")
+    g.add_argument("--beta", type=float, help="KL coefficient against the frozen --init model (default 0.0)")
+    g.add_argument("--epsilon", type=float, help="clip range of the ratio, 1 +- epsilon (default 0.2)")
+    g.add_argument("--epsilon-high", type=float, help="upper clip epsilon (default: --epsilon)")
+    g.add_argument("--loss-type", choices=["grpo", "bnpo", "dr_grpo", "dapo"], help="loss aggregation (default dapo)")
+    g.add_argument("--scale-rewards", choices=["group", "batch", "none"], help="advantage scaling (default group)")
+    g.add_argument("--num-iterations", type=int, help="updates per batch of rollouts (default 1)")
+    g.add_argument("--mask-truncated-completions", action="store_true", default=None,
+                   help="leave rollouts cut by --max-completion-length out of the loss")
+    g.add_argument("--repetition-penalty", type=float, help="the rollouts' repetition penalty (default 1)")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="stop string of the rollouts (repeatable)")
+    g.add_argument("--learning-rate", type=float, dest="lr", help="alias of --lr")
+    g.add_argument("--max-grad-norm", type=float, dest="grad_clip", help="alias of --grad-clip (default 1.0)")
+    g.add_argument("--eval-generations", type=int, help="rollouts per prompt in the held-out evaluation (default 16)")
+    g.add_argument("--eval-prompts", metavar="FILE", help="prompts of the evaluation (default: --prompts, with "
+                                                          "held-out seeds)")
+
     g = p.add_argument_group("samples printed at the end (drawn as sample.py draws them: same seeds, same text)")
     g.add_argument("--samples", type=int, help="how many (default 3; 0 for none)")
     g.add_argument("--sample-tokens", type=int, help="new tokens each (default 120)")
@@ -70,7 +103,29 @@ def main(argv=None) -> dict:
     """Train as the command line `argv` says; returns a summary (final step, val loss, tokens/s, samples...).
     Bad input raises TrainError / DataError / CheckpointError (ValueErrors with a message)."""
     args = build_parser().parse_args(argv)
+    if args.reward:
+        from policy import trainer
+
+        _only(args, LM_ONLY, "is for next-token training; drop it with --reward")
+        return trainer.main(args)
+    _only(args, GRPO_ONLY, "is for GRPO: add --reward SPEC and --prompts FILE")
     return lm.main(args)
+
+
+LM_ONLY = ("preset", "data", "val_fraction", "cache_dir", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
+           "grad_accum", "warmup_steps", "lr_decay_steps", "eval_iters", "dropout", "min_lr", "beta1", "beta2", "tabs",
+           "dtype", "compile", "samples", "sample_tokens", "prompt")
+GRPO_ONLY = ("reward_weights", "prompts", "num_generations", "prompts_per_step", "max_completion_length", "beta",
+             "epsilon", "epsilon_high", "loss_type", "scale_rewards", "num_iterations", "mask_truncated_completions",
+             "repetition_penalty", "stop", "eval_generations", "eval_prompts")
+
+
+def _only(args, names, why: str) -> None:
+    from training.run import TrainError
+
+    for name in names:
+        if getattr(args, name, None) is not None:
+            raise TrainError(f"--{name.replace('_', '-')} {why}")
 
 
 if __name__ == "__main__":

@@ -18,12 +18,18 @@ from .processors import apply_processors
 from .prompts import check_prompts, left_pad, stop_ids_of
 
 
-def score(model, prompts, completions, params: SamplingParams | None = None, *, grad: bool = False):
+def score(model, prompts, completions, params: SamplingParams | None = None, *, grad: bool = False,
+          keep=None, return_keep: bool = False):
     """Log-probabilities of each completion token given its prompt and the completion tokens before it.
 
     A single prompt and completion (lists of ints) give a 1-D float32 tensor [len(completion)]; lists of
     lists give a list of such tensors, computed in one padded forward (a single prompt with a list of
     completions scores each completion after it). The LM head runs only at completion positions.
+
+    For RL trainers (with params): return_keep=True also returns the top-k / top-p kept sets the scores
+    used (a bool mask over the scored tokens' vocabularies, or None when nothing is truncated); keep= scores
+    the same prompts and completions on given kept sets: a frozen reference model, or the policy a few
+    updates later, on the support the behaviour policy drew from.
     """
     single = _is_ids(prompts) and _is_ids(completions)
     if single:
@@ -34,9 +40,12 @@ def score(model, prompts, completions, params: SamplingParams | None = None, *, 
         raise ValueError(f"params must be a SamplingParams or None, got {type(params).__name__}")
     prompts = check_prompts(model, prompts, 0)
     completions = _check_completions(model, prompts, completions)
+    if (keep is not None or return_keep) and params is None:
+        raise ValueError("keep / return_keep are kept sets of a processed distribution: pass params")
     with torch.enable_grad() if grad else torch.inference_mode():
-        out = _score(model, prompts, completions, params)
-    return out[0] if single else out
+        out, kept = _score(model, prompts, completions, params, keep)
+    out = out[0] if single else out
+    return (out, kept) if return_keep else out
 
 
 def _is_ids(x) -> bool:
@@ -64,13 +73,13 @@ def _check_completions(model, prompts, completions) -> list[list[int]]:
     return out
 
 
-def _score(model, prompts, completions, params):
+def _score(model, prompts, completions, params, keep=None):
     device = model.device
     lens = [len(c) for c in completions]
     T = max(lens)
     empty = torch.zeros(0, dtype=torch.float32, device=device)
     if T == 0:
-        return [empty for _ in completions]
+        return [empty for _ in completions], None
     # Right-padded rows prompt + completion[:-1]: with causal attention no real position sees the padding.
     rows = [p + c[:-1] for p, c in zip(prompts, completions)]
     width = max(len(r) for r in rows)
@@ -88,11 +97,12 @@ def _score(model, prompts, completions, params):
         lp = logits.gather(1, y[:, None])[:, 0] - torch.logsumexp(logits, -1)
     else:
         scores = _processed(model, logits, prompts, completions, lens, params)
-        lp = token_logprobs(scores, y, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+        lp, keep = token_logprobs(scores, y, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                                  keep=keep, return_keep=True)
     # back to one tensor per completion: entry (i, t) sits at offset[t] + (rank of i among rows alive at t)
     order = sorted(range(len(entries)), key=lambda m: entries[m])  # row-major
     lp = lp[torch.tensor(order, dtype=torch.long, device=device)]
-    return list(lp.split(lens))
+    return list(lp.split(lens)), keep
 
 
 def _processed(model, logits, prompts, completions, lens, params):

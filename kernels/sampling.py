@@ -49,28 +49,36 @@ def sample_from_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, seed=0, p
     return sample_torch(logits, T, k, p, k1, k2)
 
 
-def token_logprobs(logits, tokens, *, temperature=1.0, top_k=0, top_p=1.0):
+def token_logprobs(logits, tokens, *, temperature=1.0, top_k=0, top_p=1.0, keep=None, return_keep=False):
     """log p(tokens) (B,) float32 under the distribution `sample_from_logits` draws from, differentiable in
     `logits` (B, V): the same kept set (the sampler's own thresholds, found without gradients), then a
     log-softmax over it. These are the numbers sample_from_logits reports as log-probs, so a trainer that
     recomputes them with gradients scores exactly the distribution the tokens were drawn from.
     temperature 0 is greedy: log_softmax(logits)[token] over the whole row. A token outside the kept set
     gets -inf.
+
+    keep: a kept-set mask (B, V) bool to use instead of this row's own (an RL trainer scores a reference
+    model, or a policy several updates later, on the support the behaviour policy drew from). return_keep:
+    also return the mask used (None when nothing is truncated).
     """
     check_logits(logits)
     T, k, p, _, _ = normalize_params(logits, temperature, top_k, top_p, 0, 0)
     tokens = torch.as_tensor(tokens, dtype=torch.long, device=logits.device).reshape(-1)
     if tokens.numel() != logits.shape[0]:
         raise ValueError(f"tokens must hold one id per row of logits ({logits.shape[0]}), got {tokens.numel()}")
+    if keep is not None and keep.shape != logits.shape:
+        raise ValueError(f"keep must be a mask of the logits' shape {tuple(logits.shape)}, got {tuple(keep.shape)}")
     x = logits.float()
-    with torch.no_grad():
-        check_finite(x)
-        greedy = T == 0
-        T1 = torch.where(greedy, 1.0, T)
-        t = torch.full_like(T, float("-inf"))
-        sampled = (~greedy).nonzero()[:, 0]
-        if sampled.numel():
-            t[sampled] = keep_thresholds(x.detach().index_select(0, sampled), T[sampled], k[sampled], p[sampled])
-    s = x / T1[:, None]  # (B, V)
-    kept = s.masked_fill(s.detach() < t[:, None], float("-inf"))
-    return kept.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(kept, -1)
+    greedy = T == 0
+    s = x / torch.where(greedy, 1.0, T)[:, None]  # (B, V)
+    if keep is None:
+        with torch.no_grad():
+            check_finite(x)
+            t = torch.full_like(T, float("-inf"))
+            sampled = (~greedy).nonzero()[:, 0]
+            if sampled.numel():
+                t[sampled] = keep_thresholds(x.detach().index_select(0, sampled), T[sampled], k[sampled], p[sampled])
+            keep = s.detach() >= t[:, None] if bool((t > float("-inf")).any()) else None
+    kept = s if keep is None else s.masked_fill(~keep, float("-inf"))
+    lp = kept.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(kept, -1)
+    return (lp, keep) if return_keep else lp

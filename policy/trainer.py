@@ -1,0 +1,520 @@
+"""GRPO fine-tuning: the loop behind `python train.py --reward SPEC --prompts FILE`.
+
+One step, for P prompts (each prompt's group of G rollouts on one process):
+  1. rollouts: decoding.generate draws G completions of each prompt with the run's SamplingParams and a seed
+     derived from (run seed, step, prompt index): a resumed run, or one with more processes, draws exactly
+     what the uninterrupted single-process run drew.
+  2. rewards on their plain text (policy.rewards), group advantages over the whole batch (policy.grpo).
+  3. scoring: decoding.score(policy, ..., params, grad=True) recomputes each token's log-prob under the
+     distribution that drew it (temperature, the sampler's own top-k / top-p kept set, the penalty): the
+     trainer is exactly on-policy, and every step logs the largest gap to the sampler's log-probs
+     ("mismatch"). A frozen reference model is scored on the same kept sets (beta > 0).
+  4. the update: policy.grpo_loss (TRL's loss), backward, gradients summed over processes, clipped, AdamW;
+     num_iterations > 1 reuses the batch with importance ratios against the sampler's log-probs.
+The run directory, checkpoints, the log, Ctrl-C and torchrun are training/run.py's and training/dist.py's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from decoding import SamplingParams, score
+from decoding.prompts import stop_ids_of
+from kernels import MAX_SEED
+from model import GPT, get_tokenizer
+from model.checkpoint import atomic_write
+from model.textform import for_model
+from training import dist, optim
+from training.run import LOG_FILE, RunDir, StopFlag, TrainError, read_log
+
+from .errors import PolicyError
+from .grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
+from .rewards import combine_rewards, load_reward
+from .rollouts import collect
+
+DEFAULT_INIT = str(Path(__file__).resolve().parents[1] / "model" / "default")
+PLOT_FILE = "reward.png"
+
+
+@dataclass
+class RLConfig:
+    """GRPO's settings; names and defaults follow TRL's GRPOConfig where it has them (its CPU-unfriendly
+    learning rate and completion length excepted)."""
+
+    prompts: str = ""
+    reward: list = field(default_factory=list)
+    reward_weights: list | None = None
+    init: str = DEFAULT_INIT
+    num_generations: int = 8  # G, rollouts per prompt
+    prompts_per_step: int = 8  # P: a step draws P * G rollouts
+    max_completion_length: int = 64
+    max_steps: int = 100
+    lr: float = 1e-5  # TRL: 1e-6, for billion-parameter models
+    beta: float = 0.0
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"
+    num_iterations: int = 1
+    mask_truncated_completions: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: list = field(default_factory=list)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # TRL's max_grad_norm
+    seed: int = 1337
+    ckpt_interval: int = 10
+    eval_interval: int = 0  # 0: evaluate before the first step and after the last only
+    eval_generations: int = 16
+    eval_prompts: str | None = None  # None: the training prompts, with held-out seeds
+    save_dtype: str = "float32"
+
+    def sampling(self, n: int, seeds=None, form=None) -> SamplingParams:
+        """The rollouts' SamplingParams (stop strings in the model's text form when `form` is given)."""
+        stop = tuple(form.to_model(s) for s in self.stop) if form else tuple(self.stop)
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_completion_length,
+                              stop=stop, n=n, seed=seeds)
+
+
+RESUME_MUTABLE = {"max_steps", "ckpt_interval", "eval_interval", "save_dtype"}
+
+
+def resolve_config(args, saved: dict | None, out: Path) -> RLConfig:
+    names = {f.name for f in fields(RLConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v not in (None, [])}
+    if saved is not None:
+        for k, v in given.items():
+            if k not in RESUME_MUTABLE and v != saved.get(k):
+                raise TrainError(f"--{k.replace('_', '-')} {v} conflicts with the run being resumed in {out} (it used "
+                                 f"{saved.get(k)}); drop the flag to resume that run, or start a new one with another --out")
+        cfg = RLConfig(**{**{k: v for k, v in saved.items() if k in names}, **given})
+    else:
+        cfg = RLConfig(**given)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RLConfig) -> None:
+    def need(ok, message):
+        if not ok:
+            raise TrainError(message)
+
+    need(bool(cfg.prompts), "--reward needs --prompts FILE: the prompts to improve the policy on, one per line "
+                            "(or JSON lines with a \"prompt\" key)")
+    for k in ("num_generations", "prompts_per_step", "max_completion_length", "max_steps", "num_iterations",
+              "ckpt_interval", "eval_generations"):
+        need(getattr(cfg, k) >= 1, f"--{k.replace('_', '-')} must be a positive integer, got {getattr(cfg, k)}")
+    need(cfg.eval_interval >= 0, f"--eval-interval must be >= 0 (0: before and after only), got {cfg.eval_interval}")
+    need(cfg.num_generations >= 2 or cfg.scale_rewards == "none",
+         f"--num-generations {cfg.num_generations}: GRPO compares a prompt's rollouts with each other, and one "
+         "rollout's group has no spread (its std is 0); use --num-generations 2 or more")
+    need(cfg.loss_type in LOSS_TYPES, f"--loss-type {cfg.loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
+    need(cfg.scale_rewards in SCALES, f"--scale-rewards {cfg.scale_rewards!r}: use one of {', '.join(SCALES)}")
+    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    need(cfg.beta >= 0, f"--beta must be >= 0 (0: no KL term), got {cfg.beta}")
+    need(cfg.epsilon > 0 and (cfg.epsilon_high is None or cfg.epsilon_high > 0),
+         f"--epsilon and --epsilon-high must be > 0, got {cfg.epsilon}, {cfg.epsilon_high}")
+    need(cfg.temperature > 0, f"--temperature must be > 0 for GRPO (a greedy policy draws one rollout per prompt, "
+                              f"with no spread to learn from), got {cfg.temperature}")
+    try:
+        cfg.sampling(cfg.num_generations)
+    except ValueError as e:
+        raise TrainError(str(e).replace("SamplingParams.", "--").replace("_", "-")) from None
+
+
+# -- prompts ----------------------------------------------------------------------------------------------------
+def load_prompts(path: str) -> tuple[list[str], list[dict]]:
+    """Prompts from a file: one per line (blank lines skipped), or JSON lines {"prompt": ..., other columns},
+    whose other columns reach the reward functions as keyword arguments. Returns (prompts, extras)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainError(f"--prompts {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        raise TrainError(f"--prompts {path} holds no prompts; write one per line (or JSON lines with a \"prompt\" key)")
+    if not lines[0].lstrip().startswith("{"):
+        return [ln.replace("\\n", "\n") for ln in lines], []
+    prompts, extras = [], []
+    for i, ln in enumerate(lines):
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError as e:
+            raise TrainError(f"--prompts {path}: line {i + 1} is not JSON ({e.msg}); use JSON lines throughout, "
+                             "or plain text lines") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"]:
+            raise TrainError(f"--prompts {path}: line {i + 1} needs a non-empty string \"prompt\"")
+        prompts.append(rec.pop("prompt"))
+        extras.append(rec)
+    keys = set(extras[0])
+    if any(set(e) != keys for e in extras):
+        raise TrainError(f"--prompts {path}: every line needs the same columns (the first has {sorted(keys)})")
+    return prompts, extras
+
+
+def rollout_seed(*key) -> int:
+    """A seed for the G rollouts of one prompt at one step, hashed from `key` (run seed, step, prompt index):
+    independent of the process count and of where a run was resumed."""
+    digest = hashlib.blake2b(json.dumps(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % (MAX_SEED // 2)  # room for + G
+
+
+def batch_prompts(n_prompts: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Prompt indices of step `step`: epochs of seeded permutations, laid end to end."""
+    out, start = [], step * per_step
+    for pos in range(start, start + per_step):
+        epoch, i = divmod(pos, n_prompts)
+        perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + epoch))
+        out.append(int(perm[i]))
+    return out
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    cfg: RLConfig
+    d: dist.Dist
+    device: torch.device
+    rd: RunDir
+    gpt: GPT
+    ref: GPT | None
+    optimizer: torch.optim.Optimizer
+    reward: object
+    prompts: list[str]
+    extras: list[dict]
+    prompt_ids: list[list[int]]
+    eval_prompts: list[str]
+    eval_extras: list[dict]
+    eval_ids: list[list[int]]
+    step: int = 0
+    elapsed: float = 0.0
+    stopped: bool = False
+    last: dict = field(default_factory=dict)
+
+    def say(self, *a):
+        if self.d.master:
+            print(*a, flush=True)
+
+    def checkpoint(self) -> None:
+        state = {"step": self.step, "config": asdict(self.cfg), "model_config": self.gpt.config.to_dict(),
+                 "model": self.gpt.state_dict(), "optimizer": self.optimizer.state_dict(), "elapsed": self.elapsed,
+                 "mode": "grpo"}
+        if self.ref is not None:
+            state["ref_model"] = self.ref.state_dict()
+        self.rd.save(self.gpt, state, self.d, dtype=self.cfg.save_dtype)
+
+
+def main(args) -> dict:
+    d, device = dist.setup(args.device, args.num_threads)
+    try:
+        with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
+            run = prepare(args, rd, d, device)
+            train_loop(run)
+            return finish(run)
+    finally:
+        dist.teardown(d)
+
+
+def _rewards(cfg: RLConfig):
+    try:
+        return combine_rewards([load_reward(s) for s in cfg.reward], cfg.reward_weights)
+    except PolicyError as e:
+        raise TrainError(f"--reward: {e}") from None
+
+
+def _encode(gpt: GPT, prompts: list[str], cfg: RLConfig, path: str) -> list[list[int]]:
+    enc, form = get_tokenizer(), for_model(gpt)
+    ids = []
+    for i, p in enumerate(prompts):
+        t = enc.encode(form.to_model(p), allowed_special="all")
+        room = gpt.config.block_size - cfg.max_completion_length
+        if len(t) > room:
+            raise TrainError(f"--prompts {path}: prompt {i + 1} is {len(t)} tokens; with --max-completion-length "
+                             f"{cfg.max_completion_length} the model's context of {gpt.config.block_size} leaves "
+                             f"room for {max(room, 0)}: shorten it or lower --max-completion-length")
+        ids.append(t)
+    return ids
+
+
+def prepare(args, rd: RunDir, d: dist.Dist, device: torch.device) -> Run:
+    saved = rd.load_state() if args.resume else None
+    if saved is not None and saved.get("mode") != "grpo":
+        raise TrainError(f"--resume: {rd.path} holds a next-token training run; resume it without --reward")
+    cfg = resolve_config(args, saved["config"] if saved else None, rd.path)
+    if cfg.prompts_per_step % d.world:
+        raise TrainError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the number of processes "
+                         f"({d.world}): each process draws whole groups")
+    reward = _rewards(cfg)
+    prompts, extras = load_prompts(cfg.prompts)
+    eval_prompts, eval_extras = load_prompts(cfg.eval_prompts) if cfg.eval_prompts else (prompts, extras)
+    try:
+        gpt = GPT.from_pretrained(cfg.init)
+    except ValueError as e:
+        raise TrainError(f"--init {cfg.init}: {e}") from None
+    ref = None
+    if cfg.beta > 0:
+        ref = GPT(gpt.config)
+        ref.load_state_dict(saved["ref_model"] if saved else gpt.state_dict())
+        ref.text_form = gpt.text_form
+        ref.to(device).eval().requires_grad_(False)
+    if saved is not None:
+        gpt.load_state_dict(saved["model"])
+    gpt.to(device).float().eval()  # eval: no dropout; gradients flow all the same
+    optimizer = optim.make_optimizer(gpt, cfg.lr, cfg.weight_decay, (0.9, 0.999), device)
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        rd.restore_rng(saved, d)
+    rd.begin(saved["step"] if saved else None)
+    run = Run(cfg, d, device, rd, gpt, ref, optimizer, reward, prompts, extras, _encode(gpt, prompts, cfg, cfg.prompts),
+              eval_prompts, eval_extras, _encode(gpt, eval_prompts, cfg, cfg.eval_prompts or cfg.prompts))
+    if saved is not None:
+        run.step, run.elapsed = saved["step"], saved["elapsed"]
+    run.say(f"policy: {cfg.init} ({gpt.num_params() / 1e6:.2f}M parameters), text form {for_model(gpt).name}; "
+            + (f"resumed at step {run.step}" if saved else "new run"))
+    run.say(f"GRPO: {len(prompts)} prompts, {cfg.prompts_per_step} x {cfg.num_generations} rollouts of <= "
+            f"{cfg.max_completion_length} tokens a step, reward {' + '.join(reward.names)}, loss {cfg.loss_type}, "
+            f"beta {cfg.beta:g}, lr {cfg.lr:g}, {d.world} process(es)")
+    return run
+
+
+# -- one step ---------------------------------------------------------------------------------------------------
+def _pad(rows: list, T: int, value=0.0) -> torch.Tensor:
+    out = torch.full((len(rows), T), value, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(r, dtype=torch.float32) if not torch.is_tensor(r) else r.float()
+    return out
+
+
+def _stack_grad(rows: list[torch.Tensor], T: int) -> torch.Tensor:
+    """(N, T) from per-completion 1-D tensors with gradients, zero-padded (padding is masked out)."""
+    return torch.stack([torch.nn.functional.pad(r, (0, T - r.numel())) for r in rows])
+
+
+def rl_step(run: Run) -> dict:
+    cfg, d, gpt = run.cfg, run.d, run.gpt
+    G, form = cfg.num_generations, for_model(gpt)
+    batch = batch_prompts(len(run.prompts), cfg.prompts_per_step, run.step, cfg.seed)
+    per_rank = cfg.prompts_per_step // d.world
+    mine = batch[d.rank * per_rank:(d.rank + 1) * per_rank]  # whole groups on each process
+    params = cfg.sampling(G, [rollout_seed(cfg.seed, run.step, i) for i in mine], form)
+
+    t0 = time.perf_counter()
+    try:
+        rb = collect(gpt, [run.prompts[i] for i in mine], params, run.reward,
+                     prompt_ids=[run.prompt_ids[i] for i in mine],
+                     extras=[run.extras[i] for i in mine] if run.extras else None, advantages=False)
+    except PolicyError as e:
+        raise TrainError(f"step {run.step + 1}: {e}") from None
+    t_gen = time.perf_counter() - t0
+    # advantages over the whole batch (every process's groups), then this process's rows
+    totals = torch.cat(d.all_gather(rb.total))
+    per_funcs = torch.cat(d.all_gather(rb.per_func))
+    adv_all = group_advantages(totals, G, cfg.scale_rewards)
+    N = len(rb.raw)
+    adv = adv_all[d.rank * N:(d.rank + 1) * N]
+    rb.set_advantages(adv)
+
+    t1 = time.perf_counter()
+    prompts = [run.prompt_ids[i] for i in mine for _ in range(G)]
+    completions = [r.tokens for r in rb.raw]
+    T = max(len(c) for c in completions)
+    behaviour = _pad([r.logprobs for r in rb.raw], T)
+    mask = _pad([[1.0] * len(c) for c in completions], T)
+    if cfg.mask_truncated_completions:
+        mask[torch.tensor([r.finish_reason == "length" for r in rb.raw])] = 0.0
+    logps, keep = score(gpt, prompts, completions, params, grad=True, return_keep=True)
+    logps = _stack_grad(logps, T)
+    mismatch = float(((logps.detach() - behaviour).abs() * (mask > 0)).max()) if mask.any() else 0.0
+    ref_logps = None
+    if run.ref is not None:
+        ref_logps = _pad(score(run.ref, prompts, completions, params, keep=keep), T)
+    t_score = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    share, n_items = _shares(cfg, d, mask)
+    metrics_all = []
+    for it in range(cfg.num_iterations):
+        if it > 0:
+            logps = _stack_grad(score(gpt, prompts, completions, params, grad=True, keep=keep), T)
+        loss, metrics = grpo_loss(logps, behaviour if cfg.num_iterations > 1 else None, ref_logps, adv, mask,
+                                  loss_type=cfg.loss_type, beta=cfg.beta, epsilon=cfg.epsilon,
+                                  epsilon_high=cfg.epsilon_high, max_completion_length=cfg.max_completion_length,
+                                  num_items_in_batch=n_items)
+        (loss * share).backward()
+        for p in gpt.parameters():  # the gradient of the whole batch's loss: every process's share, summed
+            if p.grad is not None:
+                d.all_reduce_sum(p.grad)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
+        optim.set_lr(run.optimizer, cfg.lr)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        metrics_all.append({**metrics, "loss": float(d.all_reduce_sum((loss * share).detach().clone()))})
+    t_update = time.perf_counter() - t2
+
+    lens = torch.tensor([len(c) for c in completions], dtype=torch.float32)
+    tokens = mask.sum()
+    record = {"reward": _nanmean(totals), "reward_std": _nanstd(totals), "advantage_std": float(adv_all.std()),
+              "loss": metrics_all[0]["loss"], "clip_ratio": metrics_all[-1].get("clip_ratio", 0.0),
+              "clip_ratio_low": metrics_all[-1].get("clip_ratio/low_mean", 0.0),
+              "clip_ratio_high": metrics_all[-1].get("clip_ratio/high_mean", 0.0),
+              # the sampled tokens' mean -log p: a Monte-Carlo estimate of the policy's entropy (nats/token)
+              "entropy": float(-(behaviour * mask).sum() / tokens.clamp(min=1)),
+              "mismatch": max(d.all_gather(mismatch)),
+              "completion_length": float(lens.mean()), "completion_length_max": float(lens.max()),
+              "truncated": float(sum(r.finish_reason == "length" for r in rb.raw) / N),
+              "time_generate": t_gen, "time_score": t_score, "time_update": t_update}
+    if cfg.beta > 0:
+        record["kl"] = metrics_all[0]["kl"]
+    for name, col in zip(run.reward.names, per_funcs.T):
+        record[f"rewards/{name}/mean"] = _nanmean(col)
+        record[f"rewards/{name}/std"] = _nanstd(col)
+    return record
+
+
+def _shares(cfg: RLConfig, d: dist.Dist, mask: torch.Tensor) -> tuple[float, float | None]:
+    """How this process's loss adds up to the whole batch's (the one a single process would compute): its
+    share of the normaliser, and for "dapo" the batch's token count."""
+    counts = d.all_reduce_sum(torch.tensor([float(mask.shape[0]), float(mask.sum())]))
+    if cfg.loss_type == "dapo":
+        return 1.0, float(counts[1])
+    if cfg.loss_type == "bnpo":
+        return float(mask.sum() / counts[1].clamp(min=1)), None
+    return mask.shape[0] / float(counts[0]), None  # grpo, dr_grpo: means over sequences
+
+
+def _nanmean(x: torch.Tensor) -> float | None:
+    v = float(torch.nanmean(x))
+    return None if math.isnan(v) else v
+
+
+def _nanstd(x: torch.Tensor) -> float | None:
+    x = x[~torch.isnan(x)]
+    return float(x.std()) if x.numel() > 1 else None
+
+
+# -- evaluation -------------------------------------------------------------------------------------------------
+def evaluate(run: Run) -> dict:
+    """Mean rewards of eval_generations rollouts of every eval prompt, drawn with held-out seeds (never used
+    by a training step): the same seeds at every evaluation, so before and after compare like with like."""
+    cfg, d, gpt = run.cfg, run.d, run.gpt
+    idx = list(range(len(run.eval_prompts)))[d.rank::d.world]
+    params = cfg.sampling(cfg.eval_generations, [rollout_seed(cfg.seed, "eval", i) for i in idx], for_model(gpt))
+    if idx:
+        try:
+            rb = collect(gpt, [run.eval_prompts[i] for i in idx], params, run.reward,
+                         prompt_ids=[run.eval_ids[i] for i in idx],
+                         extras=[run.eval_extras[i] for i in idx] if run.eval_extras else None, advantages=False)
+        except PolicyError as e:
+            raise TrainError(f"evaluation: {e}") from None
+        per_func, total = rb.per_func, rb.total
+    else:
+        per_func, total = torch.empty(0, len(run.reward.names)), torch.empty(0)
+    per_func, total = torch.cat(d.all_gather(per_func)), torch.cat(d.all_gather(total))
+    out = {"eval_reward": _nanmean(total)}
+    for name, col in zip(run.reward.names, per_func.T):
+        out[f"eval/{name}"] = _nanmean(col)
+    return out
+
+
+# -- the loop ---------------------------------------------------------------------------------------------------
+def train_loop(run: Run) -> None:
+    from tqdm import tqdm
+
+    cfg, d = run.cfg, run.d
+    with run.rd.log() as log, StopFlag(enabled=d.world == 1) as stop:
+        if run.step == 0:
+            run.last = evaluate(run)
+            log.write({"step": 0, **run.last})
+            run.say(f"before: eval reward {_fmt(run.last['eval_reward'])} "
+                    f"({cfg.eval_generations} rollouts x {len(run.eval_prompts)} prompts, held-out seeds)")
+        bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not d.master, desc="GRPO", dynamic_ncols=True)
+        try:
+            while run.step < cfg.max_steps and not stop.requested:
+                t0 = time.perf_counter()
+                record = rl_step(run)
+                dt = time.perf_counter() - t0
+                run.step += 1
+                run.elapsed += dt
+                record = {"step": run.step, **record, "time": run.elapsed}
+                last = run.step == cfg.max_steps
+                if last or (cfg.eval_interval and run.step % cfg.eval_interval == 0):
+                    record.update(evaluate(run))
+                log.write(record)
+                bar.update(1)
+                bar.set_postfix(reward=_fmt(record["reward"]), kl=_fmt(record.get("kl")),
+                                mismatch=f"{record['mismatch']:.1e}")
+                if run.step % cfg.ckpt_interval == 0 or last or stop.requested:
+                    run.checkpoint()
+        finally:
+            bar.close()
+        run.stopped = stop.requested
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def plot_rewards(out: Path) -> None:
+    """reward.png: the batch reward per step (and held-out evaluations), and the KL to the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(out)
+    steps = [r for r in records if "reward" in r]
+    evals = [r for r in records if r.get("eval_reward") is not None]
+    kl = [r for r in steps if "kl" in r]
+    fig, axes = plt.subplots(2 if kl else 1, 1, figsize=(7, 5.5 if kl else 3.6), dpi=110, sharex=True,
+                             squeeze=False)
+    ax = axes[0][0]
+    if steps:
+        ax.plot([r["step"] for r in steps], [r["reward"] for r in steps], lw=1, alpha=0.6, label="batch reward")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_reward"] for r in evals], "o-", ms=4, label="held-out reward")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    if kl:
+        axes[1][0].plot([r["step"] for r in kl], [r["kl"] for r in kl], color="C3", lw=1)
+        axes[1][0].set_ylabel("KL to the reference")
+        axes[1][0].grid(alpha=0.3)
+    axes[-1][0].set_xlabel("step")
+    fig.tight_layout()
+    atomic_write(Path(out) / PLOT_FILE, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
+def finish(run: Run) -> dict:
+    cfg, out = run.cfg, run.rd.path
+    if run.d.master:
+        plot_rewards(out)
+    records = read_log(out)
+    first = next((r for r in records if r.get("step") == 0 and "eval_reward" in r), {})
+    final = next((r for r in reversed(records) if "eval_reward" in r and r.get("step", 0) > 0), {})
+    summary = {"step": run.step, "out": str(out), "stopped": run.stopped, "before": first, "after": final,
+               "time": run.elapsed, "log": str(out / LOG_FILE)}
+    if run.stopped:
+        run.say(f"stopped at step {run.step}; saved to {out}. Continue with: python train.py --resume --out {out} "
+                f"--reward ... (the same flags)")
+    else:
+        kl = next((r["kl"] for r in reversed(records) if "kl" in r), None)
+        run.say(f"done: step {run.step}, held-out reward {_fmt(first.get('eval_reward'))} -> "
+                f"{_fmt(final.get('eval_reward'))}" + (f", KL to the reference {kl:.3f}" if kl is not None else "")
+                + f"; {run.elapsed / 60:.1f} min; model in {out}/ (curves: {out}/{PLOT_FILE})")
+    return summary
+
+
+__all__ = ["RLConfig", "main", "prepare", "rl_step", "evaluate", "train_loop", "finish", "load_prompts",
+           "rollout_seed", "batch_prompts", "plot_rewards"]
