@@ -105,6 +105,8 @@ def _bars(ax, labels, raw, processed, drawn_index, both: bool, xmax: float | Non
     if xmax is None:
         xmax = _xmax(raw, processed if both else [])
     ax.set_xlim(0, xmax)
+    if xmax > 1.0:  # room for the labels of bars near 1, but no axis ticks past a probability of 1
+        ax.set_xticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     values = processed if both else raw
     for i, (y, v) in enumerate(zip(ys if not both else [y - h / 2 for y in ys], values)):
         if v > 0:
@@ -117,9 +119,10 @@ def _bars(ax, labels, raw, processed, drawn_index, both: bool, xmax: float | Non
 
 
 def _xmax(*prob_lists) -> float:
-    """Zoom in on flat distributions, and leave room for the value labels."""
+    """Zoom in on flat distributions, and leave room right of the longest bar for its value label (past 1.0
+    when a bar is near 1, so that its label never runs into the frame)."""
     top = max((max(ps, default=0.0) for ps in prob_lists), default=0.0)
-    return min(1.0, max(0.02, top * 1.3))
+    return max(0.02, top * 1.3) if top < 0.75 else top + 0.22
 
 
 def plot_steps(views: list[StepView], tokenizer, processing: str | None, *, prompt_text: str = "",
@@ -191,8 +194,11 @@ def plot_tree(root: Node, tokenizer, *, prompt_text: str = "", title: str = "", 
             lw = 0.8 + 3.0 * len(child.rollouts) / n_rollouts
             ax.plot([node.depth, child.depth], [node.y, child.y], color="#8aa4c8", lw=lw, zorder=1,
                     solid_capstyle="round")
-            ax.text((node.depth + child.depth) / 2, (node.y + child.y) / 2, fmt_p(child.prob), fontsize=6.5,
-                    ha="center", va="bottom", color="#555555", zorder=3)
+            # labels sit toward the child end: edges fanning out of one node part there, not at the parent
+            f = 0.68
+            ax.text(node.depth + f * (child.depth - node.depth), node.y + f * (child.y - node.y), fmt_p(child.prob),
+                    fontsize=6.5, ha="center", va="center", color="#555555", zorder=3,
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
     for node in nodes:
         if node.token is None:
             text = shorten(prompt_text, 18) or "prompt"
