@@ -4,7 +4,9 @@ Module and parameter names match Hugging Face's GPT2LMHeadModel checkpoints
 (`transformer.h.0.attn.c_attn.weight`, ...) and so do the weight layouts: GPT-2 stores its projections as
 Conv1D with weights [in, out], and we keep that layout because `addmm` with [in, out] weights is also the
 fastest float32 matrix-vector product on CPU. At more than one row (prefill, n rollouts, beams) CPU inference
-uses oneDNN with weights prepacked into its blocked layout instead (model/packed.py).
+uses oneDNN with weights prepacked into its blocked layout instead (model/packed.py), and a decode step of up
+to 8 rows runs in a few C kernels (model/cpu_decode.py) where they can be built. `quantize("int8")` keeps
+the linear weights as int8 with per-channel scales (model/quant.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from . import packed
+from . import cpu_decode, packed, quant
 from .cache import KVCache, SharedPrefixKVCache
 
 
@@ -75,17 +77,34 @@ _ACTIVATIONS = {
 
 
 class Conv1D(nn.Module):
-    """GPT-2's linear layer: weight [in, out], y = act(x @ W + b), `act` a name from _ACTIVATIONS."""
+    """GPT-2's linear layer: weight [in, out], y = act(x @ W + b), `act` a name from _ACTIVATIONS.
+
+    After `quantize_()` the weight is int8 instead: `qweight` [out, in] with one float32 scale per output
+    channel (`qscale`, stored as int32 bits: see quant.scale_bits), and `weight` is None."""
 
     def __init__(self, n_in: int, n_out: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_in, n_out))
         self.bias = nn.Parameter(torch.zeros(n_out))
         nn.init.normal_(self.weight, std=0.02)
+        self.register_buffer("qweight", None)
+        self.register_buffer("qscale", None)
         self.use_packed = True  # GPT.packed_weights sets it
         self._packed = packed.DerivedWeight()
 
+    def quantize_(self) -> None:
+        q, scale = quant.quantize_rows(self.weight.t())  # per output channel: rows of [out, in]
+        self.qweight, self.qscale = q, quant.scale_bits(scale)
+        self.register_parameter("weight", None)
+        self._packed.clear()
+
+    def scales(self) -> torch.Tensor:
+        return self.qscale.view(torch.float32)
+
     def forward(self, x, act: str | None = None):
+        if self.qweight is not None:
+            y = quant.linear(x, self.qweight, self.scales(), self.bias)
+            return _ACTIVATIONS[act](y) if act else y
         w = self.weight
         if self.use_packed and packed.preferred(x, w):
             return packed.linear(x, self._packed.get(w, lambda w: packed.reorder(w.t())), self.bias, act)
@@ -186,6 +205,11 @@ class GPT(nn.Module):
         self._head_t = packed.DerivedWeight()  # [C, V] for one-row float32: x @ W beats F.linear's [V, C] here
         self._head_packed = packed.DerivedWeight()
         self._packed_weights = True
+        # quantize(): the LM head's int8 copy of wte ([V, C] and per-row scales as int32 bits); wte stays float
+        self.register_buffer("lm_head_qweight", None)
+        self.register_buffer("lm_head_qscale", None)
+        self._cpu_kernels = True
+        self._cpu_plan = None  # cpu_decode.Plan, False where the kernels can't take this model, None: not built
 
     @staticmethod
     def _init_weights(module):
@@ -206,7 +230,13 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
+        n += sum(m.qweight.numel() for m in self.modules() if isinstance(m, Conv1D) and m.qweight is not None)
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    @property
+    def quantized(self) -> str | None:
+        """The quantization mode of the weights ("int8"), or None for float weights."""
+        return "int8" if self.lm_head_qweight is not None else None
 
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False):
@@ -216,18 +246,33 @@ class GPT(nn.Module):
         its left padding) and attend to everything cached before them; the cache then advances by T.
         `last_only` returns logits for the last position only ([B, 1, V]), as generation needs.
         """
-        x = self.hidden(idx, cache)  # (B, T, C)
+        x = self._hidden(idx, cache)  # (B, T, C)
         return self.lm_head(x[:, -1:] if last_only else x)
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final hidden states (after ln_f) for `idx` [B, T]: (B, T, C). `forward` is lm_head(hidden(...));
         callers that need logits at a few positions only (scoring a completion) select them first, so the
         [T, vocab] head product is computed where it is read."""
+        return self._hidden(idx, cache).to(self.dtype)
+
+    def _hidden(self, idx, cache):
+        """hidden(), except that a step of the CPU decode kernels returns its float32 states uncast."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
             got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx must be a LongTensor of shape [batch, time], got {got}")
         B, T = idx.shape
         cfg = self.config
+        if self.quantized and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            raise ValueError("this model's weights are quantized (int8): it runs inference only, with no gradients; "
+                             "run it under torch.no_grad(), or use the float model to train or differentiate")
+        if cache is not None and T == 1 and (plan := self._plan_for(B)):
+            desc = cpu_decode.cache_desc(cache)
+            if desc is not None:
+                pos, _ = cache.prepare(1, cfg.block_size)  # (1,) or (B, 1); checks the cache has room
+                x = (self.transformer.wte(idx) + self.transformer.wpe(pos)).float().reshape(B, cfg.n_embd)
+                cpu_decode.decode(plan, x, cache, desc)
+                cache.advance(1)
+                return x.view(B, 1, cfg.n_embd)
         if cache is None:
             self._check_tokens(idx)
             if T > cfg.block_size:
@@ -250,8 +295,14 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def lm_head(self, x):
-        """Tied output projection: x @ wte.T."""
+        """Tied output projection: x @ wte.T (the int8 copy of wte when quantized). Logits in the model's dtype."""
+        if plan := self._plan_for(x.numel() // x.shape[-1]):
+            logits = cpu_decode.head(plan, x.reshape(-1, x.shape[-1]).float().contiguous())
+            return logits.view(*x.shape[:-1], logits.shape[1]).to(self.dtype)
         w = self.transformer.wte.weight
+        x = x.to(w.dtype)
+        if self.lm_head_qweight is not None:
+            return quant.linear(x, self.lm_head_qweight, self.lm_head_qscale.view(torch.float32), None)
         if self._packed_weights and packed.preferred(x, w):
             return packed.linear(x, self._head_packed.get(w, packed.reorder), None)  # wte is [V, C] already
         if (torch.is_grad_enabled() and w.requires_grad) or w.dtype != torch.float32 or w.device.type != "cpu":
@@ -275,13 +326,65 @@ class GPT(nn.Module):
         self.clear_weight_caches()
 
     def clear_weight_caches(self) -> None:
-        """Drop the inference copies of the weights (blocked, transposed head); they are rebuilt on next use.
-        Needed only after writing weights through `.data`, which no cache key can see."""
+        """Drop the inference copies of the weights (blocked, transposed head) and the CPU kernels' pointers to
+        them; they are rebuilt on next use. Needed only after assigning weights through `.data`, which no
+        cache key can see."""
         for m in self.modules():
             if isinstance(m, Conv1D):
                 m._packed.clear()
         self._head_packed.clear()
         self._head_t.clear()
+        self._cpu_plan = None
+
+    @property
+    def cpu_kernels(self) -> bool:
+        """Whether CPU decode steps of up to cpu_decode.MAX_ROWS rows (and the LM head at those rows) run in
+        the C kernels of model/cpu_decode.py where they can be built (else the torch path runs)."""
+        return self._cpu_kernels
+
+    @cpu_kernels.setter
+    def cpu_kernels(self, on: bool) -> None:
+        self._cpu_kernels = bool(on)
+        self._cpu_plan = None
+
+    def _plan_for(self, rows: int):
+        """The CPU kernels' plan when a step of `rows` rows can run in them: inference on the CPU (no gradients
+        needed, no autocast), float32/bfloat16 or int8 weights, kernels built for this machine."""
+        if not self._cpu_kernels or rows > cpu_decode.MAX_ROWS or self.training or self._cpu_plan is False:
+            return None
+        if torch.is_autocast_enabled("cpu") or (torch.is_grad_enabled() and self.transformer.wte.weight.requires_grad):
+            return None
+        if self._cpu_plan is None:
+            ok = cpu_decode.load() is not None and cpu_decode.supports(self)
+            self._cpu_plan = cpu_decode.Plan(self) if ok else False
+        return self._cpu_plan or None
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .float(), ...: the weights may move
+        self._cpu_plan = None
+        return super()._apply(fn, *args, **kwargs)
+
+    # -- int8 weights -----------------------------------------------------------------------------------
+    def quantize(self, mode: str = "int8") -> "GPT":
+        """In place: int8 weights with per-output-channel scales for every linear layer and an int8 copy of wte
+        for the LM head (model/quant.py); returns the model. Inference only from then on."""
+        quant.check_mode(mode)
+        if self.quantized == mode:
+            return self
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, Conv1D):
+                    m.quantize_()
+            q, scale = quant.quantize_rows(self.transformer.wte.weight)  # rows of wte: the head's outputs
+            self.lm_head_qweight, self.lm_head_qscale = q, quant.scale_bits(scale)
+        self.requires_grad_(False)
+        self.clear_weight_caches()
+        return self.eval()
+
+    def train(self, mode: bool = True):
+        if mode and self.quantized:
+            raise ValueError("this model's weights are quantized (int8): it runs inference only; train the float "
+                             "model (GPT.from_pretrained without quantize=) and quantize it afterwards")
+        return super().train(mode)
 
     def _check_tokens(self, idx):
         if idx.dtype not in (torch.int64, torch.int32):
@@ -308,14 +411,21 @@ class GPT(nn.Module):
 
     # -- checkpoints ------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path, device=None, dtype=None) -> "GPT":
-        """Load a GPT-2 checkpoint in the Hugging Face format: a local directory, or a hub id when online."""
+    def from_pretrained(cls, name_or_path, device=None, dtype=None, quantize: str | None = None) -> "GPT":
+        """Load a GPT-2 checkpoint in the Hugging Face format: a local directory, or a hub id when online.
+        `quantize="int8"` quantizes the weights after loading (see `quantize`)."""
         from .checkpoint import load_pretrained
 
-        return load_pretrained(cls, name_or_path, device=device, dtype=dtype)
+        if quantize is not None:
+            quant.check_mode(quantize)
+        model = load_pretrained(cls, name_or_path, device=device, dtype=dtype)
+        return model.quantize(quantize) if quantize is not None else model
 
     def save_pretrained(self, directory) -> None:
         """Write config.json + model.safetensors, loadable by transformers.GPT2LMHeadModel (atomically)."""
         from .checkpoint import save_pretrained
 
+        if self.quantized:
+            raise ValueError("a quantized model can't be saved as a Hugging Face checkpoint; save the float model, "
+                             "and load it with GPT.from_pretrained(dir, quantize='int8')")
         save_pretrained(self, directory)

@@ -1,0 +1,661 @@
+"""A GPT-2 decode step on the CPU in one call: a few C kernels, compiled on first use.
+
+Why: at batch 1 a decode step should cost about the time to read the weights once (GPT-2 small: ~495 MB
+in float32, ~250 MB in bfloat16, ~125 MB in int8). Through torch ops it costs more: ~15 ops per block,
+each a dispatch (and a fork-join of the thread pool), SDPA's CPU kernel is slow for one query in bfloat16,
+and the matrix-vector products leave bandwidth unused on these short, strided weight streams. Here one
+call runs all blocks for up to MAX_ROWS rows (one token each): layer norms, products with bias, GELU and
+residual fused into their epilogues, this step's keys and values written into the cache, and attention,
+with software prefetch in the weight streams; a second call runs the LM head. See README "Speed".
+
+Activations stay float32 throughout, whatever the weights are stored in (float32, bfloat16, or int8 with
+one float32 scale per output channel); the KV cache is float32 or bfloat16, as the model's dtype makes it.
+So a bfloat16 model's decode step here is slightly *more* precise than its torch path (which rounds every
+activation to bfloat16): logits agree to bfloat16 rounding, not bit for bit.
+
+The kernels need x86-64 with AVX-512 (F, BW, VL) and a C compiler with OpenMP (gcc); they are built once
+per machine into a cache directory ($PIGPT_CACHE, else ~/.cache/pigpt) and share torch's OpenMP thread
+pool (torch.get_num_threads()). Anywhere else, or with PIGPT_CPU_KERNELS=0, `load()` returns None and the
+model runs its torch path; `status()` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+MAX_ROWS = 8  # rows (batch x 1 token) a call takes: products are bandwidth-bound up to here (measured)
+
+F32, BF16, I8 = 0, 1, 2
+KN, NK = 0, 1  # weight layouts: [in, out] (GPT-2's Conv1D) or [out, in] (wte as the head; int8 copies)
+ACTIVATIONS = {"gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "gelu": 2, "relu": 3}
+_TYPES = {torch.float32: F32, torch.bfloat16: BF16, torch.int8: I8}
+
+SOURCE = r"""
+#include <immintrin.h>
+#include <math.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <omp.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+enum { F32 = 0, BF16 = 1, I8 = 2 };
+enum { KN = 0, NK = 1 };
+enum { ACT_NONE = 0, ACT_GELU_TANH = 1, ACT_GELU_ERF = 2, ACT_RELU = 3 };
+enum { STORE = 0, ADD = 1 };  /* y = act(xW + b), or y += xW + b (the residual stream) */
+
+typedef struct {
+  const void* w;       /* KN: [K, N]; NK: [N, K] */
+  const float* scale;  /* [N] per-output-channel scale (int8), or NULL */
+  const void* bias;    /* [N] in the model's float type, or NULL */
+  int64_t K, N;
+  int32_t wtype, layout, act;
+} Linear;
+
+typedef struct {
+  const void *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+  Linear qkv, proj, fc, proj2;
+  float attn_scale;
+} Layer;
+
+typedef struct {
+  /* rows' own keys: layer l, row b, head h, slot s at k + l*layer + b*row + h*head + s*hs (elements) */
+  void *k, *v;
+  int64_t layer, row, head, pos;  /* pos: this step's slot */
+  const int64_t* start;           /* [M] first real slot of each row (left padding), or NULL */
+  /* keys of shared prompts (SharedPrefixKVCache), read by every row continuing them; pk NULL if none */
+  const void *pk, *pv;
+  int64_t p_layer, p_row, p_head, P;
+  const int64_t* prompt;   /* [M] each row's prompt */
+  const int64_t* p_start;  /* [prompts] first real slot (left padding), or NULL */
+  int32_t kvtype;
+} Cache;
+
+typedef struct {
+  int32_t L, C, nh, ptype;
+  float eps;
+  const Layer* layers;
+  const void *lnf_w, *lnf_b;
+} Model;
+
+typedef float f32_t;
+typedef uint16_t bf16_t;
+typedef int8_t i8_t;
+
+static inline __mmask16 tail(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+/* 16 values of type T as float32; _m: the lanes of mask m (others 0) */
+static inline __m512 ld_f32(const void* p) { return _mm512_loadu_ps(p); }
+static inline __m512 ld_bf16(const void* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p)), 16));
+}
+static inline __m512 ld_i8(const void* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))); }
+static inline __m512 ld_f32_m(const void* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline __m512 ld_bf16_m(const void* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+static inline __m512 ld_i8_m(const void* p, __mmask16 m) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+}
+static inline __m512 load(const void* p, int64_t i, int type, __mmask16 m) {  /* float32 or bfloat16 */
+  return type == F32 ? ld_f32_m((const float*)p + i, m) : ld_bf16_m((const uint16_t*)p + i, m);
+}
+static inline void store(void* p, int64_t i, int type, __m512 v, __mmask16 m) {
+  if (type == F32) { _mm512_mask_storeu_ps((float*)p + i, m, v); return; }
+  __m512i u = _mm512_castps_si512(v);  /* round to nearest even, as torch's float -> bfloat16 */
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+  _mm256_mask_storeu_epi16((uint16_t*)p + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+}
+
+static inline __m512 exp512(__m512 x) {  /* e^x to ~2e-7 relative: 2^n e^r, |r| <= ln2/2, degree-7 Taylor */
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  const float c[7] = {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+  for (int i = 0; i < 7; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[i]));
+  return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 activate(__m512 v, int act) {
+  if (act == ACT_GELU_TANH) {  /* 0.5 v (1 + tanh u) = v (1 - 1 / (1 + e^2u)), u = sqrt(2/pi) (v + 0.044715 v^3) */
+    __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                             _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), _mm512_mul_ps(v, v), v));
+    __m512 d = _mm512_add_ps(exp512(_mm512_add_ps(u, u)), _mm512_set1_ps(1.0f));
+    return _mm512_mul_ps(v, _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(1.0f), d)));
+  }
+  if (act == ACT_GELU_ERF) {  /* 0.5 v (1 + erf(v / sqrt 2)), erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7) */
+    __m512 z = _mm512_mul_ps(v, _mm512_set1_ps(0.7071067811865476f)), a = _mm512_abs_ps(z);
+    __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+    __m512 p = _mm512_set1_ps(1.061405429f);
+    const float c[4] = {-1.453152027f, 1.421413741f, -0.284496736f, 0.254829592f};
+    for (int i = 0; i < 4; i++) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c[i]));
+    __m512 e = _mm512_fnmadd_ps(_mm512_mul_ps(p, t), exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a)),
+                                _mm512_set1_ps(1.0f));  /* erf |z| */
+    e = _mm512_mask_sub_ps(e, _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps(), e);
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  }
+  if (act == ACT_RELU) return _mm512_max_ps(v, _mm512_setzero_ps());
+  return v;
+}
+
+/* -- products for up to 8 rows ------------------------------------------------------------------------
+   Weights stream from memory once a step. The hardware prefetcher alone leaves these short, strided streams
+   at ~60% of the bandwidth (measured), so the loops prefetch PF_ROWS rows (KN) / PF_BYTES bytes (NK) ahead.
+   A tile is R rows of x against 16V output columns (KN) or NB output rows (NK); R*V, R*NB <= 16 keeps every
+   accumulator in a register. Rows past M repeat row M-1; their results are dropped. */
+#define PF_ROWS 16
+#define PF_BYTES 1024
+
+#define KN_TILE(T, R, V)                                                                                   \
+  static void kn_##T##_##R##_##V(const Linear* L, const float* x, int M, int64_t n0, __mmask16 mlast,     \
+                                 float* out) {                                                             \
+    const int64_t es = sizeof(T##_t), K = L->K, N = L->N;                                                  \
+    __m512 acc[R][V];                                                                                      \
+    const float* xr[R];                                                                                    \
+    for (int i = 0; i < R; i++) {                                                                          \
+      xr[i] = x + (int64_t)(i < M ? i : M - 1) * K;                                                        \
+      for (int j = 0; j < V; j++) acc[i][j] = _mm512_setzero_ps();                                         \
+    }                                                                                                      \
+    const char* row = (const char*)L->w + n0 * es;                                                         \
+    for (int64_t k = 0; k < K; k++, row += N * es) {                                                       \
+      if (k + PF_ROWS < K)                                                                                 \
+        for (int b = 0; b < 16 * V * es; b += 64) _mm_prefetch(row + PF_ROWS * N * es + b, _MM_HINT_T0);  \
+      __m512 w[V];                                                                                         \
+      for (int j = 0; j < V - 1; j++) w[j] = ld_##T(row + 16 * j * es);                                    \
+      w[V - 1] = ld_##T##_m(row + 16 * (V - 1) * es, mlast);                                               \
+      for (int i = 0; i < R; i++) {                                                                        \
+        __m512 a = _mm512_set1_ps(xr[i][k]);                                                               \
+        for (int j = 0; j < V; j++) acc[i][j] = _mm512_fmadd_ps(a, w[j], acc[i][j]);                       \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int i = 0; i < R; i++)                                                                            \
+      for (int j = 0; j < V; j++) _mm512_storeu_ps(out + i * 256 + 16 * j, acc[i][j]);                     \
+  }
+#define KN_ALL(T) KN_TILE(T, 1, 16) KN_TILE(T, 1, 8) KN_TILE(T, 1, 4) KN_TILE(T, 1, 2) KN_TILE(T, 1, 1) \
+  KN_TILE(T, 2, 8) KN_TILE(T, 2, 4) KN_TILE(T, 2, 2) KN_TILE(T, 2, 1) KN_TILE(T, 4, 4) KN_TILE(T, 4, 2)  \
+  KN_TILE(T, 4, 1) KN_TILE(T, 8, 2) KN_TILE(T, 8, 1)
+KN_ALL(f32)
+KN_ALL(bf16)
+typedef void (*kn_fn)(const Linear*, const float*, int, int64_t, __mmask16, float*);
+#define KN_TABLE(T)                                                                                         \
+  {{0, kn_##T##_1_1, kn_##T##_1_2, 0, kn_##T##_1_4, 0, 0, 0, kn_##T##_1_8, 0, 0, 0, 0, 0, 0, 0, kn_##T##_1_16}, \
+   {0, kn_##T##_2_1, kn_##T##_2_2, 0, kn_##T##_2_4, 0, 0, 0, kn_##T##_2_8},                                 \
+   {0, kn_##T##_4_1, kn_##T##_4_2, 0, kn_##T##_4_4},                                                        \
+   {0, kn_##T##_8_1, kn_##T##_8_2}}
+static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [type][log2 R][V] */
+
+#define NK_TILE(T, R, NB)                                                                                  \
+  static void nk_##T##_##R##_##NB(const Linear* L, const float* x, int M, int64_t n0, float* out) {       \
+    const int64_t es = sizeof(T##_t), K = L->K;                                                            \
+    __m512 acc[R][NB];                                                                                     \
+    const float* xr[R];                                                                                    \
+    for (int i = 0; i < R; i++) {                                                                          \
+      xr[i] = x + (int64_t)(i < M ? i : M - 1) * K;                                                        \
+      for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();                                        \
+    }                                                                                                      \
+    const char* wb = (const char*)L->w + n0 * K * es;                                                      \
+    for (int64_t k = 0; k < K; k += 16) {                                                                  \
+      __mmask16 m = tail(K - k);                                                                           \
+      if (k * es % 64 == 0)                                                                                \
+        for (int j = 0; j < NB; j++) _mm_prefetch(wb + (j * K + k) * es + PF_BYTES, _MM_HINT_T0);          \
+      __m512 w[NB];                                                                                        \
+      if (m == 0xffff)                                                                                     \
+        for (int j = 0; j < NB; j++) w[j] = ld_##T(wb + (j * K + k) * es);                                 \
+      else                                                                                                 \
+        for (int j = 0; j < NB; j++) w[j] = ld_##T##_m(wb + (j * K + k) * es, m);                          \
+      for (int i = 0; i < R; i++) {                                                                        \
+        __m512 a = _mm512_maskz_loadu_ps(m, xr[i] + k);                                                    \
+        for (int j = 0; j < NB; j++) acc[i][j] = _mm512_fmadd_ps(a, w[j], acc[i][j]);                      \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int i = 0; i < R; i++)                                                                            \
+      for (int j = 0; j < NB; j++) out[i * 256 + j] = _mm512_reduce_add_ps(acc[i][j]);                     \
+  }
+#define NK_ALL(T) NK_TILE(T, 1, 8) NK_TILE(T, 1, 1) NK_TILE(T, 2, 4) NK_TILE(T, 2, 1) NK_TILE(T, 4, 4) \
+  NK_TILE(T, 4, 1) NK_TILE(T, 8, 2) NK_TILE(T, 8, 1)
+NK_ALL(f32)
+NK_ALL(bf16)
+NK_ALL(i8)
+typedef void (*nk_fn)(const Linear*, const float*, int, int64_t, float*);
+#define NK_TABLE(T) {{nk_##T##_1_1, nk_##T##_1_8}, {nk_##T##_2_1, nk_##T##_2_4}, {nk_##T##_4_1, nk_##T##_4_4}, \
+                     {nk_##T##_8_1, nk_##T##_8_2}}
+static const nk_fn NK_TILES[3][4][2] = {NK_TABLE(f32), NK_TABLE(bf16), NK_TABLE(i8)}; /* [type][log2 R][whole] */
+
+/* y[i, n0 + j] for tile results out[i, j] (row stride 256): scale, bias, then act or the residual add */
+static void finish(const Linear* L, int ptype, const float* out, int r, int64_t n0, int64_t cols, float* y,
+                   int64_t ldy, int mode) {
+  for (int i = 0; i < r; i++)
+    for (int64_t j = 0; j < cols; j += 16) {
+      __mmask16 m = tail(cols - j);
+      __m512 v = _mm512_maskz_loadu_ps(m, out + i * 256 + j);
+      if (L->scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, L->scale + n0 + j));
+      if (L->bias) v = _mm512_add_ps(v, load(L->bias, n0 + j, ptype, m));
+      float* dst = y + i * ldy + n0 + j;
+      v = mode == ADD ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst)) : activate(v, L->act);
+      _mm512_mask_storeu_ps(dst, m, v);
+    }
+}
+
+/* -- a barrier that sleeps --------------------------------------------------------------------------
+   OpenMP's barrier spins for a long while (libgomp: 300k rounds) before it sleeps. On a machine whose cores are
+   shared with other processes, the spinning thread holds a core its preempted partner needs, and a step with
+   ~50 barriers took 300 ms instead of 17 (measured; OMP_WAIT_POLICY=passive gave 17). This one spins briefly,
+   then sleeps on a futex until the last thread arrives. */
+typedef struct { int count, gen, sleepers; } Barrier;
+#define SPINS 2000
+
+static void barrier(Barrier* b, int nt) {
+  if (nt == 1) return;
+  int gen = __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE);
+  if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == nt) {
+    __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->gen, gen + 1, __ATOMIC_RELEASE);
+#ifdef __linux__
+    if (__atomic_load_n(&b->sleepers, __ATOMIC_ACQUIRE))
+      syscall(SYS_futex, &b->gen, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+#endif
+    return;
+  }
+  for (int i = 0; __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == gen; i++) {
+    if (i < SPINS) { _mm_pause(); continue; }
+#ifdef __linux__
+    __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_ACQ_REL);
+    if (__atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == gen)
+      syscall(SYS_futex, &b->gen, FUTEX_WAIT_PRIVATE, gen, NULL, NULL, 0);
+    __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_ACQ_REL);
+#else
+    sched_yield();
+#endif
+  }
+}
+
+/* y[:, n_begin:n_end] = act(x (M, K) W + b)[:, n_begin:n_end], or += (x W + b)[...]: output columns (KN) or rows
+   of W (NK) n_begin..n_end, tiled; n_begin a multiple of 16 (KN) or of the row group (NK) unless at the end. */
+static void linear_cols(const Linear* L, int ptype, const float* x, int M, float* y, int mode, int64_t n_begin,
+                        int64_t n_end) {
+  int R = M == 1 ? 1 : M == 2 ? 2 : M <= 4 ? 4 : 8, lg = R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3;
+  const int64_t K = L->K, N = L->N;
+  float out[8 * 256] __attribute__((aligned(64)));
+  if (L->layout == KN) {  /* tiles of up to 16 * 16 / R columns, halving towards the end of the range */
+    for (int64_t n0 = n_begin; n0 < n_end;) {
+      int64_t vecs = (n_end - n0 + 15) / 16;
+      int V = 16 / R;
+      while (V > vecs) V >>= 1;
+      int64_t cols = n0 + 16 * V <= n_end ? 16 * V : n_end - n0;
+      for (int m0 = 0; m0 < M; m0 += R) {
+        int r = M - m0 < R ? M - m0 : R;
+        KN_TILES[L->wtype][lg][V](L, x + m0 * K, r, n0, tail(cols - 16 * (V - 1)), out);
+        finish(L, ptype, out, r, n0, cols, y + m0 * N, N, mode);
+      }
+      n0 += cols;
+    }
+  } else {  /* groups of NB rows of W, up to 256 outputs of `out` at a time */
+    int NB = R == 1 ? 8 : R == 8 ? 2 : 4;
+    for (int64_t n0 = n_begin; n0 < n_end;) {
+      int64_t cols = n_end - n0 < 256 ? n_end - n0 : 256;
+      for (int m0 = 0; m0 < M; m0 += R) {
+        int r = M - m0 < R ? M - m0 : R;
+        for (int64_t c = 0; c < cols;) {
+          float part[8 * 256] __attribute__((aligned(64)));
+          int whole = c + NB <= cols, nb = whole ? NB : 1;
+          NK_TILES[L->wtype][lg][whole](L, x + m0 * K, r, n0 + c, part);
+          for (int i = 0; i < r; i++)
+            for (int j = 0; j < nb; j++) out[i * 256 + c + j] = part[i * 256 + j];
+          c += nb;
+        }
+        finish(L, ptype, out, r, n0, cols, y + m0 * N, N, mode);
+      }
+      n0 += cols;
+    }
+  }
+}
+
+/* The whole product, thread t of nt taking a contiguous slice of the outputs (whole vectors, or whole row
+   groups). */
+static void linear(const Linear* L, int ptype, const float* x, int M, float* y, int mode, int t, int nt) {
+  int64_t unit = L->layout == KN ? 16 : 8, N = L->N;
+  int64_t per = ((N + unit - 1) / unit + nt - 1) / nt * unit;
+  linear_cols(L, ptype, x, M, y, mode, t * per < N ? t * per : N, (t + 1) * per < N ? (t + 1) * per : N);
+}
+
+/* -- layer norm, attention ------------------------------------------------------------------------- */
+static void layer_norm(const float* x, const void* w, const void* b, int ptype, int64_t C, float eps, float* y) {
+  __m512 s = _mm512_setzero_ps(), q = _mm512_setzero_ps();
+  for (int64_t i = 0; i < C; i += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail(C - i), x + i));
+  __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(s) / C);
+  for (int64_t i = 0; i < C; i += 16) {
+    __mmask16 m = tail(C - i);
+    __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), mean);
+    q = _mm512_fmadd_ps(d, d, q);
+  }
+  __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(q) / C + eps));
+  for (int64_t i = 0; i < C; i += 16) {
+    __mmask16 m = tail(C - i);
+    __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mean), rstd);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(d, load(w, i, ptype, m), load(b, i, ptype, m)));
+  }
+}
+
+/* sc[s] = scale * q.k_s for n keys of width hs; returns max(mx, max_s sc[s]) */
+static float scores(const float* q, const void* k, int type, int64_t n, int hs, float scale, float* sc, float mx) {
+  for (int64_t s = 0; s < n; s++) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int d = 0; d < hs; d += 16) {
+      __mmask16 m = tail(hs - d);
+      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + d), load(k, s * hs + d, type, m), acc);
+    }
+    sc[s] = _mm512_reduce_add_ps(acc) * scale;
+    mx = sc[s] > mx ? sc[s] : mx;
+  }
+  return mx;
+}
+
+static void weighted_sum(const float* p, const void* v, int type, int64_t n, int hs, float* out) {  /* out += */
+  for (int d = 0; d < hs; d += 16) {
+    __mmask16 m = tail(hs - d);
+    __m512 acc = _mm512_maskz_loadu_ps(m, out + d);
+    for (int64_t s = 0; s < n; s++) acc = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), load(v, s * hs + d, type, m), acc);
+    _mm512_mask_storeu_ps(out + d, m, acc);
+  }
+}
+
+/* One query (row b, head h): write this step's key and value, then attend over the row's prompt's shared keys
+   (if any) and its own, one softmax over both. */
+static void attend(const Cache* c, int64_t l, int64_t b, int64_t h, int hs, float scale, const float* qkv,
+                   int64_t C, float* out, float* sc) {
+  int type = c->kvtype;
+  int64_t es = type == F32 ? 4 : 2;
+  char* kb = (char*)c->k + (l * c->layer + b * c->row + h * c->head) * es;
+  char* vb = (char*)c->v + (l * c->layer + b * c->row + h * c->head) * es;
+  for (int d = 0; d < hs; d += 16) {
+    __mmask16 m = tail(hs - d);
+    store(kb, c->pos * hs + d, type, _mm512_maskz_loadu_ps(m, qkv + C + h * hs + d), m);
+    store(vb, c->pos * hs + d, type, _mm512_maskz_loadu_ps(m, qkv + 2 * C + h * hs + d), m);
+  }
+  int64_t s0 = c->start ? c->start[b] : 0, n_own = c->pos + 1 - s0, n_pre = 0;
+  const char *pkb = 0, *pvb = 0;
+  if (c->pk) {
+    int64_t p = c->prompt[b], p0 = c->p_start ? c->p_start[p] : 0, off = l * c->p_layer + p * c->p_row + h * c->p_head;
+    n_pre = c->P - p0;
+    pkb = (const char*)c->pk + (off + p0 * hs) * es;
+    pvb = (const char*)c->pv + (off + p0 * hs) * es;
+  }
+  const float* q = qkv + h * hs;
+  float mx = n_pre ? scores(q, pkb, type, n_pre, hs, scale, sc, -INFINITY) : -INFINITY;
+  mx = scores(q, kb + s0 * hs * es, type, n_own, hs, scale, sc + n_pre, mx);
+  __m512 sum = _mm512_setzero_ps(), vmx = _mm512_set1_ps(mx);
+  for (int64_t s = 0; s < n_pre + n_own; s += 16) {
+    __mmask16 m = tail(n_pre + n_own - s);
+    __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + s), vmx)));
+    _mm512_mask_storeu_ps(sc + s, m, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  float inv = 1.0f / _mm512_reduce_add_ps(sum);
+  for (int64_t s = 0; s < n_pre + n_own; s++) sc[s] *= inv;
+  memset(out, 0, hs * sizeof(float));
+  if (n_pre) weighted_sum(sc, pvb, type, n_pre, hs, out);
+  weighted_sum(sc + n_pre, vb + s0 * hs * es, type, n_own, hs, out);
+}
+
+/* -- entry points --------------------------------------------------------------------------------- */
+/* All blocks, then ln_f, for M rows of one token: x (M, C) holds the embeddings in and the final hidden states
+   out. work: M * (5C + inner) + nthreads * (M * C + S + 16) floats (S: the most keys any row attends to).
+   Four barriers a block: each thread normalises x itself (M x C, cheap) rather than waiting for one copy,
+   and computes q, k, v for its own heads, so its attention needs nobody else's. */
+void pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads) {
+  const int64_t C = md->C, H = md->nh, hs = C / H, inner = md->layers[0].fc.N;
+  float *qkv = work, *att = qkv + 3 * M * C, *hid = att + M * C, *mine = hid + M * inner;
+  Barrier bar = {0, 0, 0};
+  #pragma omp parallel num_threads(nthreads)
+  {
+    int nt = omp_get_num_threads(), t = omp_get_thread_num(), P = md->ptype;
+    float *a = mine + t * (M * C + S + 16), *sc = a + M * C;
+    int64_t h0 = H * t / nt, h1 = H * (t + 1) / nt;  /* this thread's heads */
+    for (int l = 0; l < md->L; l++) {
+      const Layer* ly = md->layers + l;
+      for (int m = 0; m < M; m++) layer_norm(x + m * C, ly->ln1_w, ly->ln1_b, P, C, md->eps, a + m * C);
+      for (int part = 0; part < 3; part++)  /* q, k, v columns of heads h0..h1 */
+        linear_cols(&ly->qkv, P, a, M, qkv, STORE, part * C + h0 * hs, part * C + h1 * hs);
+      for (int m = 0; m < M; m++)
+        for (int64_t h = h0; h < h1; h++)
+          attend(c, l, m, h, hs, ly->attn_scale, qkv + m * 3 * C, C, att + m * C + h * hs, sc);
+      barrier(&bar, nt);
+      linear(&ly->proj, P, att, M, x, ADD, t, nt);
+      barrier(&bar, nt);
+      for (int m = 0; m < M; m++) layer_norm(x + m * C, ly->ln2_w, ly->ln2_b, P, C, md->eps, a + m * C);
+      linear(&ly->fc, P, a, M, hid, STORE, t, nt);
+      barrier(&bar, nt);
+      linear(&ly->proj2, P, hid, M, x, ADD, t, nt);
+      barrier(&bar, nt);
+    }
+    for (int m = t; m < M; m += nt) {
+      layer_norm(x + m * C, md->lnf_w, md->lnf_b, P, C, md->eps, a);
+      memcpy(x + m * C, a, C * sizeof(float));
+    }
+  }
+}
+
+/* y (M, N) = act(x (M, K) W + b) for one linear (the LM head) */
+void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads) {
+  #pragma omp parallel num_threads(nthreads)
+  linear(L, ptype, x, M, y, STORE, omp_get_thread_num(), omp_get_num_threads());
+}
+"""
+
+_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+
+_P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+
+
+class Linear(ctypes.Structure):
+    _fields_ = [("w", _P), ("scale", _P), ("bias", _P), ("K", _I64), ("N", _I64),
+                ("wtype", _I32), ("layout", _I32), ("act", _I32)]
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [("ln1_w", _P), ("ln1_b", _P), ("ln2_w", _P), ("ln2_b", _P),
+                ("qkv", Linear), ("proj", Linear), ("fc", Linear), ("proj2", Linear), ("attn_scale", ctypes.c_float)]
+
+
+class Cache(ctypes.Structure):
+    _fields_ = [("k", _P), ("v", _P), ("layer", _I64), ("row", _I64), ("head", _I64), ("pos", _I64), ("start", _P),
+                ("pk", _P), ("pv", _P), ("p_layer", _I64), ("p_row", _I64), ("p_head", _I64), ("P", _I64),
+                ("prompt", _P), ("p_start", _P), ("kvtype", _I32)]
+
+
+class Model(ctypes.Structure):
+    _fields_ = [("L", _I32), ("C", _I32), ("nh", _I32), ("ptype", _I32), ("eps", ctypes.c_float),
+                ("layers", _P), ("lnf_w", _P), ("lnf_b", _P)]
+
+
+# -- building and loading -----------------------------------------------------------------------------------
+_status = "not loaded yet"
+
+
+def status() -> str:
+    """Why the kernels are or aren't in use: 'loaded from <path>', or the reason they aren't."""
+    load()
+    return _status
+
+
+@functools.lru_cache(maxsize=None)
+def load():
+    """The compiled library (a ctypes.CDLL), or None where it can't be built here (see `status()`)."""
+    global _status
+    if os.environ.get("PIGPT_CPU_KERNELS", "1") == "0":
+        _status = "turned off by PIGPT_CPU_KERNELS=0"
+        return None
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        _status = f"this CPU has no AVX-512 (torch reports {torch.backends.cpu.get_cpu_capability()})"
+        return None
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        _status = "no C compiler found (set CC, or install gcc)"
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        key = hashlib.sha256("\0".join([SOURCE, cc, version, *_FLAGS]).encode()).hexdigest()[:16]
+        path = _cache_dir() / f"pigpt_cpu_decode_{key}.so"
+        if not path.exists():
+            _compile(cc, path)
+        lib = ctypes.CDLL(str(path))  # after torch: its libgomp.so.1 is the one already loaded
+    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        _status = f"build failed: {str(e).strip()[:500]}"
+        return None
+    lib.pigpt_decode.argtypes = [_P, ctypes.c_int, _P, _P, _P, _I64, ctypes.c_int]
+    lib.pigpt_linear.argtypes = [_P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
+    _status = f"loaded from {path}"
+    return lib
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("PIGPT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pigpt")
+    try:
+        Path(base).mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return Path(base)
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
+def _compile(cc: str, path: Path) -> None:
+    """Compile SOURCE into `path`, atomically: concurrent processes each build their own, and one wins."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        src, out = Path(tmp) / "cpu_decode.c", Path(tmp) / "cpu_decode.so"
+        src.write_text(SOURCE)
+        done = subprocess.run([cc, *_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"{cc} exited with {done.returncode}: {done.stderr}")
+        os.replace(out, path)
+
+
+# -- the model's side ---------------------------------------------------------------------------------------
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+class Plan:
+    """The model's weights as the kernels see them: pointers to its own tensors (no copies), built once and
+    valid while no parameter moves to new storage (GPT drops its plan on .to(), quantize() and
+    clear_weight_caches()). Holds references to the tensors so that the pointers stay valid."""
+
+    def __init__(self, gpt):
+        cfg, tr = gpt.config, gpt.transformer
+        self.keep = []  # the tensors behind every pointer
+        self.ptype = _TYPES[gpt.dtype]
+        layers = (Layer * cfg.n_layer)()
+        for i, block in enumerate(tr.h):
+            layers[i] = Layer(*(self._t(p) for p in (block.ln_1.weight, block.ln_1.bias, block.ln_2.weight,
+                                                     block.ln_2.bias)),
+                              self._linear(block.attn.c_attn), self._linear(block.attn.c_proj),
+                              self._linear(block.mlp.c_fc, ACTIVATIONS[cfg.activation]),
+                              self._linear(block.mlp.c_proj), block.attn.scale)
+        self.layers = layers
+        self.model = Model(cfg.n_layer, cfg.n_embd, cfg.n_head, self.ptype, cfg.layer_norm_epsilon,
+                           ctypes.addressof(layers), self._t(tr.ln_f.weight), self._t(tr.ln_f.bias))
+        q = gpt.lm_head_qweight
+        if q is not None:  # the int8 copy of wte, [V, C]
+            scale = gpt.lm_head_qscale.view(torch.float32)
+            self.head = Linear(self._t(q), self._t(scale), None, q.shape[1], q.shape[0], I8, NK, 0)
+        else:  # wte itself: [V, C] is the head's [out, in]
+            w = tr.wte.weight
+            self.head = Linear(self._t(w), None, None, w.shape[1], w.shape[0], _TYPES[w.dtype], NK, 0)
+        self.work = torch.empty(0)
+
+    def _t(self, t: torch.Tensor):
+        self.keep.append(t.detach())
+        return t.data_ptr()
+
+    def _linear(self, conv, act: int = 0) -> Linear:
+        b = self._t(conv.bias)
+        if conv.qweight is not None:  # [out, in] int8 and its float32 scales
+            q = conv.qweight
+            return Linear(self._t(q), self._t(conv.scales()), b, q.shape[1], q.shape[0], I8, NK, act)
+        w = conv.weight  # [in, out]
+        return Linear(self._t(w), None, b, w.shape[0], w.shape[1], _TYPES[w.dtype], KN, act)
+
+    def __reduce__(self):  # pointers: deep copies and pickles of a model start without a plan
+        return (type(None), ())
+
+    def workspace(self, n: int) -> torch.Tensor:
+        """A float32 buffer of >= n elements, reused across steps (no allocation per step)."""
+        if self.work.numel() < n:
+            self.work = torch.empty(n)
+        return self.work
+
+
+def supports(gpt) -> bool:
+    """Whether the kernels take this model's weights: CPU, float32/bfloat16 (or int8 copies), contiguous."""
+    if gpt.dtype not in (torch.float32, torch.bfloat16) or gpt.device.type != "cpu":
+        return False
+    for m in gpt.modules():
+        for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+            if not t.is_contiguous() or t.device.type != "cpu":
+                return False
+            if t.is_floating_point() and t.dtype != gpt.dtype:  # the kernels read them all as the model's dtype
+                return False
+    return True
+
+
+def cache_desc(cache) -> Cache | None:
+    """The kernels' view of a KVCache or SharedPrefixKVCache (this step's slot included), or None when its
+    layout isn't one they read."""
+    from .cache import KVCache, SharedPrefixKVCache
+
+    k, v = cache.k, cache.v
+    if k.dtype not in (torch.float32, torch.bfloat16) or not (k.is_contiguous() and v.is_contiguous()):
+        return None
+    d = Cache(k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.stride(2), cache.pos, None,
+              None, None, 0, 0, 0, 0, None, None, _TYPES[k.dtype])
+    if isinstance(cache, KVCache):
+        d.start = _ptr(cache.pad)
+    elif isinstance(cache, SharedPrefixKVCache):
+        pk, pv = cache.pk, cache.pv
+        if pk.dtype != k.dtype or pk.stride() != pv.stride() or pk.stride(4) != 1 or pk.stride(3) != pk.shape[4]:
+            return None
+        d.pk, d.pv, d.p_layer, d.p_row, d.p_head, d.P = pk.data_ptr(), pv.data_ptr(), *pk.stride()[:3], pk.shape[3]
+        d.prompt, d.p_start = cache.prompt.data_ptr(), _ptr(cache.ppad)
+    else:
+        return None
+    return d
+
+
+def decode(plan: Plan, x: torch.Tensor, cache, desc: Cache) -> torch.Tensor:
+    """All blocks and ln_f for x (M, C) float32 embeddings of one token per row, in place; writes this step's
+    keys and values at the cache's current slot (the caller advances it)."""
+    lib = load()
+    cfg = plan.model
+    M, C = x.shape
+    inner = plan.layers[0].fc.N
+    threads = torch.get_num_threads()
+    S = cache.max_len  # the most keys any row can attend to
+    work = plan.workspace(M * (5 * C + inner) + threads * (M * C + S + 16))
+    lib.pigpt_decode(x.data_ptr(), M, ctypes.byref(cfg), ctypes.byref(desc), work.data_ptr(), S, threads)
+    return x
+
+
+def head(plan: Plan, x: torch.Tensor) -> torch.Tensor:
+    """Logits (M, V) float32 for final hidden states x (M, C) float32."""
+    out = torch.empty(x.shape[0], plan.head.N)
+    load().pigpt_linear(ctypes.byref(plan.head), plan.ptype, x.data_ptr(), x.shape[0], out.data_ptr(),
+                        torch.get_num_threads())
+    return out

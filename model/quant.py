@@ -1,0 +1,72 @@
+"""int8 weights: `GPT.quantize("int8")`, or `GPT.from_pretrained(path, quantize="int8")`.
+
+Each linear layer's weight becomes int8 with one float32 scale per output channel (symmetric, round to
+nearest: w ~ q * scale, scale = max |w| of the channel / 127); the LM head gets an int8 copy of wte, while
+the embedding lookup keeps reading the float wte. Biases, layer norms and activations stay float (the
+model's dtype: float32, or bfloat16 after `.to(torch.bfloat16)`). A decode step reads ~125 MB of weights
+instead of ~495 MB (GPT-2 small, float32).
+
+Where the products run: the CPU decode kernels (model/cpu_decode.py: float32 activations, the int8 rows
+converted in registers) for up to 8 rows; otherwise torch's `_weight_int8pack_mm` (activations rounded to
+bfloat16, its only vectorised input type) up to DEQUANT_ROWS rows, and above that a bfloat16 copy of the
+weight made for the call and a dense product (compute-bound there, where re-reading int8 per row block
+costs more than the conversion; measured).
+
+Quality on GPT-2 small-shaped models, against float32 (tests/test_quant.py checks the bounds):
+see `QUALITY` below and README "Speed".
+
+A quantized model is for inference only: `train()` and forward passes that would need gradients raise a
+ValueError, and it can't be saved as a Hugging Face checkpoint (save the float model and quantize after
+loading).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("int8",)
+DEQUANT_ROWS = 32  # more rows than this: dequantize to bfloat16 and use a dense product (measured)
+
+
+def check_mode(mode) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown quantization mode {mode!r}; use one of {list(MODES)} (or None for float weights)")
+    return mode
+
+
+def quantize(model, mode: str = "int8"):
+    """In place: the model's weights in `mode`; returns the model (same as model.quantize(mode))."""
+    return model.quantize(mode)
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8 of a [rows, cols] float weight: (q int8 [rows, cols], scale float32 [rows]),
+    w ~ q * scale[:, None]. An all-zero row gets scale 0 (and q 0)."""
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1) / 127.0
+    q = torch.round(w / scale.clamp(min=torch.finfo(torch.float32).tiny)[:, None]).clamp_(-127, 127)
+    return q.to(torch.int8).contiguous(), scale.contiguous()
+
+
+def scale_bits(scale: torch.Tensor) -> torch.Tensor:
+    """float32 scales stored as their int32 bits, so that model.to(dtype) (which casts floating buffers)
+    leaves them exact; `.view(torch.float32)` reads them back."""
+    return scale.to(torch.float32).contiguous().view(torch.int32)
+
+
+def linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ (q * scale[:, None]).T + bias with torch's CPU kernels, for x [..., in], q int8 [out, in],
+    scale float32 [out]; the result in x's dtype."""
+    shape, dtype = x.shape[:-1] + (q.shape[0],), x.dtype
+    x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
+    # torch's int8 kernel reads 16 columns at a time with aligned loads: it needs in % 16 == 0 and an
+    # aligned x (it crashes otherwise); below DEQUANT_ROWS rows it is the faster one
+    if x2.shape[0] <= DEQUANT_ROWS and q.shape[1] % 16 == 0 and x2.data_ptr() % 32 == 0 and q.device.type == "cpu":
+        y = torch._weight_int8pack_mm(x2, q, scale.to(torch.bfloat16))
+    else:
+        y = F.linear(x2, q.to(torch.bfloat16) * scale.to(torch.bfloat16)[:, None])
+    y = y.to(dtype)
+    if bias is not None:
+        y += bias.to(dtype)
+    return y.view(shape)
