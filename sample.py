@@ -89,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("rewards (the RL view: each rollout scored)")
     g.add_argument("--reward", action="append", default=[], metavar="SPEC",
                    help="score each rollout: python_compiles, contains:WORD, regex:PATTERN, path/file.py:function "
-                        "or module:function (repeatable; the total is their sum)")
+                        "or module:function (repeatable; the total is their sum); rollouts also get their "
+                        "group advantage, as GRPO computes it")
+    g.add_argument("--transitions", metavar="FILE.jsonl",
+                   help="with --reward: write the rollouts as RL transitions, one JSON line per step: state (prompt + "
+                        "tokens so far), action (the token), its log-prob, reward (at the last step), advantage")
 
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true",
@@ -155,6 +159,7 @@ def validate(args) -> None:
         _check(args.num_return_sequences is None, "--num-return-sequences needs --num-beams")
     for s in args.stop:
         _check(s != "", "--stop needs non-empty text")
+    _check(not args.transitions or args.reward, "--transitions needs --reward SPEC (transitions carry rewards)")
     compares = [f for f in ("compare_temperatures", "compare_top_k", "compare_top_p") if getattr(args, f)]
     _check(len(compares) <= 1, "use one --compare-* option at a time")
     args.compare = None
@@ -257,10 +262,10 @@ def encode_prompts(tokenizer, form, prompts: list[str], block_size: int, max_new
 # -- text ------------------------------------------------------------------------------------------------------
 def completion_text(s: "Session", tokens: list[int]) -> str:
     """The completion as a person reads it: without the stop token that ended it (the finish reason says
-    so), in plain text form."""
-    if tokens and tokens[-1] in s.stop_ids:
-        tokens = tokens[:-1]
-    return s.form.from_model(s.tok.decode(tokens))
+    so), in plain text form (the same text rewards judge)."""
+    from policy.rollouts import completion_text as text_of
+
+    return text_of(tokens, s.stop_ids, s.form, s.tok)
 
 
 def for_terminal(text: str) -> str:
@@ -361,23 +366,34 @@ def load_rewards(specs):
         raise UsageError(f"--reward: {e}") from None
 
 
-def score_rewards(s: Session, prompts: list[str], results) -> list[list[tuple[float, list[float]]]] | None:
-    """Per rollout: (total reward, per-function rewards), judged on the plain text (NaN: not applicable)."""
+def score_rewards(s: Session, prompts: list[str], results, params) -> list[list[dict]] | None:
+    """Per rollout (or beam): its reward total, each function's value (None: not applicable) and, for
+    sampled groups, the GRPO advantage; judged on the plain text, as policy.rollouts scores a training batch.
+    With --transitions the batch is also written as RL transitions."""
     if s.reward is None:
         return None
-    from policy import PolicyError
+    import dataclasses
 
-    flat_p = [text for text, group in zip(prompts, results) for _ in group]
-    flat_c = [completion_text(s, r.tokens) for group in results for r in group]
+    from policy import PolicyError
+    from policy.rollouts import score_batch
+
+    group = len(results[0])
     try:
-        per_func, total = s.reward(flat_p, flat_c)
+        batch = score_batch(s.model, prompts, results, dataclasses.replace(params, n=group), s.reward,
+                            tokenizer=s.tok, advantages=not s.args.num_beams)
     except PolicyError as e:
         raise UsageError(f"--reward: {e}") from None
-    out, k = [], 0
-    for group in results:
-        out.append([(float(total[k + i]), per_func[k + i].tolist()) for i in range(len(group))])
-        k += len(group)
-    return out
+    if s.args.transitions:
+        from model.checkpoint import atomic_write
+
+        lines = "".join(json.dumps(t) + "\n" for t in batch.transitions(s.tok))
+        try:
+            atomic_write(Path(s.args.transitions), lambda f: Path(f).write_text(lines))
+        except OSError as e:
+            raise UsageError(f"cannot write --transitions {s.args.transitions}: {e.strerror or e}") from None
+        s.note(f"wrote {s.args.transitions} ({lines.count(chr(10))} transitions of {len(batch.rollouts)} episodes)")
+    out = [r.to_dict() for r in batch.rollouts]
+    return [out[p * group:(p + 1) * group] for p in range(len(results))]
 
 
 def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
@@ -399,7 +415,7 @@ def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
                        distributions=recorder is not None)
     if streaming:
         s.say()
-    rewards = score_rewards(s, prompts, results)
+    rewards = score_rewards(s, prompts, results, params)
     n = a.num_rollouts
     for p, (text, prompt_ids, rollouts) in enumerate(zip(prompts, ids, results)):
         views = [recorder.views.get(p * n + i) for i in range(n)] if recorder else None
@@ -424,7 +440,7 @@ def run_beams(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
     recorder = BeamRecorder(s.params, s.stop_ids, prompts=want, top=a.top_tokens) if want != set() else None
     results = beam_search(s.model, ids, s.params, num_beams=a.num_beams, length_penalty=a.length_penalty,
                           early_stopping=early, num_return_sequences=k, on_step=recorder)
-    rewards = score_rewards(s, prompts, results)
+    rewards = score_rewards(s, prompts, results, s.params)
     for p, (text, beams) in enumerate(zip(prompts, results)):
         views = [recorder.views(p, b) for b in beams] if recorder and (want is None or p in want) else None
         report(s, text, beams, views, rewards[p] if rewards else None, streamed=False, prompt_index=p,
@@ -439,8 +455,9 @@ def report(s: Session, text, rollouts, views, rewards, *, streamed, prompt_index
         for i, r in enumerate(rollouts):
             rec = json_record(s, text, prompt_index, i, r, views[i] if views and a.show_steps else None, beams)
             if rewards is not None:
-                rec["reward"] = _json_float(rewards[i][0])
-                rec["rewards"] = {name: _json_float(v) for name, v in zip(s.reward.names, rewards[i][1])}
+                rec.update({k: rewards[i][k] for k in ("reward", "rewards")})
+                if not beams:
+                    rec["advantage"] = rewards[i]["advantage"]
             s.say(json.dumps(rec))
         return
     if n_prompts > 1:
@@ -450,7 +467,10 @@ def report(s: Session, text, rollouts, views, rewards, *, streamed, prompt_index
         note = finish_note(s, r.tokens, r.finish_reason)
         extra = f"  score {r.score:.3f}" if beams else ""
         if rewards is not None:
-            extra += f"  reward {rewards[i][0]:.3g}"
+            r_i = rewards[i]["reward"]
+            extra += f"  reward {'n/a' if r_i is None else f'{r_i:.3g}'}"
+            if not beams:
+                extra += f" (advantage {rewards[i]['advantage']:+.2f})"
         s.say(s.style.bold(header(i, len(rollouts), r, note, kind, extra)))
         if not streamed:
             shown = text if text != UNCONDITIONAL else ""
@@ -458,10 +478,6 @@ def report(s: Session, text, rollouts, views, rewards, *, streamed, prompt_index
         if a.show_steps and views is not None:
             show_steps(s, text, r, views[i])
         s.say()
-
-
-def _json_float(x: float):
-    return None if math.isnan(x) else x  # NaN: no reward function applied (JSON has no NaN)
 
 
 def show_steps(s: Session, prompt_text: str, r, views) -> None:

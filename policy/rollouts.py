@@ -111,15 +111,23 @@ def collect(model, prompts: list[str], params: SamplingParams, reward, *, prompt
     policy.CombinedReward) on their plain text, with group advantages (set advantages=False when the caller
     computes them over a larger batch, e.g. across processes)."""
     tokenizer = tokenizer or get_tokenizer()
-    form = for_model(model)
     prompt_ids = prompt_ids if prompt_ids is not None else encode_prompts(model, prompts, tokenizer)
-    raw = [r for group in generate(model, prompt_ids, params) for r in group]
+    raw = generate(model, prompt_ids, params)
+    return score_batch(model, prompts, raw, params, reward, extras=extras, scale=scale, tokenizer=tokenizer,
+                       advantages=advantages)
+
+
+def score_batch(model, prompts: list[str], raw: list[list[Rollout]], params: SamplingParams, reward, *,
+                extras=None, scale: str = "group", tokenizer=None, advantages: bool = True) -> RLBatch:
+    """generate's rollouts of `prompts` (one list of params.n per prompt) as an RLBatch: their plain text,
+    each reward function's value, the total and (advantages=True) the group advantages."""
     from decoding.prompts import stop_ids_of
 
-    stop_ids = stop_ids_of(model, params.stop_token_ids)
+    tokenizer = tokenizer or get_tokenizer()
+    form, stop_ids, n = for_model(model), stop_ids_of(model, params.stop_token_ids), params.n
+    raw = [r for group in raw for r in group]
     texts = [completion_text(r.tokens, stop_ids, form, tokenizer) for r in raw]
-    per_func, total = score_rewards(reward, prompts, texts, params.n, extras)
-    n = params.n
+    per_func, total = score_rewards(reward, prompts, texts, n, extras)
     rollouts = [RLRollout(prompt=prompts[k // n], prompt_index=k // n, index=k % n, text=texts[k],
                           tokens=r.tokens, logprobs=r.logprobs, model_logprobs=r.model_logprobs, seed=r.seed,
                           finish_reason=r.finish_reason,
@@ -133,4 +141,4 @@ def collect(model, prompts: list[str], params: SamplingParams, reward, *, prompt
     return batch
 
 
-__all__ = ["RLRollout", "RLBatch", "collect", "completion_text", "encode_prompts", "score_rewards"]
+__all__ = ["RLRollout", "RLBatch", "collect", "score_batch", "completion_text", "encode_prompts", "score_rewards"]

@@ -128,9 +128,18 @@ def test_rewards_are_printed_and_in_json(ckpt, tmp_path):
     code, out, err = run(PROMPT, "--model", ckpt, "-n", 3, "--max-new-tokens", 4, "--seed", 2, "--json",
                          "--reward", f"{f}:length", "--reward", "regex:.")
     assert code == 0, err
-    for rec in json_lines(out):
+    recs = json_lines(out)
+    for rec in recs:
         assert rec["rewards"] == {f"{f}:length": float(len(rec["text"])), "regex:.": 1.0 if rec["text"] else 0.0}
         assert rec["reward"] == pytest.approx(sum(rec["rewards"].values()))
+    assert sum(r["advantage"] for r in recs) == pytest.approx(0.0, abs=1e-5)  # the group's GRPO advantages
+    steps = tmp_path / "steps.jsonl"
+    code, out, err = run(PROMPT, "--model", ckpt, "-n", 3, "--max-new-tokens", 4, "--seed", 2, "--json",
+                         "--reward", f"{f}:length", "--transitions", steps)
+    assert code == 0, err
+    trans = json_lines(steps.read_text())
+    assert len(trans) == sum(len(r["tokens"]) for r in json_lines(out))
+    assert trans[0]["state"] == PROMPT and trans[0]["action"] == recs[0]["tokens"][0]
     code, out, err = run(PROMPT, "--model", ckpt, "-n", 2, "--max-new-tokens", 4, "--reward", "contains:the")
     assert code == 0, err
     assert out.count("  reward ") == 2
