@@ -7,7 +7,8 @@ standard library is taken apart into documents, each followed by <|endoftext|> w
 - prose: every docstring of a module (module, classes, functions, in source order, as paragraphs), its
   comments (consecutive comment lines as one paragraph; commented-out code and fragments dropped), and the
   help topics of `pydoc_data.topics` (the language reference pages `help("if")` shows). Runs of spaces
-  inside a line are collapsed: column alignment costs a token per space and carries no meaning.
+  inside a line are collapsed (column alignment costs a token per space and carries no meaning), and the
+  wrapped lines of plain paragraphs are joined (a newline costs a token too).
 - code: every function and method of up to CODE_MAX_LINES lines (decorators included), dedented, as a
   document of its own, so the model learns that a function ends, and with it the document.
 
@@ -27,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-VERSION = 1  # part of the token cache key: bump when the documents change
+VERSION = 2  # part of the token cache key: bump when the documents change
 CODE_MAX_LINES = 12  # longer functions are left out: prose stays the larger share, and short bodies end soon
 _SKIP_DIRS = {"__pycache__", "site-packages", "test", "tests", "idle_test", "encodings", "pydoc_data"}
 _INNER_SPACES = re.compile(r"(?<=\S) {2,}(?=\S)")
+_JOINABLE = re.compile(r"[A-Za-z0-9\"'(`]")  # a line that starts a word at column 0: prose, not a list item
 
 
 @dataclass
@@ -64,7 +66,7 @@ def stdlib_units() -> list[Unit]:
         from pydoc_data.topics import topics
     except ImportError:  # some distributions package pydoc_data separately
         topics = {}
-    units += [Unit(f"pydoc_data/topics/{name}", len(text), lambda text=text: ([collapse_spaces(text)], "ok"))
+    units += [Unit(f"pydoc_data/topics/{name}", len(text), lambda text=text: ([prose(text)], "ok"))
               for name, text in sorted(topics.items())]
     return units
 
@@ -77,7 +79,7 @@ def module_documents(path: Path) -> list[str]:
     except (SyntaxError, ValueError):  # a stdlib file for another Python version: no documents
         return []
     docs = [docstrings(tree), comments(source)]
-    docs = [collapse_spaces(d) for d in docs if d]
+    docs = [prose(d) for d in docs if d]
     return docs + functions(tree, source.splitlines(keepends=True))
 
 
@@ -140,6 +142,24 @@ def functions(tree: ast.Module, lines: list[str]) -> list[str]:
 def collapse_spaces(text: str) -> str:
     """'a    b' -> 'a b' inside lines (indentation is kept)."""
     return _INNER_SPACES.sub(" ", text)
+
+
+def reflow(text: str) -> str:
+    """Join the wrapped lines of plain paragraphs into one line each: a newline is a token, every ~12 tokens
+    of wrapped prose. A line joins the one before when both start at column 0 with a word (not a list
+    item, a heading underline or an example) and the one before does not end in ':' (a block follows)."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        prev = out[-1] if out else ""
+        if _JOINABLE.match(line) and _JOINABLE.match(prev) and not prev.rstrip().endswith(":"):
+            out[-1] = prev.rstrip() + " " + line.strip()
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def prose(text: str) -> str:
+    return reflow(collapse_spaces(text))
 
 
 __all__ = ["Unit", "stdlib_units", "stdlib_files", "stdlib_root", "module_documents", "VERSION"]

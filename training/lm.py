@@ -93,6 +93,8 @@ def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
     if getattr(args, "tabs", None) is not None:  # --tabs / --no-tabs
         given["text_form"] = "tabs" if args.tabs else "plain"
     if saved is not None:
+        if "text_form" not in saved:  # a run from before text forms: its bool
+            saved = {**saved, "text_form": "tabs" if saved.get("tabs") else "plain"}
         saved = {k: v for k, v in saved.items() if k in names}
         for k, v in given.items():
             if k not in RESUME_MUTABLE and v != saved.get(k) and not (k == "dtype" and v == "auto"):
@@ -141,7 +143,8 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.temperature >= 0, f"--temperature must be >= 0 (0 is greedy), got {cfg.temperature}")
     need(cfg.top_k >= 0, f"--top-k must be >= 0 (0 turns top-k off), got {cfg.top_k}")
     need(0 < cfg.top_p <= 1, f"--top-p must be in (0, 1] (1 turns top-p off), got {cfg.top_p}")
-    need(cfg.prompt is None or cfg.prompt != "", "--prompt is empty; give some text, or drop it for unconditional samples")
+    need(cfg.prompt is None or cfg.prompt != "",
+         "--prompt is empty; give some text, or drop it for unconditional samples")
     need(cfg.text_form in FORMS, f"unknown text form {cfg.text_form!r}; use one of {', '.join(FORMS)}")
 
 
