@@ -4,7 +4,7 @@ Why: at batch 1 a decode step should cost about the time to read the weights onc
 in float32, ~250 MB in bfloat16, ~125 MB in int8). Through torch ops it costs more: ~15 ops per block,
 each a dispatch (and a fork-join of the thread pool), SDPA's CPU kernel is slow for one query in bfloat16,
 and the matrix-vector products leave bandwidth unused on these short, strided weight streams. Here one
-call runs all blocks for up to MAX_ROWS rows (one token each): layer norms, products with bias, GELU and
+call runs all blocks for a few rows (MAX_ROWS; one token each): layer norms, products with bias, GELU and
 residual fused into their epilogues, this step's keys and values written into the cache, and attention,
 with software prefetch in the weight streams; a second call runs the LM head. See README "Speed".
 
@@ -32,7 +32,9 @@ from pathlib import Path
 
 import torch
 
-MAX_ROWS = 8  # rows (batch x 1 token) a call takes: products are bandwidth-bound up to here (measured)
+# Rows (batch x 1 token) a step may have to run here, by weight type: above these oneDNN's GEMMs (torch path)
+# do the same work in less CPU time (benchmarks/bench_linear.py --decode, 1 thread, CPU time).
+MAX_ROWS = {"float32": 4, "bfloat16": 2, "int8": 8}
 
 F32, BF16, I8 = 0, 1, 2
 KN, NK = 0, 1  # weight layouts: [in, out] (GPT-2's Conv1D) or [out, in] (wte as the head; int8 copies)
@@ -161,7 +163,7 @@ static inline __m512 activate(__m512 v, int act) {
    A tile is R rows of x against 16V output columns (KN) or NB output rows (NK); R*V, R*NB <= 16 keeps every
    accumulator in a register. Rows past M repeat row M-1; their results are dropped. */
 #define PF_ROWS 16
-#define PF_BYTES 1024
+#define PF_BYTES 4096
 
 #define KN_TILE(T, R, V)                                                                                   \
   static void kn_##T##_##R##_##V(const Linear* L, const float* x, int M, int64_t n0, __mmask16 mlast,     \
@@ -203,7 +205,7 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
 
 #define NK_TILE(T, R, NB)                                                                                  \
   static void nk_##T##_##R##_##NB(const Linear* L, const float* x, int M, int64_t n0, float* out) {       \
-    const int64_t es = sizeof(T##_t), K = L->K;                                                            \
+    const int64_t es = sizeof(T##_t), K = L->K, K16 = K & ~(int64_t)15;                                    \
     __m512 acc[R][NB];                                                                                     \
     const float* xr[R];                                                                                    \
     for (int i = 0; i < R; i++) {                                                                          \
@@ -211,17 +213,22 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
       for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();                                        \
     }                                                                                                      \
     const char* wb = (const char*)L->w + n0 * K * es;                                                      \
-    for (int64_t k = 0; k < K; k += 16) {                                                                  \
-      __mmask16 m = tail(K - k);                                                                           \
+    for (int64_t k = 0; k < K16; k += 16) {                                                                \
       if (k * es % 64 == 0)                                                                                \
-        for (int j = 0; j < NB; j++) _mm_prefetch(wb + (j * K + k) * es + PF_BYTES, _MM_HINT_T0);          \
+        for (int j = 0; j < NB; j++) _mm_prefetch(wb + (j * K + k) * es + PF_BYTES, _MM_HINT_T0);         \
       __m512 w[NB];                                                                                        \
-      if (m == 0xffff)                                                                                     \
-        for (int j = 0; j < NB; j++) w[j] = ld_##T(wb + (j * K + k) * es);                                 \
-      else                                                                                                 \
-        for (int j = 0; j < NB; j++) w[j] = ld_##T##_m(wb + (j * K + k) * es, m);                          \
+      for (int j = 0; j < NB; j++) w[j] = ld_##T(wb + (j * K + k) * es);                                   \
       for (int i = 0; i < R; i++) {                                                                        \
-        __m512 a = _mm512_maskz_loadu_ps(m, xr[i] + k);                                                    \
+        __m512 a = _mm512_loadu_ps(xr[i] + k);                                                             \
+        for (int j = 0; j < NB; j++) acc[i][j] = _mm512_fmadd_ps(a, w[j], acc[i][j]);                      \
+      }                                                                                                    \
+    }                                                                                                      \
+    if (K16 < K) {                                                                                         \
+      __mmask16 m = tail(K - K16);                                                                         \
+      __m512 w[NB];                                                                                        \
+      for (int j = 0; j < NB; j++) w[j] = ld_##T##_m(wb + (j * K + K16) * es, m);                          \
+      for (int i = 0; i < R; i++) {                                                                        \
+        __m512 a = _mm512_maskz_loadu_ps(m, xr[i] + K16);                                                  \
         for (int j = 0; j < NB; j++) acc[i][j] = _mm512_fmadd_ps(a, w[j], acc[i][j]);                      \
       }                                                                                                    \
     }                                                                                                      \
@@ -579,6 +586,7 @@ class Plan:
         else:  # wte itself: [V, C] is the head's [out, in]
             w = tr.wte.weight
             self.head = Linear(self._t(w), None, None, w.shape[1], w.shape[0], _TYPES[w.dtype], NK, 0)
+        self.max_rows = MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")]
         self.work = torch.empty(0)
 
     def _t(self, t: torch.Tensor):

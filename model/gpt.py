@@ -338,7 +338,7 @@ class GPT(nn.Module):
 
     @property
     def cpu_kernels(self) -> bool:
-        """Whether CPU decode steps of up to cpu_decode.MAX_ROWS rows (and the LM head at those rows) run in
+        """Whether CPU decode steps of a few rows (cpu_decode.MAX_ROWS; and the LM head at those rows) run in
         the C kernels of model/cpu_decode.py where they can be built (else the torch path runs)."""
         return self._cpu_kernels
 
@@ -350,14 +350,14 @@ class GPT(nn.Module):
     def _plan_for(self, rows: int):
         """The CPU kernels' plan when a step of `rows` rows can run in them: inference on the CPU (no gradients
         needed, no autocast), float32/bfloat16 or int8 weights, kernels built for this machine."""
-        if not self._cpu_kernels or rows > cpu_decode.MAX_ROWS or self.training or self._cpu_plan is False:
+        if not self._cpu_kernels or self.training or self._cpu_plan is False:
             return None
         if torch.is_autocast_enabled("cpu") or (torch.is_grad_enabled() and self.transformer.wte.weight.requires_grad):
             return None
         if self._cpu_plan is None:
             ok = cpu_decode.load() is not None and cpu_decode.supports(self)
             self._cpu_plan = cpu_decode.Plan(self) if ok else False
-        return self._cpu_plan or None
+        return self._cpu_plan if self._cpu_plan and rows <= self._cpu_plan.max_rows else None
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .float(), ...: the weights may move
         self._cpu_plan = None
