@@ -378,3 +378,94 @@ def test_bad_config_values():
         GPTConfig(n_embd=10, n_head=3)
     with pytest.raises(ValueError, match="activation"):
         GPTConfig(activation="swish")
+
+
+# -- the CPU decode kernels (model/cpu_decode.py) --------------------------------------------------------------
+KERNEL_CONFIGS = [
+    dict(n_layer=1, n_head=1, n_embd=8, vocab_size=11, block_size=18),  # head width 8, every tail masked
+    dict(n_layer=3, n_head=6, n_embd=96, vocab_size=1001, block_size=32, activation="gelu"),
+    dict(n_layer=2, n_head=4, n_embd=64, vocab_size=500, block_size=32, n_inner=100,
+         scale_attn_by_inverse_layer_idx=True),
+    dict(n_layer=2, n_head=2, n_embd=48, vocab_size=300, block_size=32, activation="relu"),
+]
+
+
+def test_cpu_kernels_build_where_they_can():
+    """On x86 with AVX-512 and gcc the kernels must build (a failed build would silently mean the slow path);
+    PIGPT_CPU_KERNELS=0 turns them off."""
+    import os
+    import shutil
+
+    from model import cpu_decode
+
+    capable = torch.backends.cpu.get_cpu_capability() == "AVX512" and shutil.which("gcc")
+    if capable and os.environ.get("PIGPT_CPU_KERNELS", "1") != "0":
+        assert cpu_decode.load() is not None, cpu_decode.status()
+        assert cpu_decode.status().startswith("loaded from")
+    os.environ["PIGPT_CPU_KERNELS"], old = "0", os.environ.get("PIGPT_CPU_KERNELS")
+    try:
+        cpu_decode.load.cache_clear()
+        assert cpu_decode.load() is None and "PIGPT_CPU_KERNELS=0" in cpu_decode.status()
+    finally:
+        if old is None:
+            del os.environ["PIGPT_CPU_KERNELS"]
+        else:
+            os.environ["PIGPT_CPU_KERNELS"] = old
+        cpu_decode.load.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cfg", KERNEL_CONFIGS, ids=["tiny", "exact-gelu", "inner-and-layer-scale", "relu"])
+def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
+    """Decode steps through the kernels against the torch path of the same model: a lone row, a ragged
+    left-padded batch, and rows sharing their prompts' KV (SharedPrefixKVCache) through a beam reorder.
+    float32 to 1e-5; bfloat16 to its rounding (the kernels keep activations in float32, torch rounds them)."""
+    from model import cpu_decode
+
+    if cpu_decode.load() is None:
+        pytest.skip(cpu_decode.status())
+    calls = []
+    decode = cpu_decode.decode
+    monkeypatch.setattr(cpu_decode, "decode", lambda *a: calls.append(a[1].shape[0]) or decode(*a))
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(**cfg)).eval()
+    with torch.no_grad():
+        gpt.transformer.wte.weight.mul_(5)
+        for name, p in gpt.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.05)
+    gpt = gpt.to(dtype)
+    V, rows = cfg["vocab_size"], cpu_decode.MAX_ROWS[str(dtype).removeprefix("torch.")]
+    tol = 1e-5 if dtype == torch.float32 else 0.1
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, V, (3, 12), generator=g)
+    new = torch.randint(0, V, (4, 6), generator=g)
+
+    def run(kernels):
+        gpt.cpu_kernels = kernels
+        out = []
+        with torch.no_grad():
+            lone = gpt.new_cache(1, 18)
+            gpt(idx[:1], lone)
+            out += [gpt(new[:1, t:t + 1], lone) for t in range(6)]
+            b = min(rows, 3)
+            ragged = gpt.new_cache(b, 18, pad=[0, 5, 2][:b])
+            gpt(idx[:b], ragged)
+            out += [gpt(new[:b, t:t + 1], ragged) for t in range(6)]
+            prefix = gpt.new_cache(2, 18, pad=[3, 0])
+            gpt(idx[:2], prefix)
+            shared = prefix.share(torch.tensor([1, 0, 1, 1][:min(rows, 4)]))
+            r = shared.batch_size
+            out += [gpt(new[:r, t:t + 1], shared) for t in range(3)]
+            shared.reorder_(torch.tensor([1, 0, 0, 2][:r]) % r)
+            out += [gpt(new[:r, t:t + 1], shared) for t in range(3, 6)]
+        return out
+
+    fast, calls_fast = run(True), len(calls)
+    plain = run(False)
+    assert calls_fast == 18 and len(calls) == calls_fast  # every decode step ran in the kernels, and only then
+    for a, b in zip(fast, plain):
+        assert a.dtype == b.dtype == dtype
+        assert _max_diff(a.float(), b.float()) <= tol
+        if dtype == torch.bfloat16:
+            assert torch.equal(a.argmax(-1), b.argmax(-1))

@@ -1,0 +1,279 @@
+"""int8 weights (model/quant.py) and the CPU decode kernels (model/cpu_decode.py) under every decoding feature.
+
+References: the float32 model itself (quality bounds), a float32 model holding the dequantized weights (what
+int8 computes, to float rounding), each model's own plain-loop greedy decode, one-by-one runs against batched
+ones, and the torch path (gpt.cpu_kernels = False) against the kernels."""
+
+import copy
+
+import pytest
+import torch
+
+from decoding import SamplingParams, beam_search, generate
+from decoding.processors import apply_repetition_penalty
+from model import GPT, GPTConfig, cpu_decode, quant
+from model.gpt import Conv1D
+
+KERNELS = cpu_decode.load() is not None
+needs_kernels = pytest.mark.skipif(not KERNELS, reason=f"CPU decode kernels unavailable here: {cpu_decode.status()}")
+
+
+def _gpt(seed=0, wte_scale=5.0, **cfg):
+    """A random model; wte x5 as tests/conftest.py does, so that greedy choices have clear margins."""
+    torch.manual_seed(seed)
+    cfg = {**dict(n_layer=2, n_head=4, n_embd=64, vocab_size=500, block_size=64), **cfg}
+    cfg.setdefault("eos_token_id", cfg["vocab_size"] - 1)
+    gpt = GPT(GPTConfig(**cfg)).eval()
+    with torch.no_grad():
+        gpt.transformer.wte.weight.mul_(wte_scale)
+        for name, p in gpt.named_parameters():
+            if name.endswith("bias") and "ln" not in name:
+                p.normal_(0, 0.02)  # nonzero biases, so that the kernels' bias path is checked too
+    return gpt
+
+
+def _dequantized(q: GPT) -> tuple[GPT, torch.Tensor]:
+    """A float32 model computing exactly what int8 `q` means: its linears hold q * scale; and the head's
+    dequantized weight [V, C] (the embedding keeps the float wte, as the quantized model does)."""
+    ref = GPT(q.config).eval()
+    state = {k: v for k, v in q.state_dict().items() if "qweight" not in k and "qscale" not in k}
+    for name, m in q.named_modules():
+        if isinstance(m, Conv1D):
+            state[name + ".weight"] = (m.qweight.float() * m.scales()[:, None]).t()
+    ref.load_state_dict({k: v.float() for k, v in state.items()})
+    head = q.lm_head_qweight.float() * q.lm_head_qscale.view(torch.float32)[:, None]
+    return ref, head
+
+
+# -- the quantizer ------------------------------------------------------------------------------------------
+def test_quantize_rows_rounds_each_channel_to_its_own_step():
+    w = torch.randn(40, 96) * torch.rand(40, 1) * 3
+    w[5] = 0
+    q, s = quant.quantize_rows(w)
+    assert q.dtype == torch.int8 and s.dtype == torch.float32 and q.shape == w.shape
+    assert bool(((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-6).all())  # round to nearest
+    assert bool((q[5] == 0).all()) and s[5] == 0  # an all-zero channel
+    live = s > 0
+    assert bool((q[live].abs().amax(1) == 127).all())  # each channel's largest weight uses the full range
+    assert torch.equal(quant.scale_bits(s).view(torch.float32), s)
+
+
+def test_quantize_replaces_weights_and_keeps_scales_exact_under_to():
+    gpt = _gpt()
+    before = sum(p.numel() for p in gpt.parameters())
+    assert gpt.quantize("int8") is gpt and gpt.quantized == "int8"
+    conv = gpt.transformer.h[0].mlp.c_fc
+    assert conv.weight is None and conv.qweight.dtype == torch.int8 and conv.qweight.shape == (256, 64)
+    assert gpt.num_params(non_embedding=False) == before  # int8 weights count as parameters too
+    scales = conv.scales().clone()
+    gpt.to(torch.bfloat16)  # activations in bfloat16; the int8 weights and their float32 scales stay as they are
+    assert conv.qweight.dtype == torch.int8 and torch.equal(conv.scales(), scales)
+    assert gpt.dtype == torch.bfloat16 and gpt.quantize("int8") is gpt  # again: a no-op
+
+
+def test_bad_modes_and_inference_only(tmp_path):
+    gpt = _gpt()
+    with pytest.raises(ValueError, match=r"unknown quantization mode 'int4'; use one of \['int8'\]"):
+        gpt.quantize("int4")
+    with pytest.raises(ValueError, match="unknown quantization mode"):
+        GPT.from_pretrained(tmp_path / "not-even-read", quantize="fp8")  # refused before any loading
+    gpt.quantize("int8")
+    assert not any(p.requires_grad for p in gpt.parameters())
+    with pytest.raises(ValueError, match="inference only"):
+        gpt.train()
+    gpt.eval()  # train(False) is fine
+    idx = torch.randint(0, 500, (1, 5))
+    gpt(idx)  # a plain call: nothing requires grad, so no graph and no error
+    gpt.transformer.ln_f.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match="inference only, with no gradients"):
+        gpt(idx)
+    with pytest.raises(ValueError, match="can't be saved as a Hugging Face checkpoint"):
+        gpt.save_pretrained(tmp_path)
+
+
+def test_from_pretrained_quantize(tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    gpt = GPT.from_pretrained(path, quantize="int8")
+    assert gpt.quantized == "int8" and not gpt.training
+    ref = GPT.from_pretrained(path).quantize("int8")
+    idx = torch.randint(0, 50257, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(gpt(idx), ref(idx))
+
+
+# -- what int8 computes, and how far that is from float32 -----------------------------------------------------
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
+def test_int8_model_is_the_float_model_with_dequantized_weights(kernels):
+    """Decode steps (and the full forward) of the int8 model against a float32 model holding q * scale: equal
+    to float rounding in the kernels (float32 activations), to bfloat16 rounding of the activations on
+    torch's int8 path. The kernels decode one token at a time from the start, so that no torch-path
+    prefill feeds them."""
+    if kernels and not KERNELS:
+        pytest.skip(cpu_decode.status())
+    q = _gpt(seed=3).quantize("int8")
+    q.cpu_kernels = kernels
+    ref, head = _dequantized(q)
+    tol = 1e-4 if kernels else 0.15
+    idx = torch.randint(0, 500, (3, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ref.hidden(idx) @ head.t()  # (3, 20, V)
+        assert (q(idx) - want).abs().max() <= 0.15  # prefill: always torch's path (rows > the kernels' limit)
+        cache = q.new_cache(3, 20, pad=[0, 4, 9])
+        rows = [idx[0], idx[1, 4:], idx[2, 9:]]  # a ragged batch, left-padded
+        start = 0 if kernels else 12
+        if start:
+            q(idx[:, :start], cache)
+        steps = torch.cat([q(idx[:, t:t + 1], cache) for t in range(start, 20)], 1)[:, -8:]  # (3, 8, V)
+        for b, row in enumerate(rows):
+            alone = ref.hidden(row[None]) @ head.t()
+            assert (steps[b] - alone[0, -8:]).abs().max() <= tol
+
+
+def _gpt2_small(seed=0):
+    torch.manual_seed(seed)
+    gpt = GPT(GPTConfig()).eval()  # GPT-2 small: 12 x 768, vocab 50257
+    with torch.no_grad():
+        gpt.transformer.wte.weight.mul_(5)  # conftest's scaling: peaked, model-like distributions
+    return gpt
+
+
+def _heavy_tailed(seed=0):
+    """Weights shaped like trained ones rather than Gaussian: heavy tails (a Gaussian scale mixture), 1% of
+    input features with 4x larger weights (the outlier features of trained transformers, the hard case
+    for per-output-channel scales), and moderately peaked distributions (wte x2.5). GPT-2 small's width."""
+    torch.manual_seed(seed)
+    gpt = GPT(GPTConfig(n_layer=4)).eval()
+    with torch.no_grad():
+        for name, p in gpt.named_parameters():
+            if p.dim() == 2 and "wpe" not in name:
+                p.mul_(torch.randn_like(p).mul_(0.6).exp_())
+                if "wte" not in name:
+                    p[torch.randperm(p.shape[0])[: p.shape[0] // 100]] *= 4
+        gpt.transformer.wte.weight.mul_(2.5)
+    return gpt
+
+
+# Measured (float32 reference, 2 x 32 and 4 x 64 random tokens; see the report in model/quant.py):
+# GPT-2 small random: max |d log-prob| 0.38-0.43 over every position and token, top-1 equal everywhere;
+# heavy-tailed: max 0.84, mean KL 0.008 nats, top-1 equal at 86% of positions (nearly flat distributions).
+@pytest.mark.parametrize("make,max_dlogp,max_kl,top1", [(_gpt2_small, 0.6, 1e-3, 1.0), (_heavy_tailed, 1.2, 0.015, 0.8)],
+                         ids=["gpt2-small-random", "heavy-tailed"])
+def test_int8_tracks_float32(make, max_dlogp, max_kl, top1):
+    gpt = make()
+    q = copy.deepcopy(gpt).quantize("int8")
+    idx = torch.randint(0, 50257, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = gpt(idx).log_softmax(-1)
+        cache = q.new_cache(2, 24)
+        steps = [q(idx[:, :8], cache)] + [q(idx[:, t:t + 1], cache) for t in range(8, 24)]  # prefill, decode
+        got = torch.cat(steps, 1).float().log_softmax(-1)
+    d = (got - ref).abs()
+    kl = (ref.exp() * (ref - got)).sum(-1)
+    assert d.max() <= max_dlogp
+    assert kl.mean() <= max_kl
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= top1
+    assert d.max() > 1e-3  # the int8 model really ran (not the float weights)
+
+
+# -- decoding features in int8 and bfloat16, through the kernels and through torch's path ---------------------
+@pytest.fixture(params=[("int8", True), ("int8", False), ("bfloat16", True), ("bfloat16", False)],
+                ids=["int8-kernels", "int8-torch", "bf16-kernels", "bf16-torch"])
+def low(request, monkeypatch):
+    """(model, calls): a small model in int8 or bfloat16 with the kernels on or off; calls counts the kernels'
+    decode steps, so that a test can check the path it meant to test really ran."""
+    mode, kernels = request.param
+    if kernels and not KERNELS:
+        pytest.skip(cpu_decode.status())
+    gpt = _gpt(seed=7, vocab_size=300)
+    gpt = gpt.quantize("int8") if mode == "int8" else gpt.to(torch.bfloat16)
+    gpt.cpu_kernels = kernels
+    calls = []
+    decode = cpu_decode.decode
+    monkeypatch.setattr(cpu_decode, "decode", lambda *a: calls.append(a[1].shape[0]) or decode(*a))
+    return gpt, calls
+
+
+PROMPTS = [[5, 17, 250, 3], [42], [7, 7, 9, 100, 11, 12]]
+
+
+def _plain_greedy(gpt, prompt, n, penalty=1.0):
+    """Greedy decoding the plain way: the whole sequence through the model at every step, no cache."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits = gpt(torch.tensor([seq]))[:, -1].float()
+            if penalty != 1.0:
+                logits = apply_repetition_penalty(logits, torch.tensor([seq]), penalty)
+            seq.append(int(logits.argmax()))
+    return seq[len(prompt):]
+
+
+def test_greedy_and_repetition_penalty_match_the_plain_loop(low):
+    gpt, calls = low
+    for penalty in (1.0, 1.5):
+        params = SamplingParams(temperature=0.0, max_new_tokens=10, repetition_penalty=penalty, stop_token_ids=())
+        for p in PROMPTS:
+            assert generate(gpt, [p], params)[0][0].tokens == _plain_greedy(gpt, p, 10, penalty)
+    assert bool(calls) == gpt.cpu_kernels
+
+
+def test_rollouts_and_ragged_batches_equal_one_by_one_runs(low):
+    """n > 1 rollouts share their prompt's KV (SharedPrefixKVCache); a ragged batch is left-padded. Each
+    row must be what it would be alone (within the kernels' row limit, so both runs take the same path)."""
+    gpt, calls = low
+    rows = cpu_decode.MAX_ROWS["int8" if gpt.quantized else "bfloat16"]
+    n = 2
+    prompts = PROMPTS[: rows // n]  # int8: 3 prompts x 2 = 6 rows; bfloat16: 1 prompt x 2
+    params = SamplingParams(temperature=0.9, top_k=40, max_new_tokens=8, n=n, seed=11)
+    together = generate(gpt, prompts, params)
+    for p, group in zip(prompts, together):
+        for r in group:
+            alone = generate(gpt, [p], SamplingParams(temperature=0.9, top_k=40, max_new_tokens=8, seed=r.seed))
+            assert r.tokens == alone[0][0].tokens
+            # the prefill (torch's path, bfloat16 activations in both modes) of a padded batch rounds a little
+            # differently from a lone prompt's: log-probs agree to bfloat16 rounding
+            assert r.logprobs == pytest.approx(alone[0][0].logprobs, abs=0.05)
+    ragged = generate(gpt, PROMPTS[:2], SamplingParams(temperature=0.0, max_new_tokens=8, stop_token_ids=()))
+    for p, group in zip(PROMPTS[:2], ragged):
+        assert group[0].tokens == _plain_greedy(gpt, p, 8)
+    assert bool(calls) == gpt.cpu_kernels
+    assert not calls or max(calls) == n * len(prompts)  # the batched steps ran in the kernels, all rows at once
+
+
+def test_beam_search_batched_equals_alone(low):
+    """Two prompts x 2 beams (a ragged batch of 4 rows) against each prompt alone (2 rows). Where 4 rows
+    exceed the kernels' limit (bfloat16: 2) the batched run takes torch's path and the lone ones the
+    kernels': same beams, scores to bfloat16 rounding."""
+    gpt, calls = low
+    together = beam_search(gpt, PROMPTS[:2], num_beams=2, max_new_tokens=6, num_return_sequences=2)
+    same_path = not gpt.cpu_kernels or cpu_decode.MAX_ROWS["int8" if gpt.quantized else "bfloat16"] >= 4
+    for p, beams in zip(PROMPTS[:2], together):
+        alone = beam_search(gpt, [p], num_beams=2, max_new_tokens=6, num_return_sequences=2)[0]
+        assert [b.tokens for b in beams] == [b.tokens for b in alone]
+        assert [b.score for b in beams] == pytest.approx([b.score for b in alone], abs=1e-4 if same_path else 0.05)
+    assert bool(calls) == gpt.cpu_kernels
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["float32", "bfloat16", "int8"])
+def test_kernels_give_the_torch_paths_tokens(mode, monkeypatch):
+    """The same model, kernels on and off: greedy tokens, beams, and (float32, where both paths compute in
+    float32) sampled rollouts are the same."""
+    gpt = _gpt(seed=9, vocab_size=300)
+    gpt = gpt.quantize("int8") if mode == "int8" else gpt.to(getattr(torch, mode))
+    calls = []
+    decode = cpu_decode.decode
+    monkeypatch.setattr(cpu_decode, "decode", lambda *a: calls.append(a[1].shape[0]) or decode(*a))
+    runs = {}
+    for kernels in (True, False):
+        gpt.cpu_kernels = kernels
+        greedy = [generate(gpt, [p], SamplingParams(temperature=0.0, max_new_tokens=12, stop_token_ids=()))[0][0].tokens
+                  for p in PROMPTS]
+        beams = beam_search(gpt, PROMPTS[:1], num_beams=2, max_new_tokens=8, num_return_sequences=2)
+        sampled = generate(gpt, PROMPTS[:1], SamplingParams(temperature=1.0, max_new_tokens=12, seed=5))
+        runs[kernels] = (greedy, [b.tokens for b in beams[0]], sampled[0][0].tokens)
+        assert bool(calls) == kernels
+        calls.clear()
+    assert runs[True][:2] == runs[False][:2]
+    if mode == "float32":
+        assert runs[True][2] == runs[False][2]
