@@ -1,7 +1,10 @@
-"""The linear layers of one GPT-2 small decode step: plain products against oneDNN's prepacked weights.
+"""One GPT-2 small decode step: its linear layers (plain products against oneDNN's prepacked weights), or
+with --decode the whole step (the CPU decode kernels against the torch path).
 
     python benchmarks/bench_linear.py                   # float32 and bfloat16, rows 1 .. 64
     python benchmarks/bench_linear.py --rows 1,8 --dtypes float32
+    python benchmarks/bench_linear.py --decode          # float32, bfloat16, int8; rows 1, 2, 4, 8
+    python benchmarks/bench_linear.py --decode --force-kernels --threads 1   # the kernels past their row limit
 
 Times the 48 block projections (12 x c_attn, attn.c_proj, c_fc, mlp.c_proj) and the tied LM head of a
 decode step for M rows (one token each: M = n rollouts or beams), with random GPT-2 small-shaped weights:
@@ -12,6 +15,12 @@ decode step for M rows (one token each: M = n rollouts or beams), with random GP
 Runs are interleaved (plain, packed, plain, ...) and each ratio is the median over pairs, so a noisy
 neighbour slows both. This is where the model's dispatch rule comes from: float32 at one row stays on
 `addmm` (MKL's matrix-vector product is the faster one there).
+
+--decode times whole decode steps of random GPT-2 small weights (a 16-token prompt, its KV shared by the
+rows as n rollouts share it), the same model with `gpt.cpu_kernels` on and off, interleaved; it prints ms
+per step (wall and this process's CPU time), the weight bytes read per step over the wall time, and the
+median per-round speed-up. Rows above cpu_decode.MAX_ROWS run the torch path either way, unless
+--force-kernels lifts the limits (how the limits were chosen: CPU time at 1 thread, --threads 1).
 """
 
 from __future__ import annotations
@@ -35,11 +44,17 @@ VOCAB = 50257
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default="1,2,4,8,16,64")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--rows", default=None, help="default 1,2,4,8,16,64 (--decode: 1,2,4,8)")
+    ap.add_argument("--dtypes", default=None, help="default float32,bfloat16 (--decode: also int8)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    return ap.parse_args()
+    ap.add_argument("--decode", action="store_true", help="whole decode steps: CPU kernels vs torch path")
+    ap.add_argument("--steps", type=int, default=16, help="--decode: decode steps per timed run")
+    ap.add_argument("--force-kernels", action="store_true", help="--decode: the kernels at every row count")
+    args = ap.parse_args()
+    args.rows = args.rows or ("1,2,4,8" if args.decode else "1,2,4,8,16,64")
+    args.dtypes = args.dtypes or ("float32,bfloat16,int8" if args.decode else "float32,bfloat16")
+    return args
 
 
 def make_layers(dtype):
@@ -84,9 +99,84 @@ def timed(fn, xs):
     return time.perf_counter() - t0
 
 
+def decode_model(dtype: str):
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig()).eval()  # GPT-2 small's shape
+    return gpt.quantize("int8") if dtype == "int8" else gpt.to(getattr(torch, dtype))
+
+
+def weight_bytes(gpt) -> int:
+    """Bytes of weights a decode step reads: the block linears and the LM head (embeddings: one row each)."""
+    from model.gpt import Conv1D
+
+    n = 0
+    for m in gpt.modules():
+        if isinstance(m, Conv1D):
+            w = m.qweight if m.qweight is not None else m.weight
+            n += w.numel() * w.element_size()
+    head = gpt.lm_head_qweight if gpt.quantized else gpt.transformer.wte.weight
+    return n + head.numel() * head.element_size()
+
+
+def decode_steps(gpt, rows: int, steps: int):
+    """A closure that prefills one 16-token prompt, shares it with `rows` rows, runs `steps` decode steps and
+    returns the decode steps' (wall, CPU) seconds."""
+    prompt = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        with torch.inference_mode():
+            cache = gpt.new_cache(1, 16 + steps)
+            tok = gpt(prompt, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+            if rows > 1:
+                cache = cache.share(torch.zeros(rows, dtype=torch.long))
+            tok = tok.expand(rows, 1)
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(steps):
+                tok = gpt(tok, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+            return time.perf_counter() - t0, time.process_time() - c0
+
+    return run
+
+
+def main_decode(args):
+    from model import cpu_decode
+
+    if args.force_kernels:
+        cpu_decode.MAX_ROWS.update({k: 8 for k in cpu_decode.MAX_ROWS})
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPT-2 small decode steps (random weights, "
+          f"16-token prompt, {args.steps} steps a run), kernels vs torch path, median of {args.repeats} interleaved "
+          f"runs; CPU kernels: {cpu_decode.status()}")
+    print("\n| dtype | rows | torch path ms/step | kernels ms/step | CPU ms/step (torch / kernels) | kernels GB/s "
+          "| speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for dtype in args.dtypes.split(","):
+        gpt = decode_model(dtype)
+        nbytes = weight_bytes(gpt)
+        for rows in (int(r) for r in args.rows.split(",")):
+            run = decode_steps(gpt, rows, args.steps)
+            times = {True: [], False: []}  # kernels on / off: (wall, cpu) per run
+            for r in range(args.repeats + 1):  # the first round warms up (builds the kernels' plan)
+                for on in (True, False):
+                    gpt.cpu_kernels = on
+                    t = run()
+                    if r:
+                        times[on].append(t)
+            wall = {on: 1e3 * statistics.median(w for w, _ in times[on]) / args.steps for on in times}
+            cpu = {on: 1e3 * statistics.median(c for _, c in times[on]) / args.steps for on in times}
+            ratio = statistics.median(b[0] / a[0] for a, b in zip(times[True], times[False]))
+            used = cpu_decode.load() is not None and rows <= cpu_decode.MAX_ROWS[dtype]
+            note = "" if used else " (torch path: above the row limit)" if cpu_decode.load() else " (no kernels)"
+            print(f"| {dtype} | {rows} | {wall[False]:.1f} | {wall[True]:.1f} | {cpu[False]:.1f} / {cpu[True]:.1f} "
+                  f"| {nbytes / wall[True] / 1e6:.1f} | {ratio:.2f}x{note} |", flush=True)
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.decode:
+        return main_decode(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPT-2 small decode-step linears "
           f"(48 block projections + LM head), median of {args.repeats} interleaved runs")
     print("\n| dtype | rows | plain ms | packed ms | packed speed-up |")
