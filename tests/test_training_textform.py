@@ -86,8 +86,10 @@ def test_default_corpus_documents():
     assert code and len(prose) == 2  # docstrings, comments
     assert "Wrap a single paragraph of text" in prose[0]  # textwrap.wrap's docstring
     for d in code:
-        ast.parse(d)  # a whole function, dedented
+        ast.parse(d)  # a whole function, dedented, still valid with its indentation rounded up to fours
         assert len(d.splitlines()) <= corpus.CODE_MAX_LINES
+        assert all((len(line) - len(line.lstrip(" "))) % 4 == 0 for line in d.splitlines())
+    assert corpus.collapse_spaces("   x ::= a    b\n\ty\n") == "    x ::= a b\n\ty\n"
     assert all("  " not in line.strip() for line in prose[1].splitlines())  # inner runs of spaces collapsed
     units = corpus.stdlib_units()
     keys = {u.key for u in units}
