@@ -13,10 +13,11 @@ one float32 scale per output channel); the KV cache is float32 or bfloat16, as t
 So a bfloat16 model's decode step here is slightly *more* precise than its torch path (which rounds every
 activation to bfloat16): logits agree to bfloat16 rounding, not bit for bit.
 
-The kernels need x86-64 with AVX-512 (F, BW, VL) and a C compiler with OpenMP (gcc); they are built once
-per machine into a cache directory ($PIGPT_CACHE, else ~/.cache/pigpt) and share torch's OpenMP thread
-pool (torch.get_num_threads()). Anywhere else, or with PIGPT_CPU_KERNELS=0, `load()` returns None and the
-model runs its torch path; `status()` says why.
+The kernels need x86-64 with AVX-512 (F, BW, VL) and a C compiler (gcc); they are built once per machine
+into a cache directory ($PIGPT_CACHE, else ~/.cache/pigpt) and run on torch.get_num_threads() threads of
+their own pool (the caller's thread included), which claim tiles of work rather than splitting it up front.
+Anywhere else, or with PIGPT_CPU_KERNELS=0, `load()` returns None and the model runs its torch path;
+`status()` says why.
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ _TYPES = {torch.float32: F32, torch.bfloat16: BF16, torch.int8: I8}
 SOURCE = r"""
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
-#include <omp.h>
 #ifdef __linux__
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -260,39 +261,6 @@ static void finish(const Linear* L, int ptype, const float* out, int r, int64_t 
     }
 }
 
-/* -- a barrier that sleeps --------------------------------------------------------------------------
-   OpenMP's barrier spins for a long while (libgomp: 300k rounds) before it sleeps. On a machine whose cores are
-   shared with other processes, the spinning thread holds a core its preempted partner needs, and a step with
-   ~50 barriers took 300 ms instead of 17 (measured; OMP_WAIT_POLICY=passive gave 17). This one spins briefly,
-   then sleeps on a futex until the last thread arrives. */
-typedef struct { int count, gen, sleepers; } Barrier;
-#define SPINS 2000
-
-static void barrier(Barrier* b, int nt) {
-  if (nt == 1) return;
-  int gen = __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE);
-  if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == nt) {
-    __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&b->gen, gen + 1, __ATOMIC_RELEASE);
-#ifdef __linux__
-    if (__atomic_load_n(&b->sleepers, __ATOMIC_ACQUIRE))
-      syscall(SYS_futex, &b->gen, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
-#endif
-    return;
-  }
-  for (int i = 0; __atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == gen; i++) {
-    if (i < SPINS) { _mm_pause(); continue; }
-#ifdef __linux__
-    __atomic_add_fetch(&b->sleepers, 1, __ATOMIC_ACQ_REL);
-    if (__atomic_load_n(&b->gen, __ATOMIC_ACQUIRE) == gen)
-      syscall(SYS_futex, &b->gen, FUTEX_WAIT_PRIVATE, gen, NULL, NULL, 0);
-    __atomic_sub_fetch(&b->sleepers, 1, __ATOMIC_ACQ_REL);
-#else
-    sched_yield();
-#endif
-  }
-}
-
 /* y[:, n_begin:n_end] = act(x (M, K) W + b)[:, n_begin:n_end], or += (x W + b)[...]: output columns (KN) or rows
    of W (NK) n_begin..n_end, tiled; n_begin a multiple of 16 (KN) or of the row group (NK) unless at the end. */
 static void linear_cols(const Linear* L, int ptype, const float* x, int M, float* y, int mode, int64_t n_begin,
@@ -332,14 +300,6 @@ static void linear_cols(const Linear* L, int ptype, const float* x, int M, float
       n0 += cols;
     }
   }
-}
-
-/* The whole product, thread t of nt taking a contiguous slice of the outputs (whole vectors, or whole row
-   groups). */
-static void linear(const Linear* L, int ptype, const float* x, int M, float* y, int mode, int t, int nt) {
-  int64_t unit = L->layout == KN ? 16 : 8, N = L->N;
-  int64_t per = ((N + unit - 1) / unit + nt - 1) / nt * unit;
-  linear_cols(L, ptype, x, M, y, mode, t * per < N ? t * per : N, (t + 1) * per < N ? (t + 1) * per : N);
 }
 
 /* -- layer norm, attention ------------------------------------------------------------------------- */
@@ -421,52 +381,200 @@ static void attend(const Cache* c, int64_t l, int64_t b, int64_t h, int hs, floa
   weighted_sum(sc + n_pre, vb + s0 * hs * es, type, n_own, hs, out);
 }
 
-/* -- entry points --------------------------------------------------------------------------------- */
-/* All blocks, then ln_f, for M rows of one token: x (M, C) holds the embeddings in and the final hidden states
-   out. work: M * (5C + inner) + nthreads * (M * C + S + 16) floats (S: the most keys any row attends to).
-   Four barriers a block: each thread normalises x itself (M x C, cheap) rather than waiting for one copy,
-   and computes q, k, v for its own heads, so its attention needs nobody else's. */
-void pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads) {
-  const int64_t C = md->C, H = md->nh, hs = C / H, inner = md->layers[0].fc.N;
-  float *qkv = work, *att = qkv + 3 * M * C, *hid = att + M * C, *mine = hid + M * inner;
-  Barrier bar = {0, 0, 0};
-  #pragma omp parallel num_threads(nthreads)
-  {
-    int nt = omp_get_num_threads(), t = omp_get_thread_num(), P = md->ptype;
-    float *a = mine + t * (M * C + S + 16), *sc = a + M * C;
-    int64_t h0 = H * t / nt, h1 = H * (t + 1) / nt;  /* this thread's heads */
-    for (int l = 0; l < md->L; l++) {
-      const Layer* ly = md->layers + l;
-      for (int m = 0; m < M; m++) layer_norm(x + m * C, ly->ln1_w, ly->ln1_b, P, C, md->eps, a + m * C);
-      for (int part = 0; part < 3; part++)  /* q, k, v columns of heads h0..h1 */
-        linear_cols(&ly->qkv, P, a, M, qkv, STORE, part * C + h0 * hs, part * C + h1 * hs);
-      for (int m = 0; m < M; m++)
-        for (int64_t h = h0; h < h1; h++)
-          attend(c, l, m, h, hs, ly->attn_scale, qkv + m * 3 * C, C, att + m * C + h * hs, sc);
-      barrier(&bar, nt);
-      linear(&ly->proj, P, att, M, x, ADD, t, nt);
-      barrier(&bar, nt);
-      for (int m = 0; m < M; m++) layer_norm(x + m * C, ly->ln2_w, ly->ln2_b, P, C, md->eps, a + m * C);
-      linear(&ly->fc, P, a, M, hid, STORE, t, nt);
-      barrier(&bar, nt);
-      linear(&ly->proj2, P, hid, M, x, ADD, t, nt);
-      barrier(&bar, nt);
-    }
-    for (int m = t; m < M; m += nt) {
-      layer_norm(x + m * C, md->lnf_w, md->lnf_b, P, C, md->eps, a);
-      memcpy(x + m * C, a, C * sizeof(float));
+/* -- threads: a pool that claims tiles of work --------------------------------------------------------
+   A job is a sequence of phases (per block: q/k/v products, attention, projection, MLP up, MLP down); each phase
+   is cut into tiles that threads claim from a counter, and a thread starts a phase once every tile of the one
+   before is done. No thread ever waits for another to *arrive*: on a machine whose cores are shared with other
+   processes, a preempted thread's share is simply taken by the others (with OpenMP's static split and
+   barriers, a 2-thread step's median was 3-6x its best case under such load; measured). The caller's thread
+   works too, and returns as soon as the last tile is done; idle workers spin briefly, then sleep on a futex. */
+#define MAX_THREADS 64
+#define MAX_PHASES 4096
+#define SPINS 4000
+enum { DECODE = 0, LINEAR = 1 };
+enum { QKV, ATTN, PROJ, FC, PROJ2, PHASES_PER_LAYER };
+
+typedef struct {
+  int kind, M, nthreads, nphases;
+  /* DECODE */
+  float* x;
+  const Model* md;
+  const Cache* c;
+  float* work;
+  int64_t S;
+  /* LINEAR */
+  const Linear* L;
+  int ptype;
+  const float* lx;
+  float* ly;
+} Job;
+
+static Job job;                         /* the current job; written only while no job runs */
+static uint64_t next_tile[MAX_PHASES];  /* (job number << 32) | next unclaimed tile */
+static int32_t done_tiles[MAX_PHASES], tiles[MAX_PHASES];  /* tiles: each phase's count, set with the job */
+static uint32_t job_gen;              /* jobs published so far (a futex word) */
+static int32_t sleepers, started;
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time (ctypes drops the GIL) */
+
+static int64_t tile_count(int64_t n, int nt) {  /* ~256-wide tiles, but >= 3 per thread where n allows */
+  int64_t t = (n + 255) / 256, want = 3 * (int64_t)nt, most = (n + 63) / 64;
+  return t >= want ? t : want < most ? want : most;
+}
+static void tile_range(int64_t n, int64_t tiles, int64_t i, int64_t* n0, int64_t* n1) {  /* 16-aligned */
+  *n0 = i * n / tiles / 16 * 16;
+  *n1 = i + 1 == tiles ? n : (i + 1) * n / tiles / 16 * 16;
+}
+
+static int64_t count_tiles(const Job* j, int p) {
+  if (j->kind == LINEAR) return tile_count(j->L->N, j->nthreads);
+  const Model* md = j->md;
+  if (p == md->L * PHASES_PER_LAYER) return j->M;  /* ln_f, a row a tile */
+  const Layer* ly = md->layers + p / PHASES_PER_LAYER;
+  switch (p % PHASES_PER_LAYER) {
+    case QKV: return tile_count(ly->qkv.N, j->nthreads);
+    case ATTN: return (int64_t)j->M * md->nh;
+    case PROJ: return tile_count(ly->proj.N, j->nthreads);
+    case FC: return tile_count(ly->fc.N, j->nthreads);
+    default: return tile_count(ly->proj2.N, j->nthreads);
+  }
+}
+
+/* Thread t's private buffers in `work`: its layer norm of x (M x C), which it computes once per layer norm it
+   needs (`*normed` remembers which), and attention scores (S + 16). */
+static void run_tile(const Job* j, int p, int64_t i, int t, int* normed) {
+  int64_t n0, n1;
+  if (j->kind == LINEAR) {
+    tile_range(j->L->N, tiles[p], i, &n0, &n1);
+    linear_cols(j->L, j->ptype, j->lx, j->M, j->ly, STORE, n0, n1);
+    return;
+  }
+  const Model* md = j->md;
+  const int64_t M = j->M, C = md->C, H = md->nh, hs = C / H, P = md->ptype, L = md->L;
+  const int64_t inner = md->layers[0].fc.N;
+  float *qkv = j->work, *att = qkv + 3 * M * C, *hid = att + M * C;
+  float *a = hid + M * inner + t * (M * C + j->S + 16), *sc = a + M * C;
+  float* x = j->x;
+  if (p == L * PHASES_PER_LAYER) {  /* ln_f of row i, in place */
+    layer_norm(x + i * C, md->lnf_w, md->lnf_b, P, C, md->eps, a);
+    memcpy(x + i * C, a, C * sizeof(float));
+    return;
+  }
+  const Layer* ly = md->layers + p / PHASES_PER_LAYER;
+  int kind = p % PHASES_PER_LAYER;
+  if ((kind == QKV || kind == FC) && *normed != p) {  /* x is final for this layer norm: the phase before is done */
+    for (int m = 0; m < M; m++)
+      layer_norm(x + m * C, kind == QKV ? ly->ln1_w : ly->ln2_w, kind == QKV ? ly->ln1_b : ly->ln2_b, P, C, md->eps,
+                 a + m * C);
+    *normed = p;
+  }
+  const Linear* lin = kind == QKV ? &ly->qkv : kind == PROJ ? &ly->proj : kind == FC ? &ly->fc : &ly->proj2;
+  if (kind != ATTN) tile_range(lin->N, tiles[p], i, &n0, &n1);
+  switch (kind) {
+    case QKV: linear_cols(lin, P, a, M, qkv, STORE, n0, n1); break;
+    case ATTN: attend(j->c, p / PHASES_PER_LAYER, i / H, i % H, hs, ly->attn_scale, qkv + i / H * 3 * C, C,
+                      att + i / H * C + i % H * hs, sc); break;
+    case PROJ: linear_cols(lin, P, att, M, x, ADD, n0, n1); break;
+    case FC: linear_cols(lin, P, a, M, hid, STORE, n0, n1); break;
+    default: linear_cols(lin, P, hid, M, x, ADD, n0, n1); break;
+  }
+}
+
+static int64_t claim(int p, uint32_t g) {  /* the next tile of phase p of job g, or -1 if that job is gone */
+  uint64_t v = __atomic_load_n(&next_tile[p], __ATOMIC_RELAXED);
+  for (;;) {
+    if ((uint32_t)(v >> 32) != g) return -1;
+    if (__atomic_compare_exchange_n(&next_tile[p], &v, v + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+      return (int64_t)(v & 0xffffffffu);
+  }
+}
+
+static int wait_phase(int p, uint32_t g) {  /* until phase p of job g is done; 0 if that job is gone */
+  for (int i = 0; __atomic_load_n(&done_tiles[p], __ATOMIC_ACQUIRE) < __atomic_load_n(&tiles[p], __ATOMIC_RELAXED); i++) {
+    if (__atomic_load_n(&job_gen, __ATOMIC_RELAXED) != g) return 0;
+    if (i < SPINS) _mm_pause();
+    else sched_yield();
+  }
+  return 1;
+}
+
+static void run_job(const Job* j, int t, uint32_t g) {  /* a late thread finds the tiles taken and moves on */
+  int normed = -1;
+  for (int p = 0; p < j->nphases; p++) {
+    if (p && !wait_phase(p - 1, g)) return;
+    for (int64_t i; (i = claim(p, g)) >= 0 && i < __atomic_load_n(&tiles[p], __ATOMIC_RELAXED);) {
+      run_tile(j, p, i, t, &normed);
+      __atomic_add_fetch(&done_tiles[p], 1, __ATOMIC_RELEASE);
     }
   }
 }
 
+static void* worker(void* arg) {
+  int t = (int)(intptr_t)arg;
+  uint32_t seen = __atomic_load_n(&job_gen, __ATOMIC_ACQUIRE);
+  for (;;) {
+    uint32_t g;
+    for (int i = 0; (g = __atomic_load_n(&job_gen, __ATOMIC_ACQUIRE)) == seen; i++) {
+      if (i < SPINS) { _mm_pause(); continue; }
+#ifdef __linux__
+      __atomic_add_fetch(&sleepers, 1, __ATOMIC_ACQ_REL);
+      syscall(SYS_futex, &job_gen, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+      __atomic_sub_fetch(&sleepers, 1, __ATOMIC_ACQ_REL);
+#else
+      sched_yield();
+#endif
+    }
+    seen = g;
+    Job j = job;  /* then check it wasn't replaced while being copied */
+    if (__atomic_load_n(&job_gen, __ATOMIC_ACQUIRE) == g && t < j.nthreads) run_job(&j, t, g);
+  }
+  return NULL;
+}
+
+static void run(Job* j) {
+  pthread_mutex_lock(&call_lock);
+  if (j->nthreads > MAX_THREADS) j->nthreads = MAX_THREADS;
+  while (started < j->nthreads - 1) {  /* workers 1 .. nthreads-1, started on first need */
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&th, &attr, worker, (void*)(intptr_t)(started + 1))) break;  /* fewer threads then */
+    started++;
+  }
+  uint32_t g = job_gen + 1;
+  job = *j;
+  for (int p = 0; p < j->nphases; p++) {
+    __atomic_store_n(&next_tile[p], (uint64_t)g << 32, __ATOMIC_RELAXED);
+    __atomic_store_n(&done_tiles[p], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tiles[p], (int32_t)count_tiles(j, p), __ATOMIC_RELAXED);
+  }
+  __atomic_store_n(&job_gen, g, __ATOMIC_RELEASE);
+#ifdef __linux__
+  if (__atomic_load_n(&sleepers, __ATOMIC_ACQUIRE)) syscall(SYS_futex, &job_gen, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+#endif
+  run_job(j, 0, g);
+  wait_phase(j->nphases - 1, g);
+  pthread_mutex_unlock(&call_lock);
+}
+
+/* -- entry points --------------------------------------------------------------------------------- */
+/* All blocks, then ln_f, for M rows of one token: x (M, C) holds the embeddings in and the final hidden states
+   out. work: M * (5C + inner) + nthreads * (M * C + S + 16) floats (S: the most keys any row attends to). */
+int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads) {
+  Job j = {DECODE, M, nthreads, md->L * PHASES_PER_LAYER + 1, x, md, c, work, S, NULL, md->ptype, NULL, NULL};
+  if (j.nphases > MAX_PHASES) return -1;
+  run(&j);
+  return 0;
+}
+
 /* y (M, N) = act(x (M, K) W + b) for one linear (the LM head) */
 void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads) {
-  #pragma omp parallel num_threads(nthreads)
-  linear(L, ptype, x, M, y, STORE, omp_get_thread_num(), omp_get_num_threads());
+  Job j = {LINEAR, M, nthreads, 1, NULL, NULL, NULL, NULL, 0, L, ptype, x, y};
+  run(&j);
 }
 """
 
-_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-pthread", "-shared", "-fPIC"]
 
 _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 
@@ -522,11 +630,12 @@ def load():
         path = _cache_dir() / f"pigpt_cpu_decode_{key}.so"
         if not path.exists():
             _compile(cc, path)
-        lib = ctypes.CDLL(str(path))  # after torch: its libgomp.so.1 is the one already loaded
+        lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError, RuntimeError) as e:
         _status = f"build failed: {str(e).strip()[:500]}"
         return None
     lib.pigpt_decode.argtypes = [_P, ctypes.c_int, _P, _P, _P, _I64, ctypes.c_int]
+    lib.pigpt_decode.restype = ctypes.c_int
     lib.pigpt_linear.argtypes = [_P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     _status = f"loaded from {path}"
     return lib

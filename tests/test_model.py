@@ -465,7 +465,7 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
     plain = run(False)
     assert calls_fast == 18 and len(calls) == calls_fast  # every decode step ran in the kernels, and only then
     for a, b in zip(fast, plain):
-        assert a.dtype == b.dtype == dtype
+        assert a.dtype == torch.float32 and b.dtype == dtype  # the kernels' logits stay float32
         assert _max_diff(a.float(), b.float()) <= tol
         if dtype == torch.bfloat16:
             assert torch.equal(a.argmax(-1), b.argmax(-1))
