@@ -103,7 +103,7 @@ class Conv1D(nn.Module):
 
     def forward(self, x, act: str | None = None):
         if self.qweight is not None:
-            y = quant.linear(x, self.qweight, self.scales(), self.bias)
+            y = quant.linear(x, self.qweight, self.scales(), self.bias, self._packed if self.use_packed else None)
             return _ACTIVATIONS[act](y) if act else y
         w = self.weight
         if self.use_packed and packed.preferred(x, w):
@@ -306,7 +306,8 @@ class GPT(nn.Module):
         w = self.transformer.wte.weight
         x = x.to(w.dtype)
         if self.lm_head_qweight is not None:
-            return quant.linear(x, self.lm_head_qweight, self.lm_head_qscale.view(torch.float32), None)
+            return quant.linear(x, self.lm_head_qweight, self.lm_head_qscale.view(torch.float32), None,
+                                self._head_packed if self._packed_weights else None)
         if self._packed_weights and packed.preferred(x, w):
             return packed.linear(x, self._head_packed.get(w, packed.reorder), None)  # wte is [V, C] already
         if (torch.is_grad_enabled() and w.requires_grad) or w.dtype != torch.float32 or w.device.type != "cpu":

@@ -8,9 +8,11 @@ instead of ~495 MB (GPT-2 small, float32).
 
 Where the products run: the CPU decode kernels (model/cpu_decode.py: float32 activations, the int8 rows
 converted in registers) for up to 8 rows; otherwise torch's `_weight_int8pack_mm` (activations rounded to
-bfloat16, its only vectorised input type) up to DEQUANT_ROWS rows, and above that a bfloat16 copy of the
-weight made for the call and a dense product (compute-bound there, where re-reading int8 per row block
-costs more than the conversion; measured).
+bfloat16, its only vectorised input type) up to DEQUANT_ROWS rows, and above that oneDNN's bfloat16 GEMM
+on a blocked bfloat16 copy of the dequantized weight, built on first use (like the float models' blocked
+copies: `gpt.packed_weights = False` drops it, and then each call dequantizes). Products of many rows are
+compute-bound, and there torch's int8 kernel (float FMAs, each weight converted again for every 4 rows)
+took ~2x oneDNN's bfloat16 GEMM (64 rows, measured).
 
 Quality on GPT-2 small-shaped models, against float32 (tests/test_quant.py checks the bounds):
 see `QUALITY` below and README "Speed".
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import packed
 
 MODES = ("int8",)
 DEQUANT_ROWS = 32  # more rows than this: dequantize to bfloat16 and use a dense product (measured)
@@ -55,18 +59,27 @@ def scale_bits(scale: torch.Tensor) -> torch.Tensor:
     return scale.to(torch.float32).contiguous().view(torch.int32)
 
 
-def linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+           dense: packed.DerivedWeight | None = None) -> torch.Tensor:
     """x @ (q * scale[:, None]).T + bias with torch's CPU kernels, for x [..., in], q int8 [out, in],
-    scale float32 [out]; the result in x's dtype."""
+    scale float32 [out]; the result in x's dtype. `dense`: where to keep a oneDNN-blocked bfloat16 copy of
+    the dequantized weight for products of more than DEQUANT_ROWS rows (None: dequantize for each call)."""
     shape, dtype = x.shape[:-1] + (q.shape[0],), x.dtype
     x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
     # torch's int8 kernel reads 16 columns at a time with aligned loads: it needs in % 16 == 0 and an
-    # aligned x (it crashes otherwise); below DEQUANT_ROWS rows it is the faster one
+    # aligned x (it crashes otherwise); up to DEQUANT_ROWS rows it is the faster one
     if x2.shape[0] <= DEQUANT_ROWS and q.shape[1] % 16 == 0 and x2.data_ptr() % 32 == 0 and q.device.type == "cpu":
         y = torch._weight_int8pack_mm(x2, q, scale.to(torch.bfloat16))
+    elif dense is not None and q.device.type == "cpu" and packed.available(torch.bfloat16):
+        w = dense.get(q, lambda q: packed.reorder(_dequantized(q, scale)))
+        y = packed.linear(x2, w, None)
     else:
-        y = F.linear(x2, q.to(torch.bfloat16) * scale.to(torch.bfloat16)[:, None])
+        y = F.linear(x2, _dequantized(q, scale))
     y = y.to(dtype)
     if bias is not None:
         y += bias.to(dtype)
     return y.view(shape)
+
+
+def _dequantized(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.to(torch.bfloat16) * scale.to(torch.bfloat16)[:, None]
