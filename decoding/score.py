@@ -73,6 +73,9 @@ def _check_completions(model, prompts, completions) -> list[list[int]]:
     return out
 
 
+CHUNK = 256  # scored tokens per head product without gradients: [256, 50257] float32 is ~50 MB, reused
+
+
 def _score(model, prompts, completions, params, keep=None):
     device = model.device
     lens = [len(c) for c in completions]
@@ -90,42 +93,128 @@ def _score(model, prompts, completions, params, keep=None):
     # completion tokens in t-major order, so that every step t is one contiguous block of entries
     entries = [(i, t) for t in range(T) for i in range(len(completions)) if t < lens[i]]
     row = torch.tensor([i for i, _ in entries], dtype=torch.long, device=device)  # (M,)
+    step = torch.tensor([t for _, t in entries], dtype=torch.long, device=device)
     pos = torch.tensor([len(prompts[i]) - 1 + t for i, t in entries], dtype=torch.long, device=device)
     y = torch.tensor([completions[i][t] for i, t in entries], dtype=torch.long, device=device)
-    logits = model.lm_head(h[row, pos]).float()  # (M, V): the head only where a token is scored
-    if params is None:
-        lp = logits.gather(1, y[:, None])[:, 0] - torch.logsumexp(logits, -1)
-    else:
-        scores = _processed(model, logits, prompts, completions, lens, params)
-        lp, keep = token_logprobs(scores, y, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                                  keep=keep, return_keep=True)
+    hist = _history(prompts, completions, T, device) if params is not None else None
+    if torch.is_grad_enabled() and params is not None and not params.logits_processors:
+        # the fused head: one [tokens, vocab] buffer (the logits' gradient), built in cache-sized chunks
+        lp, kept = _HeadLogprobs.apply(h[row, pos], model.transformer.wte.weight, y,
+                                       (model, hist, row, step, params, keep))
+        order = sorted(range(len(entries)), key=lambda m: entries[m])
+        return list(lp[torch.tensor(order, dtype=torch.long, device=device)].split(lens)), kept
+    # Under autograd one product of the head serves all entries (the graph keeps them anyway); without it,
+    # chunks keep the [tokens, vocab] intermediates small and in cache instead of a fresh ~400 MB each.
+    size = len(entries) if torch.is_grad_enabled() else CHUNK
+    lps, keeps = [], []
+    for a in range(0, len(entries), size):
+        sl = slice(a, a + size)
+        logits = model.lm_head(h[row[sl], pos[sl]]).float()  # (m, V): the head only where a token is scored
+        if params is None:
+            lps.append(logits.gather(1, y[sl, None])[:, 0] - torch.logsumexp(logits, -1))
+            continue
+        scores = _processed(model, logits, hist, row[sl], step[sl], params)
+        lp, kp = token_logprobs(scores, y[sl], temperature=params.temperature, top_k=params.top_k,
+                                top_p=params.top_p, keep=None if keep is None else keep[sl], return_keep=True)
+        lps.append(lp)
+        keeps.append(kp)
+    lp = torch.cat(lps)
+    kept = None if not keeps or keeps[0] is None else torch.cat(keeps)
     # back to one tensor per completion: entry (i, t) sits at offset[t] + (rank of i among rows alive at t)
     order = sorted(range(len(entries)), key=lambda m: entries[m])  # row-major
     lp = lp[torch.tensor(order, dtype=torch.long, device=device)]
-    return list(lp.split(lens)), keep
+    return list(lp.split(lens)), kept
 
 
-def _processed(model, logits, prompts, completions, lens, params):
-    """The processors over every scored position, as generate ran them at each step t: the history of
-    entry (i, t) is prompt i + completion i[:t], left-padded as in generate. logits (M, V) in t-major order."""
+class _HeadLogprobs(torch.autograd.Function):
+    """log p(y) under the processed distribution of `params`, for hidden states h (M, C) and the tied head
+    W (V, C), with the gradient of the logits computed in the forward pass, chunk by chunk.
+
+    Through autograd the same maths keeps half a dozen [M, V] tensors (logits, penalised, scaled, masked,
+    their softmax, and as many gradients), each a fresh ~400 MB at M = 2048 that a CPU page-faults in. Here
+    each chunk's logits, processors, kept set and softmax live in cache, and only dlogp/dlogits (M, V) is
+    written: (onehot - softmax over the kept set) / T, times the penalty's factor on penalised tokens.
+    backward scales its rows by the upstream gradient and needs two matmuls. Requires no user processors
+    (they may be any torch code; score then runs the plain autograd path). Returns (logp (M,), kept sets).
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, y, extra):
+        model, history, row, step, params, keep = extra
+        M = h.shape[0]
+        grad = torch.empty(M, w.shape[0], dtype=torch.float32, device=h.device)  # (M, V)
+        lps, keeps = [], []
+        T1 = params.temperature if params.temperature > 0 else 1.0
+        for a in range(0, M, GRAD_CHUNK):
+            sl = slice(a, a + GRAD_CHUNK)
+            x = (h[sl] @ w.t()).float()  # (m, V)
+            scores = _processed(model, x, history, row[sl], step[sl], params)
+            lp, kp = token_logprobs(scores, y[sl], temperature=params.temperature, top_k=params.top_k,
+                                    top_p=params.top_p, keep=None if keep is None else keep[sl], return_keep=True)
+            g = grad[sl]
+            # softmax over the kept set: exp(s - logsumexp) = exp(s - (s_y - lp)), 0 outside it
+            s_y = scores.gather(1, y[sl, None])[:, 0] / T1
+            torch.div(scores, T1, out=g).sub_((s_y - lp)[:, None]).exp_()
+            if kp is not None:
+                g.masked_fill_(~kp, 0.0)
+            g.neg_().scatter_add_(1, y[sl, None], torch.ones_like(lp)[:, None])  # onehot - softmax
+            g.mul_(1.0 / T1)
+            if params.repetition_penalty != 1.0:  # d(penalised)/d(logit): pen below 0, 1/pen above, on seen ids
+                seen = torch.zeros_like(g, dtype=torch.bool).scatter_(1, _ids(history, row[sl], step[sl]), True)
+                pen = params.repetition_penalty
+                g.mul_(torch.where(seen, torch.where(x < 0, pen, 1.0 / pen), 1.0))
+            lps.append(lp)
+            keeps.append(kp)
+        ctx.save_for_backward(h, w, grad)
+        ctx.done = False
+        kept = None if keeps[0] is None else torch.cat(keeps)
+        ctx.mark_non_differentiable(*(() if kept is None else (kept,)))
+        return torch.cat(lps), kept
+
+    @staticmethod
+    def backward(ctx, grad_lp, _grad_kept):
+        if ctx.done:
+            raise RuntimeError("score(grad=True)'s result can be backpropagated once (its gradient buffer is reused)")
+        ctx.done = True
+        h, w, grad = ctx.saved_tensors
+        grad.mul_(grad_lp[:, None])  # (M, V): each token's share of the loss, in place
+        return grad @ w.to(grad.dtype), grad.t() @ h.to(grad.dtype), None, None
+
+
+GRAD_CHUNK = 64  # rows of [rows, vocab] float32 per chunk of the fused head: 64 x 50257 x 4 B ~ 13 MB
+
+
+def _history(prompts, completions, T: int, device) -> tuple[torch.Tensor, int]:
+    """(hist (N, P + T), P): every row's prompt, left-padded as generate pads it, then its completion, the
+    tail filled with the row's first token (a no-op for the penalty)."""
+    idx, _ = left_pad(prompts, device)  # (N, P)
+    P = idx.shape[1]
+    hist = torch.cat([idx, idx[:, :1].expand(-1, T)], 1)
+    for i, c in enumerate(completions):
+        hist[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
+    return hist, P
+
+
+def _processed(model, logits, history, row, step, params):
+    """The processors over scored entries (row i, step t) of logits (m, V), t-major, as generate ran them
+    at step t: with input_ids = prompt i + completion i[:t]."""
     if params.repetition_penalty == 1.0 and params.min_new_tokens == 0 and not params.logits_processors:
         return logits  # nothing acts before temperature / top-k / top-p
     stop_ids = stop_ids_of(model, params.stop_token_ids)
-    device = logits.device
-    idx, _ = left_pad(prompts, device)  # (N, P)
-    P, T = idx.shape[1], max(lens)
-    hist = torch.cat([idx, idx[:, :1].expand(-1, T)], 1)  # (N, P + T), the tail filled with a no-op id
-    for i, c in enumerate(completions):
-        hist[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
-    alive = [torch.tensor([i for i, n in enumerate(lens) if t < n], dtype=torch.long, device=device) for t in range(T)]
+    hist, P = history
     if params.logits_processors:  # transformers' convention: one step (one history length) a call
-        blocks = list(logits.split([a.numel() for a in alive]))
-        return torch.cat([apply_processors(b, params, hist[a, : P + t], t, stop_ids)
-                          for t, (a, b) in enumerate(zip(alive, blocks))])
-    # the built-in processors take every entry at once: entry (i, t) sees hist[i] with the tokens from
-    # position P + t on replaced by the row's first token (a no-op for the penalty)
-    row, t = torch.cat(alive), torch.cat([torch.full((a.numel(),), t, device=device) for t, a in enumerate(alive)])
-    ids = hist[row]  # (M, P + T)
-    future = torch.arange(P + T, device=device)[None, :] >= (P + t)[:, None]
-    ids = torch.where(future, ids[:, :1], ids)
-    return apply_processors(logits, params, ids, t, stop_ids)
+        ts, counts = torch.unique_consecutive(step, return_counts=True)
+        blocks = logits.split(counts.tolist())
+        rows = row.split(counts.tolist())
+        return torch.cat([apply_processors(b, params, hist[r, : P + int(t)], int(t), stop_ids)
+                          for t, r, b in zip(ts, rows, blocks)])
+    return apply_processors(logits, params, _ids(history, row, step), step, stop_ids)
+
+
+def _ids(history, row, step) -> torch.Tensor:
+    """input_ids of entries (row i, step t) at once (m, P + T): hist[i] with the tokens from position P + t on
+    replaced by the row's first token (a no-op for the penalty)."""
+    hist, P = history
+    ids = hist[row]
+    future = torch.arange(ids.shape[1], device=ids.device)[None, :] >= (P + step)[:, None]
+    return torch.where(future, ids[:, :1], ids)

@@ -5,7 +5,7 @@ import os
 import torch
 
 from .hashing import row_keys
-from .params import check_finite, check_logits, normalize_params
+from .params import check_logits, normalize_params
 from .sampling_torch import keep_thresholds, sample_torch
 
 ENV_BACKEND = "PIGPT_SAMPLING_BACKEND"
@@ -69,16 +69,20 @@ def token_logprobs(logits, tokens, *, temperature=1.0, top_k=0, top_p=1.0, keep=
     if keep is not None and keep.shape != logits.shape:
         raise ValueError(f"keep must be a mask of the logits' shape {tuple(logits.shape)}, got {tuple(keep.shape)}")
     x = logits.float()
+    B, V = x.shape
     greedy = T == 0
-    s = x / torch.where(greedy, 1.0, T)[:, None]  # (B, V)
+    T1 = torch.where(greedy, 1.0, T)
+    s = x if bool((T1 == 1).all()) else x / T1[:, None]  # (B, V); no pass over the logits when T is 1
     if keep is None:
-        with torch.no_grad():
-            check_finite(x)
-            t = torch.full_like(T, float("-inf"))
-            sampled = (~greedy).nonzero()[:, 0]
-            if sampled.numel():
-                t[sampled] = keep_thresholds(x.detach().index_select(0, sampled), T[sampled], k[sampled], p[sampled])
-            keep = s.detach() >= t[:, None] if bool((t > float("-inf")).any()) else None
+        # only rows that truncate need the kept-set search (and its copy of their logits)
+        rows = ((~greedy) & (((k > 0) & (k < V)) | (p < 1))).nonzero()[:, 0]
+        if rows.numel():
+            with torch.no_grad():
+                xd = x.detach()
+                t = torch.full_like(T, float("-inf"))
+                t[rows] = keep_thresholds(xd if rows.numel() == B else xd.index_select(0, rows), T[rows], k[rows],
+                                          p[rows])
+                keep = s.detach() >= t[:, None]
     kept = s if keep is None else s.masked_fill(~keep, float("-inf"))
     lp = kept.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(kept, -1)
     return (lp, keep) if return_keep else lp

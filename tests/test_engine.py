@@ -268,3 +268,24 @@ def test_no_decode_loop_outside_decoding():
     offenders = [f"{p.relative_to(ROOT)}:{i + 1}" for p in files if p.exists()
                  for i, line in enumerate(p.read_text().splitlines()) if pattern.search(line)]
     assert not offenders, offenders
+
+
+def test_score_in_chunks_equals_score_in_one_piece(pair, rollouts, monkeypatch):
+    """Without gradients score runs the head a chunk of tokens at a time, with them the fused head does:
+    chunk sizes change nothing (user processors take the plain autograd path: the same numbers)."""
+    import sys
+
+    mod = sys.modules["decoding.score"]
+    gpt, _ = pair
+    prompts, rs = rollouts
+    completions = [r.tokens for r in rs]
+    spy = SamplingParams(**{**RL_PARAMS.__dict__, "logits_processors": [lambda ids, s: s]})
+    whole = [score(gpt, prompts, completions, p) for p in (None, RL_PARAMS)]
+    monkeypatch.setattr(mod, "CHUNK", 5)
+    monkeypatch.setattr(mod, "GRAD_CHUNK", 3)
+    for p, ref in zip((None, RL_PARAMS), whole):
+        for got in (score(gpt, prompts, completions, p), score(gpt, prompts, completions, p, grad=True)):
+            for a, b in zip(got, ref):
+                torch.testing.assert_close(a.detach(), b, atol=1e-5, rtol=0)
+    for a, b in zip(score(gpt, prompts, completions, spy, grad=True), whole[1]):
+        torch.testing.assert_close(a.detach(), b, atol=1e-5, rtol=0)

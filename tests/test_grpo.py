@@ -141,11 +141,16 @@ def test_torchrun_two_processes_draw_and_learn_what_one_does(policy_dir, prompts
     assert res.returncode == 0, res.stderr[-3000:]
     for key in ("reward", "completion_length"):  # the same rollouts
         assert steps_of(multi, key) == steps_of(single, key), key
+    # the whole batch's loss from each process's share (a sum of O(1) terms that nearly cancel: absolute 1e-6)
+    a, b = steps_of(single, "loss"), steps_of(multi, "loss")
+    assert all(abs(a[s] - b[s]) <= 1e-6 for s in a) and max(abs(v) for v in a.values()) > 1e-5, (a, b)
+    w0 = GPT.from_pretrained(policy_dir).state_dict()
     a, b = GPT.from_pretrained(single).state_dict(), GPT.from_pretrained(multi).state_dict()
-    for k in a:  # float32 sums over processes in another order; Adam's normalised steps make near-zero
-        # gradients' rounding visible (seen: 1.5e-5 on 2 of 3.2M entries, against steps of lr = 1e-3)
-        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0, msg=k)
-    assert any(not torch.equal(a[k], GPT.from_pretrained(policy_dir).state_dict()[k]) for k in a), "it trained"
+    for k in a:  # the same updates, up to float32 sums in another order: Adam turns the rounding of gradients
+        # that cancel to ~0 into steps of up to lr (seen on ~100 of 3.2M embedding entries), so compare the
+        # updates as a whole, relative to their size
+        da, db = a[k] - w0[k], b[k] - w0[k]
+        assert da.norm() > 0 and (da - db).norm() <= 0.05 * da.norm(), (k, (da - db).norm() / da.norm())
 
 
 def test_rl_rollouts_carry_rewards_advantages_and_transitions(policy_dir):
