@@ -432,9 +432,10 @@ def train_loop(run: Run) -> None:
     from tqdm import tqdm
 
     cfg, d = run.cfg, run.d
+    first = evaluate(run) if run.step == 0 else None  # before the log opens: a failing reward leaves no files
     with run.rd.log() as log, StopFlag(enabled=d.world == 1) as stop:
-        if run.step == 0:
-            run.last = evaluate(run)
+        if first is not None:
+            run.last = first
             log.write({"step": 0, **run.last})
             run.say(f"before: eval reward {_fmt(run.last['eval_reward'])} "
                     f"({cfg.eval_generations} rollouts x {len(run.eval_prompts)} prompts, held-out seeds)")

@@ -224,3 +224,11 @@ def test_a_reward_failing_mid_run_keeps_the_last_checkpoint(policy_dir, prompts_
                            5, "--ckpt-interval", 1))
     assert torch.load(out / "train_state.pt", weights_only=True)["step"] >= 1
     GPT.from_pretrained(out)
+
+
+def test_a_run_failing_before_its_first_step_leaves_no_directory(policy_dir, prompts_file, tmp_path):
+    (tmp_path / "bad.py").write_text("def raises(prompts, completions, **kw):\n    raise KeyError('boom')\n")
+    out = tmp_path / "never"
+    with pytest.raises(TrainError, match="boom"):
+        train.main(rl_args(policy_dir, prompts_file, out, "--reward", f"{tmp_path / 'bad.py'}:raises"))
+    assert not out.exists()
