@@ -530,9 +530,16 @@ static void* worker(void* arg) {
   return NULL;
 }
 
+static void forked_child(void) {  /* a fork's child has only the forking thread: start workers anew */
+  started = sleepers = 0;
+  pthread_mutex_init(&call_lock, NULL);
+}
+
 static void run(Job* j) {
   pthread_mutex_lock(&call_lock);
   if (j->nthreads > MAX_THREADS) j->nthreads = MAX_THREADS;
+  static int atfork;
+  if (!atfork) atfork = !pthread_atfork(NULL, NULL, forked_child);
   while (started < j->nthreads - 1) {  /* workers 1 .. nthreads-1, started on first need */
     pthread_t th;
     pthread_attr_t attr;
@@ -730,7 +737,7 @@ def supports(gpt) -> bool:
                 return False
             if t.is_floating_point() and t.dtype != gpt.dtype:  # the kernels read them all as the model's dtype
                 return False
-    return True
+    return gpt.config.n_layer * 5 + 1 <= 4096  # phases of a step: MAX_PHASES in SOURCE
 
 
 def cache_desc(cache) -> Cache | None:
