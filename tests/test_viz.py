@@ -201,3 +201,40 @@ def test_terminal_charts():
     assert "2 token(s) kept" in text
     cmp = render_compare([0, 1], [0.7, 0.2], [("T=0.5", [0.9, 0.1], 2), ("top-k=1", [1.0, 0.0], 1)], enc, width=100)
     assert "T=0.5" in cmp and "1 token(s)" in cmp and "100.0%" in cmp
+
+
+def test_bar_labels_near_one_stay_inside_the_frame():
+    """A bar at p = 0.98 leaves room for its value label inside the axes (the frame used to cut it)."""
+    enc = get_tokenizer()
+    x = torch.tensor([[8.0, 4.0, 1.0, 0.0]])
+    (s,) = summarize(0, x, x, SamplingParams(), top=3)
+    fig = figures.plot_steps([s.view(0)], enc, None)
+    ax = fig.axes[0]
+    right = ax.get_xlim()[1]
+    labels = [t for t in ax.texts if t.get_text() == figures.fmt_p(s.view(0).raw[0])]
+    assert labels and all(t.get_position()[0] < right - 0.1 for t in labels), (right, labels)
+    assert max(ax.get_xticks()) <= 1.0  # no tick pretends to a probability above 1
+
+
+def test_tree_edge_labels_part_where_the_edges_do():
+    """Edge labels sit toward the child end: the labels of edges fanning out of one node don't stack."""
+    enc = get_tokenizer()
+    root = build_tree([[262, 373], [262, 11], [262, 290], [262, 257]], [[0.9, 0.4], [0.9, 0.3], [0.9, 0.2], [0.9, 0.1]])
+    fig = figures.plot_tree(root, enc)
+    ys = [t.get_position()[1] for t in fig.axes[0].texts if t.get_text() in ("0.40", "0.30", "0.20", "0.10")]
+    assert len(ys) == 4 and min(abs(a - b) for i, a in enumerate(ys) for b in ys[i + 1:]) > 0.5
+
+
+def test_tree_leaves_cut_by_the_depth_still_say_whose_they_are(tmp_path, monkeypatch, tiny_checkpoint):
+    import sample
+
+    shown = []
+    monkeypatch.setattr(sample, "write_figure", lambda s, fig, path, what: shown.append(fig))
+    import io
+
+    argv = ["Hi", "--model", tiny_checkpoint[0], "-n", 3, "--seed", 5, "--max-new-tokens", 6, "--tree",
+            tmp_path / "t.png", "--tree-depth", 2, "--json"]
+    code = sample.main([str(a) for a in argv], out=io.StringIO(), err=io.StringIO())
+    assert code == 0
+    texts = " ".join(t.get_text() for t in shown[0].axes[0].texts)
+    assert "seed 5" in texts and "(+4 tokens)" in texts
