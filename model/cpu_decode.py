@@ -246,6 +246,44 @@ typedef void (*nk_fn)(const Linear*, const float*, int, int64_t, float*);
                      {nk_##T##_8_1, nk_##T##_8_2}}
 static const nk_fn NK_TILES[3][4][2] = {NK_TABLE(f32), NK_TABLE(bf16), NK_TABLE(i8)}; /* [type][log2 R][whole] */
 
+/* bfloat16 NK weights on CPUs with avx512_bf16 (the LM head of a bfloat16 model): x rounded to bfloat16 once
+   (xb, as torch's bfloat16 path rounds it), then one dot-product instruction per 32 weights instead of
+   a load, a widening and an FMA per 16. */
+#define DP_TILE(R, NB)                                                                                     \
+  __attribute__((target("avx512bf16"))) static void dp_##R##_##NB(const Linear* L, const uint16_t* xb,    \
+                                                                    int M, int64_t n0, float* out) {       \
+    const int64_t K = L->K, K32 = K & ~(int64_t)31;                                                        \
+    __m512 acc[R][NB];                                                                                     \
+    const uint16_t* xr[R];                                                                                 \
+    for (int i = 0; i < R; i++) {                                                                          \
+      xr[i] = xb + (int64_t)(i < M ? i : M - 1) * K;                                                       \
+      for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();                                        \
+    }                                                                                                      \
+    const uint16_t* wb = (const uint16_t*)L->w + n0 * K;                                                   \
+    for (int64_t k = 0; k < K; k += 32) {                                                                  \
+      __mmask32 m = k < K32 ? 0xffffffffu : (__mmask32)((1ull << (K - k)) - 1);                           \
+      for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, _MM_HINT_T0);   \
+      __m512i w[NB];                                                                                       \
+      for (int j = 0; j < NB; j++) w[j] = _mm512_maskz_loadu_epi16(m, wb + j * K + k);                     \
+      for (int i = 0; i < R; i++) {                                                                        \
+        __m512i a = _mm512_maskz_loadu_epi16(m, xr[i] + k);                                                \
+        for (int j = 0; j < NB; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)a, (__m512bh)w[j]); \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int i = 0; i < R; i++)                                                                            \
+      for (int j = 0; j < NB; j++) out[i * 256 + j] = _mm512_reduce_add_ps(acc[i][j]);                     \
+  }
+DP_TILE(1, 8) DP_TILE(1, 1) DP_TILE(2, 4) DP_TILE(2, 1) DP_TILE(4, 4) DP_TILE(4, 1) DP_TILE(8, 2) DP_TILE(8, 1)
+typedef void (*dp_fn)(const Linear*, const uint16_t*, int, int64_t, float*);
+static const dp_fn DP_TILES[4][2] = {{dp_1_1, dp_1_8}, {dp_2_1, dp_2_4}, {dp_4_1, dp_4_4}, {dp_8_1, dp_8_2}};
+
+__attribute__((target("avx512bf16"))) static void round_bf16(const float* x, int64_t n, uint16_t* xb) {
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = tail(n - i);
+    _mm256_mask_storeu_epi16(xb + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
 /* y[i, n0 + j] for tile results out[i, j] (row stride 256): scale, bias, then act or the residual add */
 static void finish(const Linear* L, int ptype, const float* out, int r, int64_t n0, int64_t cols, float* y,
                    int64_t ldy, int mode) {
@@ -262,9 +300,10 @@ static void finish(const Linear* L, int ptype, const float* out, int r, int64_t 
 }
 
 /* y[:, n_begin:n_end] = act(x (M, K) W + b)[:, n_begin:n_end], or += (x W + b)[...]: output columns (KN) or rows
-   of W (NK) n_begin..n_end, tiled; n_begin a multiple of 16 (KN) or of the row group (NK) unless at the end. */
-static void linear_cols(const Linear* L, int ptype, const float* x, int M, float* y, int mode, int64_t n_begin,
-                        int64_t n_end) {
+   of W (NK) n_begin..n_end, tiled; n_begin a multiple of 16 (KN) or of the row group (NK) unless at the end.
+   xb: x rounded to bfloat16, for NK bfloat16 weights on CPUs with avx512_bf16 (else NULL). */
+static void linear_cols(const Linear* L, int ptype, const float* x, const uint16_t* xb, int M, float* y, int mode,
+                        int64_t n_begin, int64_t n_end) {
   int R = M == 1 ? 1 : M == 2 ? 2 : M <= 4 ? 4 : 8, lg = R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3;
   const int64_t K = L->K, N = L->N;
   float out[8 * 256] __attribute__((aligned(64)));
@@ -290,7 +329,8 @@ static void linear_cols(const Linear* L, int ptype, const float* x, int M, float
         for (int64_t c = 0; c < cols;) {
           float part[8 * 256] __attribute__((aligned(64)));
           int whole = c + NB <= cols, nb = whole ? NB : 1;
-          NK_TILES[L->wtype][lg][whole](L, x + m0 * K, r, n0 + c, part);
+          if (xb) DP_TILES[lg][whole](L, xb + m0 * K, r, n0 + c, part);  /* bfloat16 x: bfloat16 weights */
+          else NK_TILES[L->wtype][lg][whole](L, x + m0 * K, r, n0 + c, part);
           for (int i = 0; i < r; i++)
             for (int j = 0; j < nb; j++) out[i * 256 + c + j] = part[i * 256 + j];
           c += nb;
@@ -406,6 +446,7 @@ typedef struct {
   const Linear* L;
   int ptype;
   const float* lx;
+  const uint16_t* lxb;
   float* ly;
 } Job;
 
@@ -445,7 +486,7 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed) {
   int64_t n0, n1;
   if (j->kind == LINEAR) {
     tile_range(j->L->N, tiles[p], i, &n0, &n1);
-    linear_cols(j->L, j->ptype, j->lx, j->M, j->ly, STORE, n0, n1);
+    linear_cols(j->L, j->ptype, j->lx, j->lxb, j->M, j->ly, STORE, n0, n1);
     return;
   }
   const Model* md = j->md;
@@ -470,12 +511,12 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed) {
   const Linear* lin = kind == QKV ? &ly->qkv : kind == PROJ ? &ly->proj : kind == FC ? &ly->fc : &ly->proj2;
   if (kind != ATTN) tile_range(lin->N, tiles[p], i, &n0, &n1);
   switch (kind) {
-    case QKV: linear_cols(lin, P, a, M, qkv, STORE, n0, n1); break;
+    case QKV: linear_cols(lin, P, a, NULL, M, qkv, STORE, n0, n1); break;
     case ATTN: attend(j->c, p / PHASES_PER_LAYER, i / H, i % H, hs, ly->attn_scale, qkv + i / H * 3 * C, C,
                       att + i / H * C + i % H * hs, sc); break;
-    case PROJ: linear_cols(lin, P, att, M, x, ADD, n0, n1); break;
-    case FC: linear_cols(lin, P, a, M, hid, STORE, n0, n1); break;
-    default: linear_cols(lin, P, hid, M, x, ADD, n0, n1); break;
+    case PROJ: linear_cols(lin, P, att, NULL, M, x, ADD, n0, n1); break;
+    case FC: linear_cols(lin, P, a, NULL, M, hid, STORE, n0, n1); break;
+    default: linear_cols(lin, P, hid, NULL, M, x, ADD, n0, n1); break;
   }
 }
 
@@ -568,15 +609,18 @@ static void run(Job* j) {
 /* All blocks, then ln_f, for M rows of one token: x (M, C) holds the embeddings in and the final hidden states
    out. work: M * (5C + inner) + nthreads * (M * C + S + 16) floats (S: the most keys any row attends to). */
 int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads) {
-  Job j = {DECODE, M, nthreads, md->L * PHASES_PER_LAYER + 1, x, md, c, work, S, NULL, md->ptype, NULL, NULL};
+  Job j = {DECODE, M, nthreads, md->L * PHASES_PER_LAYER + 1, x, md, c, work, S, NULL, md->ptype, NULL, NULL, NULL};
   if (j.nphases > MAX_PHASES) return -1;
   run(&j);
   return 0;
 }
 
-/* y (M, N) = act(x (M, K) W + b) for one linear (the LM head) */
-void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads) {
-  Job j = {LINEAR, M, nthreads, 1, NULL, NULL, NULL, NULL, 0, L, ptype, x, y};
+/* y (M, N) = x (M, K) W^T + b for one linear (the LM head). xb: room for M * K bfloat16 values. */
+void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb) {
+  __builtin_cpu_init();
+  int dp = L->wtype == BF16 && L->layout == NK && __builtin_cpu_supports("avx512bf16");
+  if (dp) round_bf16(x, (int64_t)M * L->K, xb);
+  Job j = {LINEAR, M, nthreads, 1, NULL, NULL, NULL, NULL, 0, L, ptype, x, dp ? xb : NULL, y};
   run(&j);
 }
 """
@@ -643,7 +687,7 @@ def load():
         return None
     lib.pigpt_decode.argtypes = [_P, ctypes.c_int, _P, _P, _P, _I64, ctypes.c_int]
     lib.pigpt_decode.restype = ctypes.c_int
-    lib.pigpt_linear.argtypes = [_P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
+    lib.pigpt_linear.argtypes = [_P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int, _P]
     _status = f"loaded from {path}"
     return lib
 
@@ -780,6 +824,7 @@ def decode(plan: Plan, x: torch.Tensor, cache, desc: Cache) -> torch.Tensor:
 def head(plan: Plan, x: torch.Tensor) -> torch.Tensor:
     """Logits (M, V) float32 for final hidden states x (M, C) float32."""
     out = torch.empty(x.shape[0], plan.head.N)
+    xb = torch.empty(x.numel(), dtype=torch.bfloat16)
     load().pigpt_linear(ctypes.byref(plan.head), plan.ptype, x.data_ptr(), x.shape[0], out.data_ptr(),
-                        torch.get_num_threads())
+                        torch.get_num_threads(), xb.data_ptr())
     return out
