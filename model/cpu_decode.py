@@ -6,12 +6,14 @@ each a dispatch (and a fork-join of the thread pool), SDPA's CPU kernel is slow 
 and the matrix-vector products leave bandwidth unused on these short, strided weight streams. Here one
 call runs all blocks for a few rows (MAX_ROWS; one token each): layer norms, products with bias, GELU and
 residual fused into their epilogues, this step's keys and values written into the cache, and attention,
-with software prefetch in the weight streams; a second call runs the LM head. See README "Speed".
+with software prefetch in the weight streams; a second call runs the LM head (benchmarks/bench_linear.py
+--decode measures both paths).
 
 Activations stay float32 throughout, whatever the weights are stored in (float32, bfloat16, or int8 with
-one float32 scale per output channel); the KV cache is float32 or bfloat16, as the model's dtype makes it.
-So a bfloat16 model's decode step here is slightly *more* precise than its torch path (which rounds every
-activation to bfloat16): logits agree to bfloat16 rounding, not bit for bit.
+one float32 scale per output channel); only a bfloat16 LM head on CPUs with avx512_bf16 reads its input
+rounded to bfloat16. The KV cache is float32 or bfloat16, as the model's dtype makes it. So a bfloat16
+model's decode step here is slightly *more* precise than its torch path (which rounds every activation to
+bfloat16): logits agree to bfloat16 rounding, not bit for bit.
 
 The kernels need x86-64 with AVX-512 (F, BW, VL) and a C compiler (gcc); they are built once per machine
 into a cache directory ($PIGPT_CACHE, else ~/.cache/pigpt) and run on torch.get_num_threads() threads of

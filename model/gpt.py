@@ -4,9 +4,9 @@ Module and parameter names match Hugging Face's GPT2LMHeadModel checkpoints
 (`transformer.h.0.attn.c_attn.weight`, ...) and so do the weight layouts: GPT-2 stores its projections as
 Conv1D with weights [in, out], and we keep that layout because `addmm` with [in, out] weights is also the
 fastest float32 matrix-vector product on CPU. At more than one row (prefill, n rollouts, beams) CPU inference
-uses oneDNN with weights prepacked into its blocked layout instead (model/packed.py), and a decode step of up
-to 8 rows runs in a few C kernels (model/cpu_decode.py) where they can be built. `quantize("int8")` keeps
-the linear weights as int8 with per-channel scales (model/quant.py).
+uses oneDNN with weights prepacked into its blocked layout instead (model/packed.py), and a decode step of a
+few rows runs in a few C kernels (model/cpu_decode.py) where they can be built. `quantize("int8")` keeps the
+linear weights as int8 with per-channel scales (model/quant.py).
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ class GPT(nn.Module):
         except that the CPU decode kernels return theirs in float32, which they compute in: rounding 50k logits
         to bfloat16 would only lose precision, and cost a parallel pass each step that the caller's .float()
         then undoes (~2x a bfloat16 step's time on a loaded 2-core machine, measured)."""
-        if plan := self._plan_for(x.numel() // x.shape[-1]):
+        if not x.requires_grad and (plan := self._plan_for(x.numel() // x.shape[-1])):
             logits = cpu_decode.head(plan, x.reshape(-1, x.shape[-1]).float().contiguous())
             return logits.view(*x.shape[:-1], logits.shape[1])
         w = self.transformer.wte.weight
