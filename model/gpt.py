@@ -418,7 +418,7 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, device=None, dtype=None, quantize: str | None = None) -> "GPT":
         """Load a GPT-2 checkpoint in the Hugging Face format: a local directory, or a hub id when online.
-        `quantize="int8"` quantizes the weights after loading (see `quantize`)."""
+        `quantize="int8"` quantizes the weights after loading (see `quantize`; None keeps them float)."""
         from .checkpoint import load_pretrained
 
         if quantize is not None:

@@ -46,7 +46,7 @@ DEQUANT_ROWS = 32  # more rows than this: a dense bfloat16 product on the dequan
 
 def check_mode(mode) -> str:
     if mode not in MODES:
-        raise ValueError(f"unknown quantization mode {mode!r}; use one of {list(MODES)} (or None for float weights)")
+        raise ValueError(f"unknown quantization mode {mode!r}; use one of {list(MODES)}")
     return mode
 
 
