@@ -61,15 +61,17 @@ def _check_completions(model, prompts, completions) -> list[list[int]]:
         got = len(completions) if isinstance(completions, (list, tuple)) else type(completions).__name__
         raise ValueError(f"completions must be a list with one token-id list per prompt ({len(prompts)}), got {got}")
     out = [c.tolist() if isinstance(c, torch.Tensor) else list(c) for c in completions]
-    nonempty = [i for i, c in enumerate(out) if c]
-    if nonempty:
-        check_prompts(model, [out[i] for i in nonempty], 0, what="completion")
-    ctx = model.config.block_size
+    V, ctx = model.config.vocab_size, model.config.block_size
     for i, (p, c) in enumerate(zip(prompts, out)):
+        bad = next((t for t in c if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V), None)
+        if bad is not None:
+            raise ValueError(f"completion {i} holds {bad!r}, not a token id in [0, {V}); encode text with the "
+                             "model's tokenizer (model.get_tokenizer())")
         if len(p) + len(c) - 1 > ctx:  # the last token is predicted, never fed
+            fix = (f"shorten the prompt (keep its last {ctx - len(c) + 1} tokens)" if len(c) <= ctx else
+                   f"the completion alone is longer than the context: score at most its first {ctx} tokens")
             raise ValueError(f"prompt {i} ({len(p)} tokens) + completion {i} ({len(c)} tokens) needs "
-                             f"{len(p) + len(c) - 1} positions, more than the model's context of {ctx}; "
-                             f"shorten the prompt (keep its last {max(ctx - len(c) + 1, 1)} tokens)")
+                             f"{len(p) + len(c) - 1} positions, more than the model's context of {ctx}; {fix}")
     return out
 
 

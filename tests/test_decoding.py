@@ -301,6 +301,8 @@ def test_error_messages_name_the_completion_and_a_possible_fix(tiny):
     block = gpt.config.block_size
     with pytest.raises(ValueError, match=r"^completion 0 holds 50257"):
         score(gpt, [1, 2], [3, 50257])
+    with pytest.raises(ValueError, match=r"^completion 2 holds -1"):  # its own index, whatever is empty
+        score(gpt, [[1], [2], [3]], [[], [4], [-1]])
     with pytest.raises(ValueError, match="lower max_new_tokens below") as e:
         generate(gpt, [[1]], SamplingParams(max_new_tokens=block))
     assert "last 0" not in str(e.value)
