@@ -4,7 +4,8 @@
     python benchmarks/quant_quality.py random                 # GPT-2 small's shape, random weights (wte x5)
 
 The text is English: docstrings of ~45 standard-library modules (the interpreter's own, so no download).
-For each precision it prints the perplexity on --windows windows of --ctx tokens, the mean and max KL from
+For each precision it prints the perplexity on --windows windows of --ctx tokens (full forwards, or with
+--decode token by token through the KV cache, the CPU decode kernels' path), the mean and max KL from
 float32 (nats per position), the largest |d log-prob| over the whole vocabulary and at the text's own next
 tokens, the share of positions whose argmax is unchanged, and, from --prompts 8-token prompts taken from the
 same text, how many greedy continuations of --new tokens are identical to float32's (through
@@ -53,8 +54,29 @@ def load(name: str) -> GPT:
 
 
 @torch.inference_mode()
-def log_probs(gpt, windows):
-    return torch.cat([gpt(windows[i:i + 8]).float().log_softmax(-1) for i in range(0, len(windows), 8)])
+def log_probs(gpt, windows, decode: bool):
+    """(n, ctx, V) log-probs: full forwards of 8 windows (the torch path: prefill), or with `decode` one token
+    at a time through a KV cache, as many windows at once as the CPU decode kernels take (their path)."""
+    if not decode:
+        return torch.cat([gpt(windows[i:i + 8]).float().log_softmax(-1) for i in range(0, len(windows), 8)])
+    from model import cpu_decode
+
+    rows = cpu_decode.MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")]
+    out = []
+    for i in range(0, len(windows), rows):
+        w = windows[i:i + rows]
+        cache = gpt.new_cache(len(w), w.shape[1])
+        out.append(torch.cat([gpt(w[:, t:t + 1], cache) for t in range(w.shape[1])], 1).float().log_softmax(-1))
+    return torch.cat(out)
+
+
+def continuations(gpt, prompts, new: int, decode: bool):
+    """Greedy continuations; with `decode`, in groups small enough for the CPU decode kernels."""
+    from model import cpu_decode
+
+    rows = cpu_decode.MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")] if decode else 1000
+    params = SamplingParams(temperature=0.0, max_new_tokens=new)
+    return [r[0].tokens for i in range(0, len(prompts), rows) for r in generate(gpt, prompts[i:i + rows], params)]
 
 
 def main():
@@ -65,6 +87,8 @@ def main():
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--decode", action="store_true",
+                    help="log-probs from decode steps (the CPU decode kernels' path) rather than full forwards")
     args = ap.parse_args()
     harness.setup_threads(args.threads)
     ids = get_tokenizer().encode(english_text())
@@ -75,11 +99,10 @@ def main():
     print(f"{args.model}: {n} windows of {ctx} tokens of stdlib docstrings ({len(ids):,} tokens in all)")
     models = {"float32": ref, "bfloat16": copy.deepcopy(ref).to(torch.bfloat16),
               "int8": copy.deepcopy(ref).quantize("int8")}
-    lp = {k: log_probs(g, windows) for k, g in models.items()}
+    lp = {k: log_probs(g, windows, args.decode) for k, g in models.items()}
     nxt = windows[:, 1:, None]
     prompts = [ids[i * 97: i * 97 + 8] for i in range(args.prompts)]
-    greedy = {k: [r[0].tokens for r in generate(g, prompts, SamplingParams(temperature=0.0, max_new_tokens=args.new))]
-              for k, g in models.items()}
+    greedy = {k: continuations(g, prompts, args.new, args.decode) for k, g in models.items()}
     rows = []
     for k in models:
         at_text = lp[k][:, :-1].gather(-1, nxt)

@@ -1,4 +1,5 @@
-"""pigpt's model: a minimal GPT-2 with a static KV cache, its checkpoints, and its tokenizer."""
+"""pigpt's model: a minimal GPT-2 with a static KV cache, its checkpoints, and its tokenizer; int8 weights
+(model/quant.py, GPT.quantize) and the CPU decode kernels (model/cpu_decode.py) behind GPT.forward."""
 
 from .cache import KVCache, SharedPrefixKVCache
 from .checkpoint import CheckpointError

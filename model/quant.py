@@ -14,19 +14,23 @@ copies: `gpt.packed_weights = False` drops it, and then each call dequantizes). 
 compute-bound, and there torch's int8 kernel (float FMAs, each weight converted again for every 4 rows)
 took ~2x oneDNN's bfloat16 GEMM (64 rows, measured).
 
-Quality against float32, measured on 8,192 tokens of stdlib docstrings (128-token windows; greedy: 100
-8-token prompts from the same text, 32 new tokens each), bfloat16 in brackets for scale:
+Quality against float32 on 8,192 tokens of stdlib docstrings (64 windows of 128 tokens; greedy: 100 8-token
+prompts from the same text, 32 new tokens each; benchmarks/quant_quality.py [--decode]), through the decode
+kernels (token by token, float32 activations) and through torch's path (full forwards, where the int8
+products round activations to bfloat16):
 
-    model                                  perplexity           mean KL    max |d log p|  same    identical
-                                           float32 -> int8      (nats)     at the text's  argmax  greedy runs
-    default recipe (6 x 256, step 300)     309.96 -> 310.06     6e-5       0.062          98.5%   96/100
-                                           (bf16: 310.01)       (3e-5)     (0.041)        (99.0%) (97/100)
-    small preset (4 x 128, 600 steps)      257.63 -> 258.05     7e-5       0.073          99.2%   91/100
-                                           (bf16: 257.58)       (3e-5)     (0.049)        (99.4%) (93/100)
-    random GPT-2 small (wte x5)            -                    -          0.35 (0.18)    100%    40/40
+    model                      path         perplexity           mean KL   max |d log p|   same     identical
+                                            float32 -> int8      (nats)    at the text's   argmax   greedy runs
+    default recipe 6 x 256     kernels      309.95 -> 310.00     1.2e-5    0.028           99.5%    98/100
+      (training step 300)      torch path   309.96 -> 310.06     6e-5      0.062           98.5%    96/100
+    small preset 4 x 128       kernels      257.62 -> 257.90     2.5e-5    0.060           99.8%    97/100
+      (600 steps)              torch path   257.63 -> 258.05     7e-5      0.073           99.2%    91/100
 
-int8 moves the distribution about twice as far as bfloat16 does, and perplexity by < 0.2%.
-tests/test_quant.py bounds the same quantities on random and heavy-tailed GPT-2-width weights.
+bfloat16 weights, for scale (kernels): mean KL 4e-6 / 7e-6, same argmax 99.7% / 99.9%, 99/100 identical
+greedy runs on both. On random GPT-2 small weights (wte x5, peaked distributions) int8's max |d log p| at
+the text's tokens is 0.24 through the kernels, 0.35 through torch's path (bfloat16: 0.07 / 0.18), argmax
+unchanged everywhere, 40/40 greedy runs identical.
+tests/test_quant.py bounds these quantities on random and heavy-tailed GPT-2-width weights.
 
 A quantized model is for inference only: `train()` and forward passes that would need gradients raise a
 ValueError, and it can't be saved as a Hugging Face checkpoint (save the float model and quantize after
