@@ -390,6 +390,7 @@ def main(argv=None):
             for precision in precisions:
                 rows.append(bench_row(key, precision, args, model_dir, peer, ggufs))
                 print("  " + row_summary(rows[-1]), flush=True)
+                harness.write_json(args.out, rows, meta)  # so far: a long run stopped early keeps its rows
     meta["loadavg_end"] = os.getloadavg()
     print()
     print_table(rows)
