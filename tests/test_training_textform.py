@@ -96,3 +96,22 @@ def test_default_corpus_documents():
     assert "textwrap.py" in keys and "pydoc_data/topics/if" in keys and not any(k.startswith("test/") for k in keys)
     topic, status = next(u for u in units if u.key == "pydoc_data/topics/if").load()
     assert status == "ok" and 'The "if" statement' in topic[0]
+
+
+def test_default_corpus_whitespace_shapes():
+    """Continuation lines hang one level past their statement (the same program), prose has no blank lines
+    (one newline between paragraphs), and indented blocks of prose start at column 0: the shapes whose
+    runs of tabs and newlines the first default model learned to fall into."""
+    code = "def f(a,\n                b):\n    return g(a,\n                     b)\n"
+    hung = corpus.hang_continuations(code)
+    assert hung == "def f(a,\n    b):\n    return g(a,\n        b)\n"
+    assert ast.dump(ast.parse(hung)) == ast.dump(ast.parse(code))
+    text = 'x = """\n                keep\n"""\n'  # a line inside a string is not indentation
+    assert corpus.hang_continuations(text) == text
+    prose = corpus.prose("First paragraph\nwrapped.\n\n\n    an indented\n      example\n\nLast.")
+    assert prose == "First paragraph wrapped.\nan indented\n    example\nLast."  # indents round up to fours
+    for path in (STDLIB / "textwrap.py", STDLIB / "argparse.py"):
+        for d in corpus.module_documents(path):
+            assert "\n\n" not in d or d.startswith(("def ", "async def ", "@"))
+            if d.startswith(("def ", "async def ", "@")):
+                ast.parse(d)

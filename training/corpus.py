@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-VERSION = 3  # part of the token cache key: bump when the documents change
+VERSION = 5  # part of the token cache key: bump when the documents change
 CODE_MAX_LINES = 12  # longer functions are left out: prose stays the larger share, and short bodies end soon
 _SKIP_DIRS = {"__pycache__", "site-packages", "test", "tests", "idle_test", "encodings", "pydoc_data"}
 _INNER_SPACES = re.compile(r"(?<=\S) {2,}(?=\S)")
 _LEADING_SPACES = re.compile(r"^ +(?=\S)", flags=re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")  # a blank line, or several (whitespace-only lines too)
 _JOINABLE = re.compile(r"[A-Za-z0-9\"'(`]")  # a line that starts a word at column 0: prose, not a list item
 
 
@@ -136,12 +137,41 @@ def functions(tree: ast.Module, lines: list[str]) -> list[str]:
                 start = min([child.lineno] + [d.lineno for d in child.decorator_list])
                 if child.end_lineno - start + 1 <= CODE_MAX_LINES:
                     code = textwrap.dedent("".join(lines[start - 1:child.end_lineno])).rstrip() + "\n"
-                    out.append(collapse_spaces(code))
+                    out.append(collapse_spaces(hang_continuations(code)))
             elif isinstance(child, (ast.ClassDef, ast.If, ast.Try)):  # methods; `if sys.platform ...:` defs
                 visit(child)
 
     visit(tree)
     return out
+
+
+def hang_continuations(code: str) -> str:
+    """Continuation lines inside brackets indented one level past their statement, not aligned under the
+    bracket: `f(a,\n          b)` -> `f(a,\n    b)`. Alignment gave lines of 5-10 levels (a tab each in the
+    "tabs" form), and those runs taught the model to write runs of tabs. Indentation inside brackets has no
+    meaning to Python, so the code stays the same program; lines that begin inside a string are left alone."""
+    lines = code.splitlines(keepends=True)
+    depth, stmt_indent, new_indent = 0, 0, {}  # new_indent: line number -> its indentation
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+            row, col = tok.start
+            if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+                continue
+            line = lines[row - 1]
+            first_on_line = col == len(line) - len(line.lstrip(" \t"))
+            if depth == 0 and first_on_line:
+                stmt_indent = col  # the first line of a logical line sets its statement's indentation
+            elif depth > 0 and first_on_line and col > stmt_indent + 4:
+                new_indent[row] = stmt_indent + 4
+            if tok.type == tokenize.OP and tok.string in "([{":
+                depth += 1
+            elif tok.type == tokenize.OP and tok.string in ")]}":
+                depth -= 1
+    except (tokenize.TokenError, SyntaxError):
+        return code
+    for row, indent in new_indent.items():
+        lines[row - 1] = " " * indent + lines[row - 1].lstrip(" \t")
+    return "".join(lines)
 
 
 def collapse_spaces(text: str) -> str:
@@ -168,8 +198,28 @@ def reflow(text: str) -> str:
     return "\n".join(out)
 
 
+def dedent_blocks(text: str) -> str:
+    """Each block of indented lines (a list, an example, a grammar rule) moved to column 0, keeping the
+    indentation inside it. In the "tabs" form every line of a block began with a newline and a tab, and prose
+    that turned into indented lines taught the model to leave a sentence for a run of tabs."""
+    out, block = [], []
+    for line in text.split("\n") + [""]:
+        if line[:1] in (" ", "\t") and line.strip():
+            block.append(line)
+            continue
+        if block:
+            out += textwrap.dedent("\n".join(block)).split("\n")
+            block = []
+        out.append(line)
+    return "\n".join(out[:-1])
+
+
 def prose(text: str) -> str:
-    return reflow(collapse_spaces(text))
+    """Spaces collapsed, wrapped lines joined, indented blocks dedented, and paragraphs separated by one
+    newline, not a blank line: a blank line is two newline tokens (GPT-2's BPE splits the pair when text
+    follows), and that pair taught the model that a newline follows a newline: its rollouts fell into runs
+    of them."""
+    return _BLANK_LINES.sub("\n", dedent_blocks(reflow(collapse_spaces(text)))).strip("\n")
 
 
 __all__ = ["Unit", "stdlib_units", "stdlib_files", "stdlib_root", "module_documents", "VERSION"]
