@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-threads", type=int, help="torch CPU threads, >= 1 (default: torch's, split among local "
                                                    "processes)")
     g.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"],
-                   help="precision of the saved model files (default float32; train_state.pt stays float32)")
+                   help="precision of the saved model files (default float32; float16 under the default preset; "
+                        "train_state.pt stays float32)")
     g.add_argument("--seed", type=int, help="seed of the init, the data order and the samples (default 1337)")
 
     g = p.add_argument_group("next-token training")

@@ -1,0 +1,50 @@
+"""The shipped default model (model/default/): it loads in pigpt and in transformers with the same logits, records
+its text form, is packaged, and its rollouts are text rather than runs of whitespace."""
+
+import fnmatch
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from model import GPT, get_tokenizer
+from model.textform import CONFIG_KEY, for_model
+from training import quality
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "model" / "default"
+
+
+def test_shipped_model_loads_in_pigpt_and_transformers():
+    from transformers import GPT2LMHeadModel
+
+    config = json.loads((DEFAULT / "config.json").read_text())
+    assert config["torch_dtype"] == "float16" and config[CONFIG_KEY] == "tabs"
+    assert (DEFAULT / "model.safetensors").stat().st_size <= 40e6
+    ours = GPT.from_pretrained(DEFAULT)
+    assert ours.dtype == torch.float32 and for_model(ours).name == "tabs" and for_model(DEFAULT).name == "tabs"
+    hf = GPT2LMHeadModel.from_pretrained(DEFAULT, dtype=torch.float32).eval()
+    enc = get_tokenizer()
+    text = 'Return the number of items.\n<|endoftext|>def add(a, b):\n\t"""Add two numbers."""\n\treturn a + b\n'
+    idx = torch.tensor([enc.encode(text, allowed_special="all")])
+    with torch.no_grad():
+        ref = hf(idx).logits
+        assert (ours(idx) - ref).abs().max().item() <= 1e-4
+
+
+def test_package_ships_the_default_model():
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["model"]
+    for name in ("config.json", "model.safetensors"):
+        assert any(fnmatch.fnmatch(f"default/{name}", p) for p in patterns), (name, patterns)
+
+
+def test_shipped_model_rollouts_are_mostly_text():
+    """docs/training.md's figure is over 10 seeds; two here, with the same prompts and settings."""
+    gpt = GPT.from_pretrained(DEFAULT)
+    share, total = quality.whitespace_share(gpt, seeds=range(2), max_new_tokens=48)
+    assert total > 500 and share <= 0.2, share
