@@ -64,6 +64,9 @@ def parse_args(argv=None):
     ap.add_argument("--bf16", action="store_true", help="also a bfloat16 row for each case")
     ap.add_argument("--quantize", choices=["int8"], help="also a row with pigpt's quantized weights")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
+    ap.add_argument("--baseline", metavar="DIR", help="also time pigpt from another checkout (e.g. a git worktree "
+                    "of an older commit with this worker protocol), interleaved in the same rounds: "
+                    "the 'pigpt / baseline' column says whether a change made a case slower")
     ap.add_argument("--quick", action="store_true", help="32 new tokens, 1 repeat: a quick check")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer, width-64 model: checks that the script runs")
     harness.add_output_args(ap, "bench_generate")
@@ -275,6 +278,13 @@ def bench_row(key, precision, args, model_dir, peer, ggufs):
                     __file__, "--worker", engine, "--precision", precision, "--case", key, "--model", str(model_dir),
                     "--prompt-len", str(args.prompt_len), "--new-tokens", str(T), "--threads", str(args.threads)])
                 fns[engine] = lambda w=workers[engine]: w.request(op="run")["seconds"]
+        if args.baseline and not (precision == "int8" and "pigpt" in notes):
+            # the older checkout's own worker, so its packages (not this tree's) are imported
+            workers["baseline"] = harness.Worker([
+                str(Path(args.baseline) / "benchmarks" / "bench_generate.py"), "--worker", "pigpt", "--precision",
+                precision, "--case", key, "--model", str(model_dir), "--prompt-len", str(args.prompt_len),
+                "--new-tokens", str(T), "--threads", str(args.threads)])
+            fns["baseline"] = lambda w=workers["baseline"]: w.request(op="run")["seconds"]
         if "llama.cpp" not in notes:
             def run_llama():
                 seconds, peak = peer.run(ggufs[precision], precision, args.prompt_len, T, n)
@@ -300,6 +310,11 @@ def bench_row(key, precision, args, model_dir, peer, ggufs):
         e["ms_step"] = 1000 * res.median(engine) / T
     row["ratios"] = {f"pigpt/{other}": res.ratio("pigpt", other) if "pigpt" in fns and other in fns else math.nan
                      for other in ("transformers", "llama.cpp")}
+    if "baseline" in fns:
+        b = row["engines"]["baseline"]
+        b.update(seconds=res.times["baseline"], tok_s=row["tokens"] / res.median("baseline"),
+                 ms_step=1000 * res.median("baseline") / T, checkout=str(args.baseline))
+        row["ratios"]["pigpt/baseline"] = res.ratio("pigpt", "baseline")
     return row
 
 
@@ -331,6 +346,14 @@ def print_table(rows):
     notes = {(e, r["engines"][e]["note"]) for r in rows for e in ENGINES if "note" in r["engines"][e]}
     for engine, note in sorted(notes):
         print(f"  {engine}: {note}")
+    based = [r for r in rows if "pigpt/baseline" in r["ratios"]]
+    if based:
+        print()
+        print(harness.markdown_table(
+            ["case", "precision", "baseline pigpt tok/s", "pigpt tok/s", "pigpt / baseline"],
+            [[r["label"], r["precision"], f(r["engines"]["baseline"]["tok_s"]), f(r["engines"]["pigpt"]["tok_s"]),
+              f(r["ratios"]["pigpt/baseline"], ".2f", suffix="x")] for r in based], "llrrr"))
+        print(f"  baseline: {based[0]['engines']['baseline']['checkout']}")
 
 
 def print_bound(rows, weight_bytes):

@@ -90,6 +90,18 @@ def _tiny_generate(tmp_path, *extra):
     return rows
 
 
+def test_bench_generate_baseline_checkout(tmp_path, monkeypatch, capsys):
+    """--baseline DIR times another checkout's pigpt in the same rounds (here this checkout: a ratio near 1
+    would be noise, so only its presence and sense are checked)."""
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    root = Path(bench_generate.__file__).resolve().parents[1]
+    (row,) = _tiny_generate(tmp_path, "--cases", "n8", "--no-hf", "--baseline", str(root))
+    base = row["engines"]["baseline"]
+    assert base["tok_s"] > 0 and base["peak_mb"] > 0 and base["checkout"] == str(root)
+    assert row["ratios"]["pigpt/baseline"] > 0
+    assert "| sampling n = 8 | float32 |" in capsys.readouterr().out.split("pigpt / baseline")[1]
+
+
 def test_bench_generate_against_transformers(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     rows = _tiny_generate(tmp_path, "--cases", "greedy")
