@@ -86,7 +86,10 @@ def render_step(view: StepView, tokenizer, processing: str | None, *, context: s
     rest_raw = max(0.0, 1.0 - sum(view.raw))
     note = f"  {'(others)'.rjust(label_w)} {' ' * bar_w} {_pct(rest_raw)}"
     if both:
-        note += f" │ {view.kept} token(s) kept".ljust(bar_w + 3) + f" {_pct(max(0.0, 1.0 - sum(view.processed)))}"
+        shown = sum(1 for p in view.processed if p > 0)
+        # all kept tokens shown: the rest is exactly 0, not 1 - sum's rounding (which printed "<0.1%")
+        rest = 0.0 if shown >= view.kept else max(0.0, 1.0 - sum(view.processed))
+        note += f" │ {view.kept} token(s) kept".ljust(bar_w + 3) + f" {_pct(rest)}"
     lines.append(style.dim(note))
     return "\n".join(lines)
 
