@@ -35,9 +35,16 @@ from pathlib import Path
 
 import torch
 
-# Rows (batch x 1 token) a step may have to run here, by weight type: above these oneDNN's GEMMs (torch path)
-# do the same work in less CPU time (benchmarks/bench_linear.py --decode, 1 thread, CPU time).
-MAX_ROWS = {"float32": 4, "bfloat16": 2, "int8": 8}
+# Rows (batch x 1 token) the kernels can run, by weight type (tested at these: tests/test_model.py,
+# tests/test_quant.py).
+KERNEL_ROWS = {"float32": 4, "bfloat16": 2, "int8": 8}
+# Rows they run by default: where they beat the torch path in wall time on a quiet machine. Measured
+# 2026-11-29 on the 2-vCPU AMD EPYC (Zen 4, avx512_bf16), GPT-2 small, 64 greedy/sampled tokens, 2 threads,
+# kernels on / off interleaved in one process: float32 1 row 1.81x, 2 rows 0.72x, 4 rows 0.77x; bfloat16 1 row
+# 0.73x, 2 rows 0.85x (oneDNN's prepacked bfloat16 GEMV is the faster one there); int8 1 row 1.16x, 8 rows
+# 1.00x (against torch's _weight_int8pack_mm). Earlier limits (4 / 2 / 8) came from CPU time on a loaded
+# machine and made beam search 4 in float32 0.73x and bfloat16 batch 1 0.72x of the torch path.
+MAX_ROWS = {"float32": 1, "bfloat16": 0, "int8": 8}
 
 F32, BF16, I8 = 0, 1, 2
 KN, NK = 0, 1  # weight layouts: [in, out] (GPT-2's Conv1D) or [out, in] (wte as the head; int8 copies)

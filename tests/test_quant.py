@@ -191,6 +191,8 @@ def low(request, monkeypatch):
     gpt = _gpt(seed=7, vocab_size=300)
     gpt = gpt.quantize("int8") if mode == "int8" else gpt.to(torch.bfloat16)
     gpt.cpu_kernels = kernels
+    # the kernels at every row count they can run (by default bfloat16 takes the faster torch path)
+    monkeypatch.setattr(cpu_decode, "MAX_ROWS", dict(cpu_decode.KERNEL_ROWS))
     calls = []
     decode = cpu_decode.decode
     monkeypatch.setattr(cpu_decode, "decode", lambda *a: calls.append(a[1].shape[0]) or decode(*a))
@@ -265,6 +267,7 @@ def test_kernels_give_the_torch_paths_tokens(mode, monkeypatch):
     float32) sampled rollouts are the same."""
     gpt = _gpt(seed=9, vocab_size=300)
     gpt = gpt.quantize("int8") if mode == "int8" else gpt.to(getattr(torch, mode))
+    monkeypatch.setattr(cpu_decode, "MAX_ROWS", dict(cpu_decode.KERNEL_ROWS))  # used or not by default
     calls = []
     decode = cpu_decode.decode
     monkeypatch.setattr(cpu_decode, "decode", lambda *a: calls.append(a[1].shape[0]) or decode(*a))
