@@ -32,7 +32,7 @@ from model import GPT, get_tokenizer
 from model.checkpoint import atomic_write
 from model.textform import for_model
 from training import dist, optim
-from training.run import LOG_FILE, RunDir, StopFlag, TrainError, read_log
+from training.run import LOG_FILE, RunDir, StopFlag, TrainError, execute, read_log
 
 from .errors import PolicyError
 from .grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
@@ -215,14 +215,7 @@ class Run:
 
 
 def main(args) -> dict:
-    d, device = dist.setup(args.device, args.num_threads)
-    try:
-        with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
-            run = prepare(args, rd, d, device)
-            train_loop(run)
-            return finish(run)
-    finally:
-        dist.teardown(d)
+    return execute(args, prepare, train_loop, finish)
 
 
 def _rewards(cfg: RLConfig):

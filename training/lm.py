@@ -23,7 +23,7 @@ from model.textform import FORMS, TextForm
 from . import data as datalib
 from . import dist, optim, perf
 from .loss import LossModel
-from .run import RunDir, StopFlag, TrainError
+from .run import RunDir, StopFlag, TrainError, execute
 
 # -- configuration ------------------------------------------------------------------------------------------------
 
@@ -314,14 +314,7 @@ class Run:
 def main(args) -> dict:
     """Train as train.py's parsed `args` say; returns a summary (final step, val loss, tokens/s, samples, and
     "stopped": True when Ctrl-C ended the run early, after saving)."""
-    d, device = dist.setup(args.device, args.num_threads)
-    try:
-        with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
-            run = prepare(args, rd, d, device)
-            train_loop(run)
-            return finish(run)
-    finally:
-        dist.teardown(d)
+    return execute(args, prepare, train_loop, finish)
 
 
 def prepare(args, rd: RunDir, d: dist.Dist, device: torch.device) -> Run:

@@ -278,6 +278,21 @@ def user_errors() -> tuple[type[Exception], ...]:
     return TrainError, DataError, CheckpointError
 
 
+def execute(args, prepare, loop, finish) -> dict:
+    """The shape of every run (next-token training, GRPO): processes set up, the run directory opened (and
+    removed again if nothing was written), prepare -> loop -> finish, processes torn down."""
+    from . import dist  # dist imports torch.distributed; run.py stays light for the CLI's imports
+
+    d, device = dist.setup(args.device, args.num_threads)
+    try:
+        with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
+            run = prepare(args, rd, d, device)
+            loop(run)
+            return finish(run)
+    finally:
+        dist.teardown(d)
+
+
 def cli(main) -> None:
     """Run `main()` as a command: bad input prints `error: ...` and exits 2; Ctrl-C exits 130 (after the loop
     saved, when main returns {"stopped": True}; at once, without a traceback, otherwise); else exit 0."""
@@ -292,5 +307,5 @@ def cli(main) -> None:
     sys.exit(EXIT_INTERRUPTED if isinstance(result, dict) and result.get("stopped") else 0)
 
 
-__all__ = ["TrainError", "RunDir", "Log", "StopFlag", "ArgumentParser", "cli", "read_log", "truncate_log",
+__all__ = ["TrainError", "RunDir", "Log", "StopFlag", "ArgumentParser", "execute", "cli", "read_log", "truncate_log",
            "rng_state", "set_rng_state", "STATE_FILE", "LOG_FILE", "PLOT_FILE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
