@@ -132,3 +132,18 @@ def test_ctrl_c_while_training_saves_then_exits_130(corpus, tmp_path):
     steps = [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
     saved = torch.load(out / "train_state.pt", weights_only=True)["step"]
     assert saved == steps[-1] >= 3 and f"stopped at step {saved}" in stdout
+
+
+def test_a_short_run_under_a_long_preset_gets_a_shorter_warmup(tmp_path):
+    """`python train.py --max-steps 20` under the default preset (warmup 50): a tenth of the run, not an error;
+    an explicit --warmup-steps that doesn't fit is still one."""
+    from training import lm
+    from training.run import TrainError
+
+    def resolve(*flags):
+        return lm.resolve_config(train.build_parser().parse_args(list(flags)), None, tmp_path)
+
+    assert resolve("--max-steps", "20").warmup_steps == 2
+    assert resolve().warmup_steps == 50 and resolve().max_steps == 1600  # the shipped recipe, unchanged
+    with pytest.raises(TrainError, match="--warmup-steps 30 must be within"):
+        resolve("--max-steps", "20", "--warmup-steps", "30")

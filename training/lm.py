@@ -119,6 +119,9 @@ def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
         cfg.text_form = "tabs" if cfg.data is None else "plain"
     cfg.min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
     cfg.lr_decay_steps = cfg.lr_decay_steps or cfg.max_steps
+    if "warmup_steps" not in given and cfg.warmup_steps > cfg.lr_decay_steps:
+        # a short run (`--max-steps 20`) under a preset made for a long one: a tenth of it, not an error
+        cfg.warmup_steps = cfg.lr_decay_steps // 10
     cfg.ckpt_interval = cfg.ckpt_interval or cfg.eval_interval
     validate(cfg)
     return cfg
