@@ -5,7 +5,6 @@ import json
 import sys
 from pathlib import Path
 
-
 import datasets  # noqa: F401  trl and datasets are in the test extra: missing, this fails rather than skips
 import trl  # noqa: F401
 
