@@ -103,8 +103,7 @@ def _score(model, prompts, completions, params, keep=None):
         # the fused head: one [tokens, vocab] buffer (the logits' gradient), built in cache-sized chunks
         lp, kept = _HeadLogprobs.apply(h[row, pos], model.transformer.wte.weight, y,
                                        (model, hist, row, step, params, keep))
-        order = sorted(range(len(entries)), key=lambda m: entries[m])
-        return list(lp[torch.tensor(order, dtype=torch.long, device=device)].split(lens)), kept
+        return _per_completion(lp, entries, lens), kept
     # Under autograd one product of the head serves all entries (the graph keeps them anyway); without it,
     # chunks keep the [tokens, vocab] intermediates small and in cache instead of a fresh ~400 MB each.
     size = len(entries) if torch.is_grad_enabled() else CHUNK
@@ -120,12 +119,14 @@ def _score(model, prompts, completions, params, keep=None):
                                 top_p=params.top_p, keep=None if keep is None else keep[sl], return_keep=True)
         lps.append(lp)
         keeps.append(kp)
-    lp = torch.cat(lps)
     kept = None if not keeps or keeps[0] is None else torch.cat(keeps)
-    # back to one tensor per completion: entry (i, t) sits at offset[t] + (rank of i among rows alive at t)
-    order = sorted(range(len(entries)), key=lambda m: entries[m])  # row-major
-    lp = lp[torch.tensor(order, dtype=torch.long, device=device)]
-    return list(lp.split(lens)), kept
+    return _per_completion(torch.cat(lps), entries, lens), kept
+
+
+def _per_completion(lp, entries, lens) -> list[torch.Tensor]:
+    """t-major entries back to one tensor per completion (row-major order)."""
+    order = sorted(range(len(entries)), key=lambda m: entries[m])
+    return list(lp[torch.tensor(order, dtype=torch.long, device=lp.device)].split(lens))
 
 
 class _HeadLogprobs(torch.autograd.Function):

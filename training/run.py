@@ -281,7 +281,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 def execute(args, prepare, loop, finish) -> dict:
     """The shape of every run (next-token training, GRPO): processes set up, the run directory opened (and
     removed again if nothing was written), prepare -> loop -> finish, processes torn down."""
-    from . import dist  # dist imports torch.distributed; run.py stays light for the CLI's imports
+    from . import dist  # here, not at the top: dist imports TrainError from this module
 
     d, device = dist.setup(args.device, args.num_threads)
     try:
