@@ -41,12 +41,13 @@ def sample_from_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, seed=0, p
     if logits.shape[0] == 0:  # e.g. every rollout already finished
         return (torch.empty(0, dtype=torch.int64, device=logits.device),
                 torch.empty(0, dtype=torch.float32, device=logits.device))
-    k1, k2 = row_keys(seed_t, pos_t)
     if resolve_backend(backend, logits.device) == "triton":
         from .sampling_triton import sample_triton  # imported lazily: triton is optional on CPU
 
-        return sample_triton(logits, T, k, p, k1, k2)
-    return sample_torch(logits, T, k, p, k1, k2)
+        return sample_triton(logits, T, k, p, *row_keys(seed_t, pos_t))
+    if bool((T == 0).all()):  # greedy rows draw no noise: their keys would cost a fifth of a batch-1 step's sampling
+        return sample_torch(logits, T, k, p, None, None)
+    return sample_torch(logits, T, k, p, *row_keys(seed_t, pos_t))
 
 
 def token_logprobs(logits, tokens, *, temperature=1.0, top_k=0, top_p=1.0, keep=None, return_keep=False):

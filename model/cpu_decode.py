@@ -15,9 +15,10 @@ rounded to bfloat16. The KV cache is float32 or bfloat16, as the model's dtype m
 model's decode step here is slightly *more* precise than its torch path (which rounds every activation to
 bfloat16): logits agree to bfloat16 rounding, not bit for bit.
 
-The kernels need x86-64 with AVX-512 (F, BW, VL) and a C compiler (gcc); they are built once per machine
-into a cache directory ($PIGPT_CACHE, else ~/.cache/pigpt) and run on torch.get_num_threads() threads of
-their own pool (the caller's thread included), which claim tiles of work rather than splitting it up front.
+The kernels need x86-64 with AVX-512 (F, BW, VL) and a C compiler with OpenMP (gcc); they are built once per
+machine into a cache directory ($PIGPT_CACHE, else ~/.cache/pigpt) and run on torch.get_num_threads() threads
+of torch's own OpenMP pool (the caller's thread included), which claim tiles of work rather than splitting it
+up front.
 Anywhere else, or with PIGPT_CPU_KERNELS=0, `load()` returns None and the model runs its torch path;
 `status()` says why.
 """
@@ -35,16 +36,13 @@ from pathlib import Path
 
 import torch
 
-# Rows (batch x 1 token) the kernels can run, by weight type (tested at these: tests/test_model.py,
-# tests/test_quant.py).
-KERNEL_ROWS = {"float32": 4, "bfloat16": 2, "int8": 8}
-# Rows they run by default: where they beat the torch path in wall time on a quiet machine. Measured
-# 2026-11-29 on the 2-vCPU AMD EPYC (Zen 4, avx512_bf16), GPT-2 small, 64 greedy/sampled tokens, 2 threads,
-# kernels on / off interleaved in one process: float32 1 row 1.81x, 2 rows 0.72x, 4 rows 0.77x; bfloat16 1 row
-# 0.73x, 2 rows 0.85x (oneDNN's prepacked bfloat16 GEMV is the faster one there); int8 1 row 1.16x, 8 rows
-# 1.00x (against torch's _weight_int8pack_mm). Earlier limits (4 / 2 / 8) came from CPU time on a loaded
-# machine and made beam search 4 in float32 0.73x and bfloat16 batch 1 0.72x of the torch path.
-MAX_ROWS = {"float32": 1, "bfloat16": 0, "int8": 8}
+# Rows (batch x 1 token) the kernels run, by weight type: up to where they beat the torch path in wall time on a
+# quiet machine (tests run them at these: tests/test_model.py, tests/test_quant.py). Measured 2026-11-29 on the
+# 2-vCPU AMD EPYC (Zen 4, avx512_bf16), GPT-2 small, 2 threads, kernels on / off interleaved in one process
+# (benchmarks/bench_linear.py --decode --force-kernels, median of 9): float32 1 row 2.62x, 2 rows 1.12x, 4 rows
+# 1.11x, 8 rows 0.82x; bfloat16 1.26x, 1.49x, 1.12x, 0.79x (oneDNN's prepacked products win at 8); int8 ~2x at
+# every row count up to 8 (against torch's _weight_int8pack_mm).
+MAX_ROWS = {"float32": 4, "bfloat16": 4, "int8": 8}
 
 F32, BF16, I8 = 0, 1, 2
 KN, NK = 0, 1  # weight layouts: [in, out] (GPT-2's Conv1D) or [out, in] (wte as the head; int8 copies)
@@ -54,15 +52,12 @@ _TYPES = {torch.float32: F32, torch.bfloat16: BF16, torch.int8: I8}
 SOURCE = r"""
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef __linux__
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
+#include <sys/mman.h>
 
 enum { F32 = 0, BF16 = 1, I8 = 2 };
 enum { KN = 0, NK = 1 };
@@ -430,13 +425,16 @@ static void attend(const Cache* c, int64_t l, int64_t b, int64_t h, int hs, floa
   weighted_sum(sc + n_pre, vb + s0 * hs * es, type, n_own, hs, out);
 }
 
-/* -- threads: a pool that claims tiles of work --------------------------------------------------------
+/* -- threads: torch's own OpenMP pool, claiming tiles of work -----------------------------------------
    A job is a sequence of phases (per block: q/k/v products, attention, projection, MLP up, MLP down); each phase
    is cut into tiles that threads claim from a counter, and a thread starts a phase once every tile of the one
-   before is done. No thread ever waits for another to *arrive*: on a machine whose cores are shared with other
-   processes, a preempted thread's share is simply taken by the others (with OpenMP's static split and
-   barriers, a 2-thread step's median was 3-6x its best case under such load; measured). The caller's thread
-   works too, and returns as soon as the last tile is done; idle workers spin briefly, then sleep on a futex. */
+   before is done. No thread waits for another to *arrive* at a phase: on a machine whose cores are shared with
+   other processes, a preempted thread's share is simply taken by the others (with OpenMP's static split and
+   barriers, a 2-thread step's median was 3-6x its best case under such load; measured).
+   The threads are the ones torch's CPU ops run on: this library links libgomp.so.1, which the dynamic linker
+   resolves to the copy torch has already loaded. A pool of our own would compete with torch's for the cores:
+   after each torch op libgomp's idle threads spin for a while (GOMP_SPINCOUNT), and on 2 cores a decode step
+   with its own second thread ran at ~0.75x (measured, 2-vCPU EPYC). */
 #define MAX_THREADS 64
 #define MAX_PHASES 4096
 #define SPINS 4000
@@ -459,11 +457,7 @@ typedef struct {
   float* ly;
 } Job;
 
-static Job job;                         /* the current job; written only while no job runs */
-static uint64_t next_tile[MAX_PHASES];  /* (job number << 32) | next unclaimed tile */
-static int32_t done_tiles[MAX_PHASES], tiles[MAX_PHASES];  /* tiles: each phase's count, set with the job */
-static uint32_t job_gen;              /* jobs published so far (a futex word) */
-static int32_t sleepers, started;
+static int32_t next_tile[MAX_PHASES], done_tiles[MAX_PHASES], tiles[MAX_PHASES];  /* per phase of the job */
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time (ctypes drops the GIL) */
 
 static int64_t tile_count(int64_t n, int nt) {  /* ~256-wide tiles, but >= 3 per thread where n allows */
@@ -529,88 +523,33 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed) {
   }
 }
 
-static int64_t claim(int p, uint32_t g) {  /* the next tile of phase p of job g, or -1 if that job is gone */
-  uint64_t v = __atomic_load_n(&next_tile[p], __ATOMIC_RELAXED);
-  for (;;) {
-    if ((uint32_t)(v >> 32) != g) return -1;
-    if (__atomic_compare_exchange_n(&next_tile[p], &v, v + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-      return (int64_t)(v & 0xffffffffu);
-  }
-}
-
-static int wait_phase(int p, uint32_t g) {  /* until phase p of job g is done; 0 if that job is gone */
-  for (int i = 0; __atomic_load_n(&done_tiles[p], __ATOMIC_ACQUIRE) < __atomic_load_n(&tiles[p], __ATOMIC_RELAXED); i++) {
-    if (__atomic_load_n(&job_gen, __ATOMIC_RELAXED) != g) return 0;
+static void wait_phase(int p) {  /* until every tile of phase p is done */
+  for (int i = 0; __atomic_load_n(&done_tiles[p], __ATOMIC_ACQUIRE) < tiles[p]; i++) {
     if (i < SPINS) _mm_pause();
     else sched_yield();
   }
-  return 1;
 }
 
-static void run_job(const Job* j, int t, uint32_t g) {  /* a late thread finds the tiles taken and moves on */
+static void run_job(const Job* j, int t) {  /* a late thread finds the tiles taken and moves on */
   int normed = -1;
   for (int p = 0; p < j->nphases; p++) {
-    if (p && !wait_phase(p - 1, g)) return;
-    for (int64_t i; (i = claim(p, g)) >= 0 && i < __atomic_load_n(&tiles[p], __ATOMIC_RELAXED);) {
+    if (p) wait_phase(p - 1);
+    for (int32_t i; (i = __atomic_fetch_add(&next_tile[p], 1, __ATOMIC_ACQ_REL)) < tiles[p];) {
       run_tile(j, p, i, t, &normed);
       __atomic_add_fetch(&done_tiles[p], 1, __ATOMIC_RELEASE);
     }
   }
 }
 
-static void* worker(void* arg) {
-  int t = (int)(intptr_t)arg;
-  uint32_t seen = __atomic_load_n(&job_gen, __ATOMIC_ACQUIRE);
-  for (;;) {
-    uint32_t g;
-    for (int i = 0; (g = __atomic_load_n(&job_gen, __ATOMIC_ACQUIRE)) == seen; i++) {
-      if (i < SPINS) { _mm_pause(); continue; }
-#ifdef __linux__
-      __atomic_add_fetch(&sleepers, 1, __ATOMIC_ACQ_REL);
-      syscall(SYS_futex, &job_gen, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
-      __atomic_sub_fetch(&sleepers, 1, __ATOMIC_ACQ_REL);
-#else
-      sched_yield();
-#endif
-    }
-    seen = g;
-    Job j = job;  /* then check it wasn't replaced while being copied */
-    if (__atomic_load_n(&job_gen, __ATOMIC_ACQUIRE) == g && t < j.nthreads) run_job(&j, t, g);
-  }
-  return NULL;
-}
-
-static void forked_child(void) {  /* a fork's child has only the forking thread: start workers anew */
-  started = sleepers = 0;
-  pthread_mutex_init(&call_lock, NULL);
-}
-
 static void run(Job* j) {
   pthread_mutex_lock(&call_lock);
   if (j->nthreads > MAX_THREADS) j->nthreads = MAX_THREADS;
-  static int atfork;
-  if (!atfork) atfork = !pthread_atfork(NULL, NULL, forked_child);
-  while (started < j->nthreads - 1) {  /* workers 1 .. nthreads-1, started on first need */
-    pthread_t th;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&th, &attr, worker, (void*)(intptr_t)(started + 1))) break;  /* fewer threads then */
-    started++;
-  }
-  uint32_t g = job_gen + 1;
-  job = *j;
   for (int p = 0; p < j->nphases; p++) {
-    __atomic_store_n(&next_tile[p], (uint64_t)g << 32, __ATOMIC_RELAXED);
-    __atomic_store_n(&done_tiles[p], 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&tiles[p], (int32_t)count_tiles(j, p), __ATOMIC_RELAXED);
+    next_tile[p] = done_tiles[p] = 0;
+    tiles[p] = (int32_t)count_tiles(j, p);
   }
-  __atomic_store_n(&job_gen, g, __ATOMIC_RELEASE);
-#ifdef __linux__
-  if (__atomic_load_n(&sleepers, __ATOMIC_ACQUIRE)) syscall(SYS_futex, &job_gen, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
-#endif
-  run_job(j, 0, g);
-  wait_phase(j->nphases - 1, g);
+#pragma omp parallel num_threads(j->nthreads)
+  run_job(j, omp_get_thread_num());
   pthread_mutex_unlock(&call_lock);
 }
 
@@ -632,9 +571,26 @@ void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, i
   Job j = {LINEAR, M, nthreads, 1, NULL, NULL, NULL, NULL, 0, L, ptype, x, dp ? xb : NULL, y};
   run(&j);
 }
+
+/* Back the 2 MB blocks that [p, p + bytes) touches with transparent huge pages, now (MADV_COLLAPSE, Linux 6.1+)
+   and on later faults (MADV_HUGEPAGE); returns how many blocks were collapsed. Why: these weight streams stride
+   across pages (a KN tile reads 1 KB of each row of W), and with 4 KB pages the TLB misses cost ~10% of a float32
+   step (measured). The memory is unchanged; neighbours sharing a block with p get huge pages too, which is
+   harmless. Where the kernel says no (older kernels, THP off), nothing happens. */
+int64_t pigpt_hugepages(const void* p, int64_t bytes) {
+  int64_t n = 0;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t H = (uintptr_t)2 << 20;
+  for (uintptr_t a = (uintptr_t)p & ~(H - 1); a < (uintptr_t)p + bytes; a += H) {
+    madvise((void*)a, H, MADV_HUGEPAGE);
+    n += madvise((void*)a, H, 25 /* MADV_COLLAPSE */) == 0;
+  }
+#endif
+  return n;
+}
 """
 
-_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-pthread", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-pthread", "-shared", "-fPIC"]
 
 _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 
@@ -697,8 +653,20 @@ def load():
     lib.pigpt_decode.argtypes = [_P, ctypes.c_int, _P, _P, _P, _I64, ctypes.c_int]
     lib.pigpt_decode.restype = ctypes.c_int
     lib.pigpt_linear.argtypes = [_P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int, _P]
+    lib.pigpt_hugepages.argtypes, lib.pigpt_hugepages.restype = [_P, _I64], _I64
     _status = f"loaded from {path}"
+    if len(runtimes := _openmp_runtimes()) > 1:  # torch's build uses another OpenMP than gcc's libgomp
+        _status += f"; its OpenMP pool is not torch's (both loaded: {', '.join(sorted(runtimes))}), so steps are slower"
     return lib
+
+
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return {line.split()[-1] for line in f if any(n in line for n in ("libgomp", "libiomp", "libomp"))}
+    except OSError:
+        return set()
 
 
 def _cache_dir() -> Path:
@@ -757,6 +725,9 @@ class Plan:
             self.head = Linear(self._t(w), None, None, w.shape[1], w.shape[0], _TYPES[w.dtype], NK, 0)
         self.max_rows = MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")]
         self.work = torch.empty(0)
+        for t in self.keep:  # the weights (biases and norms are too small to matter)
+            if t.numel() * t.element_size() >= 1 << 20:
+                load().pigpt_hugepages(t.data_ptr(), t.numel() * t.element_size())
 
     def _t(self, t: torch.Tensor):
         self.keep.append(t.detach())

@@ -191,8 +191,6 @@ def low(request, monkeypatch):
     gpt = _gpt(seed=7, vocab_size=300)
     gpt = gpt.quantize("int8") if mode == "int8" else gpt.to(torch.bfloat16)
     gpt.cpu_kernels = kernels
-    # the kernels at every row count they can run (by default bfloat16 takes the faster torch path)
-    monkeypatch.setattr(cpu_decode, "MAX_ROWS", dict(cpu_decode.KERNEL_ROWS))
     calls = []
     decode = cpu_decode.decode
     monkeypatch.setattr(cpu_decode, "decode", lambda *a: calls.append(a[1].shape[0]) or decode(*a))
@@ -228,8 +226,10 @@ def test_rollouts_and_ragged_batches_equal_one_by_one_runs(low):
     row must be what it would be alone (within the kernels' row limit, so both runs take the same path)."""
     gpt, calls = low
     rows = cpu_decode.MAX_ROWS["int8" if gpt.quantized else "bfloat16"]
+    if not (gpt.cpu_kernels or gpt.quantized):
+        rows = 2  # torch's bfloat16 products (oneDNN) round 4 rows differently from 1: sampled tokens drift
     n = 2
-    prompts = PROMPTS[: rows // n]  # int8: 3 prompts x 2 = 6 rows; bfloat16: 1 prompt x 2
+    prompts = PROMPTS[: rows // n]  # kernels: int8 3 prompts x 2 = 6 rows, bfloat16 2 prompts x 2
     params = SamplingParams(temperature=0.9, top_k=40, max_new_tokens=8, n=n, seed=11)
     together = generate(gpt, prompts, params)
     for p, group in zip(prompts, together):
@@ -247,16 +247,16 @@ def test_rollouts_and_ragged_batches_equal_one_by_one_runs(low):
 
 
 def test_beam_search_batched_equals_alone(low):
-    """Two prompts x 2 beams (a ragged batch of 4 rows) against each prompt alone (2 rows). Where 4 rows
-    exceed the kernels' limit (bfloat16: 2) the batched run takes torch's path and the lone ones the
-    kernels': same beams, scores to bfloat16 rounding."""
+    """Two prompts x 2 beams (a ragged batch of 4 rows) against each prompt alone (2 rows): same beams; scores
+    equal in int8, and to bfloat16 rounding in bfloat16, where the prefill of a padded batch (torch's path,
+    bfloat16 activations) rounds a little differently from a lone prompt's."""
     gpt, calls = low
     together = beam_search(gpt, PROMPTS[:2], num_beams=2, max_new_tokens=6, num_return_sequences=2)
-    same_path = not gpt.cpu_kernels or cpu_decode.MAX_ROWS["int8" if gpt.quantized else "bfloat16"] >= 4
+    assert cpu_decode.MAX_ROWS["int8" if gpt.quantized else "bfloat16"] >= 4  # batched and alone: one path
     for p, beams in zip(PROMPTS[:2], together):
         alone = beam_search(gpt, [p], num_beams=2, max_new_tokens=6, num_return_sequences=2)[0]
         assert [b.tokens for b in beams] == [b.tokens for b in alone]
-        assert [b.score for b in beams] == pytest.approx([b.score for b in alone], abs=1e-4 if same_path else 0.05)
+        assert [b.score for b in beams] == pytest.approx([b.score for b in alone], abs=1e-4 if gpt.quantized else 0.05)
     assert bool(calls) == gpt.cpu_kernels
 
 
@@ -267,7 +267,6 @@ def test_kernels_give_the_torch_paths_tokens(mode, monkeypatch):
     float32) sampled rollouts are the same."""
     gpt = _gpt(seed=9, vocab_size=300)
     gpt = gpt.quantize("int8") if mode == "int8" else gpt.to(getattr(torch, mode))
-    monkeypatch.setattr(cpu_decode, "MAX_ROWS", dict(cpu_decode.KERNEL_ROWS))  # used or not by default
     calls = []
     decode = cpu_decode.decode
     monkeypatch.setattr(cpu_decode, "decode", lambda *a: calls.append(a[1].shape[0]) or decode(*a))
