@@ -6,6 +6,7 @@ import torch
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT32_MAX = torch.finfo(torch.float32).max
 MAX_SEED = 2**62  # seeds are integers in [0, 2**62), everywhere (decoding.SamplingParams too)
 
 
@@ -41,10 +42,25 @@ def _as_row_tensor(name, value, B, device, dtype, integral):
     return torch.full((B,), value, device=device, dtype=dtype)
 
 
-def _check_range(name, t, ok, allowed, checkable):
-    # Reading tensor values back costs a host sync on CUDA: check them only where that is free.
-    if checkable and not bool(ok(t).all()):
-        bad = t[~ok(t)][0].item()
+# name: (ok for a Python number, ok for a tensor, what is allowed)
+_RANGES = {
+    "temperature": (lambda v: 0 <= v <= FLOAT32_MAX, lambda x: (x >= 0) & torch.isfinite(x),
+                    "finite and >= 0 (0 = greedy)"),
+    "top_k": (lambda v: v >= 0, lambda x: x >= 0, ">= 0 (0 = off)"),
+    "top_p": (lambda v: 0 < v <= 1, lambda x: (x > 0) & (x <= 1), "in (0, 1] (1 = off)"),
+    "seed": (lambda v: 0 <= v < MAX_SEED, lambda x: (x >= 0) & (x < MAX_SEED), "in [0, 2**62)"),
+}
+
+
+def _check_range(name, v, t):
+    """Python numbers are checked as numbers (no tensor ops: this runs every decode step); tensors where reading
+    them back is free (on a GPU it would stall the stream)."""
+    number_ok, tensor_ok, allowed = _RANGES[name]
+    if not isinstance(v, torch.Tensor):
+        if not number_ok(v):
+            raise ValueError(f"{name} must be {allowed}, got {v}")
+    elif v.device.type == "cpu" and not bool(tensor_ok(t).all()):
+        bad = t[~tensor_ok(t)][0].item()
         raise ValueError(f"{name} must be {allowed}, got {bad}")
 
 
@@ -61,15 +77,7 @@ def normalize_params(logits, temperature, top_k, top_p, seed, position):
     s = _as_row_tensor("seed", seed, B, dev, torch.int64, integral=True)
     pos = _as_row_tensor("position", position, B, dev, torch.int64, integral=True)
     for name, v, t in (("temperature", temperature, T), ("top_k", top_k, k), ("top_p", top_p, p), ("seed", seed, s)):
-        checkable = not isinstance(v, torch.Tensor) or v.device.type == "cpu"
-        if name == "seed":
-            _check_range(name, t, lambda x: (x >= 0) & (x < MAX_SEED), "in [0, 2**62)", checkable)
-        elif name == "temperature":
-            _check_range(name, t, lambda x: (x >= 0) & torch.isfinite(x), "finite and >= 0 (0 = greedy)", checkable)
-        elif name == "top_k":
-            _check_range(name, t, lambda x: x >= 0, ">= 0 (0 = off)", checkable)
-        else:
-            _check_range(name, t, lambda x: (x > 0) & (x <= 1), "in (0, 1] (1 = off)", checkable)
+        _check_range(name, v, t)
     return T, k, p, s, pos
 
 
@@ -83,6 +91,8 @@ def check_finite(x: torch.Tensor) -> torch.Tensor:
     One pass: max propagates NaN, so the row maxima tell all three.
     """
     mx = x.amax(-1)
+    if bool(torch.isfinite(mx).all()):  # one check on the common path; the cause only when one is wrong
+        return mx
     if torch.isnan(mx).any():
         raise ValueError("logits contain NaN (check the model's forward pass / dtype overflow)")
     if (mx == float("inf")).any():
