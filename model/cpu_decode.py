@@ -36,16 +36,21 @@ from pathlib import Path
 
 import torch
 
+from . import packed
+
 # Rows (batch x 1 token) the kernels run, by weight type: up to where they beat the torch path in wall time on a
 # quiet machine (tests run them at these: tests/test_model.py, tests/test_quant.py). Measured 2026-11-29 on the
 # 2-vCPU AMD EPYC (Zen 4, avx512_bf16), GPT-2 small, 2 threads, kernels on / off interleaved in one process
-# (benchmarks/bench_linear.py --decode --force-kernels, median of 9): float32 1 row 2.62x, 2 rows 1.12x, 4 rows
-# 1.11x, 8 rows 0.82x; bfloat16 1.26x, 1.49x, 1.12x, 0.79x (oneDNN's prepacked products win at 8); int8 ~2x at
-# every row count up to 8 (against torch's _weight_int8pack_mm).
-MAX_ROWS = {"float32": 4, "bfloat16": 4, "int8": 8}
+# (benchmarks/bench_linear.py --decode --force-kernels, median of 7-9): float32 1 row 2.62x, 2 rows 1.12x, 4 rows
+# 1.11x, 8 rows 0.82x; bfloat16 (pair-blocked weights) 1.44x, 1.58x, 1.63x, 1.81x; int8 ~2x at every row count up
+# to 8 (against torch's _weight_int8pack_mm). bfloat16 on a CPU without avx512_bf16 reads the [K, N] weights
+# widened to float32, which lost to oneDNN at 8 rows (0.79x; 1.26x, 1.49x, 1.12x at 1, 2, 4): MAX_ROWS_BF16_WIDEN.
+MAX_ROWS = {"float32": 4, "bfloat16": 8, "int8": 8}
+MAX_ROWS_BF16_WIDEN = 4
 
 F32, BF16, I8 = 0, 1, 2
-KN, NK = 0, 1  # weight layouts: [in, out] (GPT-2's Conv1D) or [out, in] (wte as the head; int8 copies)
+KN, NK, PAIRS = 0, 1, 2  # weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head; int8
+# copies), or bfloat16 pair-blocked [N/64, K/2, 64, 2] copies of Conv1D weights (`pair_blocked`)
 ACTIVATIONS = {"gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "gelu": 2, "relu": 3}
 _TYPES = {torch.float32: F32, torch.bfloat16: BF16, torch.int8: I8}
 
@@ -60,7 +65,7 @@ SOURCE = r"""
 #include <sys/mman.h>
 
 enum { F32 = 0, BF16 = 1, I8 = 2 };
-enum { KN = 0, NK = 1 };
+enum { KN = 0, NK = 1, PAIRS = 2 };
 enum { ACT_NONE = 0, ACT_GELU_TANH = 1, ACT_GELU_ERF = 2, ACT_RELU = 3 };
 enum { STORE = 0, ADD = 1 };  /* y = act(xW + b), or y += xW + b (the residual stream) */
 
@@ -281,10 +286,49 @@ DP_TILE(1, 8) DP_TILE(1, 1) DP_TILE(2, 4) DP_TILE(2, 1) DP_TILE(4, 4) DP_TILE(4,
 typedef void (*dp_fn)(const Linear*, const uint16_t*, int, int64_t, float*);
 static const dp_fn DP_TILES[4][2] = {{dp_1_1, dp_1_8}, {dp_2_1, dp_2_4}, {dp_4_1, dp_4_4}, {dp_8_1, dp_8_2}};
 
+/* bfloat16 PAIRS weights (CPUs with avx512_bf16): W blocked as [N/64][K/2][64][2] (K padded to even, N to a
+   multiple of 64, with zeros), so that a tile of 64 output columns reads one contiguous stream, and each 64-byte
+   load holds 16 columns x 2 consecutive k, which one dot-product instruction takes against x[k], x[k+1] (xb,
+   rounded to bfloat16 once per product). Against the [K, N] widen-and-FMA tiles: 1.27x at 1 row, 3.5x at 8
+   (measured on the 2-vCPU EPYC: a strided 512-byte chunk of each row of W, and half the multiply-adds). */
+#define PB_TILE(R)                                                                                         \
+  __attribute__((target("avx512bf16"))) static void pb_##R(const Linear* L, const uint16_t* xb, int M,    \
+                                                             int64_t n0, float* out) {                     \
+    const int64_t Kp = (L->K + 1) & ~(int64_t)1;                                                           \
+    __m512 acc[R][4];                                                                                      \
+    const uint16_t* xr[R];                                                                                 \
+    for (int i = 0; i < R; i++) {                                                                          \
+      xr[i] = xb + (int64_t)(i < M ? i : M - 1) * Kp;                                                      \
+      for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();                                         \
+    }                                                                                                      \
+    const uint16_t* wb = (const uint16_t*)L->w + n0 * Kp; /* block n0 / 64 */                              \
+    for (int64_t k = 0; k < Kp; k += 2, wb += 128) {                                                       \
+      for (int b = 0; b < 256; b += 64) _mm_prefetch((const char*)wb + PF_BYTES + b, _MM_HINT_T0);        \
+      __m512i w[4];                                                                                        \
+      for (int j = 0; j < 4; j++) w[j] = _mm512_loadu_si512(wb + 32 * j);                                  \
+      for (int i = 0; i < R; i++) {                                                                        \
+        __m512i a = _mm512_set1_epi32(*(const int32_t*)(xr[i] + k));                                       \
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)a, (__m512bh)w[j]);  \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int i = 0; i < R; i++)                                                                            \
+      for (int j = 0; j < 4; j++) _mm512_storeu_ps(out + i * 256 + 16 * j, acc[i][j]);                     \
+  }
+PB_TILE(1) PB_TILE(2) PB_TILE(4) PB_TILE(8)
+static const dp_fn PB_TILES[4] = {pb_1, pb_2, pb_4, pb_8};
+
 __attribute__((target("avx512bf16"))) static void round_bf16(const float* x, int64_t n, uint16_t* xb) {
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = tail(n - i);
     _mm256_mask_storeu_epi16(xb + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+static void round_rows(const float* x, int M, int64_t K, uint16_t* xb) {  /* rows of K -> rows of K padded to even */
+  const int64_t Kp = (K + 1) & ~(int64_t)1;
+  for (int m = 0; m < M; m++) {
+    round_bf16(x + m * K, K, xb + m * Kp);
+    if (Kp != K) xb[m * Kp + K] = 0;
   }
 }
 
@@ -304,14 +348,25 @@ static void finish(const Linear* L, int ptype, const float* out, int r, int64_t 
 }
 
 /* y[:, n_begin:n_end] = act(x (M, K) W + b)[:, n_begin:n_end], or += (x W + b)[...]: output columns (KN) or rows
-   of W (NK) n_begin..n_end, tiled; n_begin a multiple of 16 (KN) or of the row group (NK) unless at the end.
-   xb: x rounded to bfloat16, for NK bfloat16 weights on CPUs with avx512_bf16 (else NULL). */
+   of W (NK) n_begin..n_end, tiled; n_begin a multiple of 16 (KN), of the row group (NK) or of 64 (PAIRS) unless at
+   the end. xb: x rounded to bfloat16, for NK bfloat16 weights on CPUs with avx512_bf16 and for PAIRS (rows padded to
+   even K there), else NULL. */
 static void linear_cols(const Linear* L, int ptype, const float* x, const uint16_t* xb, int M, float* y, int mode,
                         int64_t n_begin, int64_t n_end) {
   int R = M == 1 ? 1 : M == 2 ? 2 : M <= 4 ? 4 : 8, lg = R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3;
   const int64_t K = L->K, N = L->N;
   float out[8 * 256] __attribute__((aligned(64)));
-  if (L->layout == KN) {  /* tiles of up to 16 * 16 / R columns, halving towards the end of the range */
+  if (L->layout == PAIRS) {
+    const int64_t Kp = (K + 1) & ~(int64_t)1;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += 64) {
+      int64_t cols = n_end - n0 < 64 ? n_end - n0 : 64;
+      for (int m0 = 0; m0 < M; m0 += R) {
+        int r = M - m0 < R ? M - m0 : R;
+        PB_TILES[lg](L, xb + m0 * Kp, r, n0, out);
+        finish(L, ptype, out, r, n0, cols, y + m0 * N, N, mode);
+      }
+    }
+  } else if (L->layout == KN) {  /* tiles of up to 16 * 16 / R columns, halving towards the end of the range */
     for (int64_t n0 = n_begin; n0 < n_end;) {
       int64_t vecs = (n_end - n0 + 15) / 16;
       int V = 16 / R;
@@ -464,9 +519,10 @@ static int64_t tile_count(int64_t n, int nt) {  /* ~256-wide tiles, but >= 3 per
   int64_t t = (n + 255) / 256, want = 3 * (int64_t)nt, most = (n + 63) / 64;
   return t >= want ? t : want < most ? want : most;
 }
-static void tile_range(int64_t n, int64_t tiles, int64_t i, int64_t* n0, int64_t* n1) {  /* 16-aligned */
-  *n0 = i * n / tiles / 16 * 16;
-  *n1 = i + 1 == tiles ? n : (i + 1) * n / tiles / 16 * 16;
+static void tile_range(const Linear* L, int64_t tiles, int64_t i, int64_t* n0, int64_t* n1) {  /* aligned for L */
+  const int64_t n = L->N, align = L->layout == PAIRS ? 64 : 16;
+  *n0 = i * n / tiles / align * align;
+  *n1 = i + 1 == tiles ? n : (i + 1) * n / tiles / align * align;
 }
 
 static int64_t count_tiles(const Job* j, int p) {
@@ -483,12 +539,17 @@ static int64_t count_tiles(const Job* j, int p) {
   }
 }
 
-/* Thread t's private buffers in `work`: its layer norm of x (M x C), which it computes once per layer norm it
-   needs (`*normed` remembers which), and attention scores (S + 16). */
-static void run_tile(const Job* j, int p, int64_t i, int t, int* normed) {
+/* Thread t's private buffers in `work` (per_thread floats each): its layer norm of x (M x C), which it computes
+   once per layer norm it needs (`*normed` remembers which), attention scores (S + 16), and a PAIRS product's input
+   rounded to bfloat16 (M x (inner + 2) halves), once per phase (`*rounded`). */
+static int64_t per_thread(int64_t M, int64_t C, int64_t inner, int64_t S) {  /* as _per_thread in Python */
+  return M * C + S + 16 + M * ((inner > C ? inner : C) + 2) / 2 + 16;
+}
+
+static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* rounded) {
   int64_t n0, n1;
   if (j->kind == LINEAR) {
-    tile_range(j->L->N, tiles[p], i, &n0, &n1);
+    tile_range(j->L, tiles[p], i, &n0, &n1);
     linear_cols(j->L, j->ptype, j->lx, j->lxb, j->M, j->ly, STORE, n0, n1);
     return;
   }
@@ -496,7 +557,8 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed) {
   const int64_t M = j->M, C = md->C, H = md->nh, hs = C / H, P = md->ptype, L = md->L;
   const int64_t inner = md->layers[0].fc.N;
   float *qkv = j->work, *att = qkv + 3 * M * C, *hid = att + M * C;
-  float *a = hid + M * inner + t * (M * C + j->S + 16), *sc = a + M * C;
+  float *a = hid + M * inner + t * per_thread(M, C, inner, j->S), *sc = a + M * C;
+  uint16_t* xb = (uint16_t*)(sc + j->S + 16);
   float* x = j->x;
   if (p == L * PHASES_PER_LAYER) {  /* ln_f of row i, in place */
     layer_norm(x + i * C, md->lnf_w, md->lnf_b, P, C, md->eps, a);
@@ -512,15 +574,19 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed) {
     *normed = p;
   }
   const Linear* lin = kind == QKV ? &ly->qkv : kind == PROJ ? &ly->proj : kind == FC ? &ly->fc : &ly->proj2;
-  if (kind != ATTN) tile_range(lin->N, tiles[p], i, &n0, &n1);
-  switch (kind) {
-    case QKV: linear_cols(lin, P, a, NULL, M, qkv, STORE, n0, n1); break;
-    case ATTN: attend(j->c, p / PHASES_PER_LAYER, i / H, i % H, hs, ly->attn_scale, qkv + i / H * 3 * C, C,
-                      att + i / H * C + i % H * hs, sc); break;
-    case PROJ: linear_cols(lin, P, att, NULL, M, x, ADD, n0, n1); break;
-    case FC: linear_cols(lin, P, a, NULL, M, hid, STORE, n0, n1); break;
-    default: linear_cols(lin, P, hid, NULL, M, x, ADD, n0, n1); break;
+  if (kind == ATTN) {
+    attend(j->c, p / PHASES_PER_LAYER, i / H, i % H, hs, ly->attn_scale, qkv + i / H * 3 * C, C,
+           att + i / H * C + i % H * hs, sc);
+    return;
   }
+  const float* in = kind == QKV || kind == FC ? a : kind == PROJ ? att : hid;  /* final: its phase is done */
+  if (lin->layout == PAIRS && *rounded != p) {
+    round_rows(in, (int)M, lin->K, xb);
+    *rounded = p;
+  }
+  tile_range(lin, tiles[p], i, &n0, &n1);
+  linear_cols(lin, P, in, lin->layout == PAIRS ? xb : NULL, (int)M, kind == QKV ? qkv : kind == FC ? hid : x,
+              kind == PROJ || kind == PROJ2 ? ADD : STORE, n0, n1);
 }
 
 static void wait_phase(int p) {  /* until every tile of phase p is done */
@@ -531,11 +597,11 @@ static void wait_phase(int p) {  /* until every tile of phase p is done */
 }
 
 static void run_job(const Job* j, int t) {  /* a late thread finds the tiles taken and moves on */
-  int normed = -1;
+  int normed = -1, rounded = -1;
   for (int p = 0; p < j->nphases; p++) {
     if (p) wait_phase(p - 1);
     for (int32_t i; (i = __atomic_fetch_add(&next_tile[p], 1, __ATOMIC_ACQ_REL)) < tiles[p];) {
-      run_tile(j, p, i, t, &normed);
+      run_tile(j, p, i, t, &normed, &rounded);
       __atomic_add_fetch(&done_tiles[p], 1, __ATOMIC_RELEASE);
     }
   }
@@ -555,7 +621,7 @@ static void run(Job* j) {
 
 /* -- entry points --------------------------------------------------------------------------------- */
 /* All blocks, then ln_f, for M rows of one token: x (M, C) holds the embeddings in and the final hidden states
-   out. work: M * (5C + inner) + nthreads * (M * C + S + 16) floats (S: the most keys any row attends to). */
+   out. work: M * (5C + inner) + nthreads * per_thread(M, C, inner, S) floats (S: the most keys any row attends to). */
 int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads) {
   Job j = {DECODE, M, nthreads, md->L * PHASES_PER_LAYER + 1, x, md, c, work, S, NULL, md->ptype, NULL, NULL, NULL};
   if (j.nphases > MAX_PHASES) return -1;
@@ -564,6 +630,11 @@ int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, 
 }
 
 /* y (M, N) = x (M, K) W^T + b for one linear (the LM head). xb: room for M * K bfloat16 values. */
+int pigpt_has_avx512bf16(void) {  /* whether PAIRS weights (and the bfloat16 head's dot products) run here */
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+}
+
 void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb) {
   __builtin_cpu_init();
   int dp = L->wtype == BF16 && L->layout == NK && __builtin_cpu_supports("avx512bf16");
@@ -654,6 +725,7 @@ def load():
     lib.pigpt_decode.restype = ctypes.c_int
     lib.pigpt_linear.argtypes = [_P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int, _P]
     lib.pigpt_hugepages.argtypes, lib.pigpt_hugepages.restype = [_P, _I64], _I64
+    lib.pigpt_has_avx512bf16.restype = ctypes.c_int
     _status = f"loaded from {path}"
     if len(runtimes := _openmp_runtimes()) > 1:  # torch's build uses another OpenMP than gcc's libgomp
         _status += f"; its OpenMP pool is not torch's (both loaded: {', '.join(sorted(runtimes))}), so steps are slower"
@@ -697,14 +769,28 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
+def pair_blocked(w: torch.Tensor) -> torch.Tensor:
+    """A [K, N] bfloat16 weight as the PAIRS layout: [N/64, K/2, 64, 2], K padded to even and N to a multiple
+    of 64 with zeros (see PB_TILE in SOURCE)."""
+    K, N = w.shape
+    Kp, Np = K + K % 2, -(-N // 64) * 64
+    w = torch.nn.functional.pad(w.detach(), (0, Np - N, 0, Kp - K))
+    return w.view(Kp // 2, 2, Np // 64, 64).permute(2, 0, 3, 1).contiguous()
+
+
 class Plan:
-    """The model's weights as the kernels see them: pointers to its own tensors (no copies), built once and
-    valid while no parameter moves to new storage (GPT drops its plan on .to(), quantize() and
-    clear_weight_caches()). Holds references to the tensors so that the pointers stay valid."""
+    """The model's weights as the kernels see them: pointers to its own tensors, built once and valid while no
+    parameter moves to new storage (GPT drops its plan on .to(), quantize() and clear_weight_caches()). Holds
+    references to the tensors so that the pointers stay valid. A bfloat16 model's block weights are read from
+    pair-blocked copies where the CPU has avx512_bf16 (a second copy of them in memory, ~170 MB for GPT-2 small);
+    `fresh()` says whether the weights they copy are unchanged since."""
 
     def __init__(self, gpt):
         cfg, tr = gpt.config, gpt.transformer
         self.keep = []  # the tensors behind every pointer
+        self.sources = []  # (weight, its version) for each copy made
+        self.steps = packed._optimizer_steps  # fused optimizers update weights without bumping their versions
+        self.pairs = gpt.dtype == torch.bfloat16 and bool(load().pigpt_has_avx512bf16())
         self.ptype = _TYPES[gpt.dtype]
         layers = (Layer * cfg.n_layer)()
         for i, block in enumerate(tr.h):
@@ -724,6 +810,8 @@ class Plan:
             w = tr.wte.weight
             self.head = Linear(self._t(w), None, None, w.shape[1], w.shape[0], _TYPES[w.dtype], NK, 0)
         self.max_rows = MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")]
+        if gpt.dtype == torch.bfloat16 and not gpt.quantized and not self.pairs:
+            self.max_rows = MAX_ROWS_BF16_WIDEN
         self.work = torch.empty(0)
         for t in self.keep:  # the weights (biases and norms are too small to matter)
             if t.numel() * t.element_size() >= 1 << 20:
@@ -733,12 +821,19 @@ class Plan:
         self.keep.append(t.detach())
         return t.data_ptr()
 
+    def fresh(self) -> bool:
+        """False once a weight that a copy was made from may have changed (training, load_state_dict)."""
+        return self.steps == packed._optimizer_steps and all(w._version == v for w, v in self.sources)
+
     def _linear(self, conv, act: int = 0) -> Linear:
         b = self._t(conv.bias)
         if conv.qweight is not None:  # [out, in] int8 and its float32 scales
             q = conv.qweight
             return Linear(self._t(q), self._t(conv.scales()), b, q.shape[1], q.shape[0], I8, NK, act)
         w = conv.weight  # [in, out]
+        if self.pairs:
+            self.sources.append((w, w._version))
+            return Linear(self._t(pair_blocked(w)), None, b, w.shape[0], w.shape[1], BF16, PAIRS, act)
         return Linear(self._t(w), None, b, w.shape[0], w.shape[1], _TYPES[w.dtype], KN, act)
 
     def __reduce__(self):  # pointers: deep copies and pickles of a model start without a plan
@@ -796,7 +891,8 @@ def decode(plan: Plan, x: torch.Tensor, cache, desc: Cache) -> torch.Tensor:
     inner = plan.layers[0].fc.N
     threads = torch.get_num_threads()
     S = cache.max_len  # the most keys any row can attend to
-    work = plan.workspace(M * (5 * C + inner) + threads * (M * C + S + 16))
+    per_thread = M * C + S + 16 + M * (max(inner, C) + 2) // 2 + 16  # as per_thread() in SOURCE
+    work = plan.workspace(M * (5 * C + inner) + threads * per_thread)
     lib.pigpt_decode(x.data_ptr(), M, ctypes.byref(cfg), ctypes.byref(desc), work.data_ptr(), S, threads)
     return x
 

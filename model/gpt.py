@@ -359,7 +359,8 @@ class GPT(nn.Module):
             return None
         if torch.is_autocast_enabled("cpu") or (torch.is_grad_enabled() and self.transformer.wte.weight.requires_grad):
             return None
-        if self._cpu_plan is None:
+        if self._cpu_plan is None or not self._cpu_plan.fresh():
+            self._cpu_plan = None  # free the old copies before building new ones
             ok = cpu_decode.load() is not None and cpu_decode.supports(self)
             self._cpu_plan = cpu_decode.Plan(self) if ok else False
         return self._cpu_plan if self._cpu_plan and rows <= self._cpu_plan.max_rows else None

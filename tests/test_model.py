@@ -387,6 +387,8 @@ KERNEL_CONFIGS = [
     dict(n_layer=2, n_head=4, n_embd=64, vocab_size=500, block_size=32, n_inner=100,
          scale_attn_by_inverse_layer_idx=True),
     dict(n_layer=2, n_head=2, n_embd=48, vocab_size=300, block_size=32, activation="relu"),
+    # odd widths: bfloat16's pair-blocked weights pad K to even and N to a multiple of 64
+    dict(n_layer=2, n_head=3, n_embd=45, vocab_size=97, block_size=32, n_inner=77),
 ]
 
 
@@ -415,11 +417,12 @@ def test_cpu_kernels_build_where_they_can():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("cfg", KERNEL_CONFIGS, ids=["tiny", "exact-gelu", "inner-and-layer-scale", "relu"])
+@pytest.mark.parametrize("cfg", KERNEL_CONFIGS, ids=["tiny", "exact-gelu", "inner-and-layer-scale", "relu", "odd-widths"])
 def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
     """Decode steps through the kernels against the torch path of the same model: a lone row, a ragged
     left-padded batch, and rows sharing their prompts' KV (SharedPrefixKVCache) through a beam reorder.
-    float32 to 1e-5; bfloat16 to its rounding (the kernels keep activations in float32, torch rounds them)."""
+    float32 to 1e-5; bfloat16 to its rounding (the kernels keep the residual stream and attention in float32,
+    torch rounds every activation)."""
     from model import cpu_decode
 
     if cpu_decode.load() is None:
@@ -469,3 +472,31 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
         assert _max_diff(a.float(), b.float()) <= tol
         if dtype == torch.bfloat16:
             assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernels_see_weights_change_in_place(dtype):
+    """The kernels read float32 weights where they are, and bfloat16 ones from pair-blocked copies (CPUs with
+    avx512_bf16): an in-place update (an optimizer step, load_state_dict) must reach the next decode step."""
+    from model import cpu_decode
+
+    if cpu_decode.load() is None:
+        pytest.skip(cpu_decode.status())
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(**KERNEL_CONFIGS[2])).eval().to(dtype)
+    idx = torch.tensor([[3, 1, 4, 1, 5]])
+
+    def step():
+        with torch.no_grad():
+            cache = gpt.new_cache(1, 8)
+            gpt(idx, cache)
+            return gpt(idx[:, -1:], cache).float()
+
+    before = step()
+    assert gpt._cpu_plan, cpu_decode.status()  # the step ran in the kernels
+    with torch.no_grad():
+        gpt.transformer.h[1].mlp.c_fc.weight.mul_(-2)
+    after = step()
+    gpt.cpu_kernels = False
+    assert _max_diff(after, step()) <= (1e-5 if dtype == torch.float32 else 0.1)
+    assert _max_diff(after, before) > 0.1
