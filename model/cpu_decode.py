@@ -10,9 +10,10 @@ with software prefetch in the weight streams; a second call runs the LM head (be
 --decode measures both paths).
 
 Activations stay float32 throughout, whatever the weights are stored in (float32, bfloat16, or int8 with
-one float32 scale per output channel); only a bfloat16 LM head on CPUs with avx512_bf16 reads its input
-rounded to bfloat16. The KV cache is float32 or bfloat16, as the model's dtype makes it. So a bfloat16
-model's decode step here is slightly *more* precise than its torch path (which rounds every activation to
+one float32 scale per output channel); only a bfloat16 model's products on CPUs with avx512_bf16 (the blocks'
+pair-blocked copies and the LM head) read their input rounded to bfloat16, as torch's path does. The KV cache
+is float32 or bfloat16, as the model's dtype makes it. So a bfloat16 model's decode step here is slightly
+*more* precise than its torch path (which rounds every activation, the residual stream included, to
 bfloat16): logits agree to bfloat16 rounding, not bit for bit.
 
 The kernels need x86-64 with AVX-512 (F, BW, VL) and a C compiler with OpenMP (gcc); they are built once per
