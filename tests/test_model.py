@@ -476,8 +476,9 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_kernels_see_weights_change_in_place(dtype):
-    """The kernels read float32 weights where they are, and bfloat16 ones from pair-blocked copies (CPUs with
-    avx512_bf16): an in-place update (an optimizer step, load_state_dict) must reach the next decode step."""
+    """The kernels read float32 weights where they are, and bfloat16 ones (blocks and LM head) from pair-blocked
+    copies (CPUs with avx512_bf16): an in-place update (an optimizer step, load_state_dict) must reach the next
+    decode step."""
     from model import cpu_decode
 
     if cpu_decode.load() is None:
@@ -496,6 +497,7 @@ def test_cpu_kernels_see_weights_change_in_place(dtype):
     assert gpt._cpu_plan, cpu_decode.status()  # the step ran in the kernels
     with torch.no_grad():
         gpt.transformer.h[1].mlp.c_fc.weight.mul_(-2)
+        gpt.transformer.wte.weight[:, ::2].mul_(3)  # the LM head's copy too
     after = step()
     gpt.cpu_kernels = False
     assert _max_diff(after, step()) <= (1e-5 if dtype == torch.float32 else 0.1)
