@@ -543,7 +543,7 @@ static int64_t count_tiles(const Job* j, int p) {
 /* Thread t's private buffers in `work` (per_thread floats each): its layer norm of x (M x C), which it computes
    once per layer norm it needs (`*normed` remembers which), attention scores (S + 16), and a PAIRS product's input
    rounded to bfloat16 (M x (inner + 2) halves), once per phase (`*rounded`). */
-static int64_t per_thread(int64_t M, int64_t C, int64_t inner, int64_t S) {  /* as _per_thread in Python */
+static int64_t per_thread(int64_t M, int64_t C, int64_t inner, int64_t S) {  /* as decode() in Python sizes it */
   return M * C + S + 16 + M * ((inner > C ? inner : C) + 2) / 2 + 16;
 }
 
@@ -630,12 +630,12 @@ int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, 
   return 0;
 }
 
-/* y (M, N) = x (M, K) W^T + b for one linear (the LM head). xb: room for M * (K + 1) bfloat16 values. */
 int pigpt_has_avx512bf16(void) {  /* whether PAIRS weights (and the bfloat16 head's dot products) run here */
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512bf16");
 }
 
+/* y (M, N) = x (M, K) W^T + b for one linear (the LM head). xb: room for M * (K + 1) bfloat16 values. */
 void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb) {
   __builtin_cpu_init();
   int dp = L->wtype == BF16 && L->layout != KN && __builtin_cpu_supports("avx512bf16");
