@@ -490,7 +490,10 @@ static void attend(const Cache* c, int64_t l, int64_t b, int64_t h, int hs, floa
    The threads are the ones torch's CPU ops run on: this library links libgomp.so.1, which the dynamic linker
    resolves to the copy torch has already loaded. A pool of our own would compete with torch's for the cores:
    after each torch op libgomp's idle threads spin for a while (GOMP_SPINCOUNT), and on 2 cores a decode step
-   with its own second thread ran at ~0.75x (measured, 2-vCPU EPYC). */
+   with its own second thread ran at ~0.75x (measured, 2-vCPU EPYC). The price: OpenMP joins its threads at the
+   end of a call, so a thread the OS has descheduled is waited for there, and libgomp's threads spin between
+   calls. With one of the 2 cores busy with another process, a float32 batch-1 token took 1.3x as long as with
+   that own pool (bench_generate --baseline, one run); on a quiet machine it takes 0.62x as long. */
 #define MAX_THREADS 64
 #define MAX_PHASES 4096
 #define SPINS 4000
