@@ -638,10 +638,10 @@ int pigpt_has_avx512bf16(void) {  /* whether PAIRS weights (and the bfloat16 hea
   return __builtin_cpu_supports("avx512bf16");
 }
 
-/* y (M, N) = x (M, K) W^T + b for one linear (the LM head). xb: room for M * (K + 1) bfloat16 values. */
-void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb) {
-  __builtin_cpu_init();
-  int dp = L->wtype == BF16 && L->layout != KN && __builtin_cpu_supports("avx512bf16");
+/* y (M, N) = x (M, K) W^T + b for one linear (the LM head). xb: room for M * (K + 1) bfloat16 values. dot: use
+   avx512_bf16 dot products for bfloat16 weights (the caller checked pigpt_has_avx512bf16; PAIRS needs them). */
+void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb, int dot) {
+  int dp = dot && L->wtype == BF16 && L->layout != KN;
   if (dp && L->layout == PAIRS) round_rows(x, M, L->K, xb);
   else if (dp) round_bf16(x, (int64_t)M * L->K, xb);
   Job j = {LINEAR, M, nthreads, 1, NULL, NULL, NULL, NULL, 0, L, ptype, x, dp ? xb : NULL, y};
@@ -728,13 +728,19 @@ def load():
         return None
     lib.pigpt_decode.argtypes = [_P, ctypes.c_int, _P, _P, _P, _I64, ctypes.c_int]
     lib.pigpt_decode.restype = ctypes.c_int
-    lib.pigpt_linear.argtypes = [_P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int, _P]
+    lib.pigpt_linear.argtypes = [_P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     lib.pigpt_hugepages.argtypes, lib.pigpt_hugepages.restype = [_P, _I64], _I64
     lib.pigpt_has_avx512bf16.restype = ctypes.c_int
     _status = f"loaded from {path}"
     if len(runtimes := _openmp_runtimes()) > 1:  # torch's build uses another OpenMP than gcc's libgomp
         _status += f"; its OpenMP pool is not torch's (both loaded: {', '.join(sorted(runtimes))}), so steps are slower"
     return lib
+
+
+def has_avx512bf16() -> bool:
+    """Whether this CPU has avx512_bf16 dot products: then a bfloat16 model's weights are read pair-blocked and
+    its LM head by dot products; without them, widened to float32 (tests turn them off to run that path)."""
+    return bool(load().pigpt_has_avx512bf16())
 
 
 def _openmp_runtimes() -> set[str]:
@@ -795,7 +801,8 @@ class Plan:
         self.keep = []  # the tensors behind every pointer
         self.sources = []  # (weight, its version) for each copy made
         self.steps = packed._optimizer_steps  # fused optimizers update weights without bumping their versions
-        self.pairs = gpt.dtype == torch.bfloat16 and bool(load().pigpt_has_avx512bf16())
+        self.dot = has_avx512bf16()
+        self.pairs = gpt.dtype == torch.bfloat16 and self.dot
         self.ptype = _TYPES[gpt.dtype]
         layers = (Layer * cfg.n_layer)()
         for i, block in enumerate(tr.h):
@@ -911,5 +918,5 @@ def head(plan: Plan, x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(x.shape[0], plan.head.N)
     xb = torch.empty(x.numel() + x.shape[0], dtype=torch.bfloat16)  # rows padded to even K (PAIRS)
     load().pigpt_linear(ctypes.byref(plan.head), plan.ptype, x.data_ptr(), x.shape[0], out.data_ptr(),
-                        torch.get_num_threads(), xb.data_ptr())
+                        torch.get_num_threads(), xb.data_ptr(), int(plan.dot))
     return out

@@ -416,17 +416,21 @@ def test_cpu_kernels_build_where_they_can():
         cpu_decode.load.cache_clear()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "bfloat16-widened"])
 @pytest.mark.parametrize("cfg", KERNEL_CONFIGS, ids=["tiny", "exact-gelu", "inner-and-layer-scale", "relu", "odd-widths"])
 def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
     """Decode steps through the kernels against the torch path of the same model: a lone row, a ragged
     left-padded batch, and rows sharing their prompts' KV (SharedPrefixKVCache) through a beam reorder.
     float32 to 1e-5; bfloat16 to its rounding (the kernels keep the residual stream and attention in float32,
-    torch rounds every activation)."""
+    torch rounds every activation). bfloat16-widened: as on CPUs without avx512_bf16 (weights widened to
+    float32 in registers, no pair-blocked copies), whatever this CPU has."""
     from model import cpu_decode
 
     if cpu_decode.load() is None:
         pytest.skip(cpu_decode.status())
+    if dtype == "bfloat16-widened":
+        monkeypatch.setattr(cpu_decode, "has_avx512bf16", lambda: False)
+        dtype = torch.bfloat16
     calls = []
     decode = cpu_decode.decode
     monkeypatch.setattr(cpu_decode, "decode", lambda *a: calls.append(a[1].shape[0]) or decode(*a))
@@ -439,6 +443,8 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
                 p.normal_(0, 0.05)
     gpt = gpt.to(dtype)
     V, rows = cfg["vocab_size"], cpu_decode.MAX_ROWS[str(dtype).removeprefix("torch.")]
+    if dtype == torch.bfloat16 and not cpu_decode.has_avx512bf16():
+        rows = cpu_decode.MAX_ROWS_BF16_WIDEN
     tol = 1e-5 if dtype == torch.float32 else 0.1
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(0, V, (3, 12), generator=g)
@@ -465,6 +471,7 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
         return out
 
     fast, calls_fast = run(True), len(calls)
+    assert gpt._cpu_plan.pairs == (dtype == torch.bfloat16 and cpu_decode.has_avx512bf16())  # the layout meant
     plain = run(False)
     assert calls_fast == 18 and len(calls) == calls_fast  # every decode step ran in the kernels, and only then
     for a, b in zip(fast, plain):
