@@ -215,6 +215,18 @@ def test_hash_is_the_uint32_murmur_finaliser():
     assert len(set(k1.tolist())) == 4
 
 
+def test_row_keys_of_a_few_rows_equal_the_tensor_path():
+    """A few CPU rows are keyed in Python integers, many with tensor ops: both must give the same keys."""
+    from kernels.hashing import _row_keys_tensor
+
+    g = torch.Generator().manual_seed(0)
+    seed = torch.cat([torch.tensor([0, -1, 2**62, -(2**63), 2**63 - 1]), torch.randint(-(2**62), 2**62, (59,), generator=g)])
+    pos = torch.cat([torch.tensor([0, 5, -3, 2**40, -1]), torch.randint(0, 2**40, (59,), generator=g)])
+    for rows in (slice(0, 1), slice(0, 5), slice(0, 64)):
+        fast, ref = row_keys(seed[rows], pos[rows]), _row_keys_tensor(seed[rows], pos[rows])
+        assert all(torch.equal(a, b) and a.dtype == torch.int32 and a.is_contiguous() for a, b in zip(fast, ref))
+
+
 def test_gumbel_noise_is_finite_at_the_extreme_hashes():
     """The top hash values once rounded u to exactly 1.0 (24 bits + 0.5 needs 25 in float32): infinite
     noise, and NaN on a -inf logit, which argmax picks. Every 23-bit bucket edge must give finite noise."""
