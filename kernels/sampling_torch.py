@@ -207,6 +207,8 @@ def _topk_windows(x, T, k, p, rows):
     """Top-k rows, resolved: yields (rows, vals, idx, t) with each row's descending window of x / T that
     provably holds its whole kept set, and its threshold. Windows grow (WINDOWS, then a full sort) until
     no tie with the k-th value can spill past them. x (n, V) float32; T, k, p per row (n,); rows (r,)."""
+    if rows.numel() == 0:  # ~20 small ops for nothing, every step of untruncated or top-p-only sampling
+        return
     V = x.shape[1]
     width = _first_window(k, V)
     pending = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
