@@ -20,7 +20,8 @@ neighbour slows both. This is where the model's dispatch rule comes from: float3
 rows as n rollouts share it), the same model with `gpt.cpu_kernels` on and off, interleaved; it prints ms
 per step (wall and this process's CPU time), the weight bytes read per step over the wall time, and the
 median per-round speed-up. Rows above cpu_decode.MAX_ROWS run the torch path either way, unless
---force-kernels lifts the limits (how the limits were chosen: CPU time at 1 thread, --threads 1).
+--force-kernels lifts the limits to 8 (how the limits were chosen: wall-time speed-up at 2 threads on a quiet
+machine; see cpu_decode.MAX_ROWS).
 """
 
 from __future__ import annotations
