@@ -146,6 +146,7 @@ def main_decode(args):
 
     if args.force_kernels:
         cpu_decode.MAX_ROWS.update({k: 8 for k in cpu_decode.MAX_ROWS})
+        cpu_decode.MAX_ROWS_BF16_WIDEN = 8
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPT-2 small decode steps (random weights, "
           f"16-token prompt, {args.steps} steps a run), kernels vs torch path, median of {args.repeats} interleaved "
           f"runs; CPU kernels: {cpu_decode.status()}")
@@ -167,7 +168,9 @@ def main_decode(args):
             wall = {on: 1e3 * statistics.median(w for w, _ in times[on]) / args.steps for on in times}
             cpu = {on: 1e3 * statistics.median(c for _, c in times[on]) / args.steps for on in times}
             ratio = statistics.median(b[0] / a[0] for a, b in zip(times[True], times[False]))
-            used = cpu_decode.load() is not None and rows <= cpu_decode.MAX_ROWS[dtype]
+            widen = dtype == "bfloat16" and cpu_decode.load() is not None and not cpu_decode.has_avx512bf16()
+            used = cpu_decode.load() is not None and rows <= (cpu_decode.MAX_ROWS_BF16_WIDEN if widen
+                                                              else cpu_decode.MAX_ROWS[dtype])
             note = "" if used else " (torch path: above the row limit)" if cpu_decode.load() else " (no kernels)"
             print(f"| {dtype} | {rows} | {wall[False]:.1f} | {wall[True]:.1f} | {cpu[False]:.1f} / {cpu[True]:.1f} "
                   f"| {nbytes / wall[True] / 1e6:.1f} | {ratio:.2f}x{note} |", flush=True)
