@@ -61,8 +61,7 @@ def log_probs(gpt, windows, decode: bool):
         return torch.cat([gpt(windows[i:i + 8]).float().log_softmax(-1) for i in range(0, len(windows), 8)])
     from model import cpu_decode
 
-    # rows the kernels run by default (bfloat16: none, so one at a time through torch's decode path)
-    rows = max(1, cpu_decode.MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")])
+    rows = cpu_decode.MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")]
     out = []
     for i in range(0, len(windows), rows):
         w = windows[i:i + rows]
@@ -75,7 +74,7 @@ def continuations(gpt, prompts, new: int, decode: bool):
     """Greedy continuations; with `decode`, in groups small enough for the CPU decode kernels."""
     from model import cpu_decode
 
-    rows = max(1, cpu_decode.MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")]) if decode else 1000
+    rows = cpu_decode.MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")] if decode else 1000
     params = SamplingParams(temperature=0.0, max_new_tokens=new)
     return [r[0].tokens for i in range(0, len(prompts), rows) for r in generate(gpt, prompts[i:i + rows], params)]
 

@@ -45,9 +45,7 @@ def sample_from_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, seed=0, p
         from .sampling_triton import sample_triton  # imported lazily: triton is optional on CPU
 
         return sample_triton(logits, T, k, p, *row_keys(seed_t, pos_t))
-    if bool((T == 0).all()):  # greedy rows draw no noise: their keys would cost a fifth of a batch-1 step's sampling
-        return sample_torch(logits, T, k, p, None, None)
-    return sample_torch(logits, T, k, p, *row_keys(seed_t, pos_t))
+    return sample_torch(logits, T, k, p, seed_t, pos_t)
 
 
 def token_logprobs(logits, tokens, *, temperature=1.0, top_k=0, top_p=1.0, keep=None, return_keep=False):

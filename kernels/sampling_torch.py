@@ -12,7 +12,7 @@ on the rows beside it.
 import torch
 import torch.nn.functional as F
 
-from .hashing import GROUP, group_hash, hash_to_gumbel, token_hash
+from .hashing import GROUP, group_hash, hash_to_gumbel, row_keys, token_hash
 from .params import check_finite
 from .reference import effective_top_k, partition, topk_threshold, topp_threshold
 
@@ -275,8 +275,9 @@ def _greedy(x):
     return tok, -torch.log(partition(x, mx))
 
 
-def sample_torch(logits, T, k, p, k1, k2):
-    """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors."""
+def sample_torch(logits, T, k, p, seed, position):
+    """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors. Noise keys
+    are hashed for the rows that draw (temperature > 0) only: greedy rows need none."""
     x = logits.float()
     mx = check_finite(x)
     B = x.shape[0]
@@ -292,5 +293,5 @@ def sample_torch(logits, T, k, p, k1, k2):
     if not torch.isfinite(mx[r] / T[r]).all():
         raise ValueError("logits / temperature overflows float32 (temperature too small for these "
                          "logits); use temperature=0 for greedy decoding")
-    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], k1[r], k2[r])
+    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], *row_keys(seed[r], position[r]))
     return tokens, logprobs

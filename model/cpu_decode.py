@@ -546,7 +546,7 @@ static int64_t count_tiles(const Job* j, int p) {
 /* Thread t's private buffers in `work` (per_thread floats each): its layer norm of x (M x C), which it computes
    once per layer norm it needs (`*normed` remembers which), attention scores (S + 16), and a PAIRS product's input
    rounded to bfloat16 (M x (inner + 2) halves), once per phase (`*rounded`). */
-static int64_t per_thread(int64_t M, int64_t C, int64_t inner, int64_t S) {  /* as decode() in Python sizes it */
+static int64_t per_thread(int64_t M, int64_t C, int64_t inner, int64_t S) {
   return M * C + S + 16 + M * ((inner > C ? inner : C) + 2) / 2 + 16;
 }
 
@@ -625,7 +625,11 @@ static void run(Job* j) {
 
 /* -- entry points --------------------------------------------------------------------------------- */
 /* All blocks, then ln_f, for M rows of one token: x (M, C) holds the embeddings in and the final hidden states
-   out. work: M * (5C + inner) + nthreads * per_thread(M, C, inner, S) floats (S: the most keys any row attends to). */
+   out. work: pigpt_work_floats(M, C, inner, S, nthreads) floats (S: the most keys any row attends to). */
+int64_t pigpt_work_floats(int M, int64_t C, int64_t inner, int64_t S, int nthreads) {  /* the size of `work` */
+  return M * (5 * C + inner) + nthreads * per_thread(M, C, inner, S);
+}
+
 int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads) {
   Job j = {DECODE, M, nthreads, md->L * PHASES_PER_LAYER + 1, x, md, c, work, S, NULL, md->ptype, NULL, NULL, NULL};
   if (j.nphases > MAX_PHASES) return -1;
@@ -730,6 +734,8 @@ def load():
     lib.pigpt_decode.restype = ctypes.c_int
     lib.pigpt_linear.argtypes = [_P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int, _P, ctypes.c_int]
     lib.pigpt_hugepages.argtypes, lib.pigpt_hugepages.restype = [_P, _I64], _I64
+    lib.pigpt_work_floats.argtypes = [ctypes.c_int, _I64, _I64, _I64, ctypes.c_int]
+    lib.pigpt_work_floats.restype = _I64
     lib.pigpt_has_avx512bf16.restype = ctypes.c_int
     _status = f"loaded from {path}"
     if len(runtimes := _openmp_runtimes()) > 1:  # torch's build uses another OpenMP than gcc's libgomp
@@ -907,8 +913,7 @@ def decode(plan: Plan, x: torch.Tensor, cache, desc: Cache) -> torch.Tensor:
     inner = plan.layers[0].fc.N
     threads = torch.get_num_threads()
     S = cache.max_len  # the most keys any row can attend to
-    per_thread = M * C + S + 16 + M * (max(inner, C) + 2) // 2 + 16  # as per_thread() in SOURCE
-    work = plan.workspace(M * (5 * C + inner) + threads * per_thread)
+    work = plan.workspace(lib.pigpt_work_floats(M, C, inner, S, threads))
     lib.pigpt_decode(x.data_ptr(), M, ctypes.byref(cfg), ctypes.byref(desc), work.data_ptr(), S, threads)
     return x
 

@@ -30,12 +30,14 @@ products round activations to bfloat16):
     small preset 4 x 128       kernels      257.62 -> 257.90     2.5e-5    0.060           99.8%    97/100
       (600 steps)              torch path   257.63 -> 258.05     7e-5      0.073           99.2%    91/100
 
-bfloat16 weights on the shipped model/default, through torch's decode path (activations in bfloat16, the
-default since the kernels are slower there): mean KL 1.0e-4, same argmax 99.1%, 83/100 identical greedy runs.
-bfloat16 weights through the kernels (float32 activations; first default run, step 300, small): mean KL 6.5e-6 / 4e-6 / 7e-6, same
-argmax 99.8% / 99.7% / 99.9%, identical greedy runs 96 / 99 / 99 of 100. On random GPT-2 small weights (wte x5, peaked distributions) int8's max |d log p| at
-the text's tokens is 0.24 through the kernels, 0.35 through torch's path (bfloat16: 0.07 / 0.18), argmax
-unchanged everywhere, 40/40 greedy runs identical.
+bfloat16 weights on the shipped model/default, through the kernels (pair-blocked weights on avx512_bf16: the
+products read bfloat16-rounded inputs, the residual stream stays float32; 2026-11-29): perplexity 97.35, mean
+KL 2.8e-5, same argmax 99.7%, 94/100 identical greedy runs. Before, through torch's decode path (every
+activation in bfloat16): mean KL 1.0e-4, 99.1%, 83/100; through the earlier kernels (float32 activations
+throughout; first default run, step 300, small): mean KL 6.5e-6 / 4e-6 / 7e-6, same argmax 99.8% / 99.7% /
+99.9%, identical greedy runs 96 / 99 / 99 of 100. On random GPT-2 small weights (wte x5, peaked
+distributions) int8's max |d log p| at the text's tokens is 0.24 through the kernels, 0.35 through torch's
+path (bfloat16, earlier kernels: 0.07 / 0.18), argmax unchanged everywhere, 40/40 greedy runs identical.
 tests/test_quant.py bounds these quantities on random and heavy-tailed GPT-2-width weights.
 
 A quantized model is for inference only: `train()` and forward passes that would need gradients raise a
