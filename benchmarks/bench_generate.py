@@ -38,7 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import harness  # first: makes the repository's packages importable
+from pigpt import benchmarking as harness
 
 import torch  # noqa: E402
 
@@ -102,14 +102,14 @@ def make_prompt(prompt_len: int, vocab_size: int) -> torch.Tensor:
 
 
 def pigpt_has_int8() -> bool:
-    from model import GPT
+    from pigpt.model import GPT
 
     return hasattr(GPT, "quantize")
 
 
 # -- the Python engines, each served from a process of its own ----------------------------------------
 def load_pigpt(model_dir, precision):
-    from model import GPT
+    from pigpt.model import GPT
 
     gpt = GPT.from_pretrained(model_dir).eval()
     if precision == "bfloat16":
@@ -143,7 +143,7 @@ def run_hf(hf, prompt, kind, n, T):
 
 
 def run_pigpt(gpt, prompt, kind, n, T):
-    from decoding import SamplingParams, beam_search, generate
+    from pigpt.decoding import SamplingParams, beam_search, generate
 
     p = [prompt[0].tolist()]
     if kind == "beam":

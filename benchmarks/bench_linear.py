@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import packed  # noqa: E402
+from pigpt.model import packed  # noqa: E402
 
 BLOCK = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12  # [in, out] of each projection
 VOCAB = 50257
@@ -101,7 +101,7 @@ def timed(fn, xs):
 
 
 def decode_model(dtype: str):
-    from model import GPT, GPTConfig
+    from pigpt.model import GPT, GPTConfig
 
     torch.manual_seed(0)
     gpt = GPT(GPTConfig()).eval()  # GPT-2 small's shape
@@ -110,7 +110,7 @@ def decode_model(dtype: str):
 
 def weight_bytes(gpt) -> int:
     """Bytes of weights a decode step reads: the block linears and the LM head (embeddings: one row each)."""
-    from model.gpt import Conv1D
+    from pigpt.model.gpt import Conv1D
 
     n = 0
     for m in gpt.modules():
@@ -142,7 +142,7 @@ def decode_steps(gpt, rows: int, steps: int):
 
 
 def main_decode(args):
-    from model import cpu_decode
+    from pigpt.model import cpu_decode
 
     if args.force_kernels:
         cpu_decode.MAX_ROWS.update({k: 8 for k in cpu_decode.MAX_ROWS})

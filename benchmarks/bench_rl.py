@@ -2,7 +2,7 @@
 
     python benchmarks/bench_rl.py                        # 8 prompts x 8 rollouts x 32 tokens, random 4 x 128 GPT-2
     python benchmarks/bench_rl.py --repeats 5 --trl-defaults --profile
-    python benchmarks/bench_rl.py --model model/default  # a trained model (GPT-2's vocabulary) instead
+    python benchmarks/bench_rl.py --model default  # a trained model (GPT-2's vocabulary) instead
 
 The model: GPT-2's architecture and 50257-token vocabulary with random weights (4 layers x 128 wide by
 default), written once by transformers' save_pretrained into a temporary directory; pigpt loads it with
@@ -53,7 +53,7 @@ import threading
 import time
 from pathlib import Path
 
-import harness  # first: makes the repository's packages and train.py importable
+from pigpt import benchmarking as harness
 
 import torch  # noqa: E402
 
@@ -95,7 +95,7 @@ def gpt2_tokenizer():
     """transformers' GPT-2 tokenizer from the BPE files pigpt's own tokenizer is built from (no hub)."""
     from transformers import GPT2Tokenizer
 
-    from model.tokenizer import bpe_files
+    from pigpt.model.tokenizer import bpe_files
 
     merges_file, vocab_file = bpe_files()
     vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
@@ -119,10 +119,10 @@ class Pigpt:
     """pigpt's GRPO run, prepared as `train.py --reward ... --prompts ...` prepares it, stepped on demand."""
 
     def __init__(self, a, model_dir: Path, prompts_file: Path, out: Path, stack: contextlib.ExitStack):
-        import train
-        from policy import trainer
-        from training import dist
-        from training.run import RunDir
+        from pigpt import train
+        from pigpt.policy import trainer
+        from pigpt.training import dist
+        from pigpt.training.run import RunDir
 
         self.trainer = trainer
         args = train.build_parser().parse_args([

@@ -19,11 +19,11 @@ import math
 import os
 from pathlib import Path
 
-import harness  # first: makes the repository's packages importable
+from pigpt import benchmarking as harness
 
 import torch  # noqa: E402
 
-from kernels import sample_from_logits  # noqa: E402
+from pigpt.kernels import sample_from_logits  # noqa: E402
 
 SETTINGS = {  # name -> (temperature, top_k, top_p)
     "k50_p0.9": (1.0, 50, 0.9),

@@ -1,6 +1,6 @@
 """How far int8 (and bfloat16) weights move a model from its float32 self, on real text.
 
-    python benchmarks/quant_quality.py model/default          # any GPT.from_pretrained directory
+    python benchmarks/quant_quality.py default          # any GPT.from_pretrained directory
     python benchmarks/quant_quality.py random                 # GPT-2 small's shape, random weights (wte x5)
 
 The text is English: docstrings of ~45 standard-library modules (the interpreter's own, so no download).
@@ -18,12 +18,12 @@ import importlib
 import inspect
 import math
 
-import harness  # noqa: F401  (first: makes the repository's packages importable)
+from pigpt import benchmarking as harness
 
 import torch  # noqa: E402
 
-from decoding import SamplingParams, generate  # noqa: E402
-from model import GPT, GPTConfig, get_tokenizer  # noqa: E402
+from pigpt.decoding import SamplingParams, generate  # noqa: E402
+from pigpt.model import GPT, GPTConfig, get_tokenizer  # noqa: E402
 
 MODULES = ["os", "json", "re", "collections", "functools", "itertools", "pathlib", "subprocess", "argparse",
            "logging", "unittest", "email", "http.client", "urllib.request", "textwrap", "string", "heapq",
@@ -59,7 +59,7 @@ def log_probs(gpt, windows, decode: bool):
     at a time through a KV cache, as many windows at once as the CPU decode kernels take (their path)."""
     if not decode:
         return torch.cat([gpt(windows[i:i + 8]).float().log_softmax(-1) for i in range(0, len(windows), 8)])
-    from model import cpu_decode
+    from pigpt.model import cpu_decode
 
     rows = cpu_decode.MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")]
     out = []
@@ -72,7 +72,7 @@ def log_probs(gpt, windows, decode: bool):
 
 def continuations(gpt, prompts, new: int, decode: bool):
     """Greedy continuations; with `decode`, in groups small enough for the CPU decode kernels."""
-    from model import cpu_decode
+    from pigpt.model import cpu_decode
 
     rows = cpu_decode.MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")] if decode else 1000
     params = SamplingParams(temperature=0.0, max_new_tokens=new)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-import harness  # first: makes the repository's packages (and train.py) importable
+from pigpt import benchmarking as harness
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from model import GPT, GPTConfig  # noqa: E402
-from training.perf import flops_per_token, measure_peak_flops  # noqa: E402
-from training.loss import LossModel  # noqa: E402
+from pigpt.model import GPT, GPTConfig  # noqa: E402
+from pigpt.training.perf import flops_per_token, measure_peak_flops  # noqa: E402
+from pigpt.training.loss import LossModel  # noqa: E402
 
 
 def plain_loss(gpt):

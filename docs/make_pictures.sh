@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Redraws every picture of docs/tour.md and the README from the shipped model (model/default), one
+# Redraws every picture of docs/tour.md and the README from the shipped model (pigpt/model/default), one
 # sample.py command each, as the tour shows them. Run from the repository root: bash docs/make_pictures.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

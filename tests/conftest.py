@@ -5,8 +5,14 @@ import os
 # Triton kernels run on CPU tensors through the interpreter; it must be set before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -39,3 +45,16 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-gpt2")
     model = save_hf_checkpoint(path)
     return path, model
+
+
+def load_script(relpath: str):
+    """A script beside the package (benchmarks/*.py) as a module, loaded from its file: the scripts import
+    `pigpt` only, so nothing needs to put their folder on sys.path."""
+    path = ROOT / relpath
+    if path.stem in sys.modules:
+        return sys.modules[path.stem]
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # before exec: dataclasses and pickling look their module up by name
+    spec.loader.exec_module(module)
+    return module

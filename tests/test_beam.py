@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import make_hf_model
 
-from decoding import beam_search
-from model import GPT
+from pigpt.decoding import beam_search
+from pigpt.model import GPT
 
 EOS = 7
 VOCAB = 48

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import datasets  # noqa: F401  trl and datasets are in the test extra: missing, this fails rather than skips
 import trl  # noqa: F401
+from conftest import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import bench_rl  # noqa: E402
+bench_rl = load_script("benchmarks/bench_rl.py")
 
 
 def test_the_gpt2_tokenizer_it_gives_trl_encodes_as_pigpt_does():
-    from model import get_tokenizer
+    from pigpt.model import get_tokenizer
 
     tok = bench_rl.gpt2_tokenizer()
     for text in bench_rl.PROMPTS + ["  x = 1  # café\n\n<|endoftext|>"]:

@@ -9,14 +9,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from pigpt import benchmarking as harness
 
-import bench_generate  # noqa: E402
-import bench_linear  # noqa: E402
-import bench_sampling  # noqa: E402
-import harness  # noqa: E402
-import train_step  # noqa: E402
+bench_generate = load_script("benchmarks/bench_generate.py")
+bench_linear = load_script("benchmarks/bench_linear.py")
+bench_sampling = load_script("benchmarks/bench_sampling.py")
+train_step = load_script("benchmarks/train_step.py")
 
 
 def test_bench_linear_prints_a_row_per_dtype_and_row_count(monkeypatch, capsys):

@@ -10,9 +10,9 @@ from scipy.stats import chisquare
 from transformers import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-from decoding import SamplingParams, generate, score
-from decoding.processors import apply_min_new_tokens, apply_repetition_penalty
-from model import GPT, get_tokenizer
+from pigpt.decoding import SamplingParams, generate, score
+from pigpt.decoding.processors import apply_min_new_tokens, apply_repetition_penalty
+from pigpt.model import GPT, get_tokenizer
 
 EOS = 50256
 PROMPTS = [[464, 2068, 7586, 21831], [40, 1101], [7454, 2402, 257, 640, 11, 612, 373, 257, 1310, 13],

@@ -10,8 +10,8 @@ import torch
 from conftest import make_hf_model
 from transformers import NoRepeatNGramLogitsProcessor
 
-from decoding import Beam, SamplingParams, beam_search, generate, score, stream
-from model import GPT, get_tokenizer
+from pigpt.decoding import Beam, SamplingParams, beam_search, generate, score, stream
+from pigpt.model import GPT, get_tokenizer
 
 EOS = 50256
 PROMPTS = [[464, 2068, 7586, 21831], [40, 1101], [7454, 2402, 257, 640, 11, 612, 373, 257, 1310, 13], [15496]]
@@ -73,7 +73,7 @@ def test_streamed_steps_are_generates_rollouts(pair, case):
 
 
 def test_a_step_carries_its_distributions_on_request(pair):
-    from kernels import process_logits
+    from pigpt.kernels import process_logits
 
     gpt, _ = pair
     params = SamplingParams(n=2, seed=0, max_new_tokens=3, temperature=0.7, top_k=20, repetition_penalty=1.2)
@@ -118,7 +118,7 @@ def test_score_with_params_is_rollout_logprobs_and_without_is_model_logprobs(pai
 def test_score_gradients_equal_a_plain_forward(pair, rollouts):
     """grad=True: backward reaches every parameter, with the gradient of a plain full forward + log_softmax
     (raw), and of the kept-set log-softmax of transformers-processed logits (params)."""
-    from kernels import process_logits
+    from pigpt.kernels import process_logits
 
     gpt, _ = pair
     prompts, rs = rollouts
@@ -275,7 +275,7 @@ def test_score_in_chunks_equals_score_in_one_piece(pair, rollouts, monkeypatch):
     chunk sizes change nothing (user processors take the plain autograd path: the same numbers)."""
     import sys
 
-    mod = sys.modules["decoding.score"]
+    mod = sys.modules["pigpt.decoding.score"]
     gpt, _ = pair
     prompts, rs = rollouts
     completions = [r.tokens for r in rs]

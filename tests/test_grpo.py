@@ -12,13 +12,13 @@ import pytest
 import torch
 from conftest import make_hf_model
 
-import policy.trainer as trainer
-import train
-from decoding import SamplingParams, generate, score
-from model import GPT, get_tokenizer
-from policy import combine_rewards, load_reward
-from policy.rollouts import collect
-from training.run import TrainError, read_log
+import pigpt.policy.trainer as trainer
+from pigpt import train
+from pigpt.decoding import SamplingParams, generate, score
+from pigpt.model import GPT, get_tokenizer
+from pigpt.policy import combine_rewards, load_reward
+from pigpt.policy.rollouts import collect
+from pigpt.training.run import TrainError, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["The sea is", "Which is the largest ocean?", "def add(a, b):\\n", "Once upon a time"]

@@ -6,8 +6,8 @@ import torch
 from scipy import stats
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from kernels import process_logits, sample_from_logits
-from kernels.hashing import FMIX_C1, FMIX_C2, hash_to_gumbel, row_keys, token_hash
+from pigpt.kernels import process_logits, sample_from_logits
+from pigpt.kernels.hashing import FMIX_C1, FMIX_C2, hash_to_gumbel, row_keys, token_hash
 
 NEG_INF = float("-inf")
 
@@ -217,7 +217,7 @@ def test_hash_is_the_uint32_murmur_finaliser():
 
 def test_row_keys_of_a_few_rows_equal_the_tensor_path():
     """A few CPU rows are keyed in Python integers, many with tensor ops: both must give the same keys."""
-    from kernels.hashing import _row_keys_tensor
+    from pigpt.kernels.hashing import _row_keys_tensor
 
     g = torch.Generator().manual_seed(0)
     seed = torch.cat([torch.tensor([0, -1, 2**62, -(2**63), 2**63 - 1]), torch.randint(-(2**62), 2**62, (59,), generator=g)])
@@ -294,7 +294,7 @@ def test_backend_choice_and_environment_override(monkeypatch):
 def test_token_logprobs_are_the_samplers_logprobs_with_gradients(make):
     """token_logprobs re-scores drawn tokens under the sampler's own kept set: the numbers
     sample_from_logits reported, and gradients of a log-softmax over that set (process_logits's)."""
-    from kernels import token_logprobs
+    from pigpt.kernels import token_logprobs
 
     x = make(24, 300, 2)
     for t, k, p in GRID + [(0.0, 0, 1.0)]:
@@ -313,7 +313,7 @@ def test_token_logprobs_are_the_samplers_logprobs_with_gradients(make):
 
 def test_seeds_follow_one_rule_everywhere():
     """Seeds are integers in [0, 2**62) for the kernel as for SamplingParams."""
-    from decoding import SamplingParams
+    from pigpt.decoding import SamplingParams
 
     x = peaked_logits(2, 50)
     for bad in (-1, 2**62):

@@ -9,8 +9,8 @@ import itertools
 import pytest
 import torch
 
-from kernels import sample_from_logits
-from kernels.hashing import row_keys
+from pigpt.kernels import sample_from_logits
+from pigpt.kernels.hashing import row_keys
 
 NEG_INF = float("-inf")
 TEMPS = (1e-3, 1.0, 100.0)  # tiny, neutral, huge
@@ -58,8 +58,8 @@ def test_triton_matches_torch_with_scalar_params_batch_sizes_and_small_blocks():
         assert_same(x[:B], **kw)
     assert_same(x[:, :40], top_k=3, seed=5)  # B = 64
     # several tiles per row: the streaming passes and the bisection across tile boundaries
-    from kernels.sampling_triton import sample_triton
-    from kernels.params import normalize_params
+    from pigpt.kernels.sampling_triton import sample_triton
+    from pigpt.kernels.params import normalize_params
 
     prm = {n: v[::2] for n, v in grid_params().items()}
     x = grid_logits(len(prm["seed"]), 200, 2, torch.float32)
@@ -103,7 +103,7 @@ COMPILE_FOR_SM90 = """
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import triton
-from kernels.sampling_triton import GROUP, GROUP_BIT, NUM_PIVOTS, _sample_kernel
+from pigpt.kernels.sampling_triton import GROUP, GROUP_BIT, NUM_PIVOTS, _sample_kernel
 
 sig = {"x_ptr": "*bf16", "stride": "i32", "T_ptr": "*fp32", "k_ptr": "*i32", "p_ptr": "*fp32",
        "k1_ptr": "*i32", "k2_ptr": "*i32", "tok_ptr": "*i64", "lp_ptr": "*fp32", "V": "i32",

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import make_hf_model, save_hf_checkpoint
 
-from model import GPT, CheckpointError, GPTConfig, get_tokenizer, packed
-from model.gpt import _ACTIVATIONS
+from pigpt.model import GPT, CheckpointError, GPTConfig, get_tokenizer, packed
+from pigpt.model.gpt import _ACTIVATIONS
 
 TOL = 1e-4  # float32, max abs difference of logits
 
@@ -398,7 +398,7 @@ def test_cpu_kernels_build_where_they_can():
     import os
     import shutil
 
-    from model import cpu_decode
+    from pigpt.model import cpu_decode
 
     capable = torch.backends.cpu.get_cpu_capability() == "AVX512" and shutil.which("gcc")
     if capable and os.environ.get("PIGPT_CPU_KERNELS", "1") != "0":
@@ -424,7 +424,7 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
     float32 to 1e-5; bfloat16 to its rounding (the kernels keep the residual stream and attention in float32,
     torch rounds every activation). bfloat16-widened: as on CPUs without avx512_bf16 (weights widened to
     float32 in registers, no pair-blocked copies), whatever this CPU has."""
-    from model import cpu_decode
+    from pigpt.model import cpu_decode
 
     if cpu_decode.load() is None:
         pytest.skip(cpu_decode.status())
@@ -486,7 +486,7 @@ def test_cpu_kernels_see_weights_change_in_place(dtype):
     """The kernels read float32 weights where they are, and bfloat16 ones (blocks and LM head) from pair-blocked
     copies (CPUs with avx512_bf16): an in-place update (an optimizer step, load_state_dict) must reach the next
     decode step."""
-    from model import cpu_decode
+    from pigpt.model import cpu_decode
 
     if cpu_decode.load() is None:
         pytest.skip(cpu_decode.status())

@@ -16,7 +16,7 @@ from trl import GRPOConfig
 from trl.trainer.grpo_trainer import GRPOTrainer
 from trl.trainer.utils import get_callable_name, nanstd
 
-from policy import PolicyError, combine_rewards, group_advantages, grpo_loss, load_reward
+from pigpt.policy import PolicyError, combine_rewards, group_advantages, grpo_loss, load_reward
 
 
 # -- TRL stand-ins ----------------------------------------------------------------------------------------------

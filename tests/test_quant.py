@@ -9,10 +9,10 @@ import copy
 import pytest
 import torch
 
-from decoding import SamplingParams, beam_search, generate
-from decoding.processors import apply_repetition_penalty
-from model import GPT, GPTConfig, cpu_decode, quant
-from model.gpt import Conv1D
+from pigpt.decoding import SamplingParams, beam_search, generate
+from pigpt.decoding.processors import apply_repetition_penalty
+from pigpt.model import GPT, GPTConfig, cpu_decode, quant
+from pigpt.model.gpt import Conv1D
 
 KERNELS = cpu_decode.load() is not None
 needs_kernels = pytest.mark.skipif(not KERNELS, reason=f"CPU decode kernels unavailable here: {cpu_decode.status()}")

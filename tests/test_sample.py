@@ -16,10 +16,10 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import sample  # noqa: E402
-from model import GPT, get_tokenizer  # noqa: E402
+from pigpt import sample
+from pigpt.model.checkpoint import SHIPPED
+from pigpt.model import GPT, get_tokenizer  # noqa: E402
 
 PROMPT = "Which is the largest ocean?"
 
@@ -58,7 +58,7 @@ def test_rollouts_are_printed_with_logprob_and_finish_reason(ckpt):
 
 def test_json_lines_schema_and_values_agree_with_decoding(ckpt, gpt):
     """At temperature 1 with no truncation the sampler's log-probs are the model's: they must equal score()."""
-    from decoding import SamplingParams, generate, score
+    from pigpt.decoding import SamplingParams, generate, score
 
     code, out, err = run(PROMPT, "--model", ckpt, "-n", 4, "--max-new-tokens", 6, "--seed", 7, "--json")
     assert code == 0, err
@@ -113,7 +113,7 @@ def test_greedy_runs_print_no_seed(ckpt):
 
 def test_no_prompt_samples_unconditionally(ckpt, gpt):
     """No prompt: what the model writes after <|endoftext|> (as train.py's end-of-run samples)."""
-    from decoding import SamplingParams, generate
+    from pigpt.decoding import SamplingParams, generate
 
     code, out, err = run("--model", ckpt, "--max-new-tokens", 4, "--seed", 1, "--json")
     assert code == 0, err
@@ -161,7 +161,7 @@ def test_show_steps_prints_one_chart_per_step(ckpt):
 
 
 def test_beam_search_json_matches_decoding(ckpt, gpt):
-    from decoding import beam_search
+    from pigpt.decoding import beam_search
 
     code, out, err = run(PROMPT, "--model", ckpt, "--num-beams", 3, "--max-new-tokens", 5, "--length-penalty", 0.5,
                          "--json")
@@ -221,14 +221,14 @@ def test_prompt_file_several_prompts(ckpt, tmp_path):
 
 
 def test_default_model_is_the_shipped_one(monkeypatch, ckpt, tmp_path):
-    monkeypatch.setattr(sample, "SHIPPED_MODEL", Path(ckpt))
+    monkeypatch.setitem(SHIPPED, "default", Path(ckpt))
     code, out, err = run("Hi", "--max-new-tokens", 2, "--seed", 0)
     assert code == 0, err
     assert "model: default model (" in err
-    monkeypatch.setattr(sample, "SHIPPED_MODEL", tmp_path / "missing")
+    monkeypatch.setitem(SHIPPED, "default", tmp_path / "missing")
     code, out, err = run("Hi", "--max-new-tokens", 2)
     assert code == 2 and err.count("\n") == 1
-    assert "no model: the shipped default" in err and "--model DIR" in err and "python train.py" in err
+    assert "no model: the shipped default" in err and "--model DIR" in err and "pigpt-train" in err
 
 
 # -- bad input: one line, exit code 2 -------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """generate / beam_search / sampling log-probs against transformers on the shipped, trained weights
-(model/default): peaked distributions, where near-ties and long beams behave as in real use, beside the
+(pigpt/model/default): peaked distributions, where near-ties and long beams behave as in real use, beside the
 random-weight parity tests of test_decoding.py and test_beam.py."""
 
 from pathlib import Path
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from decoding import SamplingParams, beam_search, generate
-from model import GPT, get_tokenizer
-from model.textform import for_model
+from pigpt.decoding import SamplingParams, beam_search, generate
+from pigpt.model import DEFAULT_MODEL, GPT, get_tokenizer
+from pigpt.model.textform import for_model
 
-DEFAULT = Path(__file__).resolve().parents[1] / "model" / "default"
+DEFAULT = DEFAULT_MODEL
 TEXTS = ["Which is the largest ocean?", "The function returns", "def fibonacci(n):\n", "Once upon a time"]
 EOS = 50256
 

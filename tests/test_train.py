@@ -17,15 +17,14 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # train.py is a script at the repo root, not an installed module
 
-import train  # noqa: E402
-from model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer  # noqa: E402
-from training import data as datalib  # noqa: E402
-from training import lm  # noqa: E402
-from training.data import DataError  # noqa: E402
-from training.loss import LossModel  # noqa: E402
-from training.run import TrainError  # noqa: E402
+from pigpt import train
+from pigpt.model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer  # noqa: E402
+from pigpt.training import data as datalib  # noqa: E402
+from pigpt.training import lm  # noqa: E402
+from pigpt.training.data import DataError  # noqa: E402
+from pigpt.training.loss import LossModel  # noqa: E402
+from pigpt.training.run import TrainError  # noqa: E402
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 CORPUS_FILES = ["json/__init__.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "json/tool.py",
@@ -75,7 +74,7 @@ def test_fused_head_loss_matches_cross_entropy():
     ref.backward()
     ref_grads = {n: p.grad.clone() for n, p in gpt.named_parameters()}
     gpt.zero_grad()
-    import training.loss as lossmod
+    import pigpt.training.loss as lossmod
 
     old = lossmod.CHUNK_ROWS
     lossmod.CHUNK_ROWS = 7  # 48 rows: six full chunks and a ragged one

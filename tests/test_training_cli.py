@@ -13,13 +13,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import train  # noqa: E402
-from training import data as datalib  # noqa: E402
-from training import perf  # noqa: E402
-from training.data import DataError  # noqa: E402
-from training.run import cli  # noqa: E402
+from pigpt import train
+from pigpt.training import data as datalib  # noqa: E402
+from pigpt.training import perf  # noqa: E402
+from pigpt.training.data import DataError  # noqa: E402
+from pigpt.training.run import cli  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40 + "\n"
 
@@ -137,8 +136,8 @@ def test_ctrl_c_while_training_saves_then_exits_130(corpus, tmp_path):
 def test_a_short_run_under_a_long_preset_gets_a_shorter_warmup(tmp_path):
     """`python train.py --max-steps 20` under the default preset (warmup 50): a tenth of the run, not an error;
     an explicit --warmup-steps that doesn't fit is still one."""
-    from training import lm
-    from training.run import TrainError
+    from pigpt.training import lm
+    from pigpt.training.run import TrainError
 
     def resolve(*flags):
         return lm.resolve_config(train.build_parser().parse_args(list(flags)), None, tmp_path)

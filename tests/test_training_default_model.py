@@ -1,4 +1,4 @@
-"""The shipped default model (model/default/): it loads in pigpt and in transformers with the same logits, records
+"""The shipped default model (pigpt/model/default/): it loads in pigpt and in transformers with the same logits, records
 its text form, is packaged, and its rollouts are text rather than runs of whitespace."""
 
 import fnmatch
@@ -6,14 +6,15 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from model import GPT, get_tokenizer
-from model.textform import CONFIG_KEY, for_model
-from training import quality
+from pigpt.model import DEFAULT_MODEL, GPT, get_tokenizer
+from pigpt.model.textform import CONFIG_KEY, for_model
+from pigpt.training import quality
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / "model" / "default"
+DEFAULT = DEFAULT_MODEL
 
 
 def test_shipped_model_loads_in_pigpt_and_transformers():
@@ -38,7 +39,7 @@ def test_package_ships_the_default_model():
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["model"]
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pigpt.model"]
     for name in ("config.json", "model.safetensors"):
         assert any(fnmatch.fnmatch(f"default/{name}", p) for p in patterns), (name, patterns)
 
@@ -48,3 +49,11 @@ def test_shipped_model_rollouts_are_mostly_text():
     gpt = GPT.from_pretrained(DEFAULT)
     share, total = quality.whitespace_share(gpt, seeds=range(2), max_new_tokens=48)
     assert total > 500 and share <= 0.2, share
+
+
+def test_the_shipped_model_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert GPT.from_pretrained("default").config.n_layer == GPT.from_pretrained(DEFAULT).config.n_layer
+    (tmp_path / "default").mkdir()  # a folder of the user's by that name wins, as a local directory does over a hub id
+    with pytest.raises(Exception, match="no weights found|config.json"):
+        GPT.from_pretrained("default")

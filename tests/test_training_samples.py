@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import train  # noqa: E402
-from decoding import SamplingParams, generate  # noqa: E402
-from model import GPT, get_tokenizer  # noqa: E402
-from model.textform import TextForm  # noqa: E402
-from training import lm  # noqa: E402
+from pigpt import train
+from pigpt.decoding import SamplingParams, generate  # noqa: E402
+from pigpt.model import GPT, get_tokenizer  # noqa: E402
+from pigpt.model.textform import TextForm  # noqa: E402
+from pigpt.training import lm  # noqa: E402
 
 CODE = '''def area(width, height):
     """Return the area of a rectangle."""

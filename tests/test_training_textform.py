@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import GPT, GPTConfig, get_tokenizer
-from model.checkpoint import save_pretrained
-from model.textform import CONFIG_KEY, TextForm, for_model
-from training import corpus
-from training import data as datalib
+from pigpt.model import GPT, GPTConfig, get_tokenizer
+from pigpt.model.checkpoint import save_pretrained
+from pigpt.model.textform import CONFIG_KEY, TextForm, for_model
+from pigpt.training import corpus
+from pigpt.training import data as datalib
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 

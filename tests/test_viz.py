@@ -4,12 +4,12 @@ the rollout tree; the figures' panels; the terminal bar charts."""
 import pytest
 import torch
 
-from decoding import SamplingParams, generate, score
-from model import GPT, get_tokenizer
-from viz import figures
-from viz.steps import BeamRecorder, StepRecorder, is_identity, label, summarize
-from viz.terminal import bar, render_compare, render_step
-from viz.tree import branch_points, build_tree, count_nodes, layout
+from pigpt.decoding import SamplingParams, generate, score
+from pigpt.model import GPT, get_tokenizer
+from pigpt.viz import figures
+from pigpt.viz.steps import BeamRecorder, StepRecorder, is_identity, label, summarize
+from pigpt.viz.terminal import bar, render_compare, render_step
+from pigpt.viz.tree import branch_points, build_tree, count_nodes, layout
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_greedy_views_and_only_the_rows_asked_for(gpt):
 def test_beam_views_follow_each_beams_path(gpt):
     """BeamRecorder: each final beam's step t is the distribution of the running beam it extended then; the
     token's processed log-prob (normalised) and raw log-prob match the beam's own records."""
-    from decoding import beam_search
+    from pigpt.decoding import beam_search
 
     prompt = get_tokenizer().encode("The sea is")
     params = SamplingParams(max_new_tokens=6, repetition_penalty=1.4)
@@ -226,7 +226,7 @@ def test_tree_edge_labels_part_where_the_edges_do():
 
 
 def test_tree_leaves_cut_by_the_depth_still_say_whose_they_are(tmp_path, monkeypatch, tiny_checkpoint):
-    import sample
+    from pigpt import sample
 
     shown = []
     monkeypatch.setattr(sample, "write_figure", lambda s, fig, path, what: shown.append(fig))

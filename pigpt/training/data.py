@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model import EOT_TOKEN, get_tokenizer
-from model.textform import TextForm
+from pigpt.model import EOT_TOKEN, get_tokenizer
+from pigpt.model.textform import TextForm
 
 from . import corpus as stdlib_corpus
 from .corpus import Unit

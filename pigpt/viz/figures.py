@@ -64,7 +64,7 @@ def check_output_path(path) -> Path:
 def save(fig, path) -> None:
     """Write the figure atomically (a finished picture or the old file, never half of one), 0644 under
     umask 022 like any new file."""
-    from model.checkpoint import atomic_write
+    from pigpt.model.checkpoint import atomic_write
 
     plt = _plt()
     fmt = Path(path).suffix.lower().lstrip(".")

@@ -1,8 +1,7 @@
 """The benchmarks' shared harness: imports, threads, timing, interleaved comparisons, memory, output.
 
-Every script in benchmarks/ starts with `import harness`: run as `python benchmarks/bench_X.py` from the
-repository root (or `python -m benchmarks.bench_X`), that one import makes the repository's packages and
-train.py importable, so no script carries its own `sys.path` line.
+The scripts in benchmarks/ (run as `python benchmarks/bench_X.py`) import it as
+`from pigpt import benchmarking as harness`; they import `pigpt` and nothing else of ours.
 
     harness.setup_threads(2)
     r = harness.interleave({"pigpt": run_ours, "transformers": run_theirs}, repeats=5)
@@ -30,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # model/, decoding/, kernels/, training/ and train.py, installed or not
+ROOT = Path(__file__).resolve().parents[1]  # the checkout, when pigpt runs from one (git describe, --baseline)
 
 OUT_DIR = Path("bench_out")  # where scripts write their JSON and PNG unless told otherwise
 

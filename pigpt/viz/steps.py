@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from decoding import SamplingParams
+from pigpt.decoding import SamplingParams
 
 
 # -- what a picture says about the processing --------------------------------------------------------------------
@@ -53,7 +53,7 @@ def processed_logprobs(scores: torch.Tensor, params: SamplingParams, *, beam: bo
     search rank the scores themselves: shown as their softmax."""
     if beam or params.greedy:
         return F.log_softmax(scores.float(), dim=-1)
-    from kernels import process_logits
+    from pigpt.kernels import process_logits
 
     return process_logits(scores, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
 
@@ -180,7 +180,7 @@ class BeamRecorder:
 def compare_settings(model, prompt: list[int], settings: list[SamplingParams], *, backend: str = "auto"):
     """The first step after `prompt` under several settings: (raw log-probs (V,), [processed log-probs (V,)]),
     each from one step of the engine (a draw from a point mass for greedy settings)."""
-    from decoding import stream
+    from pigpt.decoding import stream
 
     raw, out = None, []
     for params in settings:

@@ -25,21 +25,21 @@ from pathlib import Path
 
 import torch
 
-from decoding import SamplingParams, score
-from decoding.prompts import stop_ids_of
-from kernels import MAX_SEED
-from model import GPT, get_tokenizer
-from model.checkpoint import atomic_write
-from model.textform import for_model
-from training import dist, optim
-from training.run import LOG_FILE, RunDir, StopFlag, TrainError, execute, read_log
+from pigpt.decoding import SamplingParams, score
+from pigpt.decoding.prompts import stop_ids_of
+from pigpt.kernels import MAX_SEED
+from pigpt.model import GPT, get_tokenizer
+from pigpt.model.checkpoint import atomic_write
+from pigpt.model.textform import for_model
+from pigpt.training import dist, optim
+from pigpt.training.run import LOG_FILE, RunDir, StopFlag, TrainError, execute, read_log
 
 from .errors import PolicyError
 from .grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
 from .rewards import combine_rewards, load_reward
 from .rollouts import collect
 
-DEFAULT_INIT = str(Path(__file__).resolve().parents[1] / "model" / "default")
+DEFAULT_INIT = "default"  # the shipped model (pigpt.model.DEFAULT_MODEL)
 PLOT_FILE = "reward.png"
 
 

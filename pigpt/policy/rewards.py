@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from policy.errors import PolicyError
+from pigpt.policy.errors import PolicyError
 
 SPEC_FORMS = "python_compiles, contains:WORD, regex:PATTERN, path/to/file.py:function or module:function"
 

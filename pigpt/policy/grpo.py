@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from policy.errors import PolicyError
+from pigpt.policy.errors import PolicyError
 
 SCALES = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer
-from model.textform import FORMS, TextForm
+from pigpt.model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer
+from pigpt.model.textform import FORMS, TextForm
 
 from . import data as datalib
 from . import dist, optim, perf
@@ -72,7 +72,7 @@ PRESETS = {
                  warmup_steps=2, eval_interval=10, eval_iters=2, samples=1, sample_tokens=16),
     # The old default: ~5 CPU-minutes on 2 quiet cores, code-shaped samples, no more.
     "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, max_steps=600, lr=4e-3, warmup_steps=20),
-    # The shipped model/default (docs/training.md): ~6.5M tokens, 5 passes over the stdlib corpus, ~40 min on
+    # The shipped pigpt/model/default (docs/training.md): ~6.5M tokens, 5 passes over the stdlib corpus, ~40 min on
     # 2 cores. bfloat16 autocast pinned (1.9x float32's tokens/s on an avx512_bf16 CPU), since a timed
     # choice would make the recipe irreproducible; saved in float16 (35 MB).
     "default": dict(batch_size=16, max_steps=1600, warmup_steps=50, eval_interval=200, dtype="bfloat16",
@@ -203,7 +203,7 @@ def sample_prompt(cfg: TrainConfig, gpt: GPT) -> list[int]:
 
 
 def sampling_params(cfg: TrainConfig):
-    from decoding import SamplingParams
+    from pigpt.decoding import SamplingParams
 
     return SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                           max_new_tokens=cfg.sample_tokens, seed=cfg.seed, stop_token_ids=(EOT_TOKEN,))
@@ -211,7 +211,7 @@ def sampling_params(cfg: TrainConfig):
 
 def draw_samples(gpt: GPT, cfg: TrainConfig) -> list[str]:
     """cfg.samples completions of the prompt (rollout i with seed cfg.seed + i), as a person reads them."""
-    from decoding import generate
+    from pigpt.decoding import generate
 
     form, enc = TextForm(cfg.text_form), get_tokenizer()
     rollouts = generate(gpt, [sample_prompt(cfg, gpt)], sampling_params(cfg))[0]

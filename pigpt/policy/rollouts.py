@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from decoding import Rollout, SamplingParams, generate
-from model import get_tokenizer
-from model.textform import TextForm, for_model
+from pigpt.decoding import Rollout, SamplingParams, generate
+from pigpt.model import get_tokenizer
+from pigpt.model.textform import TextForm, for_model
 
 from .grpo import group_advantages
 
@@ -121,7 +121,7 @@ def score_batch(model, prompts: list[str], raw: list[list[Rollout]], params: Sam
                 extras=None, scale: str = "group", tokenizer=None, advantages: bool = True) -> RLBatch:
     """generate's rollouts of `prompts` (one list of params.n per prompt) as an RLBatch: their plain text,
     each reward function's value, the total and (advantages=True) the group advantages."""
-    from decoding.prompts import stop_ids_of
+    from pigpt.decoding.prompts import stop_ids_of
 
     tokenizer = tokenizer or get_tokenizer()
     form, stop_ids, n = for_model(model), stop_ids_of(model, params.stop_token_ids), params.n

@@ -21,7 +21,7 @@ products round activations to bfloat16):
 
     model                      path         perplexity           mean KL   max |d log p|   same     identical
                                             float32 -> int8      (nats)    at the text's   argmax   greedy runs
-    model/default (shipped)    kernels      97.38 -> 97.41       7.2e-5    0.117           99.4%    88/100
+    pigpt/model/default (shipped)    kernels      97.38 -> 97.41       7.2e-5    0.117           99.4%    88/100
       6 x 256, 1600 steps
     first default recipe run   kernels      244.80 -> 244.93     1.5e-5    0.036           99.6%    92/100
       (not shipped)            torch path   244.80 -> 244.90     6.1e-5    0.053           99.0%    90/100
@@ -30,7 +30,7 @@ products round activations to bfloat16):
     small preset 4 x 128       kernels      257.62 -> 257.90     2.5e-5    0.060           99.8%    97/100
       (600 steps)              torch path   257.63 -> 258.05     7e-5      0.073           99.2%    91/100
 
-bfloat16 weights on the shipped model/default, through the kernels (pair-blocked weights on avx512_bf16: the
+bfloat16 weights on the shipped pigpt/model/default, through the kernels (pair-blocked weights on avx512_bf16: the
 products read bfloat16-rounded inputs, the residual stream stays float32; 2026-11-29): perplexity 97.35, mean
 KL 2.8e-5, same argmax 99.7%, 94/100 identical greedy runs. Before, through torch's decode path (every
 activation in bfloat16): mean KL 1.0e-4, 99.1%, 83/100; through the earlier kernels (float32 activations

@@ -10,7 +10,7 @@ config.json (key "pigpt_text_form", which transformers ignores). Whatever feeds 
 prompts, RL prompts and rewards) calls `for_model(model_or_dir).to_model(prompt)` and shows completions with
 `.from_model(text)`, so a user types and reads ordinary text and the model sees what it was trained on.
 
-    form = textform.for_model(gpt)          # or for_model("model/default"), or TextForm("tabs")
+    form = textform.for_model(gpt)          # or for_model("default"), or TextForm("tabs")
     ids = enc.encode(form.to_model(prompt))
     print(form.from_model(enc.decode(completion_ids)))
 

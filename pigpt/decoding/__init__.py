@@ -1,6 +1,6 @@
 """pigpt's decoding engine: the one place where text is drawn from the policy.
 
-    from decoding import SamplingParams, generate, stream, beam_search, score
+    from pigpt.decoding import SamplingParams, generate, stream, beam_search, score
 
 `stream` yields the decode steps as they happen (decoding/engine.py, the one decode loop); `generate`
 collects them into Rollouts with log-probs under the processed and the raw distribution; `beam_search`

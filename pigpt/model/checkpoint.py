@@ -87,11 +87,18 @@ def config_to_hf(cfg) -> dict:
 
 
 # -- locating files ----------------------------------------------------------------------------------------
+DEFAULT_MODEL = Path(__file__).resolve().parent / "default"  # package data: the shipped model (docs/training.md)
+SHIPPED = {"default": DEFAULT_MODEL}  # names GPT.from_pretrained knows without a path or a hub
+
+
 def resolve(name_or_path) -> Path:
-    """A local directory for `name_or_path`: itself, or a hub snapshot (cache first, then download)."""
+    """A local directory for `name_or_path`: itself, a model shipped with pigpt ("default"), or a hub snapshot
+    (cache first, then download). A local directory wins over a shipped name, as it does over a hub id."""
     path = Path(os.path.expanduser(str(name_or_path)))
     if path.is_dir():
         return path
+    if str(name_or_path) in SHIPPED:
+        return SHIPPED[str(name_or_path)]
     if path.exists():
         raise CheckpointError(
             f"{name_or_path}: is a file; pass the checkpoint directory that holds config.json and the weights"

@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from kernels import MAX_SEED
+from pigpt.kernels import MAX_SEED
 
 
 def check_prompts(model, prompts, max_new_tokens: int, *, what: str = "prompt") -> list[list[int]]:
@@ -62,7 +62,7 @@ def tokenizer_for(model, tokenizer=None):
     model has GPT-2's vocabulary."""
     if tokenizer is not None:
         return tokenizer
-    from model import get_tokenizer
+    from pigpt.model import get_tokenizer
 
     enc = get_tokenizer()
     if model.config.vocab_size != enc.n_vocab:

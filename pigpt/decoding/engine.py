@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import sample_from_logits
+from pigpt.kernels import sample_from_logits
 
 from .params import SamplingParams
 from .processors import apply_processors

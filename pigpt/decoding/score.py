@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import token_logprobs
+from pigpt.kernels import token_logprobs
 
 from .params import SamplingParams
 from .processors import apply_processors

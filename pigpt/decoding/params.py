@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kernels import MAX_SEED
+from pigpt.kernels import MAX_SEED
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """How a trained model's rollouts look, in numbers: the share of whitespace-only tokens among sampled ones
 (the old default model's rollouts were 70% tabs), and how often a completion of a function header parses.
 
-    python -m training.quality model/default                 # the figures docs/training.md quotes
+    python -m pigpt.training.quality default                 # the figures docs/training.md quotes
 
 Rollouts are drawn by decoding.generate as sample.py draws them: the prompt in the model's text form, rollout i
 with seed s + i.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import ast
 
-from model import EOT_TOKEN, GPT, get_tokenizer
-from model.textform import for_model
+from pigpt.model import EOT_TOKEN, GPT, get_tokenizer
+from pigpt.model.textform import for_model
 
 PROMPTS = ("Which is the largest ocean?", "The function returns", "Once upon a time", "def fibonacci(n):")
 CODE_PROMPTS = ("def add(a, b):\n", "def is_even(n):\n", "def reverse(s):\n", "def mean(values):\n")
@@ -21,7 +21,7 @@ CODE_PROMPTS = ("def add(a, b):\n", "def is_even(n):\n", "def reverse(s):\n", "d
 
 def rollouts(gpt, prompt: str, n: int, seed: int, max_new_tokens: int, temperature=0.7, top_k=50, top_p=1.0):
     """n rollouts of `prompt`: (token lists without the final <|endoftext|>, texts as a person reads them)."""
-    from decoding import SamplingParams, generate
+    from pigpt.decoding import SamplingParams, generate
 
     enc, form = get_tokenizer(), for_model(gpt)
     ids = enc.encode(form.to_model(prompt), allowed_special="all")
@@ -67,7 +67,7 @@ def parse_rate(gpt, prompts=CODE_PROMPTS, seeds=range(4), n=4, max_new_tokens=64
 
 def answer_logprob(gpt, question: str = "Which is the largest ocean?", answer: str = " The Pacific") -> float:
     """log pi(answer | question) under the raw model: how reachable an RL target answer is before training."""
-    from decoding import score
+    from pigpt.decoding import score
 
     enc, form = get_tokenizer(), for_model(gpt)
     return float(score(gpt, enc.encode(form.to_model(question)), enc.encode(form.to_model(answer))).sum())

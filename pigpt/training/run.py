@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import CheckpointError, atomic_write, save_pretrained
+from pigpt.model.checkpoint import CheckpointError, atomic_write, save_pretrained
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "log.jsonl"
