@@ -279,11 +279,14 @@ def bench_row(key, precision, args, model_dir, peer, ggufs):
                     "--prompt-len", str(args.prompt_len), "--new-tokens", str(T), "--threads", str(args.threads)])
                 fns[engine] = lambda w=workers[engine]: w.request(op="run")["seconds"]
         if args.baseline and not (precision == "int8" and "pigpt" in notes):
-            # the older checkout's own worker, so its packages (not this tree's) are imported
+            # the older checkout's own worker, with that checkout first on PYTHONPATH, so that its `pigpt` (not
+            # this tree's or an installed one) is imported
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(Path(args.baseline).resolve()), os.environ.get("PYTHONPATH")]))}
             workers["baseline"] = harness.Worker([
                 str(Path(args.baseline) / "benchmarks" / "bench_generate.py"), "--worker", "pigpt", "--precision",
                 precision, "--case", key, "--model", str(model_dir), "--prompt-len", str(args.prompt_len),
-                "--new-tokens", str(T), "--threads", str(args.threads)])
+                "--new-tokens", str(T), "--threads", str(args.threads)], env=env)
             fns["baseline"] = lambda w=workers["baseline"]: w.request(op="run")["seconds"]
         if "llama.cpp" not in notes:
             def run_llama():

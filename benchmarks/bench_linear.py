@@ -35,9 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pigpt.model import packed  # noqa: E402
+from pigpt.model import packed
 
 BLOCK = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12  # [in, out] of each projection
 VOCAB = 50257
