@@ -16,30 +16,34 @@ from pigpt.kernels import token_logprobs
 from .params import SamplingParams
 from .processors import apply_processors
 from .prompts import check_prompts, left_pad, stop_ids_of
+from .text import encode_prompts, is_text
 
 
 def score(model, prompts, completions, params: SamplingParams | None = None, *, grad: bool = False,
-          keep=None, return_keep: bool = False):
+          keep=None, return_keep: bool = False, tokenizer=None):
     """Log-probabilities of each completion token given its prompt and the completion tokens before it.
 
-    A single prompt and completion (lists of ints) give a 1-D float32 tensor [len(completion)]; lists of
-    lists give a list of such tensors, computed in one padded forward (a single prompt with a list of
-    completions scores each completion after it). The LM head runs only at completion positions.
+    A prompt or a completion is a str or a token-id list; text is encoded in the model's text form with
+    `tokenizer` (GPT-2's by default), as generate encodes prompts (decoding/text.py), a completion on its
+    own (its tokens are what is scored: pass Rollout.tokens to score exactly what was drawn). A single
+    prompt and completion give a 1-D float32 tensor [len(completion)]; lists of them give a list of such
+    tensors, computed in one padded forward (a single prompt with a list of completions scores each
+    completion after it). The LM head runs only at completion positions.
 
     For RL trainers (with params): return_keep=True also returns the top-k / top-p kept sets the scores
     used (a bool mask over the scored tokens' vocabularies, or None when nothing is truncated); keep= scores
     the same prompts and completions on given kept sets: a frozen reference model, or the policy a few
     updates later, on the support the behaviour policy drew from.
     """
-    single = _is_ids(prompts) and _is_ids(completions)
+    single = _is_one(prompts) and _is_one(completions)
     if single:
         prompts, completions = [prompts], [completions]
-    elif _is_ids(prompts):
+    elif _is_one(prompts) and isinstance(completions, (list, tuple, torch.Tensor)):
         prompts = [prompts] * len(completions)
     if params is not None and not isinstance(params, SamplingParams):
         raise ValueError(f"params must be a SamplingParams or None, got {type(params).__name__}")
-    prompts = check_prompts(model, prompts, 0)
-    completions = _check_completions(model, prompts, completions)
+    prompts = check_prompts(model, prompts, 0, tokenizer=tokenizer)
+    completions = _check_completions(model, prompts, encode_prompts(model, completions, tokenizer, what="completion"))
     if (keep is not None or return_keep) and params is None:
         raise ValueError("keep / return_keep are kept sets of a processed distribution: pass params")
     with torch.enable_grad() if grad else torch.inference_mode():
@@ -48,10 +52,11 @@ def score(model, prompts, completions, params: SamplingParams | None = None, *, 
     return (out, kept) if return_keep else out
 
 
-def _is_ids(x) -> bool:
+def _is_one(x) -> bool:
+    """One prompt or completion: text or token ids ([] is one empty completion)."""
     if isinstance(x, torch.Tensor):
         return x.dim() == 1
-    return isinstance(x, (list, tuple)) and all(isinstance(t, int) for t in x)  # [] is one empty completion
+    return is_text(x) or (isinstance(x, (list, tuple)) and all(isinstance(t, int) for t in x))
 
 
 def _check_completions(model, prompts, completions) -> list[list[int]]:
@@ -59,14 +64,19 @@ def _check_completions(model, prompts, completions) -> list[list[int]]:
         completions = completions.tolist()
     if not isinstance(completions, (list, tuple)) or len(completions) != len(prompts):
         got = len(completions) if isinstance(completions, (list, tuple)) else type(completions).__name__
-        raise ValueError(f"completions must be a list with one token-id list per prompt ({len(prompts)}), got {got}")
+        raise ValueError(f"completions must be a list with one completion (a str or a token-id list) per prompt "
+                         f"({len(prompts)}), got {got}")
+    for i, c in enumerate(completions):
+        if not (isinstance(c, (list, tuple)) or (isinstance(c, torch.Tensor) and c.dim() == 1)):
+            raise ValueError(f"completion {i} is {type(c).__name__} {c!r:.60}; completions must each be a str or a "
+                             "token-id list")
     out = [c.tolist() if isinstance(c, torch.Tensor) else list(c) for c in completions]
     V, ctx = model.config.vocab_size, model.config.block_size
     for i, (p, c) in enumerate(zip(prompts, out)):
         bad = next((t for t in c if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V), None)
         if bad is not None:
-            raise ValueError(f"completion {i} holds {bad!r}, not a token id in [0, {V}); encode text with the "
-                             "model's tokenizer (model.get_tokenizer())")
+            raise ValueError(f"completion {i} holds {bad!r}, not a token id in [0, {V}); pass text, or encode it "
+                             "with the model's tokenizer (pigpt.decoding.encode_prompts)")
         if len(p) + len(c) - 1 > ctx:  # the last token is predicted, never fed
             fix = (f"shorten the prompt (keep its last {ctx - len(c) + 1} tokens)" if len(c) <= ctx else
                    f"the completion alone is longer than the context: score at most its first {ctx} tokens")
