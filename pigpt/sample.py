@@ -132,18 +132,7 @@ def validate(args) -> None:
     """Every check that needs no model: bad values fail before anything is loaded."""
     _check(args.prompt is None or args.prompt_file is None, "pass a prompt or --prompt-file, not both")
     _check(args.prompt is None or args.prompt != "", "the prompt is empty; give at least one character of text")
-    _check(math.isfinite(args.temperature) and args.temperature >= 0,
-           f"--temperature must be >= 0 (0 is greedy), got {args.temperature:g}")
-    _check(args.top_k >= 0, f"--top-k must be >= 0 (0 turns top-k off), got {args.top_k}")
-    _check(0 < args.top_p <= 1, f"--top-p must be in (0, 1] (1 turns top-p off), got {args.top_p:g}")
-    _check(args.num_rollouts >= 1, f"-n/--num-rollouts must be >= 1, got {args.num_rollouts}")
-    _check(args.repetition_penalty > 0,
-           f"--repetition-penalty must be > 0 (1 turns it off), got {args.repetition_penalty:g}")
-    _check(args.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    _check(args.min_new_tokens >= 0, f"--min-new-tokens must be >= 0, got {args.min_new_tokens}")
-    _check(args.min_new_tokens <= args.max_new_tokens,
-           f"--min-new-tokens ({args.min_new_tokens}) must be <= --max-new-tokens ({args.max_new_tokens})")
-    _check(args.seed is None or 0 <= args.seed < 2**62, f"--seed must be in [0, 2**62), got {args.seed}")
+    check_settings(args)
     _check(args.top_tokens >= 1, f"--top-tokens must be >= 1, got {args.top_tokens}")
     _check(args.max_panels >= 1, f"--max-panels must be >= 1, got {args.max_panels}")
     _check(args.tree_depth >= 1, f"--tree-depth must be >= 1, got {args.tree_depth}")
@@ -155,8 +144,6 @@ def validate(args) -> None:
         _check(args.num_rollouts == 1, "-n/--num-rollouts is for sampling; with --num-beams use --num-return-sequences")
     else:
         _check(args.num_return_sequences is None, "--num-return-sequences needs --num-beams")
-    for s in args.stop:
-        _check(s != "", "--stop needs non-empty text")
     _check(not args.transitions or args.reward, "--transitions needs --reward SPEC (transitions carry rewards)")
     compares = [f for f in ("compare_temperatures", "compare_top_k", "compare_top_p") if getattr(args, f)]
     _check(len(compares) <= 1, "use one --compare-* option at a time")
@@ -185,6 +172,19 @@ def validate(args) -> None:
                 check_output_path(path)
             except ValueError as e:
                 raise UsageError(f"--{flag} {e}") from None
+
+
+def check_settings(args) -> None:
+    """The sampling flags, through the one check of sampling settings (decoding.params.check_sampling)."""
+    from pigpt.decoding.params import check_sampling, flag
+
+    try:
+        check_sampling(dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, n=args.num_rollouts,
+                            repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                            min_new_tokens=args.min_new_tokens, seed=args.seed, stop=args.stop),
+                       name=lambda f: "-n/--num-rollouts" if f == "n" else flag(f))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def read_prompts(args) -> list[str]:
@@ -241,30 +241,25 @@ def load_model(spec: str | None, device: str, dtype: str, quantize: str | None =
     return gpt.eval(), "default model" if spec is None else spec
 
 
-def encode_prompts(tokenizer, form, prompts: list[str], block_size: int, max_new_tokens: int) -> list[list[int]]:
-    """Token ids of each prompt, in the text form the model was trained on (model/textform.py)."""
-    out = []
-    for i, text in enumerate(prompts):
-        ids = tokenizer.encode(form.to_model(text), allowed_special="all")
-        which = "the prompt" if len(prompts) == 1 else f"prompt {i + 1}"
-        _check(bool(ids), f"{which} is empty")
-        _check(len(ids) <= block_size - 1,
-               f"{which} is {len(ids)} tokens, longer than the model's context of {block_size} tokens "
-               "(with room for one new token); shorten it")
-        _check(len(ids) + max_new_tokens <= block_size,
-               f"{which} ({len(ids)} tokens) + --max-new-tokens {max_new_tokens} exceeds the model's context of "
-               f"{block_size} tokens; use --max-new-tokens {block_size - len(ids)} or a shorter prompt")
-        out.append(ids)
-    return out
+def encode_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt, as the decoding engine takes text (decoding.prompts.check_prompts: in the
+    model's text form, checked against its context)."""
+    from pigpt.decoding.prompts import check_prompts
+
+    try:
+        return check_prompts(model, prompts, max_new_tokens, tokenizer=tokenizer, length="--max-new-tokens",
+                             name=lambda i: "the prompt" if len(prompts) == 1 else f"prompt {i + 1}")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 # -- text ------------------------------------------------------------------------------------------------------
-def completion_text(s: "Session", tokens: list[int]) -> str:
+def completion_text(s: "Session", tokens: list[int], stop_ids=None) -> str:
     """The completion as a person reads it: without the stop token that ended it (the finish reason says
-    so), in plain text form (the same text rewards judge)."""
-    from pigpt.policy.rollouts import completion_text as text_of
+    so), in plain text form (Rollout.text, the same text rewards judge). stop_ids=(): every token shown."""
+    from pigpt.decoding import completion_text as text_of
 
-    return text_of(tokens, s.stop_ids, s.form, s.tok)
+    return text_of(s.model, tokens, s.stop_ids if stop_ids is None else stop_ids, s.tok)
 
 
 def for_terminal(text: str) -> str:
@@ -282,7 +277,7 @@ class Printer:
         self.tokens.append(int(step.tokens[0]))
         body = self.tokens[:-1] if self.tokens[-1] in self.s.stop_ids else self.tokens
         # decode the whole completion (a token may end mid-character); hold back an unfinished character
-        text = self.s.form.from_model(self.s.tok.decode(self.prompt_ids + body))[len(self.s.prompt_text):]
+        text = completion_text(self.s, self.prompt_ids + body, stop_ids=())[len(self.s.prompt_text):]
         text = text.rstrip("\ufffd") if not bool(step.finished[0]) else text
         if text.startswith(self.shown):
             print(for_terminal(text[len(self.shown):]), end="", file=self.s.out, flush=True)
@@ -406,7 +401,7 @@ def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
     recorder = StepRecorder(params, s.stop_ids, rows=rows, top=a.top_tokens) if rows != set() else None
     callbacks = [recorder] if recorder else []
     if streaming:
-        s.prompt_text = s.form.from_model(s.tok.decode(ids[0]))
+        s.prompt_text = completion_text(s, ids[0], stop_ids=())
         print(s.style.dim(for_terminal(prompts[0] if prompts[0] != UNCONDITIONAL else "")), end="", file=s.out, flush=True)
         callbacks.append(Printer(s, ids[0]))
     results = generate(s.model, ids, params, progress=not a.json and not streaming and _progress(s),
@@ -473,7 +468,7 @@ def report(s: Session, text, rollouts, views, rewards, *, streamed, prompt_index
         s.say(s.style.bold(header(i, len(rollouts), r, note, kind, extra)))
         if not streamed:
             shown = text if text != UNCONDITIONAL else ""
-            s.say(s.style.dim(for_terminal(shown)) + for_terminal(completion_text(s, r.tokens)))
+            s.say(s.style.dim(for_terminal(shown)) + for_terminal(r.text))
         if a.show_steps and views is not None:
             show_steps(s, text, r, views[i])
         s.say()
@@ -496,7 +491,7 @@ def json_record(s: Session, text, prompt_index, i, r, views, beams) -> dict:
         "prompt": text,
         "prompt_index": prompt_index,
         "index": i,
-        "text": completion_text(s, r.tokens),
+        "text": r.text,
         "tokens": list(r.tokens),
         "logprobs": [float(x) for x in r.logprobs],
         "model_logprobs": [float(x) for x in r.model_logprobs],
@@ -599,11 +594,9 @@ def main(argv=None, out=None, err=None) -> int:
         device = pick_device(args.device)
         model, source = load_model(args.model, device, args.dtype, args.quantize)
         from pigpt.model import get_tokenizer
-        from pigpt.model.textform import for_model
 
         tokenizer = get_tokenizer()
-        ids = encode_prompts(tokenizer, for_model(model), prompts, model.config.block_size,
-                             1 if args.compare else args.max_new_tokens)
+        ids = encode_prompts(model, tokenizer, prompts, 1 if args.compare else args.max_new_tokens)
         s = Session(args, model, tokenizer, out, err)
         if not args.json:
             quant = f", {args.quantize}" if args.quantize else ""

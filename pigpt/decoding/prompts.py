@@ -28,16 +28,18 @@ def check_prompts(model, prompts, max_new_tokens: int, *, what: str = "prompt", 
     Errors name item i as name(i) (default "<what> i"; a command line numbers its prompts from 1) and the
     length setting as `length` (a command line passes its flag, e.g. --max-new-tokens).
     """
+    if is_text(prompts):
+        prompts = [prompts]
     if isinstance(prompts, torch.Tensor):
         if prompts.dim() != 2:
             raise ValueError(f"{what}s as a tensor must be [batch, length], got shape {tuple(prompts.shape)}")
         prompts = prompts.tolist()
-    if not is_text(prompts) and (not isinstance(prompts, (list, tuple)) or not prompts):
+    if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError(f"{what}s must be {PROMPTS_HELP}; got {_kind(prompts)}")
     if all(isinstance(t, int) for t in prompts):
         raise ValueError(f"{what}s must be a list of token-id lists (or text), not one list of ints (one {what}, "
                          f"or many one-token {what}s?); wrap a single {what}'s ids: [ids]")
-    for i, p in enumerate([prompts] if is_text(prompts) else prompts):
+    for i, p in enumerate(prompts):
         if not (is_text(p) or isinstance(p, (list, tuple)) or (isinstance(p, torch.Tensor) and p.dim() == 1)):
             raise ValueError(f"{what} {i} is {_kind(p)}; {what}s must be {PROMPTS_HELP}")
     prompts = encode_prompts(model, prompts, tokenizer, what=what)

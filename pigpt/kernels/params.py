@@ -56,6 +56,8 @@ RULES = {
 def check_value(name: str, value, label: str | None = None) -> None:
     """Raise ValueError "<label> must be <allowed>, got <value>" unless the Python number obeys name's rule."""
     number_ok, _, allowed = RULES[name]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{label or name} must be a finite number {allowed}, got {value!r}")
     if not number_ok(value):
         raise ValueError(f"{label or name} must be {allowed}, got {value!r}")
 

@@ -6,9 +6,10 @@ spaces. The "tabs" form writes each leading group of 4 spaces as one tab (one to
 Python); "plain" leaves text alone.
 
 Training rewrites its corpus with `form.to_model`, and records the form's name in the checkpoint's
-config.json (key "pigpt_text_form", which transformers ignores). Whatever feeds the model text (sample.py's
-prompts, RL prompts and rewards) calls `for_model(model_or_dir).to_model(prompt)` and shows completions with
-`.from_model(text)`, so a user types and reads ordinary text and the model sees what it was trained on.
+config.json (key "pigpt_text_form", which transformers ignores). Whatever feeds the model text goes through
+pigpt.decoding.text (`encode_prompts`: `for_model(model).to_model(prompt)`, then the tokenizer) and reads
+completions back through it (`completion_text`: `.from_model(text)`, as Rollout.text and Beam.text hold
+them), so a user types and reads ordinary text and the model sees what it was trained on.
 
     form = textform.for_model(gpt)          # or for_model("default"), or TextForm("tabs")
     ids = enc.encode(form.to_model(prompt))

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from pigpt.decoding import SamplingParams, score
-from pigpt.decoding.prompts import stop_ids_of
+from pigpt.decoding.params import check_sampling, flag
+from pigpt.decoding.prompts import check_prompts, stop_ids_of
 from pigpt.kernels import MAX_SEED
-from pigpt.model import GPT, get_tokenizer
+from pigpt.model import GPT
 from pigpt.model.checkpoint import atomic_write
 from pigpt.model.textform import for_model
 from pigpt.training import dist, optim
@@ -104,6 +105,9 @@ def resolve_config(args, saved: dict | None, out: Path) -> RLConfig:
     return cfg
 
 
+SAMPLING_FLAGS = {"max_new_tokens": "max_completion_length"}  # SamplingParams' field -> this command's setting
+
+
 def validate(cfg: RLConfig) -> None:
     def need(ok, message):
         if not ok:
@@ -126,10 +130,13 @@ def validate(cfg: RLConfig) -> None:
          f"--epsilon and --epsilon-high must be > 0, got {cfg.epsilon}, {cfg.epsilon_high}")
     need(cfg.temperature > 0, f"--temperature must be > 0 for GRPO (a greedy policy draws one rollout per prompt, "
                               f"with no spread to learn from), got {cfg.temperature}")
-    try:
-        cfg.sampling(cfg.num_generations)
+    try:  # the one check of sampling settings, naming them by this command's flags
+        check_sampling(dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                            repetition_penalty=cfg.repetition_penalty, max_new_tokens=cfg.max_completion_length,
+                            stop=cfg.stop), name=lambda f: flag(SAMPLING_FLAGS.get(f, f)))
     except ValueError as e:
-        raise TrainError(str(e).replace("SamplingParams.", "--").replace("_", "-")) from None
+        raise TrainError(str(e)) from None
+
 
 
 # -- prompts ----------------------------------------------------------------------------------------------------
@@ -226,17 +233,12 @@ def _rewards(cfg: RLConfig):
 
 
 def _encode(gpt: GPT, prompts: list[str], cfg: RLConfig, path: str) -> list[list[int]]:
-    enc, form = get_tokenizer(), for_model(gpt)
-    ids = []
-    for i, p in enumerate(prompts):
-        t = enc.encode(form.to_model(p), allowed_special="all")
-        room = gpt.config.block_size - cfg.max_completion_length
-        if len(t) > room:
-            raise TrainError(f"--prompts {path}: prompt {i + 1} is {len(t)} tokens; with --max-completion-length "
-                             f"{cfg.max_completion_length} the model's context of {gpt.config.block_size} leaves "
-                             f"room for {max(room, 0)}: shorten it or lower --max-completion-length")
-        ids.append(t)
-    return ids
+    """The prompts as the policy reads them, encoded and checked once (decoding.prompts.check_prompts)."""
+    try:
+        return check_prompts(gpt, prompts, cfg.max_completion_length, name=lambda i: f"prompt {i + 1}",
+                             length="--max-completion-length")
+    except ValueError as e:
+        raise TrainError(f"--prompts {path}: {e}") from None
 
 
 def prepare(args, rd: RunDir, d: dist.Dist, device: torch.device) -> Run:

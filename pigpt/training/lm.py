@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from pigpt.model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer
-from pigpt.model.textform import FORMS, TextForm
+from pigpt.decoding.params import check_sampling, flag
+from pigpt.decoding.prompts import check_prompts
+from pigpt.model import EOT_TOKEN, GPT, GPTConfig
+from pigpt.model.textform import FORMS
 
 from . import data as datalib
 from . import dist, optim, perf
@@ -134,7 +136,7 @@ def validate(cfg: TrainConfig) -> None:
             raise TrainError(message)
 
     for k in ("block_size", "batch_size", "grad_accum", "max_steps", "lr_decay_steps", "eval_interval",
-              "eval_iters", "ckpt_interval", "n_layer", "n_head", "n_embd", "sample_tokens"):
+              "eval_iters", "ckpt_interval", "n_layer", "n_head", "n_embd"):
         need(getattr(cfg, k) >= 1, f"--{k.replace('_', '-')} must be a positive integer, got {getattr(cfg, k)}")
     need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head} "
          f"(each head gets n_embd / n_head dimensions); try --n-embd {cfg.n_head * max(1, cfg.n_embd // cfg.n_head)}")
@@ -145,9 +147,12 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= cfg.warmup_steps <= cfg.lr_decay_steps,
          f"--warmup-steps {cfg.warmup_steps} must be within [0, lr_decay_steps={cfg.lr_decay_steps}]")
     need(cfg.samples >= 0, f"--samples must be >= 0, got {cfg.samples}")
-    need(cfg.temperature >= 0, f"--temperature must be >= 0 (0 is greedy), got {cfg.temperature}")
-    need(cfg.top_k >= 0, f"--top-k must be >= 0 (0 turns top-k off), got {cfg.top_k}")
-    need(0 < cfg.top_p <= 1, f"--top-p must be in (0, 1] (1 turns top-p off), got {cfg.top_p}")
+    try:  # the samples' settings: the one check of sampling settings, naming them by this command's flags
+        check_sampling(dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                            max_new_tokens=cfg.sample_tokens, seed=cfg.seed),
+                       name=lambda f: flag("sample_tokens" if f == "max_new_tokens" else f))
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     need(cfg.prompt is None or cfg.prompt != "",
          "--prompt is empty; give some text, or drop it for unconditional samples")
     need(cfg.text_form in FORMS, f"unknown text form {cfg.text_form!r}; use one of {', '.join(FORMS)}")
@@ -190,16 +195,13 @@ def load_corpus(cfg: TrainConfig, cache_dir, d: dist.Dist) -> datalib.Corpus:
 
 
 def sample_prompt(cfg: TrainConfig, gpt: GPT) -> list[int]:
-    """The samples' prompt as sample.py encodes it: the user's text in the model's text form, special tokens
-    allowed; unconditional samples follow "<|endoftext|>"."""
-    ids = get_tokenizer().encode(TextForm(cfg.text_form).to_model(cfg.prompt or "<|endoftext|>"),
-                                 allowed_special="all")
-    room = gpt.config.block_size - len(ids)
-    if room < cfg.sample_tokens:
-        raise TrainError(f"--prompt ({len(ids)} tokens) + --sample-tokens {cfg.sample_tokens} exceeds the model's "
-                         f"context of {gpt.config.block_size} tokens; use --sample-tokens {max(1, room)} or a "
-                         "shorter prompt")
-    return ids
+    """The samples' prompt as sample.py takes it (decoding.prompts.check_prompts: the text in the model's
+    text form, checked against its context); unconditional samples follow "<|endoftext|>"."""
+    try:
+        return check_prompts(gpt, [cfg.prompt or "<|endoftext|>"], cfg.sample_tokens, name=lambda i: "--prompt",
+                             length="--sample-tokens")[0]
+    except ValueError as e:
+        raise TrainError(str(e)) from None
 
 
 def sampling_params(cfg: TrainConfig):
@@ -213,11 +215,8 @@ def draw_samples(gpt: GPT, cfg: TrainConfig) -> list[str]:
     """cfg.samples completions of the prompt (rollout i with seed cfg.seed + i), as a person reads them."""
     from pigpt.decoding import generate
 
-    form, enc = TextForm(cfg.text_form), get_tokenizer()
     rollouts = generate(gpt, [sample_prompt(cfg, gpt)], sampling_params(cfg))[0]
-    # as sample.py prints a completion: without the stop token that ended it
-    return [form.from_model(enc.decode(r.tokens[:-1] if r.tokens[-1:] == [EOT_TOKEN] else r.tokens))
-            for r in rollouts]
+    return [r.text for r in rollouts]  # as sample.py prints a completion: without the stop token that ended it
 
 
 # -- the step -----------------------------------------------------------------------------------------------------
