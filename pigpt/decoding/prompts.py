@@ -57,12 +57,12 @@ def check_prompts(model, prompts, max_new_tokens: int, *, what: str = "prompt", 
                     f"{name(i)} holds {tok!r}, not a token id in [0, {cfg.vocab_size}); pass text, or encode it "
                     "with the model's tokenizer (pigpt.decoding.encode_prompts)"
                 )
-        check_length(name(i), len(p), max_new_tokens, cfg.block_size, length, what)
+        _check_length(name(i), len(p), max_new_tokens, cfg.block_size, length, what)
         out.append(p)
     return out
 
 
-def check_length(which: str, n: int, max_new_tokens: int, context: int, length: str = "max_new_tokens",
+def _check_length(which: str, n: int, max_new_tokens: int, context: int, length: str = "max_new_tokens",
                  what: str = "prompt") -> None:
     """The context-length check: n prompt tokens and max_new_tokens new ones must fit in the context."""
     if n + max_new_tokens <= context:
