@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from pigpt.model import get_tokenizer
 from pigpt.model.textform import for_model
 
 
@@ -24,8 +25,6 @@ def tokenizer_for(model, tokenizer=None, *, why: str = "stop strings"):
         return tokenizer
     enc = gpt2_tokenizer(model)
     if enc is None:
-        from pigpt.model import get_tokenizer
-
         raise ValueError(f"{why} need the model's tokenizer: its vocabulary has {model.config.vocab_size} tokens, "
                          f"GPT-2's {get_tokenizer().n_vocab}; pass tokenizer=")
     return enc
@@ -33,13 +32,12 @@ def tokenizer_for(model, tokenizer=None, *, why: str = "stop strings"):
 
 def gpt2_tokenizer(model):
     """GPT-2's tokenizer when the model has GPT-2's vocabulary, else None."""
-    from pigpt.model import get_tokenizer
-
     enc = get_tokenizer()
     return enc if model.config.vocab_size == enc.n_vocab else None
 
 
 def is_text(x) -> bool:
+    """A prompt or completion given as text (else token ids)."""
     return isinstance(x, str)
 
 
