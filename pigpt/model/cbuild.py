@@ -149,11 +149,12 @@ def _read_trusted(path: Path) -> bytes:
 
 def _verified(path: Path) -> str | None:
     """Why the library at `path` must not be loaded, or None if it may be."""
+    side = path.with_name(path.name + ".sha256")
     try:
         content = _read_trusted(path)
-        recorded = _read_trusted(path.with_name(path.name + ".sha256")).decode(errors="replace").strip()
-    except FileNotFoundError:
-        return "not built yet"
+        recorded = _read_trusted(side).decode(errors="replace").strip()
+    except FileNotFoundError as e:
+        return "not built yet" if e.filename == str(path) else f"no recorded hash beside it ({side.name} is missing)"
     except OSError as e:
         name = Path(e.filename).name if e.filename else path.name
         return f"{name} is a symbolic link" if e.errno == errno.ELOOP else str(e) if e.errno is None else \

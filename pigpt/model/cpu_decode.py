@@ -100,6 +100,7 @@ def python_interface() -> dict[str, int]:
 
 def c_interface(lib) -> dict[str, int]:
     """The compiled library's view of the interface (csrc/decode.c: pigpt_interface)."""
+    lib.pigpt_interface.argtypes, lib.pigpt_interface.restype = [_P], ctypes.c_int
     entries = ctypes.POINTER(InterfaceEntry)()
     n = lib.pigpt_interface(ctypes.byref(entries))
     return {entries[i].name.decode(): entries[i].value for i in range(n)}
@@ -154,8 +155,11 @@ def load():
         print(f"pigpt: could not build the CPU decode kernels ({e}); decoding runs on the torch path",
               file=sys.stderr, flush=True)
         return None
-    lib.pigpt_interface.argtypes, lib.pigpt_interface.restype = [_P], ctypes.c_int
-    if problem := interface_mismatch(c_interface(lib), python_interface()):
+    try:
+        problem = interface_mismatch(c_interface(lib), python_interface())
+    except AttributeError:  # a library from before the check (no pigpt_interface)
+        problem = "it reports no interface (pigpt_interface)"
+    if problem:
         _status = f"{path.name} disagrees with cpu_decode.py's mirror of csrc/decode.h: {problem}"
         print(f"pigpt: the CPU decode kernels' C interface disagrees with pigpt/model/cpu_decode.py ({problem}); "
               f"decoding runs on the torch path", file=sys.stderr, flush=True)
