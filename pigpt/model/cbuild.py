@@ -5,11 +5,11 @@ user could have written. The rules:
 
 - The cache folder is `$PIGPT_CACHE/lib`, else `$XDG_CACHE_HOME/pigpt/lib`, else `~/.cache/pigpt/lib`, created
   0700. It is used only if it is a real folder owned by this user and not writable by group or others, and every
-  folder above it is owned by this user or root and is not writable by others unless sticky (as /tmp is).
+  folder above it is owned by this user or root and not writable by group or others unless sticky (as /tmp is).
   Otherwise the library is built in a fresh private folder (tempfile.mkdtemp) for this process alone.
 - A library's file name carries a hash of everything that shapes it: the sources, the compiler and its version,
-  the flags and the machine type. (No flag depends on the building CPU, such as -march=native, so its features
-  are not part of the key; the library checks them at run time.)
+  the flags and the machine type. (No flag depends on the building CPU, as -march=native would, so its features
+  are not part of the key; the caller checks them at run time.)
 - A cached file is loaded only if it is a regular file (not a symbolic link), owned by this user, not writable
   by group or others, and its SHA-256 matches the one its build recorded beside it (`<name>.so.sha256`, which
   must pass the same checks). Anything else is rebuilt over, never loaded.
@@ -86,8 +86,8 @@ def _unsafe_folder(folder: Path) -> str | None:
         st = os.stat(parent)
         if st.st_uid not in (0, _uid()):
             return f"{parent} is owned by uid {st.st_uid}"
-        if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
-            return f"{parent} is writable by others"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"{parent} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
     return None
 
 
@@ -191,6 +191,13 @@ def _build(recipe: Recipe, path: Path) -> None:
 def load(recipe: Recipe, what: str) -> tuple[ctypes.CDLL, Path]:
     """The library `recipe` makes, from the cache if a trusted copy is there, else built now (saying so once
     on stderr: it takes seconds). Raises BuildError (one line) where it can't be built or loaded."""
+    try:
+        return _load(recipe, what)
+    except OSError as e:  # a full disk, a lock file that isn't one, ...
+        raise BuildError(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from None
+
+
+def _load(recipe: Recipe, what: str) -> tuple[ctypes.CDLL, Path]:
     folder, why_private = cache_folder()
     path = folder / recipe.filename
     with _locked(folder, exclusive=False):
@@ -198,10 +205,10 @@ def load(recipe: Recipe, what: str) -> tuple[ctypes.CDLL, Path]:
             return _dlopen(path), path
     with _locked(folder, exclusive=True):
         if (problem := _verified(path)) is not None:  # another process may have built it while we waited
-            where = f"a private temporary folder ({why_private})" if why_private else str(folder)
+            where = (f"a private temporary folder for this process (a few seconds; not the cache, as {why_private})"
+                     if why_private else f"{folder} (once per machine, a few seconds)")
             note = "" if problem == "not built yet" else f"; not loading the cached copy: {problem}"
-            print(f"pigpt: compiling {what} into {where} (once per machine, a few seconds){note}",
-                  file=sys.stderr, flush=True)
+            print(f"pigpt: compiling {what} into {where}{note}", file=sys.stderr, flush=True)
             _build(recipe, path)
             if (problem := _verified(path)) is not None:
                 raise BuildError(f"the library just built fails its checks: {problem}")

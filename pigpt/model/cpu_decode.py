@@ -57,8 +57,6 @@ ACTIVATIONS = {"gelu_new": ACT_GELU_TANH, "gelu_pytorch_tanh": ACT_GELU_TANH, "g
                "gelu": ACT_GELU_ERF, "relu": ACT_RELU}
 PHASES_PER_LAYER, MAX_PHASES = 5, 4096  # a step runs n_layer * PHASES_PER_LAYER + 1 phases, at most MAX_PHASES
 _TYPES = {torch.float32: F32, torch.bfloat16: BF16, torch.int8: I8}
-_CONSTANTS = ("F32", "BF16", "I8", "KN", "NK", "PAIRS", "ACT_NONE", "ACT_GELU_TANH", "ACT_GELU_ERF", "ACT_RELU",
-              "PHASES_PER_LAYER", "MAX_PHASES")
 
 _P, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 
@@ -95,7 +93,9 @@ def python_interface() -> dict[str, int]:
     for struct in (Linear, Layer, Cache, Model):
         out[f"sizeof({struct.__name__})"] = ctypes.sizeof(struct)
         out.update({f"{struct.__name__}.{name}": getattr(struct, name).offset for name, _ in struct._fields_})
-    return out | {name: globals()[name] for name in _CONSTANTS}
+    return out | dict(F32=F32, BF16=BF16, I8=I8, KN=KN, NK=NK, PAIRS=PAIRS, ACT_NONE=ACT_NONE,
+                      ACT_GELU_TANH=ACT_GELU_TANH, ACT_GELU_ERF=ACT_GELU_ERF, ACT_RELU=ACT_RELU,
+                      PHASES_PER_LAYER=PHASES_PER_LAYER, MAX_PHASES=MAX_PHASES)
 
 
 def c_interface(lib) -> dict[str, int]:
@@ -141,6 +141,9 @@ def load():
     global _status
     if os.environ.get("PIGPT_CPU_KERNELS", "1") == "0":
         _status = "turned off by PIGPT_CPU_KERNELS=0"
+        return None
+    if os.name != "posix":
+        _status = "the kernels are built and loaded on POSIX systems only"
         return None
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         _status = f"this CPU has no AVX-512 (torch reports {torch.backends.cpu.get_cpu_capability()})"
