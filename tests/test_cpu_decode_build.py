@@ -168,7 +168,7 @@ def test_cpu_decode_rebuilds_over_a_planted_library(cache, planted, capfd):
 
 @pytest.mark.skipif(not _kernels_capable(), reason="the CPU decode kernels need AVX-512 and gcc")
 def test_c_and_python_views_of_the_interface_agree():
-    """Every shared struct's size and field offsets, and the shared constants (types, layouts, activations,
+    """Every shared struct's size and its fields' offsets and sizes, and the shared constants (types, layouts, activations,
     phase limits), as the compiler laid them out (pigpt_interface, from csrc/decode.h's field lists) and as
     cpu_decode.py's ctypes mirror has them."""
     lib = cpu_decode.load()
@@ -177,7 +177,8 @@ def test_c_and_python_views_of_the_interface_agree():
     assert c == py
     for struct in (cpu_decode.Linear, cpu_decode.Layer, cpu_decode.Cache, cpu_decode.Model):  # all of them
         assert c[f"sizeof({struct.__name__})"] > 0
-        assert all(f"{struct.__name__}.{name}" in c for name, _ in struct._fields_)
+        assert all(f"{struct.__name__}.{name}" in c and f"sizeof({struct.__name__}.{name})" in c
+                   for name, _ in struct._fields_)
     assert {"MAX_PHASES", "PHASES_PER_LAYER", "F32", "PAIRS", "ACT_RELU"} <= c.keys()
 
 

@@ -88,11 +88,14 @@ class InterfaceEntry(ctypes.Structure):
 
 def python_interface() -> dict[str, int]:
     """This module's view of the interface, as the library's `pigpt_interface()` reports its own: each struct's
-    size ('sizeof(Linear)') and field offsets ('Linear.K'), and the shared constants."""
+    size ('sizeof(Linear)'), its fields' offsets ('Linear.K') and sizes ('sizeof(Linear.K)'), and the shared
+    constants."""
     out = {}
     for struct in (Linear, Layer, Cache, Model):
-        out[f"sizeof({struct.__name__})"] = ctypes.sizeof(struct)
-        out.update({f"{struct.__name__}.{name}": getattr(struct, name).offset for name, _ in struct._fields_})
+        s = struct.__name__
+        out[f"sizeof({s})"] = ctypes.sizeof(struct)
+        for name, _ in struct._fields_:
+            out[f"{s}.{name}"], out[f"sizeof({s}.{name})"] = getattr(struct, name).offset, getattr(struct, name).size
     return out | dict(F32=F32, BF16=BF16, I8=I8, KN=KN, NK=NK, PAIRS=PAIRS, ACT_NONE=ACT_NONE,
                       ACT_GELU_TANH=ACT_GELU_TANH, ACT_GELU_ERF=ACT_GELU_ERF, ACT_RELU=ACT_RELU,
                       PHASES_PER_LAYER=PHASES_PER_LAYER, MAX_PHASES=MAX_PHASES)

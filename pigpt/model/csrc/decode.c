@@ -533,20 +533,21 @@ static void run(Job* j) {
 }
 
 /* -- entry points --------------------------------------------------------------------------------- */
-/* The interface as this compiler laid it out: each struct's size and field offsets (from the same field lists the
-   structs are declared from, decode.h) and the shared constants. cpu_decode.py compares it with its ctypes mirror
+/* The interface as this compiler laid it out: each struct's size and its fields' offsets and sizes (from the same
+   field lists the structs are declared from, decode.h) and the shared constants. cpu_decode.py compares it with its ctypes mirror
    before the first call. */
 #define SIZE(S) {"sizeof(" #S ")", (int64_t)sizeof(S)},
-#define OFFSET_Linear(type, f) {"Linear." #f, (int64_t)offsetof(Linear, f)},
-#define OFFSET_Layer(type, f) {"Layer." #f, (int64_t)offsetof(Layer, f)},
-#define OFFSET_Cache(type, f) {"Cache." #f, (int64_t)offsetof(Cache, f)},
-#define OFFSET_Model(type, f) {"Model." #f, (int64_t)offsetof(Model, f)},
+#define FIELD(S, f) {#S "." #f, (int64_t)offsetof(S, f)}, {"sizeof(" #S "." #f ")", (int64_t)sizeof(((S*)0)->f)},
+#define FIELD_Linear(type, f) FIELD(Linear, f)
+#define FIELD_Layer(type, f) FIELD(Layer, f)
+#define FIELD_Cache(type, f) FIELD(Cache, f)
+#define FIELD_Model(type, f) FIELD(Model, f)
 #define VALUE(v) {#v, (int64_t)(v)},
 static const InterfaceEntry INTERFACE[] = {
-    SIZE(Linear) LINEAR_FIELDS(OFFSET_Linear)
-    SIZE(Layer) LAYER_FIELDS(OFFSET_Layer)
-    SIZE(Cache) CACHE_FIELDS(OFFSET_Cache)
-    SIZE(Model) MODEL_FIELDS(OFFSET_Model)
+    SIZE(Linear) LINEAR_FIELDS(FIELD_Linear)
+    SIZE(Layer) LAYER_FIELDS(FIELD_Layer)
+    SIZE(Cache) CACHE_FIELDS(FIELD_Cache)
+    SIZE(Model) MODEL_FIELDS(FIELD_Model)
     VALUE(F32) VALUE(BF16) VALUE(I8) VALUE(KN) VALUE(NK) VALUE(PAIRS)
     VALUE(ACT_NONE) VALUE(ACT_GELU_TANH) VALUE(ACT_GELU_ERF) VALUE(ACT_RELU)
     VALUE(PHASES_PER_LAYER) VALUE(MAX_PHASES)

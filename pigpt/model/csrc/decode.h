@@ -1,8 +1,8 @@
 /* The interface between the C decode kernels (decode.c) and their Python side (pigpt/model/cpu_decode.py, which
    mirrors it in ctypes): value types, weight layouts, activations, limits, and the structs a call passes.
 
-   Each struct's fields are listed once, in an X-macro, so that pigpt_interface() (decode.c) reports the size and
-   every field offset of each struct from the same list the struct is declared from; Python compares that report
+   Each struct's fields are listed once, in an X-macro, so that pigpt_interface() (decode.c) reports the size of
+   each struct and the offset and size of every field from the same list the struct is declared from; Python compares that report
    with its ctypes mirror when it loads the library and falls back to the torch path if they disagree. Change a
    field here and in cpu_decode.py together. */
 #ifndef PIGPT_DECODE_H
@@ -65,7 +65,7 @@ typedef struct { MODEL_FIELDS(PIGPT_FIELD) } Model;
 
 /* -- entry points (see decode.c) -- */
 typedef struct {
-  const char* name;  /* "sizeof(Linear)", "Linear.K" (an offset), "MAX_PHASES", ... */
+  const char* name;  /* "sizeof(Linear)", "Linear.K" (its offset), "sizeof(Linear.K)", "MAX_PHASES", ... */
   int64_t value;
 } InterfaceEntry;
 int pigpt_interface(const InterfaceEntry** entries);  /* the table; returns its length */
