@@ -1,7 +1,7 @@
 """Benchmark one sampling step: transformers' warper chain + multinomial (the reference) vs pigpt.
 
-Columns: the reference (TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> softmax ->
-torch.multinomial), pigpt's torch path, pigpt's Triton kernel (CUDA only), FlashInfer (if installed, CUDA
+Columns: the reference (TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> MinPLogitsWarper
+-> EpsilonLogitsWarper, as a setting needs them, -> softmax -> torch.multinomial), pigpt's torch path, pigpt's Triton kernel (CUDA only), FlashInfer (if installed, CUDA
 only), and a bare softmax pass over the same logits (the memory floor). Each cell is the median (or, with
 --stat min, the minimum) of --repeats timed calls in this one process, so ratios are comparable even on a
 noisy machine.
@@ -25,12 +25,15 @@ import torch  # noqa: E402
 
 from pigpt.kernels import sample_from_logits  # noqa: E402
 
-SETTINGS = {  # name -> (temperature, top_k, top_p)
-    "k50_p0.9": (1.0, 50, 0.9),
-    "p0.9": (1.0, 0, 0.9),
-    "k50": (1.0, 50, 1.0),
-    "plain": (1.0, 0, 1.0),
+SETTINGS = {  # name -> the sampler's settings (sample_from_logits' keywords; the rest at their defaults)
+    "k50_p0.9": dict(top_k=50, top_p=0.9),
+    "p0.9": dict(top_p=0.9),
+    "k50": dict(top_k=50),
+    "plain": dict(),
+    "minp0.05": dict(min_p=0.05),  # llama.cpp's default min-p
+    "eps3e-4": dict(epsilon_cutoff=3e-4),  # transformers' docs' suggested range
 }
+DEFAULTS = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0)
 STAT = "median"
 LOGITS = {  # name -> scale of N(0, 1) logits; 3 gives a ~2,200-token nucleus at p = 0.9, 1 ~30,000
     "peaked": 3.0,
@@ -38,9 +41,10 @@ LOGITS = {  # name -> scale of N(0, 1) logits; 3 gives a ~2,200-token nucleus at
 }
 
 
-def reference_chain(x, temperature, top_k, top_p):
+def reference_chain(x, temperature, top_k, top_p, min_p=0.0, epsilon_cutoff=0.0):
+    """transformers' warpers in generate()'s order, then softmax and multinomial."""
     from transformers.generation.logits_process import (
-        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+        EpsilonLogitsWarper, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
     s = x.float()
     if temperature != 1.0:
@@ -49,6 +53,10 @@ def reference_chain(x, temperature, top_k, top_p):
         s = TopKLogitsWarper(top_k)(None, s)
     if top_p < 1.0:
         s = TopPLogitsWarper(top_p)(None, s)
+    if min_p > 0:
+        s = MinPLogitsWarper(min_p)(None, s)
+    if epsilon_cutoff > 0:
+        s = EpsilonLogitsWarper(epsilon_cutoff)(None, s)
     return torch.multinomial(torch.softmax(s, -1), 1)[:, 0]
 
 
@@ -58,8 +66,14 @@ def flashinfer_fn():
     except Exception:  # noqa: BLE001 (not installed, or built for another CUDA)
         return None
 
-    def run(x, temperature, top_k, top_p):
+    def run(x, temperature, top_k, top_p, min_p=0.0, epsilon_cutoff=0.0):
         s = x.float() / temperature
+        if epsilon_cutoff > 0:
+            raise NotImplementedError("FlashInfer has no epsilon sampling")
+        if min_p > 0:
+            if top_k or top_p < 1.0:
+                raise NotImplementedError("FlashInfer's min-p does not combine with top-k / top-p")
+            return fs.min_p_sampling_from_probs(torch.softmax(s, -1), min_p)
         if top_k and top_p < 1.0:
             return fs.top_k_top_p_sampling_from_logits(s, top_k, top_p)
         probs = torch.softmax(s, -1)
@@ -79,19 +93,18 @@ def timeit(fn, repeats, cuda):
 def bench_cell(B, V, kind, setting, args, methods):
     g = torch.Generator().manual_seed(B * 7 + V)
     x = (torch.randn(B, V, generator=g) * LOGITS[kind]).to(args.device)
-    T, k, p = SETTINGS[setting]
+    kw = {**DEFAULTS, **SETTINGS[setting]}
     cuda = args.device == "cuda"
     seed = torch.arange(B, device=args.device)
     row = {"B": B, "V": V, "logits": kind, "setting": setting, "bytes": x.numel() * x.element_size()}
     row["softmax_s"] = timeit(lambda: torch.softmax(x, -1), args.repeats, cuda)
     for name, fn in methods.items():
         if name == "reference":
-            call = lambda: reference_chain(x, T, k, p)  # noqa: E731
+            call = lambda: reference_chain(x, **kw)  # noqa: E731
         elif name in ("torch", "triton"):
-            call = lambda n=name: sample_from_logits(x, temperature=T, top_k=k, top_p=p, seed=seed,  # noqa: E731
-                                                     position=0, backend=n)
+            call = lambda n=name: sample_from_logits(x, **kw, seed=seed, position=0, backend=n)  # noqa: E731
         else:
-            call = lambda: fn(x, T, k, p)  # noqa: E731
+            call = lambda: fn(x, **kw)  # noqa: E731
         reps = max(1, args.repeats // 2) if name == "reference" and B * V > 64 * 50257 else args.repeats
         try:
             row[f"{name}_s"] = timeit(call, reps, cuda)

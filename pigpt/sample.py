@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="divide the logits by T; 0 is greedy (default 1)")
     g.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the k most likely tokens; 0 is off (default)")
     g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="keep the smallest set with mass >= p; 1 is off (default)")
+    g.add_argument("--min-p", type=float, default=0.0, metavar="P",
+                   help="keep tokens with probability >= P x the top token's; 0 is off (default)")
+    g.add_argument("--epsilon-cutoff", type=float, default=0.0, metavar="E",
+                   help="keep tokens with probability >= E (the top token always); 0 is off (default)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
                    help="penalise tokens already in prompt or completion; 1 is off (default)")
     g.add_argument("--min-new-tokens", type=int, default=0, metavar="N", help="no stop token before this many tokens (default 0)")
@@ -179,7 +183,8 @@ def check_settings(args) -> None:
     from pigpt.decoding.params import check_sampling, flag
 
     try:
-        check_sampling(dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, n=args.num_rollouts,
+        check_sampling(dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                            epsilon_cutoff=args.epsilon_cutoff, n=args.num_rollouts,
                             repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
                             min_new_tokens=args.min_new_tokens, seed=args.seed, stop=args.stop),
                        name=lambda f: "-n/--num-rollouts" if f == "n" else flag(f))
@@ -334,7 +339,8 @@ class Session:
         try:
             return SamplingParams(
                 temperature=1.0 if beam else a.temperature, top_k=0 if beam else a.top_k,
-                top_p=1.0 if beam else a.top_p, repetition_penalty=a.repetition_penalty,
+                top_p=1.0 if beam else a.top_p, min_p=0.0 if beam else a.min_p,
+                epsilon_cutoff=0.0 if beam else a.epsilon_cutoff, repetition_penalty=a.repetition_penalty,
                 min_new_tokens=a.min_new_tokens, max_new_tokens=a.max_new_tokens, stop_token_ids=self.stop_ids,
                 stop=tuple(self.form.to_model(x) for x in a.stop), n=1 if beam else a.num_rollouts,
                 seed=None if beam else a.seed)

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-iterations", type=int, help="updates per batch of rollouts (default 1)")
     g.add_argument("--mask-truncated-completions", action="store_true", default=None,
                    help="leave rollouts cut by --max-completion-length out of the loss")
+    g.add_argument("--min-p", type=float, help="the rollouts' min-p: keep tokens with probability >= min_p x the top "
+                                               "token's (default 0: off)")
     g.add_argument("--repetition-penalty", type=float, help="the rollouts' repetition penalty (default 1)")
     g.add_argument("--stop", action="append", metavar="TEXT", help="stop string of the rollouts (repeatable)")
     g.add_argument("--learning-rate", type=float, dest="lr", help="alias of --lr")
@@ -118,7 +120,7 @@ LM_ONLY = ("preset", "data", "val_fraction", "cache_dir", "n_layer", "n_head", "
            "dtype", "compile", "samples", "sample_tokens", "prompt")
 GRPO_ONLY = ("reward_weights", "prompts", "num_generations", "prompts_per_step", "max_completion_length", "beta",
              "epsilon", "epsilon_high", "loss_type", "scale_rewards", "num_iterations", "mask_truncated_completions",
-             "repetition_penalty", "stop", "eval_generations", "eval_prompts")
+             "min_p", "repetition_penalty", "stop", "eval_generations", "eval_prompts")
 
 
 def _only(args, names, why: str) -> None:

@@ -64,6 +64,19 @@ def test_the_trainer_scores_exactly_what_the_sampler_drew(policy_dir, prompts_fi
     GPT.from_pretrained(out)
 
 
+def test_the_trainer_stays_on_policy_with_min_p(policy_dir, prompts_file, tmp_path):
+    """--min-p (TRL's GRPOConfig name) reaches the rollouts and the trainer's kept set: mismatch <= 1e-5;
+    a bad value is the one sampling check's line."""
+    out = tmp_path / "run"
+    train.main(rl_args(policy_dir, prompts_file, out, "--max-steps", 2, "--temperature", 1.5, "--min-p", 0.05))
+    mismatch = steps_of(out, "mismatch")
+    assert list(mismatch) == [1, 2] and max(mismatch.values()) <= 1e-5, mismatch
+    with pytest.raises(TrainError, match=r"--min-p must be in \[0, 1\] \(0 turns min-p off\), got 1.5"):
+        train.main(rl_args(policy_dir, prompts_file, tmp_path / "bad", "--min-p", 1.5))
+    with pytest.raises(TrainError, match="--min-p is for GRPO"):
+        train.main(["--min-p", "0.1", "--out", str(tmp_path / "lm")])
+
+
 def test_ignoring_the_kept_set_as_trl_does_would_be_off_policy(policy_dir):
     """TRL recomputes log-probs as log_softmax(logits / T) over the whole vocabulary: with top-k / top-p that is
     not the distribution that drew the tokens, and the gap is far above the 1e-5 pigpt keeps."""

@@ -106,7 +106,7 @@ import triton
 from pigpt.kernels.sampling_triton import GROUP, GROUP_BIT, NUM_PIVOTS, _sample_kernel
 
 sig = {"x_ptr": "*bf16", "stride": "i32", "T_ptr": "*fp32", "k_ptr": "*i32", "p_ptr": "*fp32",
-       "k1_ptr": "*i32", "k2_ptr": "*i32", "tok_ptr": "*i64", "lp_ptr": "*fp32", "V": "i32",
+       "lmp_ptr": "*fp32", "eps_ptr": "*fp32", "k1_ptr": "*i32", "k2_ptr": "*i32", "tok_ptr": "*i64", "lp_ptr": "*fp32", "V": "i32",
        "BLOCK": "constexpr", "NP": "constexpr", "GROUP": "constexpr", "GROUP_BIT": "constexpr"}
 src = ASTSource(fn=_sample_kernel, signature=sig,
                 constexprs={"BLOCK": 1024, "NP": NUM_PIVOTS, "GROUP": GROUP, "GROUP_BIT": GROUP_BIT})
@@ -145,6 +145,42 @@ def test_triton_on_cuda_matches_torch_on_cpu():
             tok, lp = sample_from_logits(x.cuda(), **{n: v.cuda() for n, v in prm.items()})  # auto -> triton
             assert torch.equal(tok.cpu(), ref_tok)
             torch.testing.assert_close(lp.cpu(), ref_lp, rtol=0, atol=1e-5)
+
+
+def rule_params(B, V, seed):
+    """Random per-row min_p / epsilon_cutoff (some off), over temperature, top-k and top-p (issue 23)."""
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda values: torch.tensor(values)[torch.randint(0, len(values), (B,), generator=g)]  # noqa: E731
+    return dict(min_p=pick([0.0, 1e-3, 0.05, 0.3, 1.0]), epsilon_cutoff=pick([0.0, 1e-4, 3e-3, 0.05, 0.6]),
+                temperature=pick([0.0, 0.5, 1.0, 2.0]), top_k=pick([0, 0, 5, V + 1]), top_p=pick([1.0, 1.0, 0.9]),
+                seed=torch.randint(0, 2**40, (B,), generator=g), position=torch.arange(B))
+
+
+@pytest.mark.parametrize("V", [33, 300])
+def test_triton_matches_torch_with_min_p_and_epsilon(V):
+    """Same tokens, log-probs within 1e-5, with min-p and epsilon on tied, masked, flat and peaked rows, and
+    uniform rows (every token tied with the max)."""
+    B = 40
+    x = grid_logits(B, V, V + 1, torch.float32)
+    x[-2:] = 0.0  # uniform rows
+    assert_same(x, **rule_params(B, V, V))
+
+
+def test_triton_min_p_and_epsilon_across_tiles():
+    """Several tiles per row (block=64): epsilon's mass and threshold passes across tile boundaries."""
+    from pigpt.kernels.params import normalize_cutoffs, normalize_params
+    from pigpt.kernels.sampling_triton import sample_triton
+
+    B, V = 16, 200
+    prm = rule_params(B, V, 1)
+    x = grid_logits(B, V, 7, torch.float32)
+    T, k, p, s, pos = normalize_params(x, prm["temperature"], prm["top_k"], prm["top_p"], prm["seed"],
+                                       prm["position"])
+    lmp, eps = normalize_cutoffs(x, prm["min_p"], prm["epsilon_cutoff"])
+    tok, lp = sample_triton(x, T, k, p, *row_keys(s, pos), block=64, lmp=lmp, eps=eps)
+    ref_tok, ref_lp = sample_from_logits(x, backend="torch", **prm)
+    assert torch.equal(tok, ref_tok)
+    torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("V", [3, 33])

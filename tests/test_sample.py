@@ -93,6 +93,24 @@ def test_json_with_truncation_and_steps(ckpt):
             assert any(t["token"] == tok for t in step["top"])
 
 
+def test_min_p_and_epsilon_flags_reach_the_sampler(ckpt, gpt):
+    """--min-p / --epsilon-cutoff: the rollouts and log-probs of SamplingParams(min_p=, epsilon_cutoff=), and
+    the pictures' label names them."""
+    from pigpt.decoding import SamplingParams, generate
+
+    code, out, err = run(PROMPT, "--model", ckpt, "-n", 2, "--max-new-tokens", 4, "--seed", 3, "--json",
+                         "--temperature", "1.5", "--min-p", "0.1", "--epsilon-cutoff", "0.001")
+    assert code == 0, err
+    params = SamplingParams(n=2, max_new_tokens=4, seed=3, temperature=1.5, min_p=0.1, epsilon_cutoff=0.001)
+    expected = generate(gpt, [get_tokenizer().encode(PROMPT)], params)[0]
+    for rec, r in zip(json_lines(out), expected):
+        assert rec["tokens"] == r.tokens and rec["logprobs"] == pytest.approx(r.logprobs, abs=1e-6)
+    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 2, "--seed", 0, "--min-p", "0.2",
+                         "--show-steps")
+    assert code == 0, err
+    assert "after T=1 min-p=0.2" in out
+
+
 def test_streamed_output(ckpt):
     """One rollout streams its text as it is drawn; the text is the one --json reports for the same seed."""
     code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 5, "--seed", 3)
@@ -237,6 +255,8 @@ BAD = [
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--top-k", "-2"], "--top-k must be >= 0"),
+    (["--min-p", "1.5"], "--min-p must be in [0, 1] (0 turns min-p off), got 1.5"),
+    (["--epsilon-cutoff", "1"], "--epsilon-cutoff must be in [0, 1) (0 turns it off), got 1.0"),
     (["-n", "0"], "-n/--num-rollouts must be >= 1"),
     (["--repetition-penalty", "0"], "--repetition-penalty must be > 0"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),

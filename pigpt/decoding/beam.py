@@ -96,8 +96,8 @@ def beam_search(model, prompts, params: SamplingParams | None = None, *, num_bea
 
     Lengths, stops and processors come from `params` (its max_new_tokens, min_new_tokens,
     repetition_penalty, stop_token_ids, stop strings and logits_processors) or from the keywords of the
-    same names; beam search is deterministic, so params' sampling fields (temperature, top_k, top_p, n,
-    seed) must be left at their defaults. on_step(BeamStep) sees every step's distributions.
+    same names; beam search is deterministic, so params' sampling fields (temperature, top_k, top_p,
+    min_p, epsilon_cutoff, n, seed) must be left at their defaults. on_step(BeamStep) sees every step's distributions.
     """
     params = _params(params, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                      repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids, stop=stop)
@@ -140,10 +140,11 @@ def _params(params, **kw) -> SamplingParams:
         if getattr(merged, k) != getattr(params, k):
             raise ValueError(f"{k} is given both in params ({getattr(params, k)!r}) and as a keyword "
                              f"({getattr(merged, k)!r}); pass it once")
-    sampling = {k: getattr(params, k) for k in ("temperature", "top_k", "top_p", "n", "seed")}
-    if sampling != {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "n": 1, "seed": None}:
+    defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "epsilon_cutoff": 0.0, "n": 1, "seed": None}
+    sampling = {k: getattr(params, k) for k in defaults}
+    if sampling != defaults:
         raise ValueError(f"beam search is deterministic: params' sampling fields {sampling} would be ignored; "
-                         "leave temperature, top_k, top_p, n and seed at their defaults "
+                         "leave temperature, top_k, top_p, min_p, epsilon_cutoff, n and seed at their defaults "
                          "(num_return_sequences gives several beams)")
     return params
 

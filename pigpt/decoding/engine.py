@@ -107,10 +107,8 @@ def sample_one_token(logits, params: SamplingParams, history, t: int, stop_ids, 
     """Processors, then the sampler: (tokens, logprobs, model_logprobs, scores), each row's draw keyed by
     (its seed, position t). history [B, L]: prompt + tokens so far (for the penalty and user processors)."""
     scores = apply_processors(logits, params, history, t, stop_ids)  # a new tensor only if one acts
-    tokens, logprobs = sample_from_logits(scores, temperature=params.temperature, top_k=params.top_k,
-                                          top_p=params.top_p, seed=seeds, position=t, backend=backend)
-    if scores is logits and (params.temperature == 0 or (params.temperature == 1 and params.top_k == 0
-                                                        and params.top_p == 1)):
+    tokens, logprobs = sample_from_logits(scores, **params.sampler, seed=seeds, position=t, backend=backend)
+    if scores is logits and (params.temperature == 0 or (params.temperature == 1 and not params.truncates)):
         return tokens, logprobs, logprobs, scores  # greedy's log-probs, or a draw from the model's own distribution
     return tokens, logprobs, model_logprobs(logits, tokens), scores
 

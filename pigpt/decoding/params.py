@@ -5,7 +5,7 @@ pictures all read it.
 `check_sampling` is the one check of sampling settings: SamplingParams runs it on every field, and the
 command lines (pigpt-sample, pigpt-train, GRPO) run it on their flags before loading anything, naming each
 setting as the user did (`--top-p must be in (0, 1] (1 turns top-p off), got 1.5`). The ranges of the
-sampler's own settings (temperature, top_k, top_p, seed) are the kernel's rules (kernels.params.RULES).
+sampler's own settings (temperature, top_k, top_p, min_p, epsilon_cutoff, seed) are the kernel's rules (kernels.params.RULES).
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ class SamplingParams:
     temperature: 0 is greedy (argmax); > 0 divides the logits before top-k / top-p.
     top_k: keep the k most likely tokens (ties with the k-th survive, as in transformers); 0 is off.
     top_p: keep the smallest top set with probability mass >= top_p; 1.0 is off.
+    min_p: keep the tokens with probability >= min_p * (the most likely token's); 0.0 is off.
+    epsilon_cutoff: keep the tokens with probability >= epsilon_cutoff (over the tokens kept so far), and the
+        most likely always; 0.0 is off. The rules run in transformers' order: temperature, top-k, top-p,
+        min-p, epsilon (docs/sampling.md).
     repetition_penalty: transformers' (CTRL) penalty over prompt + completion tokens; 1.0 is off.
     min_new_tokens: stop tokens are masked until this many tokens were generated.
     max_new_tokens: completion length cap (finish_reason "length").
@@ -44,6 +48,8 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
+    epsilon_cutoff: float = 0.0
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0
     max_new_tokens: int = 64
@@ -70,12 +76,28 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def sampler(self) -> dict:
+        """The sampler's own settings, under kernels.sample_from_logits / token_logprobs / process_logits'
+        keyword names: every caller passes them through this one dict."""
+        return {f: getattr(self, f) for f in SAMPLER}
+
+    @property
+    def truncates(self) -> bool:
+        """Whether a truncation rule (top-k, top-p, min-p, epsilon) is on."""
+        return bool(self.top_k or self.top_p < 1 or self.min_p > 0 or self.epsilon_cutoff > 0)
+
+
+SAMPLER = ("temperature", "top_k", "top_p", "min_p", "epsilon_cutoff")  # the kernel's settings, in its order
+
 
 # field: (kind, ok, what is allowed): the settings' rules besides the kernel's (kernels.params.RULES)
 SETTINGS = {
     "temperature": ("number", None, None),
     "top_k": ("integer", None, None),
     "top_p": ("number", None, None),
+    "min_p": ("number", None, None),
+    "epsilon_cutoff": ("number", None, None),
     "repetition_penalty": ("number", lambda v: v > 0, "> 0 (1 turns it off)"),
     "min_new_tokens": ("integer", lambda v: v >= 0, ">= 0"),
     "max_new_tokens": ("integer", lambda v: v >= 1, ">= 1"),

@@ -1,8 +1,9 @@
 """Logits processors that run before sampling, with transformers' exact semantics, in one function.
 
 `apply_processors` is the one place the order lives, as in transformers: repetition penalty, the
-min_new_tokens mask, then the user's `SamplingParams.logits_processors`; temperature / top-k / top-p come
-after, inside `kernels.sample_from_logits` (see kernels.process_logits). generate, the stream, beam search,
+min_new_tokens mask, then the user's `SamplingParams.logits_processors`; temperature / top-k / top-p /
+min-p / epsilon come after, in transformers' warper order, inside `kernels.sample_from_logits` (see
+kernels.process_logits). generate, the stream, beam search,
 score and the pictures all call it. Processors act on float32 logits [B, V] (or log-probs, in beam search)
 and return a tensor of the same shape.
 """

@@ -3,7 +3,7 @@
 Without params the log-probs are the raw model's (temperature 1, nothing processed): Rollout.model_logprobs.
 With params they are those of the processed distribution generate drew from with those params
 (repetition penalty, min_new_tokens and user processors, then temperature and the sampler's own top-k /
-top-p kept set): Rollout.logprobs. With grad=True they carry gradients to the model's parameters, which is
+top-p / min-p / epsilon kept set): Rollout.logprobs. With grad=True they carry gradients to the model's parameters, which is
 what a policy-gradient loss needs: a trainer that scores rollouts this way is exactly on-policy.
 """
 
@@ -30,7 +30,7 @@ def score(model, prompts, completions, params: SamplingParams | None = None, *, 
     tensors, computed in one padded forward (a single prompt with a list of completions scores each
     completion after it). The LM head runs only at completion positions.
 
-    For RL trainers (with params): return_keep=True also returns the top-k / top-p kept sets the scores
+    For RL trainers (with params): return_keep=True also returns the top-k / top-p / min-p / epsilon kept sets the scores
     used (a bool mask over the scored tokens' vocabularies, or None when nothing is truncated); keep= scores
     the same prompts and completions on given kept sets: a frozen reference model, or the policy a few
     updates later, on the support the behaviour policy drew from.
@@ -125,8 +125,8 @@ def _score(model, prompts, completions, params, keep=None):
             lps.append(logits.gather(1, y[sl, None])[:, 0] - torch.logsumexp(logits, -1))
             continue
         scores = _processed(model, logits, hist, row[sl], step[sl], params)
-        lp, kp = token_logprobs(scores, y[sl], temperature=params.temperature, top_k=params.top_k,
-                                top_p=params.top_p, keep=None if keep is None else keep[sl], return_keep=True)
+        lp, kp = token_logprobs(scores, y[sl], **params.sampler, keep=None if keep is None else keep[sl],
+                                return_keep=True)
         lps.append(lp)
         keeps.append(kp)
     kept = None if not keeps or keeps[0] is None else torch.cat(keeps)
@@ -162,8 +162,8 @@ class _HeadLogprobs(torch.autograd.Function):
             sl = slice(a, a + GRAD_CHUNK)
             x = (h[sl] @ w.t()).float()  # (m, V)
             scores = _processed(model, x, history, row[sl], step[sl], params)
-            lp, kp = token_logprobs(scores, y[sl], temperature=params.temperature, top_k=params.top_k,
-                                    top_p=params.top_p, keep=None if keep is None else keep[sl], return_keep=True)
+            lp, kp = token_logprobs(scores, y[sl], **params.sampler, keep=None if keep is None else keep[sl],
+                                    return_keep=True)
             g = grad[sl]
             # softmax over the kept set: exp(s - logsumexp) = exp(s - (s_y - lp)), 0 outside it
             s_y = scores.gather(1, y[sl, None])[:, 0] / T1

@@ -49,6 +49,8 @@ RULES = {
     "temperature": (lambda v: 0 <= v <= FLOAT32_MAX, lambda x: (x >= 0) & torch.isfinite(x), ">= 0 (0 is greedy)"),
     "top_k": (lambda v: v >= 0, lambda x: x >= 0, ">= 0 (0 turns top-k off)"),
     "top_p": (lambda v: 0 < v <= 1, lambda x: (x > 0) & (x <= 1), "in (0, 1] (1 turns top-p off)"),
+    "min_p": (lambda v: 0 <= v <= 1, lambda x: (x >= 0) & (x <= 1), "in [0, 1] (0 turns min-p off)"),
+    "epsilon_cutoff": (lambda v: 0 <= v < 1, lambda x: (x >= 0) & (x < 1), "in [0, 1) (0 turns it off)"),
     "seed": (lambda v: 0 <= v < MAX_SEED, lambda x: (x >= 0) & (x < MAX_SEED), "in [0, 2**62)"),
 }
 
@@ -88,6 +90,19 @@ def normalize_params(logits, temperature, top_k, top_p, seed, position):
     for name, v, t in (("temperature", temperature, T), ("top_k", top_k, k), ("top_p", top_p, p), ("seed", seed, s)):
         _check_range(name, v, t)
     return T, k, p, s, pos
+
+
+def normalize_cutoffs(logits, min_p, epsilon_cutoff):
+    """The threshold rules after top-p, as (B,) float32 tensors on logits.device: (log(min_p), epsilon_cutoff);
+    -inf and 0 turn them off. min-p's log is taken here, once, by torch, so that both backends compare
+    against the very same number and keep the very same tokens."""
+    B, dev = logits.shape[0], logits.device
+    out = []
+    for name, v in (("min_p", min_p), ("epsilon_cutoff", epsilon_cutoff)):
+        t = _as_row_tensor(name, v, B, dev, torch.float32, integral=False)
+        _check_range(name, v, t)
+        out.append(t)
+    return torch.log(out[0]), out[1]
 
 
 def is_number(x) -> bool:

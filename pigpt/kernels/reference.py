@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from .params import check_finite, check_logits, normalize_params
+from .params import check_finite, check_logits, normalize_cutoffs, normalize_params
 
 
 def partition(v: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
@@ -47,14 +47,15 @@ def effective_top_k(top_k: torch.Tensor, V: int) -> torch.Tensor:
     return torch.where((top_k > 0) & (top_k < V), top_k, 0)
 
 
-def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tensor:
+def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0) -> torch.Tensor:
     """Log-probabilities (B, V) float32 of the distribution `sample_from_logits` draws from.
 
-    temperature -> top-k -> top-p as in transformers, then log-softmax over the kept set; removed tokens
-    are -inf. A row with temperature 0 (greedy) is a point mass: 0 at argmax(logits), -inf elsewhere.
+    temperature -> top-k -> top-p -> min-p -> epsilon as in transformers, then log-softmax over the kept set;
+    removed tokens are -inf. A row with temperature 0 (greedy) is a point mass: 0 at argmax(logits), -inf elsewhere.
     """
     check_logits(logits)
     T, k, p, _, _ = normalize_params(logits, temperature, top_k, top_p, 0, 0)
+    lmp, eps = normalize_cutoffs(logits, min_p, epsilon_cutoff)
     x = logits.float()
     check_finite(x)
     B, V = x.shape
@@ -65,7 +66,12 @@ def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tens
     mx = vals[:, 0]
     z_k = partition(vals.masked_fill(vals < t_k[:, None], float("-inf")), mx)
     t_p, _ = topp_threshold(vals, mx, z_k, p, t_k)
-    t = torch.maximum(t_k, t_p)
+    t = torch.maximum(torch.maximum(t_k, t_p), mx + lmp)  # min-p: p >= min_p * p_max
+    # epsilon: p >= epsilon, p = exp(s - mx) / Z over the tokens kept so far; the max always kept
+    e = torch.exp(vals - mx[:, None]).masked_fill(vals < t[:, None], 0.0)
+    z = partition(vals.masked_fill(vals < t[:, None], float("-inf")), mx)
+    t_eps = torch.where(e / z[:, None] >= eps[:, None], vals, float("inf")).amin(-1)
+    t = torch.where(eps > 0, torch.maximum(t, torch.minimum(mx, t_eps)), t)
     out = torch.log_softmax(s.masked_fill(s < t[:, None], float("-inf")), -1)
     point_mass = torch.full_like(out, float("-inf")).scatter_(1, x.argmax(-1, keepdim=True), 0.0)
     return torch.where(greedy[:, None], point_mass, out)

@@ -1,6 +1,6 @@
 """The torch sampling path: the CPU path users run, and the reference the Triton kernel must match.
 
-No full-vocabulary sort unless a row needs it. Rows with top-k take `topk` windows of growing width (64,
+No full-vocabulary sort unless a row needs it (min-p and epsilon are thresholds: `_cut`). Rows with top-k take `topk` windows of growing width (64,
 512, 4096, 32768, then a sort) until the window provably holds the whole kept set (no tie spilling past
 it); rows with top-p alone find their nucleus from a one-pass histogram of the mass below the row max
 and sort only the few tokens of the bin where the mass crosses p; untruncated rows skip all that. The draw
@@ -126,6 +126,26 @@ def _draw_sparse(vals, idx, t, k1, k2, V):
     return tok, (s_tok - mx) - torch.log(z)
 
 
+def _cut(vals, mx, t, lmp, eps):
+    """min-p, then epsilon (transformers' order: after top-k and top-p), each raising the threshold t (n,) of
+    rows vals (n, m) that hold every token kept so far; mx (n,) the rows' max. lmp (n,): log(min_p), -inf
+    when off; eps (n,): epsilon_cutoff, 0 when off (kernels.params.normalize_cutoffs).
+
+    min-p keeps p >= min_p * p_max, i.e. s >= mx + log(min_p): a threshold on the max, no pass. Epsilon keeps
+    p >= epsilon, p = exp(s - mx) / Z over the tokens kept so far (what transformers' warper sees, and in its
+    domain: a probability exactly at epsilon is kept or not as its softmax rounds), and the max always (its
+    min_tokens_to_keep=1); p is monotone in s, so that is a threshold too: the smallest kept row value.
+    """
+    t = torch.maximum(t, mx + lmp)
+    on = eps > 0
+    if bool(on.any()):
+        e = torch.exp(vals - mx[:, None]).masked_fill_(vals < t[:, None], 0.0)
+        z = e.sum(-1, dtype=torch.float64).float()  # as reference.partition: batch-invariant
+        t_eps = torch.where(e / z[:, None] >= eps[:, None], vals, float("inf")).amin(-1)
+        t = torch.where(on, torch.maximum(t, torch.minimum(mx, t_eps)), t)
+    return t
+
+
 def _resolve(vals, k, p, full: bool):
     """Thresholds from descending top-k windows (n, m); returns (t, resolved) per row.
 
@@ -183,10 +203,11 @@ def _nucleus_threshold(s, mx, p):
     return bvals.gather(1, last[:, None])[:, 0], e
 
 
-def _nucleus(s, mx, p, k1, k2):
-    """Top-p rows without top-k: (tokens, log-probs), drawn on the full rows with the nucleus threshold."""
+def _nucleus(s, mx, p, lmp, eps, k1, k2):
+    """Top-p rows without top-k: (tokens, log-probs), drawn on the full rows with the nucleus threshold
+    (raised by min-p / epsilon)."""
     t, e = _nucleus_threshold(s, mx, p)
-    return _draw_dense(s, mx, t, k1, k2, e=e)
+    return _draw_dense(s, mx, _cut(s, mx, t, lmp, eps), k1, k2, e=e)
 
 
 def _finish(out, rows, vals, idx, t, k1, k2, V):
@@ -203,9 +224,9 @@ def _scale(x, T):
     return x if bool((T == 1).all()) else x / T[:, None]
 
 
-def _topk_windows(x, T, k, p, rows):
+def _topk_windows(x, T, k, p, lmp, eps, rows):
     """Top-k rows, resolved: yields (rows, vals, idx, t) with each row's descending window of x / T that
-    provably holds its whole kept set, and its threshold. Windows grow (WINDOWS, then a full sort) until
+    provably holds its whole kept set, and its threshold (min-p / epsilon included: they only shrink the set). Windows grow (WINDOWS, then a full sort) until
     no tie with the k-th value can spill past them. x (n, V) float32; T, k, p per row (n,); rows (r,)."""
     if rows.numel() == 0:  # ~20 small ops for nothing, every step of untruncated or top-p-only sampling
         return
@@ -222,7 +243,9 @@ def _topk_windows(x, T, k, p, rows):
         vals = vals / Tr  # dividing by T > 0 keeps the order, so the window is that of x / T
         t, done = _resolve(vals, k[take], p[take], full=m == V)
         d = done.nonzero()[:, 0]
-        yield take[d], vals[d], idx[d], t[d]
+        vals, idx, t = vals[d], idx[d], t[d]
+        t = _cut(vals, vals[:, 0], t, lmp[take[d]], eps[take[d]])
+        yield take[d], vals, idx, t
         pending[take[d]] = False
         width[take] = m + 1  # unresolved rows move on to the next window
 
@@ -233,37 +256,44 @@ def _routes(k, p):
             (k > 0).nonzero()[:, 0])
 
 
-def _sample_rows(x, mx, T, k, p, k1, k2):
+def _sample_rows(x, mx, T, k, p, lmp, eps, k1, k2):
     """Sample rows that all have temperature > 0. x (n, V) float32, mx its row maxima."""
     n, V = x.shape
     out = (torch.empty(n, dtype=torch.int64, device=x.device), torch.empty(n, dtype=torch.float32, device=x.device))
     k = effective_top_k(k, V)
     plain, nucleus, windowed = _routes(k, p)
     if plain.numel():
-        # Nothing truncated: every token is a candidate, no ordering needed.
-        t = torch.full((plain.numel(),), NEG_INF, device=x.device)
-        out[0][plain], out[1][plain] = _draw_dense(_scale(_rows(x, plain, n), T[plain]), mx[plain] / T[plain], t,
-                                                   k1[plain], k2[plain])
+        # No top-k / top-p: every token is a candidate unless min-p / epsilon cut; no ordering needed.
+        s, mx_s = _scale(_rows(x, plain, n), T[plain]), mx[plain] / T[plain]
+        t = _cut(s, mx_s, torch.full((plain.numel(),), NEG_INF, device=x.device), lmp[plain], eps[plain])
+        out[0][plain], out[1][plain] = _draw_dense(s, mx_s, t, k1[plain], k2[plain])
     if nucleus.numel():
         # max(x / T) == max(x) / T exactly: rounding is monotone
         out[0][nucleus], out[1][nucleus] = _nucleus(_scale(_rows(x, nucleus, n), T[nucleus]),
-                                                    mx[nucleus] / T[nucleus], p[nucleus], k1[nucleus], k2[nucleus])
-    for rows, vals, idx, t in _topk_windows(x, T, k, p, windowed):
+                                                    mx[nucleus] / T[nucleus], p[nucleus], lmp[nucleus], eps[nucleus],
+                                                    k1[nucleus], k2[nucleus])
+    for rows, vals, idx, t in _topk_windows(x, T, k, p, lmp, eps, windowed):
         _finish(out, rows, vals, idx, t, k1, k2, V)
     return out
 
 
-def keep_thresholds(x, T, k, p):
+def keep_thresholds(x, T, k, p, lmp, eps):
     """The threshold of each row's kept set, exactly as the sampler finds it: a token is kept iff
-    x / T >= t. x (n, V) float32, every T > 0; returns t (n,) float32 (-inf: nothing truncated)."""
+    x / T >= t. x (n, V) float32, every T > 0; lmp, eps: log(min_p), log(epsilon_cutoff) (-inf: off);
+    returns t (n,) float32 (-inf: nothing truncated)."""
     n, V = x.shape
     t = torch.full((n,), NEG_INF, device=x.device)
     k = effective_top_k(k, V)
-    _, nucleus, windowed = _routes(k, p)
+    plain, nucleus, windowed = _routes(k, p)
+    plain = plain[((lmp[plain] > NEG_INF) | (eps[plain] > 0)).nonzero()[:, 0]]  # cut by min-p / epsilon
+    if plain.numel():
+        s = _scale(_rows(x, plain, n), T[plain])
+        t[plain] = _cut(s, s.amax(-1), t[plain], lmp[plain], eps[plain])
     if nucleus.numel():
         s = _scale(_rows(x, nucleus, n), T[nucleus])
-        t[nucleus] = _nucleus_threshold(s, s.amax(-1), p[nucleus])[0]
-    for rows, _, _, t_rows in _topk_windows(x, T, k, p, windowed):
+        mx = s.amax(-1)
+        t[nucleus] = _cut(s, mx, _nucleus_threshold(s, mx, p[nucleus])[0], lmp[nucleus], eps[nucleus])
+    for rows, _, _, t_rows in _topk_windows(x, T, k, p, lmp, eps, windowed):
         t[rows] = t_rows
     return t
 
@@ -275,7 +305,7 @@ def _greedy(x):
     return tok, -torch.log(partition(x, mx))
 
 
-def sample_torch(logits, T, k, p, seed, position):
+def sample_torch(logits, T, k, p, seed, position, lmp, eps):
     """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors. Noise keys
     are hashed for the rows that draw (temperature > 0) only: greedy rows need none."""
     x = logits.float()
@@ -293,5 +323,6 @@ def sample_torch(logits, T, k, p, seed, position):
     if not torch.isfinite(mx[r] / T[r]).all():
         raise ValueError("logits / temperature overflows float32 (temperature too small for these "
                          "logits); use temperature=0 for greedy decoding")
-    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], *row_keys(seed[r], position[r]))
+    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], lmp[r], eps[r],
+                                          *row_keys(seed[r], position[r]))
     return tokens, logprobs

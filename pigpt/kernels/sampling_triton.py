@@ -2,7 +2,8 @@
 
 One program per row streams the row in tiles of BLOCK tokens; nothing of size V is written back.
   1. stats pass: row max M, sum of exp(s - M), smallest finite value, argmax (greedy), NaN / +inf check.
-  2. top-k threshold, then top-p threshold, each found without sorting by pivot bisection: a pass counts
+  2. top-k threshold, then top-p threshold, then min-p (m + log(min_p): no pass) and epsilon (a pass for the
+     mass kept so far, one for the smallest token whose probability reaches epsilon), each found without sorting by pivot bisection: a pass counts
      (or weighs) the tokens >= each of NP pivots spread over the bracket [a, b] that holds the answer,
      and also records, per pivot, the nearest row values on either side of it; the bracket shrinks to two
      neighbouring pivots snapped to row values, until a == b. The answer is the largest row value v with
@@ -124,7 +125,7 @@ def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target,
 
 
 @triton.jit
-def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, k1_ptr, k2_ptr, tok_ptr, lp_ptr, V,
+def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, k1_ptr, k2_ptr, tok_ptr, lp_ptr, V,
                    BLOCK: tl.constexpr, NP: tl.constexpr, GROUP: tl.constexpr, GROUP_BIT: tl.constexpr):
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride
@@ -155,6 +156,23 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, k1_ptr, k2_ptr, tok_ptr, 
             a0 = tl.maximum(tl.maximum(t, mn), lb)
             t, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, kept_mass, m, target,
                                 True, BLOCK, NP)
+    if (~greedy) & (~bad):
+        # min-p: p >= min_p * p_max is s >= m + log(min_p) (the log taken by torch: the same number as there)
+        t = tl.maximum(t, m + tl.load(lmp_ptr + row))
+        eps = tl.load(eps_ptr + row)
+        if eps > 0.0:
+            # epsilon: p = exp(s - m) / Z >= epsilon over the tokens kept so far, the max always kept: one pass
+            # for their mass Z, one for the smallest row value that passes (a threshold: p is monotone in s)
+            zc = tl.zeros((), tl.float32)
+            for start in range(0, V, BLOCK):
+                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
+                zc += tl.sum(tl.where(s >= t, tl.exp(s - m), 0.0), 0)
+            t_eps = tl.full((), float("inf"), tl.float32)
+            for start in range(0, V, BLOCK):
+                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
+                ok = (s >= t) & (tl.math.div_rn(tl.exp(s - m), zc) >= eps)  # IEEE division, as torch's
+                t_eps = tl.minimum(t_eps, tl.min(tl.where(ok, s, float("inf")), 0))
+            t = tl.maximum(t, tl.minimum(m, t_eps))
 
     # draw, in two races (kernels/hashing.py): groups of GROUP tokens by their kept mass, then the tokens
     # of the winning group; ties go to the lowest id, as on the torch path
@@ -196,8 +214,9 @@ def _block_size(V: int) -> int:
     return max(GROUP, min(1024, triton.next_power_of_2(V)))  # whole groups per tile
 
 
-def sample_triton(logits, T, k, p, k1, k2, block: int | None = None):
-    """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors.
+def sample_triton(logits, T, k, p, k1, k2, block: int | None = None, lmp=None, eps=None):
+    """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors; lmp, eps:
+    log(min_p) and epsilon_cutoff (kernels.params.normalize_cutoffs; None: off).
 
     No host sync: parameter values are clamped on the device rather than checked.
     """
@@ -211,7 +230,9 @@ def sample_triton(logits, T, k, p, k1, k2, block: int | None = None):
     T = T.clamp(min=0.0)  # unchecked on the GPU: a negative temperature would reverse the order
     tokens = torch.empty(B, dtype=torch.int64, device=x.device)
     logprobs = torch.empty(B, dtype=torch.float32, device=x.device)
-    _sample_kernel[(B,)](x, x.stride(0), T, k_eff, p_eff, k1, k2, tokens, logprobs, V,
+    lmp = torch.full((B,), float("-inf"), device=x.device) if lmp is None else lmp  # log(min_p); -inf: off
+    eps = torch.zeros(B, device=x.device) if eps is None else eps  # epsilon_cutoff; 0: off
+    _sample_kernel[(B,)](x, x.stride(0), T, k_eff, p_eff, lmp, eps, k1, k2, tokens, logprobs, V,
                          BLOCK=block or _block_size(V), NP=NUM_PIVOTS, GROUP=GROUP, GROUP_BIT=GROUP_BIT,
                          num_warps=8)
     return tokens, logprobs

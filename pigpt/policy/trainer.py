@@ -68,6 +68,7 @@ class RLConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
     repetition_penalty: float = 1.0
     stop: list = field(default_factory=list)
     weight_decay: float = 0.0
@@ -82,7 +83,7 @@ class RLConfig:
     def sampling(self, n: int, seeds=None, form=None) -> SamplingParams:
         """The rollouts' SamplingParams (stop strings in the model's text form when `form` is given)."""
         stop = tuple(form.to_model(s) for s in self.stop) if form else tuple(self.stop)
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
                               repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_completion_length,
                               stop=stop, n=n, seed=seeds)
 
@@ -131,7 +132,7 @@ def validate(cfg: RLConfig) -> None:
     need(cfg.temperature > 0, f"--temperature must be > 0 for GRPO (a greedy policy draws one rollout per prompt, "
                               f"with no spread to learn from), got {cfg.temperature}")
     try:  # the one check of sampling settings, naming them by this command's flags
-        check_sampling(dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        check_sampling(dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
                             repetition_penalty=cfg.repetition_penalty, max_new_tokens=cfg.max_completion_length,
                             stop=cfg.stop), name=lambda f: flag(SAMPLING_FLAGS.get(f, f)))
     except ValueError as e:

@@ -30,6 +30,10 @@ def label(params: SamplingParams, *, beam: bool = False) -> str:
             parts.append(f"top-k={params.top_k}")
         if params.top_p < 1.0:
             parts.append(f"top-p={params.top_p:g}")
+        if params.min_p > 0:
+            parts.append(f"min-p={params.min_p:g}")
+        if params.epsilon_cutoff > 0:
+            parts.append(f"eps={params.epsilon_cutoff:g}")
     if params.repetition_penalty != 1.0:
         parts.append(f"rep={params.repetition_penalty:g}")
     if params.min_new_tokens:
@@ -44,18 +48,18 @@ def is_identity(params: SamplingParams, *, beam: bool = False) -> bool:
     untouched = params.repetition_penalty == 1.0 and params.min_new_tokens == 0 and not params.logits_processors
     if beam or params.greedy:  # both rank the model's own log-probs unless something processes them
         return untouched
-    return params.temperature == 1.0 and params.top_k == 0 and params.top_p == 1.0 and untouched
+    return params.temperature == 1.0 and not params.truncates and untouched
 
 
 def processed_logprobs(scores: torch.Tensor, params: SamplingParams, *, beam: bool = False) -> torch.Tensor:
     """(B, V) log-probs of the distribution a step drew from, given the scores after the processors
-    (-inf = removed). Sampling: temperature / top-k / top-p (kernels.process_logits). Greedy and beam
+    (-inf = removed). Sampling: temperature / top-k / top-p / min-p / epsilon (kernels.process_logits). Greedy and beam
     search rank the scores themselves: shown as their softmax."""
     if beam or params.greedy:
         return F.log_softmax(scores.float(), dim=-1)
     from pigpt.kernels import process_logits
 
-    return process_logits(scores, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+    return process_logits(scores, **params.sampler)
 
 
 @dataclass

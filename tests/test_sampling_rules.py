@@ -1,0 +1,319 @@
+"""The threshold rules after top-p (issue 23): min-p and epsilon, each against transformers' own warper
+(MinPLogitsWarper, EpsilonLogitsWarper) in its generate() order, on random and shipped-model logits; the
+sampler's draws, token_logprobs, generate, score and the command lines with each.
+
+Kept sets must be identical and the processed distribution equal to 1e-6; the Triton kernel's tokens are
+checked in test_kernels_triton.py."""
+
+import pytest
+import torch
+from scipy import stats
+from transformers.generation.logits_process import (EpsilonLogitsWarper, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+                                                    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+from pigpt.decoding import SamplingParams, generate, score
+from pigpt.kernels import process_logits, sample_from_logits, token_logprobs
+from pigpt.model import DEFAULT_MODEL, GPT, get_tokenizer
+from pigpt.model.textform import for_model
+
+NEG_INF = float("-inf")
+TEXTS = ["Which is the largest ocean?", "def fibonacci(n):\n", "Once upon a time"]
+
+
+def hf_chain(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0, repetition_penalty=1.0,
+             ids=None):
+    """transformers' processed scores, its warpers built as generate() builds them (utils._get_logits_processor):
+    repetition penalty, temperature, top-k, top-p, min-p, epsilon."""
+    s = x.float().clone()
+    if repetition_penalty != 1.0:
+        s = RepetitionPenaltyLogitsProcessor(repetition_penalty)(ids, s)
+    if temperature != 1.0:
+        s = TemperatureLogitsWarper(temperature)(None, s)
+    if top_k:
+        s = TopKLogitsWarper(top_k)(None, s)
+    if top_p < 1.0:
+        s = TopPLogitsWarper(top_p)(None, s)
+    if min_p > 0:
+        s = MinPLogitsWarper(min_p)(None, s)
+    if 0 < epsilon_cutoff < 1:
+        s = EpsilonLogitsWarper(epsilon_cutoff)(None, s)
+    return s
+
+
+def assert_matches_transformers(x, **kw):
+    """Identical kept sets, and the processed probabilities within 1e-6 (log-probs 1e-5 where they are large)."""
+    ours = process_logits(x, **kw)
+    theirs = hf_chain(x, **kw)
+    kept, ref_kept = ours > NEG_INF, theirs > NEG_INF
+    bad = (kept != ref_kept).any(-1).nonzero()[:, 0].tolist()
+    assert not bad, f"{kw}: rows {bad} keep {kept[bad].sum(-1).tolist()} tokens, transformers {ref_kept[bad].sum(-1).tolist()}"
+    torch.testing.assert_close(ours.exp(), torch.softmax(theirs, -1), rtol=0, atol=1e-6)
+
+
+def random_logits(B, V, seed, scale=3.0):
+    return torch.randn(B, V, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def tied_and_masked(B, V, seed):
+    x = random_logits(B, V, seed).round(decimals=1)  # runs of exact ties
+    x[:, ::7] = NEG_INF  # masked tokens (min_new_tokens, bans)
+    return x
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped model, its transformers twin and a few prompts in its text form."""
+    from transformers import GPT2LMHeadModel
+
+    gpt = GPT.from_pretrained(DEFAULT_MODEL).eval()
+    hf = GPT2LMHeadModel.from_pretrained(DEFAULT_MODEL, dtype=torch.float32).eval()
+    form, enc = for_model(gpt), get_tokenizer()
+    return gpt, hf, [enc.encode(form.to_model(t)) for t in TEXTS]
+
+
+@pytest.fixture(scope="module")
+def shipped_logits(shipped):
+    """Next-token logits of the shipped model at every position of the prompts: peaked, realistic rows."""
+    gpt, _, prompts = shipped
+    with torch.no_grad():
+        return torch.cat([gpt(torch.tensor([p]))[0] for p in prompts]).float()
+
+
+MIN_PS = (0.0, 1e-4, 0.05, 0.1, 0.3, 0.9, 1.0)
+EPSILONS = (1e-4, 3e-4, 3e-3, 0.02, 0.2, 0.9)
+CHAINS = [dict(), dict(temperature=0.6), dict(temperature=1.7), dict(top_k=40), dict(top_p=0.9),
+          dict(temperature=1.3, top_k=100, top_p=0.95)]
+
+
+def chains_for(make):
+    """Tied rows skip top-p: where a tie straddles its crossing point transformers keeps the ties torch.sort
+    happens to put first, pigpt all of them (docs/sampling.md), so the sets differ before min-p / epsilon act."""
+    return [c for c in CHAINS if make is not tied_and_masked or "top_p" not in c]
+
+
+# -- min-p -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [random_logits, tied_and_masked])
+def test_min_p_matches_transformers_min_p_warper(make):
+    x = make(24, 500, 1)
+    for chain in chains_for(make):
+        for min_p in MIN_PS:
+            assert_matches_transformers(x, min_p=min_p, **chain)
+
+
+def test_min_p_matches_transformers_on_shipped_model_logits(shipped_logits):
+    for chain in CHAINS:
+        for min_p in (0.02, 0.1, 0.5):
+            assert_matches_transformers(shipped_logits, min_p=min_p, **chain)
+
+
+def test_min_p_edge_cases_match_transformers():
+    """The cases transformers' own tests check (tests/generation/test_logits_process.py), and more: its
+    example distribution, ties at the max, min_p = 1 (the max and its ties), extreme and all-negative
+    logits, uniform rows, a row with one finite logit; the max is always kept (its min_tokens_to_keep=1)."""
+    rows = [
+        torch.tensor([0.9, 0.0274, 0.047, 0.0274]).log(),  # transformers' test: min_p 0.05 keeps 0.9 and 0.047
+        torch.tensor([0.15, 0.3, 0.3, 0.25]).log(),
+        torch.tensor([2.0, 2.0, 1.0, 1.0]),  # ties at the max
+        torch.tensor([1e4, 0.0, -1e4, NEG_INF]),  # extreme
+        torch.tensor([-1.0, -2.0, -50.0, -1000.0]),  # all negative
+        torch.zeros(4),  # uniform
+        torch.tensor([NEG_INF, 3.0, NEG_INF, NEG_INF]),  # one finite logit
+    ]
+    x = torch.stack(rows)
+    for min_p in (1e-30, 0.01, 0.05, 0.5, 0.99, 1.0):
+        for t in (0.5, 1.0, 3.0):
+            assert_matches_transformers(x, temperature=t, min_p=min_p)
+    kept = (process_logits(x, min_p=0.05) > NEG_INF).tolist()
+    assert kept[0] == [True, False, True, False] and kept[1] == [True] * 4  # transformers' expected output
+    assert (process_logits(x, min_p=1.0) > NEG_INF).tolist()[2] == [True, True, False, False]
+    assert (process_logits(x, min_p=1.0) > NEG_INF).sum(-1).tolist() == [1, 2, 2, 1, 1, 4, 1]  # never empty
+    assert (process_logits(x, min_p=1e-30) > NEG_INF).tolist()[3] == [True, False, False, False]
+
+
+# -- epsilon ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [random_logits, tied_and_masked])
+def test_epsilon_matches_transformers_epsilon_warper(make):
+    x = make(24, 500, 2) if make is tied_and_masked else make(24, 500, 2, scale=1.0)
+    for chain in chains_for(make) + [dict(min_p=0.05), dict(temperature=1.3, top_k=100, min_p=0.02)]:
+        for eps in EPSILONS:
+            assert_matches_transformers(x, epsilon_cutoff=eps, **chain)
+
+
+def test_epsilon_matches_transformers_on_shipped_model_logits(shipped_logits):
+    for chain in CHAINS:
+        for eps in (3e-4, 3e-3, 0.05):
+            assert_matches_transformers(shipped_logits, epsilon_cutoff=eps, **chain)
+
+
+def test_epsilon_edge_cases_match_transformers():
+    """transformers' test distribution, then rows where every probability is below epsilon (only the max and
+    its ties stay: min_tokens_to_keep=1), uniform rows (all tied with the max: all kept), extreme logits."""
+    x = torch.stack([torch.tensor([0.87, 0.099, 0.001, 0.03]).log(), torch.tensor([0.4, 0.299, 0.101, 0.2]).log(),
+                     torch.tensor([1.0, 1.0, 0.9, 0.8]), torch.zeros(4), torch.tensor([1e4, 0.0, -1e4, NEG_INF]),
+                     torch.tensor([-3.0, -3.5, -40.0, -2000.0])])
+    for eps in (1e-4, 3e-2, 0.2, 0.3, 0.5, 0.9):
+        for t in (0.5, 1.0, 3.0):
+            assert_matches_transformers(x, temperature=t, epsilon_cutoff=eps)
+    kept = (process_logits(x, epsilon_cutoff=0.9) > NEG_INF).tolist()
+    assert kept[2] == [True, True, False, False] and kept[3] == [True] * 4
+    assert (process_logits(x, epsilon_cutoff=3e-2) > NEG_INF).tolist()[1] == [True] * 4
+
+
+# -- the sampler, token_logprobs --------------------------------------------------------------------------------
+RULES = [dict(min_p=0.05), dict(min_p=0.3, temperature=1.5), dict(epsilon_cutoff=3e-3),
+         dict(epsilon_cutoff=0.02, top_k=30), dict(min_p=0.1, epsilon_cutoff=1e-3, top_k=200, temperature=1.2)]
+
+
+@pytest.mark.parametrize("kw", RULES)
+def test_draws_lie_in_the_kept_set_with_the_exact_log_prob_and_token_logprobs_agree(kw):
+    """sample_from_logits' tokens are in transformers' kept set and report its log-probs; token_logprobs
+    gives the same numbers, with the gradient of a log-softmax over transformers' kept set."""
+    x = tied_and_masked(32, 700, 3)
+    tok, lp = sample_from_logits(x, seed=torch.arange(32), position=5, **kw)
+    ref = torch.log_softmax(hf_chain(x, **kw), -1).gather(1, tok[:, None])[:, 0]
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(lp, ref, rtol=0, atol=1e-5)
+    xg = x.clone().requires_grad_(True)
+    ours = token_logprobs(xg, tok, **kw)
+    torch.testing.assert_close(ours.detach(), lp, rtol=0, atol=1e-5)
+    ours.sum().backward()
+    xr = x.clone().requires_grad_(True)
+    keep = hf_chain(x, **kw) > NEG_INF
+    torch.log_softmax((xr / kw.get("temperature", 1.0)).masked_fill(~keep, NEG_INF), -1).gather(
+        1, tok[:, None]).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=0, atol=1e-5)
+
+
+def test_per_row_min_p_and_epsilon_equal_one_call_per_row():
+    B = 16
+    x = random_logits(B, 400, 4, scale=2.0)
+    g = torch.Generator().manual_seed(4)
+    kw = dict(min_p=torch.tensor([0.0, 0.02, 0.2, 1.0])[torch.randint(0, 4, (B,), generator=g)],
+              epsilon_cutoff=torch.tensor([0.0, 1e-3, 0.01, 0.3])[torch.randint(0, 4, (B,), generator=g)],
+              top_k=torch.tensor([0, 50])[torch.randint(0, 2, (B,), generator=g)],
+              top_p=torch.tensor([1.0, 0.9])[torch.randint(0, 2, (B,), generator=g)],
+              temperature=torch.tensor([0.0, 0.7, 1.0, 1.5])[torch.randint(0, 4, (B,), generator=g)],
+              seed=torch.arange(B) + 100)
+    tok, lp = sample_from_logits(x, **kw)
+    keep = token_logprobs(x, tok, **{k: v for k, v in kw.items() if k != "seed"}, return_keep=True)[1]
+    for b in range(B):
+        one = {k: v[b].item() for k, v in kw.items()}
+        t1, l1 = sample_from_logits(x[b:b + 1], **one)
+        assert (t1.item(), l1.item()) == (tok[b].item(), lp[b].item()), b
+        if one["temperature"] > 0:
+            del one["seed"]
+            assert torch.equal(keep[b], (hf_chain(x[b:b + 1], **one) > NEG_INF)[0]), b
+
+
+@pytest.mark.parametrize("kw", [dict(min_p=0.1), dict(epsilon_cutoff=0.01), dict(min_p=0.05, top_k=8, temperature=1.5)])
+def test_draw_frequencies_match_the_processed_distribution(kw):
+    """20,000 draws with distinct seeds from one row: chi-square p-value > 1e-4 against transformers'
+    processed distribution (categories with expected count < 5 pooled), nothing outside its support."""
+    N, V = 20_000, 333
+    row = random_logits(1, V, 9, scale=1.5)
+    expect = torch.softmax(hf_chain(row, **kw), -1)[0].double()
+    tok, _ = sample_from_logits(row.expand(N, V), seed=torch.arange(N), position=3, **kw)
+    counts = torch.bincount(tok, minlength=V).double()
+    assert counts[expect == 0].sum() == 0
+    assert (expect > 0).sum() >= 5, "the test needs a spread distribution"
+    e = expect * N
+    big = e >= 5
+    obs = torch.cat([counts[big], counts[~big].sum()[None]]).numpy()
+    exp_ = torch.cat([e[big], e[~big].sum()[None]]).numpy()
+    keep = exp_ > 0
+    exp_ = exp_ * (obs.sum() / exp_[keep].sum())
+    assert stats.chisquare(obs[keep], exp_[keep]).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(min_p=-0.1), r"min_p must be in \[0, 1\]"), (dict(min_p=1.5), "min_p"), (dict(min_p=float("nan")), "min_p"),
+    (dict(min_p=torch.tensor([0.5, 2.0])), "min_p"), (dict(epsilon_cutoff=1.0), r"epsilon_cutoff must be in \[0, 1\)"),
+    (dict(epsilon_cutoff=-1e-3), "epsilon_cutoff"), (dict(min_p="0.1"), "min_p"),
+])
+def test_bad_rule_values_raise_naming_them(bad, match):
+    with pytest.raises(ValueError, match=match):
+        sample_from_logits(torch.zeros(2, 10), **bad)
+    with pytest.raises(ValueError, match=match):
+        token_logprobs(torch.zeros(2, 10), [0, 1], **bad)
+
+
+def test_sampling_params_check_the_rules_with_the_kernels_wording():
+    with pytest.raises(ValueError, match=r"SamplingParams.min_p must be in \[0, 1\] \(0 turns min-p off\), got 1.5"):
+        SamplingParams(min_p=1.5)
+    with pytest.raises(ValueError, match=r"SamplingParams.epsilon_cutoff must be in \[0, 1\)"):
+        SamplingParams(epsilon_cutoff=1)
+    assert SamplingParams(min_p=0.1).sampler == dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1,
+                                                      epsilon_cutoff=0.0)
+
+
+# -- generate, score -------------------------------------------------------------------------------------------
+def hf_transition_scores(hf, prompt, tokens, **kw):
+    """compute_transition_scores(normalize_logits=True) of `tokens`, teacher-forced, with scores processed by
+    transformers' own chain (hf_chain: generate()'s order)."""
+    seq = torch.tensor([prompt + tokens])
+    with torch.no_grad():
+        logits = hf(seq).logits[0, len(prompt) - 1: -1]
+    scores = tuple(hf_chain(logits[t:t + 1], ids=seq[:, :len(prompt) + t], **kw) for t in range(len(tokens)))
+    return hf.compute_transition_scores(seq, scores, normalize_logits=True)[0]
+
+
+GEN = [dict(temperature=1.3, min_p=0.1), dict(temperature=1.2, epsilon_cutoff=3e-3),
+       dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.05, epsilon_cutoff=1e-3, repetition_penalty=1.2)]
+
+
+@pytest.mark.parametrize("kw", GEN)
+def test_generate_logprobs_match_transition_scores_and_score_is_on_policy(shipped, kw):
+    """Rollout.logprobs == transformers' compute_transition_scores over its own warpers on the drawn tokens;
+    score(params) (with and without gradients) == Rollout.logprobs: GRPO's trainer is exactly on-policy."""
+    gpt, hf, prompts = shipped
+    params = SamplingParams(max_new_tokens=12, n=2, seed=11, **kw)
+    rollouts = generate(gpt, prompts, params)
+    flat_p = [p for p, g in zip(prompts, rollouts) for _ in g]
+    flat = [r for g in rollouts for r in g]
+    for p, r in zip(flat_p, flat):
+        ref = hf_transition_scores(hf, p, r.tokens, **kw)
+        torch.testing.assert_close(torch.tensor(r.logprobs), ref, atol=1e-4, rtol=0)
+    completions = [r.tokens for r in flat]
+    scored, keep = score(gpt, flat_p, completions, params, return_keep=True)
+    assert keep is not None
+    with torch.enable_grad():
+        scored_grad = score(gpt, flat_p, completions, params, grad=True)
+    for r, s, sg in zip(flat, scored, scored_grad):
+        torch.testing.assert_close(s, torch.tensor(r.logprobs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(sg.detach(), torch.tensor(r.logprobs), atol=1e-5, rtol=0)
+    trl_like = score(gpt, flat_p, completions, SamplingParams(temperature=kw["temperature"],
+                                                               repetition_penalty=kw.get("repetition_penalty", 1.0)))
+    assert max((a - b).abs().max().item() for a, b in zip(trl_like, scored)) > 1e-3  # the rule really cut
+
+
+def test_greedy_ignores_min_p_and_epsilon(shipped):
+    gpt, _, prompts = shipped
+    plain = generate(gpt, prompts, SamplingParams(temperature=0, max_new_tokens=10))
+    cut = generate(gpt, prompts, SamplingParams(temperature=0, max_new_tokens=10, min_p=0.5, epsilon_cutoff=0.2))
+    assert [[(r.tokens, r.logprobs) for r in g] for g in plain] == [[(r.tokens, r.logprobs) for r in g] for g in cut]
+
+
+def test_first_token_frequencies_match_transformers_processed_distribution(shipped):
+    """1000 rollouts of the shipped model, one token each, with min-p and epsilon: chi-square against the
+    distribution transformers' warpers give (p > 1e-3), nothing outside its support."""
+    gpt, hf, _ = shipped
+    prompt, n = get_tokenizer().encode(for_model(gpt).to_model("The function returns")), 1000
+    kw = dict(temperature=1.0, min_p=0.02, epsilon_cutoff=1e-3)
+    (group,) = generate(gpt, [prompt], SamplingParams(max_new_tokens=1, n=n, seed=1000, **kw))
+    with torch.no_grad():
+        probs = torch.softmax(hf_chain(hf(torch.tensor([prompt])).logits[:, -1], **kw), -1)[0]
+    support = torch.nonzero(probs > 0)[:, 0].tolist()
+    assert len(support) >= 3
+    counts = dict.fromkeys(support, 0)
+    for r in group:
+        assert r.tokens[0] in counts, "drew a token outside the processed support"
+        counts[r.tokens[0]] += 1
+    expected = [probs[t].item() for t in support]
+    total = sum(expected)
+    expected = [e / total * n for e in expected]
+    obs, exp_ = [counts[t] for t in support], expected
+    small = [i for i, e in enumerate(exp_) if e < 5]
+    if small:  # pool the rare tokens
+        obs = [o for i, o in enumerate(obs) if i not in small] + [sum(obs[i] for i in small)]
+        exp_ = [e for i, e in enumerate(exp_) if i not in small] + [sum(exp_[i] for i in small)]
+    assert stats.chisquare(obs, exp_).pvalue > 1e-3, (obs, exp_)
