@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep tokens with probability >= E (the top token always); 0 is off (default)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
                    help="penalise tokens already in prompt or completion; 1 is off (default)")
+    g.add_argument("--presence-penalty", type=float, default=0.0, metavar="P",
+                   help="subtract P from the logit of every token the completion already holds; 0 is off (default)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="F",
+                   help="subtract F x (its count in the completion) from each token's logit; 0 is off (default)")
     g.add_argument("--min-new-tokens", type=int, default=0, metavar="N", help="no stop token before this many tokens (default 0)")
     g.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="completion length cap (default 32)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
@@ -185,7 +189,8 @@ def check_settings(args) -> None:
     try:
         check_sampling(dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                             epsilon_cutoff=args.epsilon_cutoff, n=args.num_rollouts,
-                            repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                            repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+                            frequency_penalty=args.frequency_penalty, max_new_tokens=args.max_new_tokens,
                             min_new_tokens=args.min_new_tokens, seed=args.seed, stop=args.stop),
                        name=lambda f: "-n/--num-rollouts" if f == "n" else flag(f))
     except ValueError as e:
@@ -341,6 +346,8 @@ class Session:
                 temperature=1.0 if beam else a.temperature, top_k=0 if beam else a.top_k,
                 top_p=1.0 if beam else a.top_p, min_p=0.0 if beam else a.min_p,
                 epsilon_cutoff=0.0 if beam else a.epsilon_cutoff, repetition_penalty=a.repetition_penalty,
+                presence_penalty=0.0 if beam else a.presence_penalty,
+                frequency_penalty=0.0 if beam else a.frequency_penalty,
                 min_new_tokens=a.min_new_tokens, max_new_tokens=a.max_new_tokens, stop_token_ids=self.stop_ids,
                 stop=tuple(self.form.to_model(x) for x in a.stop), n=1 if beam else a.num_rollouts,
                 seed=None if beam else a.seed)

@@ -111,6 +111,18 @@ def test_min_p_and_epsilon_flags_reach_the_sampler(ckpt, gpt):
     assert "after T=1 min-p=0.2" in out
 
 
+def test_presence_and_frequency_penalty_flags_reach_the_processors(ckpt, gpt):
+    from pigpt.decoding import SamplingParams, generate
+
+    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 8, "--temperature", "0", "--json",
+                         "--presence-penalty", "1.5", "--frequency-penalty", "0.5")
+    assert code == 0, err
+    params = SamplingParams(max_new_tokens=8, temperature=0, presence_penalty=1.5, frequency_penalty=0.5)
+    (r,) = generate(gpt, [get_tokenizer().encode(PROMPT)], params)[0]
+    (rec,) = json_lines(out)
+    assert rec["tokens"] == r.tokens and rec["logprobs"] == pytest.approx(r.logprobs, abs=1e-6)
+
+
 def test_streamed_output(ckpt):
     """One rollout streams its text as it is drawn; the text is the one --json reports for the same seed."""
     code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 5, "--seed", 3)
@@ -257,6 +269,8 @@ BAD = [
     (["--top-k", "-2"], "--top-k must be >= 0"),
     (["--min-p", "1.5"], "--min-p must be in [0, 1] (0 turns min-p off), got 1.5"),
     (["--epsilon-cutoff", "1"], "--epsilon-cutoff must be in [0, 1) (0 turns it off), got 1.0"),
+    (["--presence-penalty", "2.5"], "--presence-penalty must be in [-2, 2] (0 turns it off), got 2.5"),
+    (["--frequency-penalty", "-3"], "--frequency-penalty must be in [-2, 2] (0 turns it off), got -3.0"),
     (["-n", "0"], "-n/--num-rollouts must be >= 1"),
     (["--repetition-penalty", "0"], "--repetition-penalty must be > 0"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),

@@ -1,9 +1,13 @@
-"""The threshold rules after top-p (issue 23): min-p and epsilon, each against transformers' own warper
+"""The sampler's newer knobs (issue 23): min-p and epsilon, each against transformers' own warper
 (MinPLogitsWarper, EpsilonLogitsWarper) in its generate() order, on random and shipped-model logits; the
-sampler's draws, token_logprobs, generate, score and the command lines with each.
+sampler's draws, token_logprobs, generate, score and the command lines with each. Then vLLM's / OpenAI's
+presence and frequency penalties, against a plain implementation of OpenAI's formula run as a transformers
+logits processor.
 
 Kept sets must be identical and the processed distribution equal to 1e-6; the Triton kernel's tokens are
 checked in test_kernels_triton.py."""
+
+from collections import Counter
 
 import pytest
 import torch
@@ -20,13 +24,31 @@ NEG_INF = float("-inf")
 TEXTS = ["Which is the largest ocean?", "def fibonacci(n):\n", "Once upon a time"]
 
 
+class OpenAIPenalties:
+    """OpenAI's presence / frequency penalties, written from its API reference as a transformers logits
+    processor: logit[j] -= c[j] * frequency + (c[j] > 0) * presence, c[j] = count of j among the tokens
+    generated after the first `prompt_len` of input_ids. A plain loop over a Counter: the reference."""
+
+    def __init__(self, prompt_len, presence=0.0, frequency=0.0):
+        self.prompt_len, self.presence, self.frequency = prompt_len, presence, frequency
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        for b in range(scores.shape[0]):
+            for tok, c in Counter(input_ids[b, self.prompt_len:].tolist()).items():
+                scores[b, tok] -= c * self.frequency + self.presence
+        return scores
+
+
 def hf_chain(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0, repetition_penalty=1.0,
-             ids=None):
+             presence_penalty=0.0, frequency_penalty=0.0, ids=None, prompt_len=None):
     """transformers' processed scores, its warpers built as generate() builds them (utils._get_logits_processor):
-    repetition penalty, temperature, top-k, top-p, min-p, epsilon."""
+    repetition penalty, (OpenAI's penalties, where vLLM applies them), temperature, top-k, top-p, min-p, epsilon."""
     s = x.float().clone()
     if repetition_penalty != 1.0:
         s = RepetitionPenaltyLogitsProcessor(repetition_penalty)(ids, s)
+    if presence_penalty or frequency_penalty:
+        s = OpenAIPenalties(prompt_len, presence_penalty, frequency_penalty)(ids, s)
     if temperature != 1.0:
         s = TemperatureLogitsWarper(temperature)(None, s)
     if top_k:
@@ -253,12 +275,18 @@ def hf_transition_scores(hf, prompt, tokens, **kw):
     seq = torch.tensor([prompt + tokens])
     with torch.no_grad():
         logits = hf(seq).logits[0, len(prompt) - 1: -1]
-    scores = tuple(hf_chain(logits[t:t + 1], ids=seq[:, :len(prompt) + t], **kw) for t in range(len(tokens)))
-    return hf.compute_transition_scores(seq, scores, normalize_logits=True)[0]
+    scores = tuple(hf_chain(logits[t:t + 1], ids=seq[:, :len(prompt) + t], prompt_len=len(prompt), **kw)
+                   for t in range(len(tokens)))
+    # float64: its log_softmax runs over a strided dim of the stacked scores, which torch's CPU kernel sums
+    # in float32 with errors up to ~1e-3 on an untruncated 50257-token row (pigpt's are ~1e-6 off float64)
+    return hf.compute_transition_scores(seq, tuple(s.double() for s in scores), normalize_logits=True)[0].float()
 
 
 GEN = [dict(temperature=1.3, min_p=0.1), dict(temperature=1.2, epsilon_cutoff=3e-3),
-       dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.05, epsilon_cutoff=1e-3, repetition_penalty=1.2)]
+       dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.05, epsilon_cutoff=1e-3, repetition_penalty=1.2),
+       dict(temperature=1.0, presence_penalty=1.5, frequency_penalty=0.5),
+       dict(temperature=0.7, top_k=40, min_p=0.05, presence_penalty=-0.5, frequency_penalty=1.2,
+            repetition_penalty=1.1)]
 
 
 @pytest.mark.parametrize("kw", GEN)
@@ -275,7 +303,7 @@ def test_generate_logprobs_match_transition_scores_and_score_is_on_policy(shippe
         torch.testing.assert_close(torch.tensor(r.logprobs), ref, atol=1e-4, rtol=0)
     completions = [r.tokens for r in flat]
     scored, keep = score(gpt, flat_p, completions, params, return_keep=True)
-    assert keep is not None
+    assert (keep is not None) == params.truncates  # the kept sets, when a rule truncates
     with torch.enable_grad():
         scored_grad = score(gpt, flat_p, completions, params, grad=True)
     for r, s, sg in zip(flat, scored, scored_grad):
@@ -283,7 +311,18 @@ def test_generate_logprobs_match_transition_scores_and_score_is_on_policy(shippe
         torch.testing.assert_close(sg.detach(), torch.tensor(r.logprobs), atol=1e-5, rtol=0)
     trl_like = score(gpt, flat_p, completions, SamplingParams(temperature=kw["temperature"],
                                                                repetition_penalty=kw.get("repetition_penalty", 1.0)))
-    assert max((a - b).abs().max().item() for a, b in zip(trl_like, scored)) > 1e-3  # the rule really cut
+    assert max((a - b).abs().max().item() for a, b in zip(trl_like, scored)) > 1e-3  # the knob really acted
+
+
+def test_beam_search_refuses_the_sampling_knobs(shipped):
+    """Beam search is deterministic and transformers has no beam reference for vLLM's penalties: both are
+    refused with the fields named, not ignored."""
+    from pigpt.decoding import beam_search
+
+    gpt, _, prompts = shipped
+    for kw in (dict(min_p=0.1), dict(epsilon_cutoff=0.01), dict(presence_penalty=0.5), dict(frequency_penalty=0.5)):
+        with pytest.raises(ValueError, match=f"deterministic.*'{next(iter(kw))}'"):
+            beam_search(gpt, prompts[:1], SamplingParams(max_new_tokens=2, **kw), num_beams=2)
 
 
 def test_greedy_ignores_min_p_and_epsilon(shipped):
@@ -317,3 +356,51 @@ def test_first_token_frequencies_match_transformers_processed_distribution(shipp
         obs = [o for i, o in enumerate(obs) if i not in small] + [sum(obs[i] for i in small)]
         exp_ = [e for i, e in enumerate(exp_) if i not in small] + [sum(exp_[i] for i in small)]
     assert stats.chisquare(obs, exp_).pvalue > 1e-3, (obs, exp_)
+
+
+# -- presence / frequency penalties ------------------------------------------------------------------------------
+def test_presence_and_frequency_penalties_follow_openais_formula():
+    """apply_presence_frequency_penalties == OpenAIPenalties: counts over the generated tokens only (the last
+    num_generated columns, an int or one per row), per-row penalties, negative values, -inf kept, off = no-op."""
+    from pigpt.decoding.processors import apply_presence_frequency_penalties
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 30, generator=g) * 3
+    x[:, 5] = NEG_INF
+    ids = torch.randint(0, 30, (4, 12), generator=g)
+    ids[:, -3:] = torch.tensor([7, 7, 5])  # repeats, and a masked token
+    for pres, freq in ((0.7, 0.0), (0.0, 1.3), (1.5, -0.4), (-2.0, 2.0)):
+        ours = apply_presence_frequency_penalties(x, ids, 6, pres, freq)
+        ref = OpenAIPenalties(ids.shape[1] - 6, pres, freq)(ids, x)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+        assert ours[:, 5].eq(NEG_INF).all()
+    n = torch.tensor([0, 1, 5, 12])  # one count per row (score's t-major entries)
+    pres, freq = torch.tensor([0.5, 1.0, -1.0, 2.0]), torch.tensor([0.1, 0.0, 0.3, -0.2])
+    ours = apply_presence_frequency_penalties(x, ids, n, pres, freq)
+    for b in range(4):
+        ref = OpenAIPenalties(12 - int(n[b]), pres[b].item(), freq[b].item())(ids[b:b + 1], x[b:b + 1])
+        torch.testing.assert_close(ours[b:b + 1], ref, rtol=0, atol=1e-6)
+    assert apply_presence_frequency_penalties(x, ids, 6, 0.0, 0.0) is x
+    assert apply_presence_frequency_penalties(x, ids, 0, 1.0, 1.0) is x  # nothing generated yet
+    with pytest.raises(ValueError, match=r"SamplingParams.presence_penalty must be in \[-2, 2\]"):
+        SamplingParams(presence_penalty=2.5)
+    with pytest.raises(ValueError, match=r"SamplingParams.frequency_penalty must be in \[-2, 2\]"):
+        SamplingParams(frequency_penalty=-3)
+
+
+def test_greedy_with_penalties_matches_transformers_generate(shipped):
+    """Greedy decoding with the penalties == transformers' generate(do_sample=False) with OpenAIPenalties as
+    its logits processor: the penalties act before the argmax, as in vLLM."""
+    from transformers import LogitsProcessorList
+
+    gpt, hf, prompts = shipped
+    for pres, freq in ((1.0, 0.0), (0.0, 0.8), (0.5, 0.5)):
+        ours = generate(gpt, prompts, SamplingParams(temperature=0, max_new_tokens=16, presence_penalty=pres,
+                                                     frequency_penalty=freq, stop_token_ids=()))
+        for p, (r,) in zip(prompts, ours):
+            out = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                              do_sample=False, max_new_tokens=16, pad_token_id=50256, eos_token_id=None,
+                              logits_processor=LogitsProcessorList([OpenAIPenalties(len(p), pres, freq)]))
+            assert r.tokens == out[0, len(p):].tolist(), (pres, freq)
+    plain = generate(gpt, prompts, SamplingParams(temperature=0, max_new_tokens=16, stop_token_ids=()))
+    assert [g[0].tokens for g in plain] != [g[0].tokens for g in ours]  # the penalties changed something

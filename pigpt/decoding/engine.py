@@ -147,7 +147,7 @@ def _start(model, prompts, params: SamplingParams, seeds):
         cache, logits, idx = cache.share(expand), logits.index_select(0, expand), idx.index_select(0, expand)
     N, P = idx.shape
     hist = None
-    if params.repetition_penalty != 1.0 or params.logits_processors:
+    if params.needs_history:
         hist = torch.empty(N, P + T, dtype=torch.long, device=device)
         hist[:, :P] = idx  # left padding repeats the row's first token: a no-op for the penalty
     live = _Live(cache, torch.tensor([s or 0 for s in seeds], dtype=torch.long, device=device), hist)  # greedy: None

@@ -29,6 +29,9 @@ class SamplingParams:
         most likely always; 0.0 is off. The rules run in transformers' order: temperature, top-k, top-p,
         min-p, epsilon (docs/sampling.md).
     repetition_penalty: transformers' (CTRL) penalty over prompt + completion tokens; 1.0 is off.
+    presence_penalty, frequency_penalty: vLLM's / OpenAI's additive penalties over the completion's tokens so
+        far: a token generated c times loses frequency_penalty * c + presence_penalty * (c > 0) of its logit,
+        after the repetition penalty and before temperature (decoding/processors.py); 0.0 is off, [-2, 2].
     min_new_tokens: stop tokens are masked until this many tokens were generated.
     max_new_tokens: completion length cap (finish_reason "length").
     stop_token_ids: tokens that end a completion (kept as its last token); None: the model's end-of-text
@@ -51,6 +54,8 @@ class SamplingParams:
     min_p: float = 0.0
     epsilon_cutoff: float = 0.0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     min_new_tokens: int = 0
     max_new_tokens: int = 64
     stop_token_ids: tuple[int, ...] | None = None
@@ -83,6 +88,12 @@ class SamplingParams:
         return {f: getattr(self, f) for f in SAMPLER}
 
     @property
+    def needs_history(self) -> bool:
+        """Whether a processor reads the tokens so far (the penalties, user processors)."""
+        return bool(self.repetition_penalty != 1.0 or self.presence_penalty or self.frequency_penalty
+                    or self.logits_processors)
+
+    @property
     def truncates(self) -> bool:
         """Whether a truncation rule (top-k, top-p, min-p, epsilon) is on."""
         return bool(self.top_k or self.top_p < 1 or self.min_p > 0 or self.epsilon_cutoff > 0)
@@ -99,6 +110,8 @@ SETTINGS = {
     "min_p": ("number", None, None),
     "epsilon_cutoff": ("number", None, None),
     "repetition_penalty": ("number", lambda v: v > 0, "> 0 (1 turns it off)"),
+    "presence_penalty": ("number", lambda v: -2 <= v <= 2, "in [-2, 2] (0 turns it off)"),  # vLLM's / OpenAI's range
+    "frequency_penalty": ("number", lambda v: -2 <= v <= 2, "in [-2, 2] (0 turns it off)"),
     "min_new_tokens": ("integer", lambda v: v >= 0, ">= 0"),
     "max_new_tokens": ("integer", lambda v: v >= 1, ">= 1"),
     "n": ("integer", lambda v: v >= 1, ">= 1"),

@@ -1,7 +1,8 @@
 """Logits processors that run before sampling, with transformers' exact semantics, in one function.
 
-`apply_processors` is the one place the order lives, as in transformers: repetition penalty, the
-min_new_tokens mask, then the user's `SamplingParams.logits_processors`; temperature / top-k / top-p /
+`apply_processors` is the one place the order lives, as in transformers: repetition penalty, then vLLM's /
+OpenAI's additive frequency and presence penalties (which vLLM applies right after its repetition penalty;
+transformers has none), the min_new_tokens mask, then the user's `SamplingParams.logits_processors`; temperature / top-k / top-p /
 min-p / epsilon come after, in transformers' warper order, inside `kernels.sample_from_logits` (see
 kernels.process_logits). generate, the stream, beam search,
 score and the pictures all call it. Processors act on float32 logits [B, V] (or log-probs, in beam search)
@@ -39,6 +40,32 @@ def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty: float, *,
     return out.scatter_(1, ids, seen)
 
 
+def apply_presence_frequency_penalties(logits: torch.Tensor, token_ids, num_generated, presence=0.0, frequency=0.0,
+                                       *, inplace: bool = False):
+    """vLLM's / OpenAI's presence and frequency penalties: logits [B, V] -> [B, V].
+
+    Over the tokens generated so far (not the prompt): the last `num_generated` columns of `token_ids` [B, L]
+    (an int, or a tensor [B] with one count per row), a token generated c times loses
+    frequency * c + presence * (c > 0) of its logit. presence / frequency: numbers, or tensors [B] (per row).
+    Both 0 returns `logits` unchanged. Differentiable (a constant shift); with inplace=False the input is not
+    modified.
+    """
+    if not isinstance(presence, torch.Tensor) and not isinstance(frequency, torch.Tensor) and presence == 0 \
+            and frequency == 0:
+        return logits
+    if not isinstance(num_generated, torch.Tensor) and num_generated == 0:
+        return logits
+    B = logits.shape[0]
+    ids = _as_id_matrix(token_ids, B, logits.device)  # (B, L)
+    L = ids.shape[1]
+    n = torch.as_tensor(num_generated, device=logits.device).reshape(-1, 1)  # (1 or B, 1)
+    generated = torch.arange(L, device=logits.device)[None, :] >= L - n  # (B, L)
+    counts = torch.zeros_like(logits, dtype=torch.float32).scatter_add_(1, ids, generated.float().expand(B, L))
+    as_col = lambda v: torch.as_tensor(v, dtype=torch.float32, device=logits.device).reshape(-1, 1)  # noqa: E731
+    penalty = (as_col(frequency) * counts + as_col(presence) * (counts > 0)).to(logits.dtype)  # (B, V)
+    return logits.sub_(penalty) if inplace else logits - penalty
+
+
 def apply_min_new_tokens(logits: torch.Tensor, num_generated, min_new_tokens: int, stop_token_ids,
                          *, inplace: bool = False):
     """transformers' MinNewTokensLengthLogitsProcessor: logits [B, V] -> [B, V].
@@ -65,13 +92,15 @@ def apply_processors(scores: torch.Tensor, params, input_ids: torch.Tensor, num_
                      *, inplace: bool = False) -> torch.Tensor:
     """transformers' processors, in its order: scores [B, V] -> [B, V].
 
-    input_ids [B, L]: prompt + the tokens generated so far (left padding repeats the row's first token,
-    which changes nothing for the penalty); num_generated: tokens already generated (0 for the first), an
+    input_ids [B, L]: prompt + the tokens generated so far, those in its last num_generated columns (left
+    padding repeats the row's first token, which changes nothing for the penalties); num_generated: tokens already generated (0 for the first), an
     int or, for rows at different steps (score), a tensor [B] (user processors then need one step a call);
     stop_ids: the run's stop tokens (min_new_tokens masks them). Differentiable when not inplace: score
     recomputes log-probs with gradients through it. With inplace=False `scores` is never modified.
     """
     out = apply_repetition_penalty(scores, input_ids, params.repetition_penalty, inplace=inplace)
+    out = apply_presence_frequency_penalties(out, input_ids, num_generated, params.presence_penalty,
+                                             params.frequency_penalty, inplace=inplace or out is not scores)
     out = apply_min_new_tokens(out, num_generated, params.min_new_tokens, stop_ids,
                                inplace=inplace or out is not scores)
     for proc in params.logits_processors:

@@ -211,8 +211,8 @@ def _history(prompts, completions, T: int, device) -> tuple[torch.Tensor, int]:
 def _processed(model, logits, history, row, step, params):
     """The processors over scored entries (row i, step t) of logits (m, V), t-major, as generate ran them
     at step t: with input_ids = prompt i + completion i[:t]."""
-    if params.repetition_penalty == 1.0 and params.min_new_tokens == 0 and not params.logits_processors:
-        return logits  # nothing acts before temperature / top-k / top-p
+    if not params.needs_history and params.min_new_tokens == 0:
+        return logits  # nothing acts before temperature and the truncation rules
     stop_ids = stop_ids_of(model, params.stop_token_ids)
     hist, P = history
     if params.logits_processors:  # transformers' convention: one step (one history length) a call
@@ -225,9 +225,11 @@ def _processed(model, logits, history, row, step, params):
 
 
 def _ids(history, row, step) -> torch.Tensor:
-    """input_ids of entries (row i, step t) at once (m, P + T): hist[i] with the tokens from position P + t on
-    replaced by the row's first token (a no-op for the penalty)."""
+    """input_ids of entries (row i, step t) at once (m, P + T): prompt i + completion i[:t], right-aligned as
+    generate's are (the tokens generated so far in the last t columns, which the presence / frequency
+    penalties count), after T - t copies of the row's first token (a no-op for every penalty)."""
     hist, P = history
+    W = hist.shape[1]  # P + T
+    src = torch.arange(W, device=hist.device)[None, :] - (W - P - step)[:, None]  # column j <- j - (T - t)
     ids = hist[row]
-    future = torch.arange(ids.shape[1], device=ids.device)[None, :] >= (P + step)[:, None]
-    return torch.where(future, ids[:, :1], ids)
+    return torch.where(src >= 0, ids.gather(1, src.clamp(min=0)), ids[:, :1])

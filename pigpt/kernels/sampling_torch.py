@@ -1,11 +1,12 @@
 """The torch sampling path: the CPU path users run, and the reference the Triton kernel must match.
 
-No full-vocabulary sort unless a row needs it (min-p and epsilon are thresholds: `_cut`). Rows with top-k take `topk` windows of growing width (64,
+No full-vocabulary sort unless a row needs it. Rows with top-k take `topk` windows of growing width (64,
 512, 4096, 32768, then a sort) until the window provably holds the whole kept set (no tie spilling past
 it); rows with top-p alone find their nucleus from a one-pass histogram of the mass below the row max
 and sort only the few tokens of the bin where the mass crosses p; untruncated rows skip all that. The draw
 races groups of 64 tokens by their kept mass, then the tokens of the winning group (kernels/hashing.py),
-so noise is hashed for ~V / 64 + 64 ids a row. Rows resolve independently, so a row's result never depends
+so noise is hashed for ~V / 64 + 64 ids a row. min-p and epsilon, after top-k / top-p, only raise a row's
+threshold (`_cut`): no sort either. Rows resolve independently, so a row's result never depends
 on the rows beside it.
 """
 

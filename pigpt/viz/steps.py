@@ -36,6 +36,10 @@ def label(params: SamplingParams, *, beam: bool = False) -> str:
             parts.append(f"eps={params.epsilon_cutoff:g}")
     if params.repetition_penalty != 1.0:
         parts.append(f"rep={params.repetition_penalty:g}")
+    if params.presence_penalty:
+        parts.append(f"presence={params.presence_penalty:g}")
+    if params.frequency_penalty:
+        parts.append(f"frequency={params.frequency_penalty:g}")
     if params.min_new_tokens:
         parts.append(f"min_new={params.min_new_tokens}")
     if params.logits_processors:
@@ -45,7 +49,7 @@ def label(params: SamplingParams, *, beam: bool = False) -> str:
 
 def is_identity(params: SamplingParams, *, beam: bool = False) -> bool:
     """True when the processed distribution is the raw one (then only one column is worth showing)."""
-    untouched = params.repetition_penalty == 1.0 and params.min_new_tokens == 0 and not params.logits_processors
+    untouched = not params.needs_history and params.min_new_tokens == 0
     if beam or params.greedy:  # both rank the model's own log-probs unless something processes them
         return untouched
     return params.temperature == 1.0 and not params.truncates and untouched
