@@ -1,8 +1,8 @@
 """Benchmark one sampling step: transformers' warper chain + multinomial (the reference) vs pigpt.
 
 Columns: the reference (TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> MinPLogitsWarper
--> EpsilonLogitsWarper, as a setting needs them, -> softmax -> torch.multinomial), pigpt's torch path, pigpt's Triton kernel (CUDA only), FlashInfer (if installed, CUDA
-only), and a bare softmax pass over the same logits (the memory floor). Each cell is the median (or, with
+-> EpsilonLogitsWarper, those a setting uses, -> softmax -> torch.multinomial), pigpt's torch path, pigpt's
+Triton kernel (CUDA only), FlashInfer (if installed, CUDA only), and a bare softmax pass over the same logits (the memory floor). Each cell is the median (or, with
 --stat min, the minimum) of --repeats timed calls in this one process, so ratios are comparable even on a
 noisy machine.
 

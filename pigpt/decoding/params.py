@@ -5,7 +5,8 @@ pictures all read it.
 `check_sampling` is the one check of sampling settings: SamplingParams runs it on every field, and the
 command lines (pigpt-sample, pigpt-train, GRPO) run it on their flags before loading anything, naming each
 setting as the user did (`--top-p must be in (0, 1] (1 turns top-p off), got 1.5`). The ranges of the
-sampler's own settings (temperature, top_k, top_p, min_p, epsilon_cutoff, seed) are the kernel's rules (kernels.params.RULES).
+sampler's own settings (temperature, top_k, top_p, min_p, epsilon_cutoff, seed) are the kernel's rules
+(kernels.params.RULES).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 `apply_processors` is the one place the order lives, as in transformers: repetition penalty, then vLLM's /
 OpenAI's additive frequency and presence penalties (which vLLM applies right after its repetition penalty;
-transformers has none), the min_new_tokens mask, then the user's `SamplingParams.logits_processors`; temperature / top-k / top-p /
-min-p / epsilon come after, in transformers' warper order, inside `kernels.sample_from_logits` (see
-kernels.process_logits). generate, the stream, beam search,
-score and the pictures all call it. Processors act on float32 logits [B, V] (or log-probs, in beam search)
+transformers has none), the min_new_tokens mask, then the user's `SamplingParams.logits_processors`;
+temperature / top-k / top-p / min-p / epsilon come after, in transformers' warper order, inside
+`kernels.sample_from_logits` (see kernels.process_logits). generate, the stream, beam search, score and the
+pictures all call it. Processors act on float32 logits [B, V] (or log-probs, in beam search)
 and return a tensor of the same shape.
 """
 
@@ -93,8 +93,8 @@ def apply_processors(scores: torch.Tensor, params, input_ids: torch.Tensor, num_
     """transformers' processors, in its order: scores [B, V] -> [B, V].
 
     input_ids [B, L]: prompt + the tokens generated so far, those in its last num_generated columns (left
-    padding repeats the row's first token, which changes nothing for the penalties); num_generated: tokens already generated (0 for the first), an
-    int or, for rows at different steps (score), a tensor [B] (user processors then need one step a call);
+    padding repeats the row's first token, which changes nothing for the penalties); num_generated: tokens
+    already generated (0 for the first), an int or, for rows at different steps (score), a tensor [B] (user processors then need one step a call);
     stop_ids: the run's stop tokens (min_new_tokens masks them). Differentiable when not inplace: score
     recomputes log-probs with gradients through it. With inplace=False `scores` is never modified.
     """

@@ -2,9 +2,9 @@
 
 Without params the log-probs are the raw model's (temperature 1, nothing processed): Rollout.model_logprobs.
 With params they are those of the processed distribution generate drew from with those params
-(repetition penalty, min_new_tokens and user processors, then temperature and the sampler's own top-k /
-top-p / min-p / epsilon kept set): Rollout.logprobs. With grad=True they carry gradients to the model's parameters, which is
-what a policy-gradient loss needs: a trainer that scores rollouts this way is exactly on-policy.
+(the penalties, min_new_tokens and user processors, then temperature and the sampler's own top-k / top-p /
+min-p / epsilon kept set): Rollout.logprobs. With grad=True they carry gradients to the model's parameters,
+which is what a policy-gradient loss needs: a trainer that scores rollouts this way is exactly on-policy.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def score(model, prompts, completions, params: SamplingParams | None = None, *, 
     tensors, computed in one padded forward (a single prompt with a list of completions scores each
     completion after it). The LM head runs only at completion positions.
 
-    For RL trainers (with params): return_keep=True also returns the top-k / top-p / min-p / epsilon kept sets the scores
-    used (a bool mask over the scored tokens' vocabularies, or None when nothing is truncated); keep= scores
+    For RL trainers (with params): return_keep=True also returns the top-k / top-p / min-p / epsilon kept sets
+    the scores used (a bool mask over the scored tokens' vocabularies, or None when nothing is truncated); keep= scores
     the same prompts and completions on given kept sets: a frozen reference model, or the policy a few
     updates later, on the support the behaviour policy drew from.
     """

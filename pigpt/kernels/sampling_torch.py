@@ -227,8 +227,9 @@ def _scale(x, T):
 
 def _topk_windows(x, T, k, p, lmp, eps, rows):
     """Top-k rows, resolved: yields (rows, vals, idx, t) with each row's descending window of x / T that
-    provably holds its whole kept set, and its threshold (min-p / epsilon included: they only shrink the set). Windows grow (WINDOWS, then a full sort) until
-    no tie with the k-th value can spill past them. x (n, V) float32; T, k, p per row (n,); rows (r,)."""
+    provably holds its whole kept set, and its threshold (min-p / epsilon included: they only shrink the
+    set). Windows grow (WINDOWS, then a full sort) until no tie with the k-th value can spill past them.
+    x (n, V) float32; T, k, p, lmp, eps per row (n,); rows (r,)."""
     if rows.numel() == 0:  # ~20 small ops for nothing, every step of untruncated or top-p-only sampling
         return
     V = x.shape[1]
@@ -280,7 +281,7 @@ def _sample_rows(x, mx, T, k, p, lmp, eps, k1, k2):
 
 def keep_thresholds(x, T, k, p, lmp, eps):
     """The threshold of each row's kept set, exactly as the sampler finds it: a token is kept iff
-    x / T >= t. x (n, V) float32, every T > 0; lmp, eps: log(min_p), log(epsilon_cutoff) (-inf: off);
+    x / T >= t. x (n, V) float32, every T > 0; lmp, eps: log(min_p) (-inf: off), epsilon_cutoff (0: off);
     returns t (n,) float32 (-inf: nothing truncated)."""
     n, V = x.shape
     t = torch.full((n,), NEG_INF, device=x.device)

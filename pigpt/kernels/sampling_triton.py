@@ -1,14 +1,16 @@
-"""The fused Triton sampling kernel: temperature, softmax, top-k, top-p and the draw in one launch.
+"""The fused Triton sampling kernel: temperature, softmax, top-k, top-p, min-p, epsilon and the draw in one
+launch.
 
 One program per row streams the row in tiles of BLOCK tokens; nothing of size V is written back.
   1. stats pass: row max M, sum of exp(s - M), smallest finite value, argmax (greedy), NaN / +inf check.
-  2. top-k threshold, then top-p threshold, then min-p (m + log(min_p): no pass) and epsilon (a pass for the
-     mass kept so far, one for the smallest token whose probability reaches epsilon), each found without sorting by pivot bisection: a pass counts
+  2. top-k threshold, then top-p threshold, each found without sorting by pivot bisection: a pass counts
      (or weighs) the tokens >= each of NP pivots spread over the bracket [a, b] that holds the answer,
      and also records, per pivot, the nearest row values on either side of it; the bracket shrinks to two
      neighbouring pivots snapped to row values, until a == b. The answer is the largest row value v with
      count(s >= v) >= k (top-k), or with mass(s >= v) >= p * mass(kept by top-k) (top-p): exactly the
-     torch path's rule, ties with the threshold kept.
+     torch path's rule, ties with the threshold kept. Then min-p raises the threshold to m + log(min_p)
+     (no pass), and epsilon to the smallest token whose probability over the kept set reaches epsilon
+     (two passes: the kept mass, then that token).
   3. draw pass: two exponential races (Gumbel-max) over tokens >= the threshold with the same
      counter-based hash as kernels.hashing, so both backends draw the same token: groups of GROUP tokens
      by their kept mass (one pass), then the GROUP tokens of the winner (one load); the kept mass gives
