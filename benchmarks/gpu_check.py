@@ -127,21 +127,37 @@ def parse_pytest_summary(text: str) -> dict[str, int]:
     return counts
 
 
+def uncollected_modules(log: str) -> list[str]:
+    """'tests/test_x.py (ModuleNotFoundError: ...)' for each test module pytest could not import."""
+    found = []
+    for m in re.finditer(r"ERROR collecting (\S+)", log):
+        why = re.search(r"^E\s+(.+)$", log[m.end():], re.M)
+        found.append(f"{m.group(1)} ({why.group(1).strip() if why else 'see the log'})")
+    return found
+
+
 def step_tests(sizes: Sizes, out: Path, device) -> dict:
-    # Modules whose imports fail here (trl on a GPU image without it, say) are reported, not fatal: their
-    # tests are not GPU tests; the selected ones still run.
+    # --continue-on-collection-errors: a test module whose imports fail on this machine (trl, absent from a
+    # GPU image, say) is listed, not fatal; the selected tests of the other modules still run.
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
            *sizes.pytest_args]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=sizes.pytest_timeout)
-    log = r.stdout + r.stderr
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=sizes.pytest_timeout)
+        log, rc = r.stdout + r.stderr, r.returncode
+    except subprocess.TimeoutExpired as e:  # keep what it printed: the tests that did finish
+        log = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        log += f"\n[gpu_check: pytest stopped after {sizes.pytest_timeout} s]\n"
+        rc = None
     (out / "pytest.log").write_text(log)
-    counts = parse_pytest_summary(r.stdout)
-    uncollected = sorted(set(re.findall(r"^ERROR collecting (\S+)", log, re.M)))
-    res = {"command": " ".join(["pytest", *cmd[3:]]), "returncode": r.returncode, "counts": counts,
+    counts = parse_pytest_summary(log)
+    uncollected = uncollected_modules(log)
+    res = {"command": " ".join(["pytest", *cmd[3:]]), "returncode": rc, "counts": counts,
            "uncollected_modules": uncollected, "failed_tests": re.findall(r"^FAILED (\S+)", log, re.M),
            "tail": log[-2000:]}
+    if rc is None:
+        raise StepFailed(f"pytest ran past {sizes.pytest_timeout} s (see {out / 'pytest.log'})", res)
     ran = counts.get("passed", 0) + counts.get("failed", 0)
-    if counts.get("failed") or ran == 0 or (counts.get("errors", 0) > len(uncollected)):
+    if counts.get("failed") or ran == 0 or counts.get("errors", 0) > len(uncollected):
         raise StepFailed(f"pytest: {summary_of(counts)} (see {out / 'pytest.log'})", res)
     return res
 
@@ -315,6 +331,8 @@ def print_tables(results: dict) -> None:
         print(f"\ntests ({tests['results']['command']}): {summary_of(tests['results']['counts'])}")
         for m in tests["results"]["uncollected_modules"]:
             print(f"  not importable here, not run: {m}")
+        for t in tests["results"]["failed_tests"]:
+            print(f"  FAILED {t}")
     samp = results.get("sampling", {}).get("results")
     if samp and samp["rows"]:
         names = [n for n in SAMPLING_ENGINES if any(n in r["engines"] for r in samp["rows"])]
@@ -417,7 +435,8 @@ def status_text(results, meta) -> str:
     t = (results.get("tests") or {}).get("results")
     if t:
         lines += ["", "tests: " + summary_of(t["counts"])]
-        lines += [f"  not run: {m}" for m in t["uncollected_modules"][:4]]
+        lines += [f"  not importable: {m.split()[0]}" for m in t["uncollected_modules"][:4]]
+        lines += [_wrap(f"  FAILED {x.split('::')[-1]}", 38) for x in t["failed_tests"][:6]]
     samp = (results.get("sampling") or {}).get("results")
     if samp:
         lines += ["", f"bandwidth {samp['bandwidth_gb_s']:.0f} GB/s", f"  ({samp['bandwidth_source']})"]

@@ -231,6 +231,11 @@ def test_gpu_check_pytest_summary_and_bad_input(capsys, monkeypatch):
     assert gpu_check.parse_pytest_summary("..F\n= 1 failed, 12 passed, 2 skipped, 3 warnings, 1 error in 9.1s =\n") == {
         "failed": 1, "passed": 12, "skipped": 2, "warnings": 3, "errors": 1}
     assert gpu_check.parse_pytest_summary("no tests ran") == {}
+    log = ("______ ERROR collecting tests/test_policy.py ______\nImportError while importing test module\n"
+           "E   ModuleNotFoundError: No module named 'trl'\n______ ERROR collecting tests/test_x.py ______\n"
+           "E   SyntaxError: invalid syntax\n")
+    assert gpu_check.uncollected_modules(log) == ["tests/test_policy.py (ModuleNotFoundError: No module named 'trl')",
+                                                  "tests/test_x.py (SyntaxError: invalid syntax)"]
     assert gpu_check.main(["--steps", "tests,bogus"]) == 2
     assert gpu_check.main(["--dry-run", "--bandwidth", "-1"]) == 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
