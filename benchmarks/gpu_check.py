@@ -361,12 +361,17 @@ def print_tables(results: dict) -> None:
 
 
 def plot(results: dict, meta: dict, path: Path) -> Path:
+    """Top row: one panel per sampling case (time per call against B, beside the floor); bottom: generate's
+    tokens/s, and the steps' status. A step without results gets its status where its plot would be."""
     plt = harness.pyplot()
-    fig = plt.figure(figsize=(15, 8.5))
-    grid = fig.add_gridspec(2, 4, height_ratios=(1, 1))
     samp = results.get("sampling", {}).get("results") or {"rows": []}
-    cases = list(dict.fromkeys(r["case"] for r in samp["rows"])) or list(CASES)
-    for i, case in enumerate(cases[:4]):  # a fifth case (min-p) shares the last panel's row of the JSON only
+    cases = list(dict.fromkeys(r["case"] for r in samp["rows"]))
+    ncol = max(4, len(cases))
+    fig = plt.figure(figsize=(3.75 * ncol, 8.5))
+    grid = fig.add_gridspec(2, ncol)
+    if not cases:
+        no_results(fig.add_subplot(grid[0, :]), results, "sampling")
+    for i, case in enumerate(cases):
         ax = fig.add_subplot(grid[0, i])
         rows = sorted((r for r in samp["rows"] if r["case"] == case), key=lambda r: r["B"])
         Bs = [r["B"] for r in rows]
@@ -374,56 +379,51 @@ def plot(results: dict, meta: dict, path: Path) -> Path:
             ys = [r["engines"].get(name, {}).get("s", math.nan) * 1e6 for r in rows]
             if any(not math.isnan(y) for y in ys):
                 ax.plot(Bs, ys, marker="o", ms=4, color=f"C{j}", label=name)
-        if rows:
-            ax.plot(Bs, [r["floor_s"] * 1e6 for r in rows], "k--", lw=1, label="memory-read floor")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xticks(Bs, [str(b) for b in Bs])
-        else:
-            ax.text(0.5, 0.5, step_status(results, "sampling"), ha="center", va="center", wrap=True, fontsize=8,
-                    transform=ax.transAxes)
+        ax.plot(Bs, [r["floor_s"] * 1e6 for r in rows], "k--", lw=1, label="memory-read floor")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(Bs, [str(b) for b in Bs])
         ax.set_title(case, fontsize=10)
         ax.set_xlabel("batch B")
         ax.grid(alpha=0.3, which="both")
-        if i == 0 and rows:
+        if i == 0:
             ax.set_ylabel(f"microseconds per call (V = {rows[0]['V']})")
             ax.legend(fontsize=7)
 
-    ax = fig.add_subplot(grid[1, :3])
+    ax = fig.add_subplot(grid[1, :ncol - 1])
     gen = results.get("generate", {}).get("results") or {"rows": []}
-    if gen["rows"]:
-        groups = [f"{r['label']}\n{r['precision']}" for r in gen["rows"]]
-        series = {n: [r["engines"].get(n, {}).get("tok_s", math.nan) for r in gen["rows"]] for n in GENERATE_ENGINES}
+    done = [r for r in gen["rows"] if "error" not in r]
+    if done:
+        groups = [f"{r['label']}\n{r['precision']}" for r in done]
+        series = {n: [r["engines"][n]["tok_s"] for r in done] for n in GENERATE_ENGINES}
         harness.bar_chart(None, groups, series, "tokens / s", ax=ax,
                           title=f"generate: random GPT-2 {'tiny' if meta['sizes']['tiny_model'] else 'small'}, "
                                 f"prompt {gen['prompt_len']}, {gen['new_tokens']} new tokens, median of "
                                 f"{meta['sizes']['gen_repeats']} (above the bars: pigpt / transformers)")
         ax.set_xticks(range(len(groups)), groups, rotation=0, ha="center", fontsize=8)
-        for j, r in enumerate(gen["rows"]):
-            ratio = r.get("pigpt/transformers")
-            top = max((v for v in (series[n][j] for n in GENERATE_ENGINES) if not math.isnan(v)), default=0)
-            ax.annotate(harness.fmt(ratio, ".2f", suffix="x", missing="error"), (j, top), ha="center",
+        for j, r in enumerate(done):
+            top = max(series[n][j] for n in GENERATE_ENGINES)
+            ax.annotate(harness.fmt(r["pigpt/transformers"], ".2f", suffix="x"), (j, top), ha="center",
                         va="bottom", fontsize=8)
         ax.margins(y=0.15)
     else:
-        ax.text(0.5, 0.5, step_status(results, "generate"), ha="center", va="center", fontsize=9,
-                transform=ax.transAxes)
-        ax.set_title("generate", fontsize=10)
+        no_results(ax, results, "generate")
 
-    ax = fig.add_subplot(grid[1, 3])
+    ax = fig.add_subplot(grid[1, ncol - 1])
     ax.axis("off")
     ax.text(0.0, 1.0, status_text(results, meta), ha="left", va="top", fontsize=8, family="monospace",
-            transform=ax.transAxes, wrap=True)
+            transform=ax.transAxes)
     fig.suptitle(f"gpu_check{' --dry-run' if meta['dry_run'] else ''}: {meta['device_name']}, torch {meta['torch']}"
                  f"{', Triton interpreter' if meta['triton_interpreter'] else ''}, {meta['time']}", fontsize=11)
     return harness.save_figure(fig, path)
 
 
-def step_status(results, step) -> str:
+def no_results(ax, results, step) -> None:
     s = results.get(step)
-    if s is None:
-        return f"{step}: not run"
-    return f"{step}: {'ok' if s['ok'] else 'FAILED'}" + (f"\n{s['error'][:150]}" if s.get("error") else "")
+    text = f"{step}: " + ("not run" if s is None else "FAILED, no results (the error is listed on the right)"
+                          if not s["ok"] else "no results")
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, transform=ax.transAxes)
 
 
 def status_text(results, meta) -> str:
@@ -436,7 +436,7 @@ def status_text(results, meta) -> str:
     if t:
         lines += ["", "tests: " + summary_of(t["counts"])]
         lines += [f"  not importable: {m.split()[0]}" for m in t["uncollected_modules"][:4]]
-        lines += [_wrap(f"  FAILED {x.split('::')[-1]}", 38) for x in t["failed_tests"][:6]]
+        lines += [f"  FAILED {x.split('::')[-1][:34]}" for x in t["failed_tests"][:6]]
     samp = (results.get("sampling") or {}).get("results")
     if samp:
         lines += ["", f"bandwidth {samp['bandwidth_gb_s']:.0f} GB/s", f"  ({samp['bandwidth_source']})"]
