@@ -413,7 +413,8 @@ def plot(results: dict, meta: dict, path: Path) -> Path:
     ax.axis("off")
     ax.text(0.0, 1.0, status_text(results, meta), ha="left", va="top", fontsize=8, family="monospace",
             transform=ax.transAxes)
-    fig.suptitle(f"gpu_check{' --dry-run' if meta['dry_run'] else ''}: {meta['device_name']}, torch {meta['torch']}"
+    fig.suptitle(f"gpu_check{' --dry-run (a rehearsal at tiny sizes: no figure here means anything)' if meta['dry_run'] else ''}"
+                 f": {meta['device_name']}, torch {meta['torch']}"
                  f"{', Triton interpreter' if meta['triton_interpreter'] else ''}, {meta['time']}", fontsize=11)
     return harness.save_figure(fig, path)
 
