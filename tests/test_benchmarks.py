@@ -47,6 +47,14 @@ def test_ratio_is_the_median_of_per_round_ratios():
     assert res.ratio("x", "ref") == 2.0  # per round: 2, 0.5, 2 (the ratio of medians would say 2 / 4)
 
 
+def test_device_timed_leaves_cpu_timing_to_interleave():
+    calls = []
+    fn = harness.device_timed(lambda: calls.append(1) or 5.0, "cpu")  # a number the call returns is not a time
+    assert fn() is None and calls == [1]
+    res = harness.interleave({"x": fn}, repeats=2)
+    assert len(calls) == 3 and all(0 <= t < 1 for t in res.times["x"])  # wall times, not 5.0
+
+
 def test_run_measured_reports_the_childs_own_peak():
     ballast = bytearray(400 * 2**20)  # this process's peak is above the child's: it must not leak into it
     ballast[::4096] = b"x" * len(ballast[::4096])
