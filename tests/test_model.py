@@ -509,3 +509,32 @@ def test_cpu_kernels_see_weights_change_in_place(dtype):
     gpt.cpu_kernels = False
     assert _max_diff(after, step()) <= (1e-5 if dtype == torch.float32 else 0.1)
     assert _max_diff(after, before) > 0.1
+
+
+# -- the fused LM head (model/head.py): the one autograd Function behind the training loss and score ----------
+@pytest.mark.parametrize("chunk", [7, 64])  # 7: ragged chunks (30 rows); 64: one chunk
+def test_fused_head_matches_log_softmax_gather(chunk):
+    """FusedHead's values and gradients are those of plain autograd through -log_softmax(h @ W.T)[target],
+    under a different upstream gradient on every row (as a policy-gradient loss weights its tokens)."""
+    from pigpt.model.head import fused_head
+
+    g = torch.Generator().manual_seed(0)
+    N, C, V = 30, 16, 97
+    h0, w0 = torch.randn(N, C, generator=g), torch.randn(V, C, generator=g) * 0.5
+    y, weights = torch.randint(0, V, (N,), generator=g), torch.randn(N, generator=g)
+
+    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    ref = -torch.log_softmax(h @ w.t(), -1).gather(1, y[:, None])[:, 0]
+    (ref * weights).sum().backward()
+
+    fh, fw = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    got, aux = fused_head(fh, fw, y, chunk=chunk)
+    assert aux is None and got.shape == (N,)
+    (got * weights).sum().backward(retain_graph=True)
+    torch.testing.assert_close(got, ref.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fh.grad, h.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fw.grad, w.grad, atol=1e-5, rtol=1e-5)
+    first = fh.grad.clone(), fw.grad.clone()
+    (got * weights).sum().backward()  # the saved buffer is intact: a second backward adds the same again
+    torch.testing.assert_close(fh.grad, 2 * first[0])
+    torch.testing.assert_close(fw.grad, 2 * first[1])
