@@ -514,8 +514,9 @@ def test_cpu_kernels_see_weights_change_in_place(dtype):
 # -- the fused LM head (model/head.py): the one autograd Function behind the training loss and score ----------
 @pytest.mark.parametrize("chunk", [7, 64])  # 7: ragged chunks (30 rows); 64: one chunk
 def test_fused_head_matches_log_softmax_gather(chunk):
-    """FusedHead's values and gradients are those of plain autograd through -log_softmax(h @ W.T)[target],
-    under a different upstream gradient on every row (as a policy-gradient loss weights its tokens)."""
+    """FusedHead's values and gradients are those of plain autograd through -log_softmax(h @ W.T)[target]:
+    per row under a different upstream gradient on every row (as a policy-gradient loss weights its tokens),
+    and as the mean (the training loss)."""
     from pigpt.model.head import fused_head
 
     g = torch.Generator().manual_seed(0)
@@ -523,18 +524,22 @@ def test_fused_head_matches_log_softmax_gather(chunk):
     h0, w0 = torch.randn(N, C, generator=g), torch.randn(V, C, generator=g) * 0.5
     y, weights = torch.randint(0, V, (N,), generator=g), torch.randn(N, generator=g)
 
-    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
-    ref = -torch.log_softmax(h @ w.t(), -1).gather(1, y[:, None])[:, 0]
-    (ref * weights).sum().backward()
+    def leaves():
+        return h0.clone().requires_grad_(), w0.clone().requires_grad_()
 
-    fh, fw = h0.clone().requires_grad_(), w0.clone().requires_grad_()
-    got, aux = fused_head(fh, fw, y, chunk=chunk)
-    assert aux is None and got.shape == (N,)
-    (got * weights).sum().backward(retain_graph=True)
-    torch.testing.assert_close(got, ref.detach(), atol=1e-5, rtol=0)
-    torch.testing.assert_close(fh.grad, h.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fw.grad, w.grad, atol=1e-5, rtol=1e-5)
-    first = fh.grad.clone(), fw.grad.clone()
-    (got * weights).sum().backward()  # the saved buffer is intact: a second backward adds the same again
-    torch.testing.assert_close(fh.grad, 2 * first[0])
-    torch.testing.assert_close(fw.grad, 2 * first[1])
+    for reduction in ("none", "mean"):
+        h, w = leaves()
+        ref = -torch.log_softmax(h @ w.t(), -1).gather(1, y[:, None])[:, 0]
+        ref = ref * weights if reduction == "none" else ref.mean()
+        ref.sum().backward()
+        fh, fw = leaves()
+        got, aux = fused_head(fh, fw, y, chunk=chunk, reduction=reduction)
+        assert aux is None and got.shape == ref.shape[:1] * (reduction == "none")
+        got = got * weights if reduction == "none" else got
+        got.sum().backward(retain_graph=True)
+        torch.testing.assert_close(got, ref.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fh.grad, h.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fw.grad, w.grad, atol=1e-5, rtol=1e-5)
+        if reduction == "none":  # backward scaled the one gradient buffer in place: a second one must refuse
+            with pytest.raises(RuntimeError, match="backpropagated once"):
+                got.sum().backward()

@@ -5,9 +5,10 @@ worse: [N, V] logits are written, upcast, processed, log-softmaxed, and as many 
 zero-filled and read back, each a pass over hundreds of MB that a CPU page-faults in. Here each chunk of rows
 computes its float32 logits, its values and the gradient of those values with respect to the logits in a
 few in-place passes while the chunk is in cache, and writes that gradient once, into one [N, V] buffer in the
-compute dtype; backward is two matmuls.
+compute dtype; two matmuls then give the gradients of the hidden states and of the embedding matrix.
 
-    values = fused_head(h, w, targets, chunk_fn, dtype=torch.bfloat16, chunk=128)   # (N,), differentiable
+    values, aux = fused_head(h, w, targets, chunk_fn, chunk=64)        # (N,), differentiable: score's
+    loss, _ = fused_head(h, w, targets, dtype=torch.bfloat16, reduction="mean")   # the training loss
 
 `chunk_fn(logits, rows, targets, grad)` is the maths: given one chunk's float32 logits (n, V) (its to use as
 scratch), the slice of rows and their targets (n,), it returns the chunk's values (n,) and writes
@@ -33,42 +34,59 @@ def nll_chunk(logits: torch.Tensor, rows: slice, targets: torch.Tensor, grad: to
 
 class FusedHead(torch.autograd.Function):
     """values_i = chunk_fn(h_i @ W.T) for h (N, C) and the tied head W (V, C), with d values / d logits
-    computed in forward; returns (values (N,), aux), aux being what chunk_fn returned beside the values
-    (concatenated over the chunks; None if it returned None), not differentiable."""
+    computed in forward. reduction="none": (values (N,), aux), aux being what chunk_fn returned beside the
+    values (concatenated over the chunks; None if it returned None), not differentiable; backward scales the
+    buffer's rows by their upstream gradients, in place, so it runs once. reduction="mean": the mean value,
+    a scalar, with both matmuls done in forward, so the [N, V] buffer is freed before backward (which only
+    scales their results): the training loss."""
 
     @staticmethod
-    def forward(ctx, h, w, targets, chunk_fn, dtype, chunk):
+    def forward(ctx, h, w, targets, chunk_fn, dtype, chunk, reduction):
         N, V = h.shape[0], w.shape[0]
         hc, wc = h.to(dtype), w.to(dtype)
         grad = torch.empty(N, V, dtype=dtype, device=h.device)  # (N, V): d value_i / d logits_i
         values, auxes = [], []
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, N, chunk):
             rows = slice(s, s + chunk)
             logits = (hc[rows] @ wc.t()).float()  # (n, V), float32 for the softmax
             v, aux = chunk_fn(logits, rows, targets[rows], grad[rows])
-            values.append(v)
-            auxes.append(aux)
+            if reduction == "mean":
+                total += v.sum()
+            else:
+                values.append(v)
+                auxes.append(aux)
+        ctx.n, ctx.h_dtype, ctx.w_dtype, ctx.reduction, ctx.done = N, h.dtype, w.dtype, reduction, False
+        if reduction == "mean":
+            # Two large matmuls over all rows run faster than per-chunk ones with a (V, C) accumulator.
+            ctx.save_for_backward(grad @ wc, grad.t() @ hc)  # (N, C), (V, C)
+            return total / N, None
         ctx.save_for_backward(hc, wc, grad)
-        ctx.h_dtype, ctx.w_dtype = h.dtype, w.dtype
         aux = None if not auxes or auxes[0] is None else torch.cat(auxes)
         ctx.mark_non_differentiable(*(() if aux is None else (aux,)))
         return (torch.cat(values) if values else h.new_zeros(0, dtype=torch.float32)), aux
 
     @staticmethod
     def backward(ctx, grad_values, _grad_aux):
+        if ctx.reduction == "mean":
+            grad_h, grad_w = ctx.saved_tensors
+            scale = grad_values / ctx.n
+            return (grad_h * scale).to(ctx.h_dtype), (grad_w * scale).to(ctx.w_dtype), None, None, None, None, None
+        if ctx.done:
+            raise RuntimeError("the fused LM head's result can be backpropagated once (its gradient buffer is reused)")
+        ctx.done = True
         hc, wc, grad = ctx.saved_tensors
-        # Each row's upstream factor scales grad's rows; applied to the (N, C) sides of the two products
-        # instead, it costs no pass over the [N, V] buffer (which also stays intact for another backward).
-        g = grad_values[:, None]  # (N, 1), float32
-        grad_h = (grad @ wc) * g  # (N, C)
-        grad_w = grad.t() @ (hc * g).to(grad.dtype)  # (V, C)
-        return grad_h.to(ctx.h_dtype), grad_w.to(ctx.w_dtype), None, None, None, None
+        grad.mul_(grad_values.to(grad.dtype)[:, None])  # (N, V): each row's share of the loss, in place
+        return (grad @ wc).to(ctx.h_dtype), (grad.t() @ hc).to(ctx.w_dtype), None, None, None, None, None
 
 
-def fused_head(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk_fn=nll_chunk,
-               dtype: torch.dtype = torch.float32, chunk: int = 128):
-    """(values (N,), aux): `FusedHead` over h (N, C), w (V, C), targets (N,); see the module docstring."""
-    return FusedHead.apply(h, w, targets, chunk_fn, dtype, chunk)
+def fused_head(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk_fn=None,
+               dtype: torch.dtype = torch.float32, chunk: int = 128, reduction: str = "none"):
+    """`FusedHead` over h (N, C), w (V, C), targets (N,) with chunk_fn (default nll_chunk, cross-entropy):
+    (values (N,), aux) with reduction="none", (mean value, None) with reduction="mean"."""
+    if reduction not in ("none", "mean"):
+        raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
+    return FusedHead.apply(h, w, targets, chunk_fn or nll_chunk, dtype, chunk, reduction)
 
 
 __all__ = ["FusedHead", "fused_head", "nll_chunk"]

@@ -37,8 +37,7 @@ def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: in
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else torch.float32
     with torch.autocast(device_type, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad):
-            nll, _ = fused_head(h, w, targets, dtype=dtype, chunk=chunk)  # (N,), per row
-            return nll.sum() / h.shape[0]
+            return fused_head(h, w, targets, dtype=dtype, chunk=chunk, reduction="mean")[0]
         total = h.new_zeros((), dtype=torch.float32)
         for s in range(0, h.shape[0], chunk):  # no grad (eval): chunks only bound the memory
             logits = (h[s:s + chunk].to(dtype) @ w.to(dtype).t()).float()
