@@ -87,8 +87,9 @@ def resolve_config(cls, given: dict, saved: dict | None, out, *, mutable, new, v
         saved = {k: v for k, v in saved.items() if k in names}
         for k, v in given.items():
             if k not in mutable and not same(k, v, saved.get(k)):
-                raise TrainError(f"--{k.replace('_', '-')} {v} conflicts with the run being resumed in {out} (it used "
-                                 f"{saved.get(k)}); drop the flag to resume that run, or start a new one with another --out")
+                raise TrainError(f"--{k.replace('_', '-')} {v} conflicts with the run being resumed in {out} (it "
+                                 f"used {saved.get(k)}); drop the flag to resume that run, or start a new one with "
+                                 "another --out")
         cfg = cls(**{**saved, **given})
     validate(cfg)
     return cfg
