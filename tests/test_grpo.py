@@ -278,3 +278,16 @@ def test_a_run_failing_before_its_first_step_leaves_no_directory(policy_dir, pro
     with pytest.raises(TrainError, match="boom"):
         train.main(rl_args(policy_dir, prompts_file, out, "--reward", f"{tmp_path / 'bad.py'}:raises"))
     assert not out.exists()
+
+
+def test_resume_refuses_the_other_modes_run(policy_dir, prompts_file, tmp_path):
+    """The one skeleton records each run's mode: --resume with the other mode's flags says which run it is."""
+    lm_run, grpo_run = tmp_path / "lm", tmp_path / "grpo"
+    for out, state in ((lm_run, {"step": 1, "config": {}}),  # a next-token run (saved before modes were recorded)
+                       (grpo_run, {"step": 1, "config": {}, "mode": "grpo"})):
+        out.mkdir()
+        torch.save(state, out / "train_state.pt")
+    with pytest.raises(TrainError, match="holds a next-token training run; resume it without --reward"):
+        train.main(rl_args(policy_dir, prompts_file, lm_run, "--resume"))
+    with pytest.raises(TrainError, match="holds a GRPO run; resume it with --reward"):
+        train.main(["--resume", "--out", str(grpo_run), "--device", "cpu"])
