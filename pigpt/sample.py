@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep tokens with probability >= P x the top token's; 0 is off (default)")
     g.add_argument("--epsilon-cutoff", type=float, default=0.0, metavar="E",
                    help="keep tokens with probability >= E (the top token always); 0 is off (default)")
+    g.add_argument("--eta-cutoff", type=float, default=0.0, metavar="E",
+                   help="epsilon sampling with the cut min(E, sqrt(E) x exp(-entropy)); 0 is off (default)")
     g.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
                    help="penalise tokens already in prompt or completion; 1 is off (default)")
     g.add_argument("--presence-penalty", type=float, default=0.0, metavar="P",
@@ -188,7 +190,7 @@ def check_settings(args) -> None:
 
     try:
         check_sampling(dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                            epsilon_cutoff=args.epsilon_cutoff, n=args.num_rollouts,
+                            epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff, n=args.num_rollouts,
                             repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
                             frequency_penalty=args.frequency_penalty, max_new_tokens=args.max_new_tokens,
                             min_new_tokens=args.min_new_tokens, seed=args.seed, stop=args.stop),
@@ -345,7 +347,8 @@ class Session:
             return SamplingParams(
                 temperature=1.0 if beam else a.temperature, top_k=0 if beam else a.top_k,
                 top_p=1.0 if beam else a.top_p, min_p=0.0 if beam else a.min_p,
-                epsilon_cutoff=0.0 if beam else a.epsilon_cutoff, repetition_penalty=a.repetition_penalty,
+                epsilon_cutoff=0.0 if beam else a.epsilon_cutoff, eta_cutoff=0.0 if beam else a.eta_cutoff,
+                repetition_penalty=a.repetition_penalty,
                 presence_penalty=0.0 if beam else a.presence_penalty,
                 frequency_penalty=0.0 if beam else a.frequency_penalty,
                 min_new_tokens=a.min_new_tokens, max_new_tokens=a.max_new_tokens, stop_token_ids=self.stop_ids,

@@ -123,7 +123,7 @@ import triton
 from pigpt.kernels.sampling_triton import GROUP, GROUP_BIT, NUM_PIVOTS, _sample_kernel
 
 sig = {"x_ptr": "*bf16", "stride": "i32", "T_ptr": "*fp32", "k_ptr": "*i32", "p_ptr": "*fp32",
-       "lmp_ptr": "*fp32", "eps_ptr": "*fp32", "k1_ptr": "*i32", "k2_ptr": "*i32", "tok_ptr": "*i64", "lp_ptr": "*fp32", "V": "i32",
+       "lmp_ptr": "*fp32", "eps_ptr": "*fp32", "eta_ptr": "*fp32", "reta_ptr": "*fp32", "k1_ptr": "*i32", "k2_ptr": "*i32", "tok_ptr": "*i64", "lp_ptr": "*fp32", "V": "i32",
        "BLOCK": "constexpr", "NP": "constexpr", "GROUP": "constexpr", "GROUP_BIT": "constexpr"}
 src = ASTSource(fn=_sample_kernel, signature=sig,
                 constexprs={"BLOCK": 1024, "NP": NUM_PIVOTS, "GROUP": GROUP, "GROUP_BIT": GROUP_BIT})
@@ -169,6 +169,7 @@ def rule_params(B, V, seed):
     g = torch.Generator().manual_seed(seed)
     pick = lambda values: torch.tensor(values)[torch.randint(0, len(values), (B,), generator=g)]  # noqa: E731
     return dict(min_p=pick([0.0, 1e-3, 0.05, 0.3, 1.0]), epsilon_cutoff=pick([0.0, 1e-4, 3e-3, 0.05, 0.6]),
+                eta_cutoff=pick([0.0, 0.0, 3e-4, 0.01, 0.3]),
                 temperature=pick([0.0, 0.5, 1.0, 2.0]), top_k=pick([0, 0, 5, V + 1]), top_p=pick([1.0, 1.0, 0.9]),
                 seed=torch.randint(0, 2**40, (B,), generator=g), position=torch.arange(B))
 
@@ -193,8 +194,8 @@ def test_triton_min_p_and_epsilon_across_tiles():
     x = grid_logits(B, V, 7, torch.float32)
     T, k, p, s, pos = normalize_params(x, prm["temperature"], prm["top_k"], prm["top_p"], prm["seed"],
                                        prm["position"])
-    lmp, eps = normalize_cutoffs(x, prm["min_p"], prm["epsilon_cutoff"])
-    tok, lp = sample_triton(x, T, k, p, *row_keys(s, pos), block=64, lmp=lmp, eps=eps)
+    lmp, eps, eta = normalize_cutoffs(x, prm["min_p"], prm["epsilon_cutoff"], prm["eta_cutoff"])
+    tok, lp = sample_triton(x, T, k, p, *row_keys(s, pos), block=64, lmp=lmp, eps=eps, eta=eta)
     ref_tok, ref_lp = sample_from_logits(x, backend="torch", **prm)
     assert torch.equal(tok, ref_tok)
     torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-5)

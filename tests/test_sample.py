@@ -269,6 +269,7 @@ BAD = [
     (["--top-k", "-2"], "--top-k must be >= 0"),
     (["--min-p", "1.5"], "--min-p must be in [0, 1] (0 turns min-p off), got 1.5"),
     (["--epsilon-cutoff", "1"], "--epsilon-cutoff must be in [0, 1) (0 turns it off), got 1.0"),
+    (["--eta-cutoff", "1"], "--eta-cutoff must be in [0, 1) (0 turns it off), got 1.0"),
     (["--presence-penalty", "2.5"], "--presence-penalty must be in [-2, 2] (0 turns it off), got 2.5"),
     (["--frequency-penalty", "-3"], "--frequency-penalty must be in [-2, 2] (0 turns it off), got -3.0"),
     (["-n", "0"], "-n/--num-rollouts must be >= 1"),

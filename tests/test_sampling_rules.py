@@ -12,8 +12,9 @@ from collections import Counter
 import pytest
 import torch
 from scipy import stats
-from transformers.generation.logits_process import (EpsilonLogitsWarper, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
-                                                    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers.generation.logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, MinPLogitsWarper,
+                                                    RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                    TopKLogitsWarper, TopPLogitsWarper)
 
 from pigpt.decoding import SamplingParams, generate, score
 from pigpt.kernels import process_logits, sample_from_logits, token_logprobs
@@ -40,11 +41,12 @@ class OpenAIPenalties:
         return scores
 
 
-def hf_chain(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0, repetition_penalty=1.0,
-             presence_penalty=0.0, frequency_penalty=0.0, ids=None, prompt_len=None):
+def hf_chain(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+             repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, ids=None, prompt_len=None,
+             dtype=torch.float32):
     """transformers' processed scores, its warpers built as generate() builds them (utils._get_logits_processor):
     repetition penalty, (OpenAI's penalties, where vLLM applies them), temperature, top-k, top-p, min-p, epsilon."""
-    s = x.float().clone()
+    s = x.float().to(dtype).clone()
     if repetition_penalty != 1.0:
         s = RepetitionPenaltyLogitsProcessor(repetition_penalty)(ids, s)
     if presence_penalty or frequency_penalty:
@@ -59,13 +61,16 @@ def hf_chain(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0
         s = MinPLogitsWarper(min_p)(None, s)
     if 0 < epsilon_cutoff < 1:
         s = EpsilonLogitsWarper(epsilon_cutoff)(None, s)
+    if 0 < eta_cutoff < 1:
+        s = EtaLogitsWarper(eta_cutoff)(None, s)
     return s
 
 
-def assert_matches_transformers(x, **kw):
-    """Identical kept sets, and the processed probabilities within 1e-6 (log-probs 1e-5 where they are large)."""
+def assert_matches_transformers(x, dtype=torch.float32, **kw):
+    """Identical kept sets, and the processed probabilities within 1e-6. dtype: what transformers' chain
+    computes in (float64 for eta: see test_eta_matches_transformers_eta_warper)."""
     ours = process_logits(x, **kw)
-    theirs = hf_chain(x, **kw)
+    theirs = hf_chain(x, dtype=dtype, **kw).float()
     kept, ref_kept = ours > NEG_INF, theirs > NEG_INF
     bad = (kept != ref_kept).any(-1).nonzero()[:, 0].tolist()
     assert not bad, f"{kw}: rows {bad} keep {kept[bad].sum(-1).tolist()} tokens, transformers {ref_kept[bad].sum(-1).tolist()}"
@@ -181,8 +186,32 @@ def test_epsilon_edge_cases_match_transformers():
     assert (process_logits(x, epsilon_cutoff=3e-2) > NEG_INF).tolist()[1] == [True] * 4
 
 
+# -- eta ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [random_logits, tied_and_masked])
+def test_eta_matches_transformers_eta_warper(make):
+    """Against EtaLogitsWarper run on float64 logits: in float32 its entropy (torch.distributions.Categorical)
+    is off by ~1e-5 relative on a 50257-token row (5.529475 for a true 5.529523 on a shipped-model row), which
+    moves its cut past tokens that lie within that of it; pigpt sums the entropy in float64 (5.529523)."""
+    x = make(24, 500, 5) if make is tied_and_masked else make(24, 500, 5, scale=1.0)
+    for chain in chains_for(make) + [dict(min_p=0.05, epsilon_cutoff=1e-3)]:
+        for eta in (3e-4, 2e-3, 0.01, 0.1, 0.5, 0.9):
+            assert_matches_transformers(x, eta_cutoff=eta, dtype=torch.float64, **chain)
+
+
+def test_eta_matches_transformers_on_shipped_model_logits_and_edge_cases(shipped_logits):
+    for chain in CHAINS:
+        for eta in (3e-4, 3e-3, 0.05):
+            assert_matches_transformers(shipped_logits, eta_cutoff=eta, dtype=torch.float64, **chain)
+    x = torch.stack([torch.tensor([0.87, 0.099, 0.001, 0.03]).log(), torch.zeros(4), torch.tensor([1.0, 1.0, 0.9, 0.8]),
+                     torch.tensor([1e4, 0.0, -1e4, NEG_INF]), torch.tensor([NEG_INF, 3.0, NEG_INF, NEG_INF])])
+    for eta in (1e-4, 3e-2, 0.2, 0.5, 0.9):
+        for t in (0.5, 1.0, 3.0):
+            assert_matches_transformers(x, temperature=t, eta_cutoff=eta, dtype=torch.float64)
+    assert (process_logits(x, eta_cutoff=0.9) > NEG_INF).tolist()[1] == [True] * 4  # uniform: all tied with the max
+
+
 # -- the sampler, token_logprobs --------------------------------------------------------------------------------
-RULES = [dict(min_p=0.05), dict(min_p=0.3, temperature=1.5), dict(epsilon_cutoff=3e-3),
+RULES = [dict(min_p=0.05), dict(min_p=0.3, temperature=1.5), dict(epsilon_cutoff=3e-3), dict(eta_cutoff=2e-3),
          dict(epsilon_cutoff=0.02, top_k=30), dict(min_p=0.1, epsilon_cutoff=1e-3, top_k=200, temperature=1.2)]
 
 
@@ -227,7 +256,8 @@ def test_per_row_min_p_and_epsilon_equal_one_call_per_row():
             assert torch.equal(keep[b], (hf_chain(x[b:b + 1], **one) > NEG_INF)[0]), b
 
 
-@pytest.mark.parametrize("kw", [dict(min_p=0.1), dict(epsilon_cutoff=0.01), dict(min_p=0.05, top_k=8, temperature=1.5)])
+@pytest.mark.parametrize("kw", [dict(min_p=0.1), dict(epsilon_cutoff=0.01), dict(eta_cutoff=0.01),
+                                dict(min_p=0.05, top_k=8, temperature=1.5)])
 def test_draw_frequencies_match_the_processed_distribution(kw):
     """20,000 draws with distinct seeds from one row: chi-square p-value > 1e-4 against transformers'
     processed distribution (categories with expected count < 5 pooled), nothing outside its support."""
@@ -265,7 +295,7 @@ def test_sampling_params_check_the_rules_with_the_kernels_wording():
     with pytest.raises(ValueError, match=r"SamplingParams.epsilon_cutoff must be in \[0, 1\)"):
         SamplingParams(epsilon_cutoff=1)
     assert SamplingParams(min_p=0.1).sampler == dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1,
-                                                      epsilon_cutoff=0.0)
+                                                      epsilon_cutoff=0.0, eta_cutoff=0.0)
 
 
 # -- generate, score -------------------------------------------------------------------------------------------
@@ -282,7 +312,7 @@ def hf_transition_scores(hf, prompt, tokens, **kw):
     return hf.compute_transition_scores(seq, tuple(s.double() for s in scores), normalize_logits=True)[0].float()
 
 
-GEN = [dict(temperature=1.3, min_p=0.1), dict(temperature=1.2, epsilon_cutoff=3e-3),
+GEN = [dict(temperature=1.3, min_p=0.1), dict(temperature=1.2, epsilon_cutoff=3e-3), dict(temperature=1.1, eta_cutoff=3e-3),
        dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.05, epsilon_cutoff=1e-3, repetition_penalty=1.2),
        dict(temperature=1.0, presence_penalty=1.5, frequency_penalty=0.5),
        dict(temperature=0.7, top_k=40, min_p=0.05, presence_penalty=-0.5, frequency_penalty=1.2,
@@ -320,7 +350,8 @@ def test_beam_search_refuses_the_sampling_knobs(shipped):
     from pigpt.decoding import beam_search
 
     gpt, _, prompts = shipped
-    for kw in (dict(min_p=0.1), dict(epsilon_cutoff=0.01), dict(presence_penalty=0.5), dict(frequency_penalty=0.5)):
+    for kw in (dict(min_p=0.1), dict(epsilon_cutoff=0.01), dict(eta_cutoff=0.01), dict(presence_penalty=0.5),
+               dict(frequency_penalty=0.5)):
         with pytest.raises(ValueError, match=f"deterministic.*'{next(iter(kw))}'"):
             beam_search(gpt, prompts[:1], SamplingParams(max_new_tokens=2, **kw), num_beams=2)
 

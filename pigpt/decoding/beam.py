@@ -140,7 +140,7 @@ def _params(params, **kw) -> SamplingParams:
         if getattr(merged, k) != getattr(params, k):
             raise ValueError(f"{k} is given both in params ({getattr(params, k)!r}) and as a keyword "
                              f"({getattr(merged, k)!r}); pass it once")
-    defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "epsilon_cutoff": 0.0,
+    defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
                 "presence_penalty": 0.0, "frequency_penalty": 0.0, "n": 1, "seed": None}
     sampling = {k: getattr(params, k) for k in defaults}
     if sampling != defaults:

@@ -28,7 +28,9 @@ class SamplingParams:
     min_p: keep the tokens with probability >= min_p * (the most likely token's); 0.0 is off.
     epsilon_cutoff: keep the tokens with probability >= epsilon_cutoff (over the tokens kept so far), and the
         most likely always; 0.0 is off. The rules run in transformers' order: temperature, top-k, top-p,
-        min-p, epsilon (docs/sampling.md).
+        min-p, epsilon, eta (docs/sampling.md).
+    eta_cutoff: epsilon sampling with the cutoff min(eta_cutoff, sqrt(eta_cutoff) * exp(-entropy)) (the
+        entropy of the tokens kept so far; transformers' EtaLogitsWarper); 0.0 is off.
     repetition_penalty: transformers' (CTRL) penalty over prompt + completion tokens; 1.0 is off.
     presence_penalty, frequency_penalty: vLLM's / OpenAI's additive penalties over the completion's tokens so
         far: a token generated c times loses frequency_penalty * c + presence_penalty * (c > 0) of its logit,
@@ -54,6 +56,7 @@ class SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.0
     epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -96,11 +99,11 @@ class SamplingParams:
 
     @property
     def truncates(self) -> bool:
-        """Whether a truncation rule (top-k, top-p, min-p, epsilon) is on."""
-        return bool(self.top_k or self.top_p < 1 or self.min_p > 0 or self.epsilon_cutoff > 0)
+        """Whether a truncation rule (top-k, top-p, min-p, epsilon, eta) is on."""
+        return bool(self.top_k or self.top_p < 1 or self.min_p > 0 or self.epsilon_cutoff > 0 or self.eta_cutoff > 0)
 
 
-SAMPLER = ("temperature", "top_k", "top_p", "min_p", "epsilon_cutoff")  # the kernel's settings, in its order
+SAMPLER = ("temperature", "top_k", "top_p", "min_p", "epsilon_cutoff", "eta_cutoff")  # the kernel's settings, in its order
 
 
 # field: (kind, ok, what is allowed): the settings' rules besides the kernel's (kernels.params.RULES)
@@ -110,6 +113,7 @@ SETTINGS = {
     "top_p": ("number", None, None),
     "min_p": ("number", None, None),
     "epsilon_cutoff": ("number", None, None),
+    "eta_cutoff": ("number", None, None),
     "repetition_penalty": ("number", lambda v: v > 0, "> 0 (1 turns it off)"),
     "presence_penalty": ("number", lambda v: -2 <= v <= 2, "in [-2, 2] (0 turns it off)"),  # vLLM's / OpenAI's range
     "frequency_penalty": ("number", lambda v: -2 <= v <= 2, "in [-2, 2] (0 turns it off)"),

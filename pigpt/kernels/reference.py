@@ -47,15 +47,16 @@ def effective_top_k(top_k: torch.Tensor, V: int) -> torch.Tensor:
     return torch.where((top_k > 0) & (top_k < V), top_k, 0)
 
 
-def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0) -> torch.Tensor:
+def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0,
+                   eta_cutoff=0.0) -> torch.Tensor:
     """Log-probabilities (B, V) float32 of the distribution `sample_from_logits` draws from.
 
-    temperature -> top-k -> top-p -> min-p -> epsilon as in transformers, then log-softmax over the kept set;
+    temperature -> top-k -> top-p -> min-p -> epsilon -> eta as in transformers, then log-softmax over the kept set;
     removed tokens are -inf. A row with temperature 0 (greedy) is a point mass: 0 at argmax(logits), -inf elsewhere.
     """
     check_logits(logits)
     T, k, p, _, _ = normalize_params(logits, temperature, top_k, top_p, 0, 0)
-    lmp, eps = normalize_cutoffs(logits, min_p, epsilon_cutoff)
+    lmp, eps, eta = normalize_cutoffs(logits, min_p, epsilon_cutoff, eta_cutoff)
     x = logits.float()
     check_finite(x)
     B, V = x.shape
@@ -72,6 +73,13 @@ def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, ep
     z = partition(vals.masked_fill(vals < t[:, None], float("-inf")), mx)
     t_eps = torch.where(e / z[:, None] >= eps[:, None], vals, float("inf")).amin(-1)
     t = torch.where(eps > 0, torch.maximum(t, torch.minimum(mx, t_eps)), t)
+    # eta: the same with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
+    e = torch.exp(vals - mx[:, None]).masked_fill(vals < t[:, None], 0.0)
+    z = e.sum(-1, dtype=torch.float64).float()
+    h = torch.log(z) - torch.where(e > 0, e * (vals - mx[:, None]), 0.0).sum(-1, dtype=torch.float64).float() / z
+    cut = torch.minimum(eta, torch.sqrt(eta) * torch.exp(-h))
+    t_eta = torch.where(e / z[:, None] >= cut[:, None], vals, float("inf")).amin(-1)
+    t = torch.where(eta > 0, torch.maximum(t, torch.minimum(mx, t_eta)), t)
     out = torch.log_softmax(s.masked_fill(s < t[:, None], float("-inf")), -1)
     point_mass = torch.full_like(out, float("-inf")).scatter_(1, x.argmax(-1, keepdim=True), 0.0)
     return torch.where(greedy[:, None], point_mass, out)

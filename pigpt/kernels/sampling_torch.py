@@ -127,10 +127,10 @@ def _draw_sparse(vals, idx, t, k1, k2, V):
     return tok, (s_tok - mx) - torch.log(z)
 
 
-def _cut(vals, mx, t, lmp, eps):
-    """min-p, then epsilon (transformers' order: after top-k and top-p), each raising the threshold t (n,) of
+def _cut(vals, mx, t, lmp, eps, eta):
+    """min-p, then epsilon, then eta (transformers' order: after top-k and top-p), each raising the threshold t of
     rows vals (n, m) that hold every token kept so far; mx (n,) the rows' max. lmp (n,): log(min_p), -inf
-    when off; eps (n,): epsilon_cutoff, 0 when off (kernels.params.normalize_cutoffs).
+    when off; eps, eta (n,): epsilon_cutoff, eta_cutoff, 0 when off (kernels.params.normalize_cutoffs).
 
     min-p keeps p >= min_p * p_max, i.e. s >= mx + log(min_p): a threshold on the max, no pass. Epsilon keeps
     p >= epsilon, p = exp(s - mx) / Z over the tokens kept so far (what transformers' warper sees, and in its
@@ -144,6 +144,15 @@ def _cut(vals, mx, t, lmp, eps):
         z = e.sum(-1, dtype=torch.float64).float()  # as reference.partition: batch-invariant
         t_eps = torch.where(e / z[:, None] >= eps[:, None], vals, float("inf")).amin(-1)
         t = torch.where(on, torch.maximum(t, torch.minimum(mx, t_eps)), t)
+    on = eta > 0
+    if bool(on.any()):
+        # eta: epsilon with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
+        e = torch.exp(vals - mx[:, None]).masked_fill_(vals < t[:, None], 0.0)
+        z = e.sum(-1, dtype=torch.float64).float()
+        a = torch.where(e > 0, e * (vals - mx[:, None]), 0.0).sum(-1, dtype=torch.float64).float()
+        cut = torch.minimum(eta, torch.sqrt(eta) * torch.exp(-(torch.log(z) - a / z)))
+        t_eta = torch.where(e / z[:, None] >= cut[:, None], vals, float("inf")).amin(-1)
+        t = torch.where(on, torch.maximum(t, torch.minimum(mx, t_eta)), t)
     return t
 
 
@@ -204,11 +213,11 @@ def _nucleus_threshold(s, mx, p):
     return bvals.gather(1, last[:, None])[:, 0], e
 
 
-def _nucleus(s, mx, p, lmp, eps, k1, k2):
+def _nucleus(s, mx, p, lmp, eps, eta, k1, k2):
     """Top-p rows without top-k: (tokens, log-probs), drawn on the full rows with the nucleus threshold
     (raised by min-p / epsilon)."""
     t, e = _nucleus_threshold(s, mx, p)
-    return _draw_dense(s, mx, _cut(s, mx, t, lmp, eps), k1, k2, e=e)
+    return _draw_dense(s, mx, _cut(s, mx, t, lmp, eps, eta), k1, k2, e=e)
 
 
 def _finish(out, rows, vals, idx, t, k1, k2, V):
@@ -225,7 +234,7 @@ def _scale(x, T):
     return x if bool((T == 1).all()) else x / T[:, None]
 
 
-def _topk_windows(x, T, k, p, lmp, eps, rows):
+def _topk_windows(x, T, k, p, lmp, eps, eta, rows):
     """Top-k rows, resolved: yields (rows, vals, idx, t) with each row's descending window of x / T that
     provably holds its whole kept set, and its threshold (min-p / epsilon included: they only shrink the
     set). Windows grow (WINDOWS, then a full sort) until no tie with the k-th value can spill past them.
@@ -246,7 +255,7 @@ def _topk_windows(x, T, k, p, lmp, eps, rows):
         t, done = _resolve(vals, k[take], p[take], full=m == V)
         d = done.nonzero()[:, 0]
         vals, idx, t = vals[d], idx[d], t[d]
-        t = _cut(vals, vals[:, 0], t, lmp[take[d]], eps[take[d]])
+        t = _cut(vals, vals[:, 0], t, lmp[take[d]], eps[take[d]], eta[take[d]])
         yield take[d], vals, idx, t
         pending[take[d]] = False
         width[take] = m + 1  # unresolved rows move on to the next window
@@ -258,7 +267,7 @@ def _routes(k, p):
             (k > 0).nonzero()[:, 0])
 
 
-def _sample_rows(x, mx, T, k, p, lmp, eps, k1, k2):
+def _sample_rows(x, mx, T, k, p, lmp, eps, eta, k1, k2):
     """Sample rows that all have temperature > 0. x (n, V) float32, mx its row maxima."""
     n, V = x.shape
     out = (torch.empty(n, dtype=torch.int64, device=x.device), torch.empty(n, dtype=torch.float32, device=x.device))
@@ -267,35 +276,38 @@ def _sample_rows(x, mx, T, k, p, lmp, eps, k1, k2):
     if plain.numel():
         # No top-k / top-p: every token is a candidate unless min-p / epsilon cut; no ordering needed.
         s, mx_s = _scale(_rows(x, plain, n), T[plain]), mx[plain] / T[plain]
-        t = _cut(s, mx_s, torch.full((plain.numel(),), NEG_INF, device=x.device), lmp[plain], eps[plain])
+        t0 = torch.full((plain.numel(),), NEG_INF, device=x.device)
+        t = _cut(s, mx_s, t0, lmp[plain], eps[plain], eta[plain])
         out[0][plain], out[1][plain] = _draw_dense(s, mx_s, t, k1[plain], k2[plain])
     if nucleus.numel():
         # max(x / T) == max(x) / T exactly: rounding is monotone
         out[0][nucleus], out[1][nucleus] = _nucleus(_scale(_rows(x, nucleus, n), T[nucleus]),
                                                     mx[nucleus] / T[nucleus], p[nucleus], lmp[nucleus], eps[nucleus],
-                                                    k1[nucleus], k2[nucleus])
-    for rows, vals, idx, t in _topk_windows(x, T, k, p, lmp, eps, windowed):
+                                                    eta[nucleus], k1[nucleus], k2[nucleus])
+    for rows, vals, idx, t in _topk_windows(x, T, k, p, lmp, eps, eta, windowed):
         _finish(out, rows, vals, idx, t, k1, k2, V)
     return out
 
 
-def keep_thresholds(x, T, k, p, lmp, eps):
+def keep_thresholds(x, T, k, p, lmp, eps, eta):
     """The threshold of each row's kept set, exactly as the sampler finds it: a token is kept iff
-    x / T >= t. x (n, V) float32, every T > 0; lmp, eps: log(min_p) (-inf: off), epsilon_cutoff (0: off);
+    x / T >= t. x (n, V) float32, every T > 0; lmp, eps, eta: log(min_p) (-inf: off), epsilon_cutoff and
+    eta_cutoff (0: off);
     returns t (n,) float32 (-inf: nothing truncated)."""
     n, V = x.shape
     t = torch.full((n,), NEG_INF, device=x.device)
     k = effective_top_k(k, V)
     plain, nucleus, windowed = _routes(k, p)
-    plain = plain[((lmp[plain] > NEG_INF) | (eps[plain] > 0)).nonzero()[:, 0]]  # cut by min-p / epsilon
+    plain = plain[((lmp[plain] > NEG_INF) | (eps[plain] > 0) | (eta[plain] > 0)).nonzero()[:, 0]]  # cut by a rule
     if plain.numel():
         s = _scale(_rows(x, plain, n), T[plain])
-        t[plain] = _cut(s, s.amax(-1), t[plain], lmp[plain], eps[plain])
+        t[plain] = _cut(s, s.amax(-1), t[plain], lmp[plain], eps[plain], eta[plain])
     if nucleus.numel():
         s = _scale(_rows(x, nucleus, n), T[nucleus])
         mx = s.amax(-1)
-        t[nucleus] = _cut(s, mx, _nucleus_threshold(s, mx, p[nucleus])[0], lmp[nucleus], eps[nucleus])
-    for rows, _, _, t_rows in _topk_windows(x, T, k, p, lmp, eps, windowed):
+        t[nucleus] = _cut(s, mx, _nucleus_threshold(s, mx, p[nucleus])[0], lmp[nucleus], eps[nucleus],
+                          eta[nucleus])
+    for rows, _, _, t_rows in _topk_windows(x, T, k, p, lmp, eps, eta, windowed):
         t[rows] = t_rows
     return t
 
@@ -307,7 +319,7 @@ def _greedy(x):
     return tok, -torch.log(partition(x, mx))
 
 
-def sample_torch(logits, T, k, p, seed, position, lmp, eps):
+def sample_torch(logits, T, k, p, seed, position, lmp, eps, eta):
     """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors. Noise keys
     are hashed for the rows that draw (temperature > 0) only: greedy rows need none."""
     x = logits.float()
@@ -325,6 +337,6 @@ def sample_torch(logits, T, k, p, seed, position, lmp, eps):
     if not torch.isfinite(mx[r] / T[r]).all():
         raise ValueError("logits / temperature overflows float32 (temperature too small for these "
                          "logits); use temperature=0 for greedy decoding")
-    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], lmp[r], eps[r],
+    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], lmp[r], eps[r], eta[r],
                                           *row_keys(seed[r], position[r]))
     return tokens, logprobs

@@ -128,7 +128,7 @@ def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target,
 
 
 @triton.jit
-def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, k1_ptr, k2_ptr, tok_ptr, lp_ptr, V,
+def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr, reta_ptr, k1_ptr, k2_ptr, tok_ptr, lp_ptr, V,
                    BLOCK: tl.constexpr, NP: tl.constexpr, GROUP: tl.constexpr, GROUP_BIT: tl.constexpr):
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride
@@ -176,6 +176,25 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, k1_ptr,
                 ok = (s >= t) & (tl.math.div_rn(tl.exp(s - m), zc) >= eps)  # IEEE division, as torch's
                 t_eps = tl.minimum(t_eps, tl.min(tl.where(ok, s, float("inf")), 0))
             t = tl.maximum(t, tl.minimum(m, t_eps))
+        eta = tl.load(eta_ptr + row)
+        if eta > 0.0:
+            # eta: the same with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
+            # (one pass for their mass and sum of e * (s - m)); sqrt(eta) comes from torch (reta_ptr)
+            zc = tl.zeros((), tl.float32)
+            ac = tl.zeros((), tl.float32)
+            for start in range(0, V, BLOCK):
+                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
+                e = tl.where(s >= t, tl.exp(s - m), 0.0)
+                zc += tl.sum(e, 0)
+                ac += tl.sum(tl.where(e > 0.0, e * (s - m), 0.0), 0)
+            h = tl.log(zc) - tl.math.div_rn(ac, zc)
+            cut = tl.minimum(eta, tl.load(reta_ptr + row) * tl.exp(-h))
+            t_eta = tl.full((), float("inf"), tl.float32)
+            for start in range(0, V, BLOCK):
+                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
+                ok = (s >= t) & (tl.math.div_rn(tl.exp(s - m), zc) >= cut)
+                t_eta = tl.minimum(t_eta, tl.min(tl.where(ok, s, float("inf")), 0))
+            t = tl.maximum(t, tl.minimum(m, t_eta))
 
     # draw, in two races (kernels/hashing.py): groups of GROUP tokens by their kept mass, then the tokens
     # of the winning group; ties go to the lowest id, as on the torch path
@@ -217,7 +236,7 @@ def _block_size(V: int) -> int:
     return max(GROUP, min(1024, triton.next_power_of_2(V)))  # whole groups per tile
 
 
-def sample_triton(logits, T, k, p, k1, k2, block: int | None = None, lmp=None, eps=None):
+def sample_triton(logits, T, k, p, k1, k2, block: int | None = None, lmp=None, eps=None, eta=None):
     """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors; lmp, eps:
     log(min_p) and epsilon_cutoff (kernels.params.normalize_cutoffs; None: off).
 
@@ -235,7 +254,8 @@ def sample_triton(logits, T, k, p, k1, k2, block: int | None = None, lmp=None, e
     logprobs = torch.empty(B, dtype=torch.float32, device=x.device)
     lmp = torch.full((B,), float("-inf"), device=x.device) if lmp is None else lmp  # log(min_p); -inf: off
     eps = torch.zeros(B, device=x.device) if eps is None else eps  # epsilon_cutoff; 0: off
-    _sample_kernel[(B,)](x, x.stride(0), T, k_eff, p_eff, lmp, eps, k1, k2, tokens, logprobs, V,
+    eta = torch.zeros(B, device=x.device) if eta is None else eta  # eta_cutoff; 0: off
+    _sample_kernel[(B,)](x, x.stride(0), T, k_eff, p_eff, lmp, eps, eta, torch.sqrt(eta), k1, k2, tokens, logprobs, V,
                          BLOCK=block or _block_size(V), NP=NUM_PIVOTS, GROUP=GROUP, GROUP_BIT=GROUP_BIT,
                          num_warps=8)
     return tokens, logprobs

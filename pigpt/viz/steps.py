@@ -34,6 +34,8 @@ def label(params: SamplingParams, *, beam: bool = False) -> str:
             parts.append(f"min-p={params.min_p:g}")
         if params.epsilon_cutoff > 0:
             parts.append(f"eps={params.epsilon_cutoff:g}")
+        if params.eta_cutoff > 0:
+            parts.append(f"eta={params.eta_cutoff:g}")
     if params.repetition_penalty != 1.0:
         parts.append(f"rep={params.repetition_penalty:g}")
     if params.presence_penalty:
