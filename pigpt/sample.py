@@ -302,17 +302,15 @@ def header(i: int, total: int, r, note, kind: str = "rollout", extra: str = "") 
 
 # -- the runs -------------------------------------------------------------------------------------------------
 class Session:
-    """Everything a run needs: parsed args, model, tokenizer, text form, styles."""
+    """Everything a run needs: parsed args, model, tokenizer, styles."""
 
     def __init__(self, args, model, tokenizer, out=sys.stdout, err=sys.stderr):
         from pigpt.decoding.prompts import stop_ids_of
-        from pigpt.model.textform import for_model
         from pigpt.viz.terminal import Style, use_color
 
         self.args, self.model, self.tok = args, model, tokenizer
         self.out, self.err = out, err
         self.style = Style(use_color(out))
-        self.form = for_model(model)
         self.stop_ids = tuple(stop_ids_of(model, None))
         self.prompt_text = ""
         self.params = self.sampling_params()
@@ -336,7 +334,7 @@ class Session:
                 temperature=1.0 if beam else a.temperature, top_k=0 if beam else a.top_k,
                 top_p=1.0 if beam else a.top_p, repetition_penalty=a.repetition_penalty,
                 min_new_tokens=a.min_new_tokens, max_new_tokens=a.max_new_tokens, stop_token_ids=self.stop_ids,
-                stop=tuple(self.form.to_model(x) for x in a.stop), n=1 if beam else a.num_rollouts,
+                stop=tuple(a.stop), n=1 if beam else a.num_rollouts,
                 seed=None if beam else a.seed)
         except ValueError as e:  # validate() should have caught it; never show a traceback for bad input
             raise UsageError(str(e)) from None

@@ -28,7 +28,7 @@ from .params import SamplingParams
 from .processors import apply_processors
 from .prompts import check_prompts, stop_ids_of
 from .stopping import StopStrings
-from .text import completion_texts, tokenizer_for
+from .text import completion_texts, stop_strings, tokenizer_for
 
 NEG = -1.0e9  # transformers' "impossible" score; kept identical so that ties break the same way
 
@@ -197,7 +197,8 @@ def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer,
     if params.repetition_penalty != 1.0 or params.logits_processors:
         hist = torch.empty(B * nb, P + T, dtype=torch.long, device=device)
         hist[:, :P] = idx.index_select(0, expand)
-    strings = StopStrings(params.stop, B * nb, params.min_new_tokens, tokenizer) if params.stop else None
+    strings = (StopStrings(stop_strings(model, params.stop), B * nb, params.min_new_tokens, tokenizer)
+               if params.stop else None)
 
     K = max(2, 1 + len(stop_ids)) * nb  # beams_to_keep
     top_nb = torch.arange(K, device=device) < nb  # top_num_beam_mask

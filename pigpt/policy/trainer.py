@@ -79,12 +79,11 @@ class RLConfig:
     eval_prompts: str | None = None  # None: the training prompts, with held-out seeds
     save_dtype: str = "float32"
 
-    def sampling(self, n: int, seeds=None, form=None) -> SamplingParams:
-        """The rollouts' SamplingParams (stop strings in the model's text form when `form` is given)."""
-        stop = tuple(form.to_model(s) for s in self.stop) if form else tuple(self.stop)
+    def sampling(self, n: int, seeds=None) -> SamplingParams:
+        """The rollouts' SamplingParams (stop strings as typed: the engine matches them in the model's text form)."""
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                               repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_completion_length,
-                              stop=stop, n=n, seed=seeds)
+                              stop=tuple(self.stop), n=n, seed=seeds)
 
 
 RESUME_MUTABLE = {"max_steps", "ckpt_interval", "eval_interval", "save_dtype"}
@@ -297,11 +296,11 @@ def _stack_grad(rows: list[torch.Tensor], T: int) -> torch.Tensor:
 
 def rl_step(run: Run) -> dict:
     cfg, d, gpt = run.cfg, run.d, run.gpt
-    G, form = cfg.num_generations, for_model(gpt)
+    G = cfg.num_generations
     batch = batch_prompts(len(run.prompts), cfg.prompts_per_step, run.step, cfg.seed)
     per_rank = cfg.prompts_per_step // d.world
     mine = batch[d.rank * per_rank:(d.rank + 1) * per_rank]  # whole groups on each process
-    params = cfg.sampling(G, [rollout_seed(cfg.seed, run.step, i) for i in mine], form)
+    params = cfg.sampling(G, [rollout_seed(cfg.seed, run.step, i) for i in mine])
 
     t0 = time.perf_counter()
     try:
@@ -404,7 +403,7 @@ def evaluate(run: Run) -> dict:
     by a training step): the same seeds at every evaluation, so before and after compare like with like."""
     cfg, d, gpt = run.cfg, run.d, run.gpt
     idx = list(range(len(run.eval_prompts)))[d.rank::d.world]
-    params = cfg.sampling(cfg.eval_generations, [rollout_seed(cfg.seed, "eval", i) for i in idx], for_model(gpt))
+    params = cfg.sampling(cfg.eval_generations, [rollout_seed(cfg.seed, "eval", i) for i in idx])
     if idx:
         try:
             rb = collect(gpt, [run.eval_prompts[i] for i in idx], params, run.reward,
