@@ -223,7 +223,7 @@ class Plan:
         cfg, tr = gpt.config, gpt.transformer
         self.keep = []  # the tensors behind every pointer
         self.sources = []  # (weight, its version) for each copy made
-        self.steps = packed._optimizer_steps  # fused optimizers update weights without bumping their versions
+        self.grads = packed.grads_seen()  # fused optimizers update weights without bumping their versions
         self.dot = has_avx512bf16()
         self.pairs = gpt.dtype == torch.bfloat16 and self.dot
         self.ptype = _TYPES[gpt.dtype]
@@ -244,6 +244,7 @@ class Plan:
         elif self.pairs:  # wte^T [C, V] pair-blocked: ~1.25x wte's own rows at 1 row (54 -> 67 GB/s, measured)
             w = tr.wte.weight
             self.sources.append((w, w._version))
+            packed.watch(w)
             self.head = Linear(self._t(pair_blocked(w.t())), None, None, w.shape[1], w.shape[0], BF16, PAIRS, 0)
         else:  # wte itself: [V, C] is the head's [out, in]
             w = tr.wte.weight
@@ -252,6 +253,9 @@ class Plan:
         if gpt.dtype == torch.bfloat16 and not gpt.quantized and not self.pairs:
             self.max_rows = MAX_ROWS_BF16_WIDEN
         self.work = torch.empty(0)
+        # copies made while a gradient is pending serve this call only: a fused step may still change their
+        # sources without a trace (packed.watch)
+        self.pending = not all(packed.settled(w) for w, _ in self.sources)
         for t in self.keep:  # the weights (biases and norms are too small to matter)
             if t.numel() * t.element_size() >= 1 << 20:
                 load().pigpt_hugepages(t.data_ptr(), t.numel() * t.element_size())
@@ -262,7 +266,8 @@ class Plan:
 
     def fresh(self) -> bool:
         """False once a weight that a copy was made from may have changed (training, load_state_dict)."""
-        return self.steps == packed._optimizer_steps and all(w._version == v for w, v in self.sources)
+        return (not self.pending and self.grads == packed.grads_seen()
+                and all(w._version == v for w, v in self.sources))
 
     def _linear(self, conv, act: int = 0) -> Linear:
         b = self._t(conv.bias)
@@ -272,6 +277,7 @@ class Plan:
         w = conv.weight  # [in, out]
         if self.pairs:
             self.sources.append((w, w._version))
+            packed.watch(w)
             return Linear(self._t(pair_blocked(w)), None, b, w.shape[0], w.shape[1], BF16, PAIRS, act)
         return Linear(self._t(w), None, b, w.shape[0], w.shape[1], _TYPES[w.dtype], KN, act)
 
