@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-new-tokens", type=int, default=0, metavar="N", help="no stop token before this many tokens (default 0)")
     g.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="completion length cap (default 32)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop when the completion contains TEXT (repeatable); <|endoftext|> always stops")
+                   help="stop when the completion contains TEXT (repeatable; \\n, \\t and \\\\ in TEXT are a newline, "
+                        "a tab and a backslash, so --stop \"\\n\\n\" stops at a blank line); <|endoftext|> always stops")
     g.add_argument("--seed", type=int, default=None, metavar="S",
                    help="rollout i of prompt p uses seed S + p*n + i (default: a fresh seed per prompt, printed so "
                         "you can replay it)")
@@ -155,6 +156,9 @@ def validate(args) -> None:
         _check(args.num_rollouts == 1, "-n/--num-rollouts is for sampling; with --num-beams use --num-return-sequences")
     else:
         _check(args.num_return_sequences is None, "--num-return-sequences needs --num-beams")
+    from pigpt.model.textform import unescape
+
+    args.stop = [unescape(s) for s in args.stop]  # the shell passes "\n" as a backslash and an n
     for s in args.stop:
         _check(s != "", "--stop needs non-empty text")
     _check(not args.transitions or args.reward, "--transitions needs --reward SPEC (transitions carry rewards)")
@@ -294,6 +298,8 @@ def finish_note(s: "Session", tokens, reason) -> str:
         from pigpt.viz.text import show_token
 
         return f"stop at {show_token(s.tok, tokens[-1])}"
+    if reason == "interrupted":
+        return "interrupted (Ctrl-C)"
     return "stop string" if reason == "stop" else "length (hit --max-new-tokens)"
 
 
@@ -397,6 +403,7 @@ def score_rewards(s: Session, prompts: list[str], results, params) -> list[list[
 
 def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
     from pigpt.decoding import generate
+    from pigpt.decoding.generate import Interrupted
     from pigpt.viz.steps import StepRecorder
 
     a, params = s.args, s.params
@@ -409,9 +416,14 @@ def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
         s.prompt_text = s.form.from_model(s.tok.decode(ids[0]))
         print(s.style.dim(for_terminal(prompts[0] if prompts[0] != UNCONDITIONAL else "")), end="", file=s.out, flush=True)
         callbacks.append(Printer(s, ids[0]))
-    results = generate(s.model, ids, params, progress=not a.json and not streaming and _progress(s),
-                       on_step=(lambda step: [f(step) for f in callbacks]) if callbacks else None,
-                       distributions=recorder is not None)
+    try:
+        results = generate(s.model, ids, params, progress=not a.json and not streaming and _progress(s),
+                           on_step=(lambda step: [f(step) for f in callbacks]) if callbacks else None,
+                           distributions=recorder is not None)
+    except Interrupted as stop:  # Ctrl-C: show what was drawn, then exit 130
+        if streaming:
+            s.say()
+        return report_interrupted(s, prompts, stop, recorder)
     if streaming:
         s.say()
     rewards = score_rewards(s, prompts, results, params)
@@ -422,6 +434,23 @@ def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
                n_prompts=len(prompts))
         if p == 0:
             pictures(s, text, ids[0], rollouts, views)
+
+
+def report_interrupted(s: Session, prompts: list[str], stop, recorder) -> int:
+    """The rollouts a Ctrl-C cut short, printed (or written as JSON lines) as far as they got, and one line
+    that says so; no rewards, transitions or pictures of unfinished text. Returns exit code 130."""
+    n, streamed = s.args.num_rollouts, len(prompts) == 1 and s.args.num_rollouts == 1 and not s.args.json
+    for p, (text, rollouts) in enumerate(zip(prompts, stop.rollouts)):
+        views = [recorder.views.get(p * n + i, [])[:len(r.tokens)] for i, r in enumerate(rollouts)] if recorder else None
+        report(s, text, rollouts, views, None, streamed=streamed, prompt_index=p, n_prompts=len(prompts))
+    cut = sum(r.finish_reason == "interrupted" for g in stop.rollouts for r in g)
+    total = sum(len(g) for g in stop.rollouts)
+    s.note(f"interrupted (Ctrl-C) after {stop.steps} of {stop.max_new_tokens} steps: {cut} of {total} rollouts "
+           f"above are cut short (finish: interrupted){'' if s.reward is None else '; no rewards scored'}")
+    return EXIT_INTERRUPTED
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for a Ctrl-C
 
 
 def _progress(s: Session) -> bool:
@@ -613,7 +642,7 @@ def main(argv=None, out=None, err=None) -> int:
         elif args.num_beams:
             run_beams(s, prompts, ids)
         else:
-            run_sampling(s, prompts, ids)
+            return run_sampling(s, prompts, ids) or 0
         return 0
     except UsageError as e:
         print(f"sample.py: error: {_one_line(str(e))}", file=err)
@@ -621,8 +650,8 @@ def main(argv=None, out=None, err=None) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     except KeyboardInterrupt:
-        print(file=err)
-        return 130
+        print("\nsample.py: interrupted (Ctrl-C)", file=err)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `python sample.py ... --json | head -1`: the reader left, which is fine
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

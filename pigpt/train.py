@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pigpt.model.textform import unescape
 from pigpt.training import lm
 from pigpt.training.run import ArgumentParser, cli
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reward function: python_compiles, contains:WORD, regex:PATTERN, path/file.py:function or "
                         "module:function (TRL's signature); repeatable, the total is their weighted sum")
     g.add_argument("--reward-weights", type=float, nargs="+", metavar="W", help="one weight per --reward (default 1)")
-    g.add_argument("--prompts", metavar="FILE", help="prompts, one per line (\\n for a newline), or JSON lines with a "
+    g.add_argument("--prompts", metavar="FILE", help="prompts, one per line (\\n, \\t, \\\\ for a newline, a tab, a backslash), or JSON lines with a "
                                                       "\"prompt\" key and extra columns passed to the rewards")
     g.add_argument("--num-generations", type=int, help="rollouts per prompt, G (default 8)")
     g.add_argument("--prompts-per-step", type=int, help="prompts per step (default 8): P x G rollouts a step")
@@ -83,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-truncated-completions", action="store_true", default=None,
                    help="leave rollouts cut by --max-completion-length out of the loss")
     g.add_argument("--repetition-penalty", type=float, help="the rollouts' repetition penalty (default 1)")
-    g.add_argument("--stop", action="append", metavar="TEXT", help="stop string of the rollouts (repeatable)")
+    g.add_argument("--stop", action="append", metavar="TEXT", type=unescape,
+                   help="stop string of the rollouts (repeatable; \\n, \\t and \\\\ are a newline, a tab and a "
+                        "backslash, as in --prompts: --stop \"\\n\\n\" stops at a blank line)")
     g.add_argument("--learning-rate", type=float, dest="lr", help="alias of --lr")
     g.add_argument("--max-grad-norm", type=float, dest="grad_clip", help="alias of --grad-clip (default 1.0)")
     g.add_argument("--eval-generations", type=int, help="rollouts per prompt in the held-out evaluation (default 16)")

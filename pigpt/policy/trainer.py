@@ -30,7 +30,7 @@ from pigpt.decoding.prompts import stop_ids_of
 from pigpt.kernels import MAX_SEED
 from pigpt.model import GPT, get_tokenizer
 from pigpt.model.checkpoint import atomic_write
-from pigpt.model.textform import for_model
+from pigpt.model.textform import for_model, unescape
 from pigpt.training import dist, optim
 from pigpt.training.run import LOG_FILE, RunDir, StopFlag, TrainError, execute, read_log
 
@@ -144,7 +144,7 @@ def load_prompts(path: str) -> tuple[list[str], list[dict]]:
     if not lines:
         raise TrainError(f"--prompts {path} holds no prompts; write one per line (or JSON lines with a \"prompt\" key)")
     if not lines[0].lstrip().startswith("{"):
-        return [ln.replace("\\n", "\n") for ln in lines], []
+        return [unescape(ln) for ln in lines], []
     prompts, extras = [], []
     for i, ln in enumerate(lines):
         try:
