@@ -18,7 +18,7 @@ from pigpt.decoding import SamplingParams, generate, score
 from pigpt.model import GPT, get_tokenizer
 from pigpt.policy import combine_rewards, load_reward
 from pigpt.policy.rollouts import collect
-from pigpt.training.run import TrainError, read_log
+from pigpt.training.run import TrainError, cli, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["The sea is", "Which is the largest ocean?", "def add(a, b):\\n", "Once upon a time"]
@@ -210,7 +210,16 @@ def test_bad_input_is_one_clear_line(policy_dir, prompts_file, tmp_path):
     assert res.returncode == 2 and "--num-generations is for GRPO" in res.stderr
 
 
-def test_a_reward_failing_mid_run_keeps_the_last_checkpoint(policy_dir, prompts_file, tmp_path):
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """train.py's command line in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        cli(lambda: train.main([str(a) for a in argv]))
+    captured = capsys.readouterr()
+    return e.value.code, captured.out, captured.err
+
+
+def test_a_reward_failing_mid_run_keeps_the_last_checkpoint(policy_dir, prompts_file, tmp_path, capsys):
+    """The error says how to go on from the checkpoint, and reward.png shows the steps done."""
     (tmp_path / "late.py").write_text(
         "calls = []\n"
         "def late(prompts, completions, **kw):\n"
@@ -219,11 +228,47 @@ def test_a_reward_failing_mid_run_keeps_the_last_checkpoint(policy_dir, prompts_
         "        raise RuntimeError('gave up')\n"
         "    return [1.0] * len(completions)\n")
     out = tmp_path / "run"
-    with pytest.raises(TrainError, match="gave up"):
-        train.main(rl_args(policy_dir, prompts_file, out, "--reward", f"{tmp_path / 'late.py'}:late", "--max-steps",
-                           5, "--ckpt-interval", 1))
-    assert torch.load(out / "train_state.pt", weights_only=True)["step"] >= 1
+    code, stdout, err = run_cli(rl_args(policy_dir, prompts_file, out, "--reward", f"{tmp_path / 'late.py'}:late",
+                                        "--max-steps", 5, "--ckpt-interval", 1), capsys)
+    saved = torch.load(out / "train_state.pt", weights_only=True)["step"]
+    assert code == 2 and saved == 2  # the evaluation before step 1, steps 1 and 2; step 3's rewards raise
+    last = err.splitlines()[-1]  # above it: the progress bar
+    assert last.startswith("error: step 3: ") and "gave up" in last and "Traceback" not in err, err
+    assert f"the checkpoint of step 2 is kept; continue with: python train.py --resume --out {out}" in err
+    assert sorted(steps_of(out, "reward")) == [1, 2]
+    assert (out / "reward.png").read_bytes()[:4] == b"\x89PNG"
     GPT.from_pretrained(out)
+
+
+def test_resume_continues_a_grpo_run_without_its_flags(policy_dir, prompts_file, tmp_path, capsys):
+    """`train.py --resume --out DIR` on a GRPO run resumes it as GRPO (it used to reach the next-token trainer
+    and die with a TypeError); the start of every run says how to resume it; evaluations are printed."""
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(rl_args(policy_dir, prompts_file, out, "--max-steps", 2, "--eval-interval", 1), capsys)
+    assert code == 0, err
+    assert f"if this run stops (Ctrl-C, a kill, a crash), continue it with: python train.py --resume --out {out}" \
+        in stdout
+    assert "step 1: eval reward " in stdout and steps_of(out, "eval_reward").keys() == {0, 1, 2}
+    code, stdout, err = run_cli(["--resume", "--out", out, "--max-steps", 3], capsys)
+    assert code == 0, err
+    assert stdout.startswith(f"resuming the GRPO run in {out} with its saved rewards, prompts and settings\n")
+    assert "resumed at step 2" in stdout and sorted(steps_of(out, "reward")) == [1, 2, 3]
+    code, stdout, err = run_cli(["--resume", "--out", out, "--max-steps", 4, "--n-layer", 2], capsys)
+    assert code == 2 and err.endswith(f"error: --n-layer is for next-token training, and {out} holds a GRPO run; "
+                                      "drop it\n")
+
+
+def test_resume_of_a_missing_or_other_run_is_one_line(tmp_path, capsys):
+    for extra in ([], ["--reward", "contains:e"]):
+        missing = tmp_path / "typo"
+        code, stdout, err = run_cli(["--resume", "--out", missing, *extra], capsys)
+        assert code == 2 and err == f"error: --resume: {missing} does not exist; train first, or fix --out\n"
+        assert not missing.exists()
+    lm_run = tmp_path / "lm"
+    lm_run.mkdir()
+    torch.save({"step": 1, "config": {}}, lm_run / "train_state.pt")  # a next-token run's state has no "mode"
+    code, stdout, err = run_cli(["--resume", "--out", lm_run, "--reward", "contains:e"], capsys)
+    assert code == 2 and "holds a next-token training run; resume it without --reward" in err
 
 
 def test_a_run_failing_before_its_first_step_leaves_no_directory(policy_dir, prompts_file, tmp_path):

@@ -32,7 +32,7 @@ from pigpt.model import GPT, get_tokenizer
 from pigpt.model.checkpoint import atomic_write
 from pigpt.model.textform import for_model, unescape
 from pigpt.training import dist, optim
-from pigpt.training.run import LOG_FILE, RunDir, StopFlag, TrainError, execute, read_log
+from pigpt.training.run import LOG_FILE, RunDir, StopFlag, TrainError, execute, read_log, resume_command
 
 from .errors import PolicyError
 from .grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
@@ -444,15 +444,27 @@ def train_loop(run: Run) -> None:
                 last = run.step == cfg.max_steps
                 if last or (cfg.eval_interval and run.step % cfg.eval_interval == 0):
                     record.update(evaluate(run))
+                    if d.master and not last:  # the last one is in the closing line
+                        bar.write(f"step {run.step}: eval reward {_fmt(record['eval_reward'])}" + _per_function(record))
                 log.write(record)
                 bar.update(1)
                 bar.set_postfix(reward=_fmt(record["reward"]), kl=_fmt(record.get("kl")),
                                 mismatch=f"{record['mismatch']:.1e}")
                 if run.step % cfg.ckpt_interval == 0 or last or stop.requested:
                     run.checkpoint()
+        except TrainError:  # e.g. a reward that fails at step k: the curves of the steps done, then the error
+            if d.master:
+                plot_rewards(run.rd.path)
+            raise
         finally:
             bar.close()
         run.stopped = stop.requested
+
+
+def _per_function(record: dict) -> str:
+    """ (name a, name b ...) of an evaluation with more than one reward function."""
+    parts = [f"{k.removeprefix('eval/')} {_fmt(v)}" for k, v in record.items() if k.startswith("eval/")]
+    return f" ({', '.join(parts)})" if len(parts) > 1 else ""
 
 
 def _fmt(x) -> str:
@@ -500,8 +512,7 @@ def finish(run: Run) -> dict:
     summary = {"step": run.step, "out": str(out), "stopped": run.stopped, "before": first, "after": final,
                "time": run.elapsed, "log": str(out / LOG_FILE)}
     if run.stopped:
-        run.say(f"stopped at step {run.step}; saved to {out}. Continue with: python train.py --resume --out {out} "
-                f"--reward ... (the same flags)")
+        run.say(f"stopped at step {run.step}; saved to {out}. Continue with: {resume_command(out)}")
     else:
         kl = next((r["kl"] for r in reversed(records) if "kl" in r), None)
         run.say(f"done: step {run.step}, held-out reward {_fmt(first.get('eval_reward'))} -> "
