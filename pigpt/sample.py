@@ -132,7 +132,8 @@ def _parse_list(text: str, flag: str, cast):
 def validate(args) -> None:
     """Every check that needs no model: bad values fail before anything is loaded."""
     _check(args.prompt is None or args.prompt_file is None, "pass a prompt or --prompt-file, not both")
-    _check(args.prompt is None or args.prompt != "", "the prompt is empty; give at least one character of text")
+    _check(args.prompt is None or args.prompt.strip() != "",
+           "the prompt is empty (or only whitespace); give at least one character of text")
     _check(math.isfinite(args.temperature) and args.temperature >= 0,
            f"--temperature must be >= 0 (0 is greedy), got {args.temperature:g}")
     _check(args.top_k >= 0, f"--top-k must be >= 0 (0 turns top-k off), got {args.top_k}")
@@ -398,6 +399,11 @@ def score_rewards(s: Session, prompts: list[str], results, params) -> list[list[
             raise UsageError(f"cannot write --transitions {s.args.transitions}: {e.strerror or e}") from None
         s.note(f"wrote {s.args.transitions} ({lines.count(chr(10))} transitions of {len(batch.rollouts)} episodes)")
     out = [r.to_dict() for r in batch.rollouts]
+    if group == 1 and not s.args.num_beams:  # the advantage compares a rollout with its group's others
+        s.note("note: with -n 1 there is no advantage: GRPO compares each rollout with the other rollouts of its "
+               "prompt, and a group of one has none; use -n 2 or more")
+        for r in out:
+            r["advantage"] = None
     return [out[p * group:(p + 1) * group] for p in range(len(results))]
 
 
@@ -497,7 +503,7 @@ def report(s: Session, text, rollouts, views, rewards, *, streamed, prompt_index
         if rewards is not None:
             r_i = rewards[i]["reward"]
             extra += f"  reward {'n/a' if r_i is None else f'{r_i:.3g}'}"
-            if not beams:
+            if not beams and rewards[i]["advantage"] is not None:
                 extra += f" (advantage {rewards[i]['advantage']:+.2f})"
         s.say(s.style.bold(header(i, len(rollouts), r, note, kind, extra)))
         if not streamed:

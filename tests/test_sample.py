@@ -268,6 +268,7 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, extra, message):
 def test_bad_prompts(ckpt, tmp_path):
     for argv, message in [
         ([""], "the prompt is empty"),
+        ([" \t\n "], "the prompt is empty (or only whitespace)"),
         ([("word " * 200).strip()], "the prompt is 200 tokens, longer than the model's context of 128 tokens"),
         (["--prompt-file", tmp_path / "missing.txt"], f"cannot read --prompt-file {tmp_path / 'missing.txt'}: "
                                                       "No such file or directory"),
@@ -369,3 +370,13 @@ def test_ctrl_c_outside_generation_is_one_line_and_exit_130(ckpt, monkeypatch):
     monkeypatch.setattr(sample, "load_model", interrupted)
     code, out, err = run(PROMPT, "--model", ckpt)
     assert code == 130 and out == "" and err.strip() == "sample.py: interrupted (Ctrl-C)"
+
+
+def test_a_group_of_one_says_it_has_no_advantage(ckpt):
+    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 4, "--seed", 0, "--reward", "contains:e")
+    assert code == 0, err
+    assert " reward " in out and "advantage" not in out
+    assert "with -n 1 there is no advantage" in err and "use -n 2 or more" in err
+    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 4, "--seed", 0, "--reward", "contains:e", "--json")
+    (rec,) = json_lines(out)
+    assert code == 0 and rec["advantage"] is None and rec["reward"] in (0.0, 1.0)
