@@ -563,10 +563,15 @@ def pictures(s: Session, text, prompt_ids, rollouts, views) -> None:
         if not steps:
             raise UsageError("--plot: the first rollout generated no tokens, so there is no step to draw")
         contexts = [text + completion_text(s, completions[0][:t]) if t else text for t in range(len(steps))]
-        fig = figures.plot_steps(steps, s.tok, s.processing(), prompt_text=text, context_texts=contexts)
+        total, kind = len(views[0]), "beam" if a.num_beams else "rollout"
+        note = "" if total <= len(steps) else (
+            f"steps 1-{len(steps)} of the {total} of {kind} 1 shown: --max-panels {total} draws them all "
+            "(--show-steps prints them all in the terminal)")
+        fig = figures.plot_steps(steps, s.tok, s.processing(), prompt_text=text, context_texts=contexts, note=note)
         n = len(fig.axes)
-        write_figure(s, fig, a.plot, f"{n} panel{'s' if n > 1 else ''}, one per step of "
-                                     f"{'beam' if a.num_beams else 'rollout'} 1")
+        write_figure(s, fig, a.plot, f"{n} panel{'s' if n > 1 else ''}, one per step of {kind} 1"
+                                     + (f"; {total - n} later steps left out: --max-panels {total} for all" if note
+                                        else ""))
     if a.tree:
         beam = bool(a.num_beams)
         if beam:
@@ -577,11 +582,17 @@ def pictures(s: Session, text, prompt_ids, rollouts, views) -> None:
             probs = [[math.exp(lp) for lp in r.logprobs] for r in rollouts]
             title = f"{len(completions)} rollouts ({s.processing() or 'the model as is'}); edge label: π(token | path above)"
             labels = [f"{'seed ' + str(r.seed) + ', ' if r.seed is not None else ''}{r.finish_reason}" for r in rollouts]
-        d = a.tree_depth
+        d, longest = a.tree_depth, max(len(c) for c in completions)
         labels = [lab if len(c) <= d else f"{lab} (+{len(c) - d} tokens)" for c, lab in zip(completions, labels)]
         root = build_tree([c[:d] for c in completions], [p[:d] for p in probs], labels)
-        fig = figures.plot_tree(root, s.tok, prompt_text=text, title=title)
-        write_figure(s, fig, a.tree, f"{len(fig.axes)} panel, {count_nodes(root)} nodes")
+        cut = sum(len(c) > d for c in completions)
+        note = "" if not cut else (
+            f"the first {d} of up to {longest} steps: {cut} of the {len(completions)} {'beams' if beam else 'rollouts'} "
+            f"go on past t={d} (\"+N tokens\" at their ends); --tree-depth {longest} draws every step")
+        fig = figures.plot_tree(root, s.tok, prompt_text=text, title=title, note=note)
+        write_figure(s, fig, a.tree, f"{len(fig.axes)} panel, {count_nodes(root)} nodes"
+                                     + (f"; steps {d + 1}-{longest} left out: --tree-depth {longest} for all" if cut
+                                        else ""))
 
 
 def write_figure(s: Session, fig, path, what: str) -> None:
