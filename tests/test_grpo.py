@@ -54,7 +54,10 @@ RL = ("--temperature", 0.7, "--top-k", 50, "--top-p", 0.9, "--repetition-penalty
 
 def test_the_trainer_scores_exactly_what_the_sampler_drew(policy_dir, prompts_file, tmp_path):
     """The mismatch figure (max |rollout log-prob - trainer log-prob| at the first iteration) stays <= 1e-5 in
-    float32 with temperature 0.7, top-k 50, top-p 0.9 and a repetition penalty of 1.2, every step."""
+    float32 with temperature 0.7, top-k 50, top-p 0.9 and a repetition penalty of 1.2, every step, on this small
+    test model (2 layers x 64: ~1e-6 measured). It is float32 rounding between the decode path and the full
+    forward, and grows with the model: on the shipped 6 x 256 model demo (a) logged min 5.7e-6, median 9.5e-6,
+    max 3.05e-5 (docs/policy.md), so 1e-5 is this model's bound, not a claim about every model."""
     out = tmp_path / "run"
     train.main(rl_args(policy_dir, prompts_file, out, "--max-steps", 3, "--beta", 0.04, *RL))
     mismatch = steps_of(out, "mismatch")
@@ -66,7 +69,8 @@ def test_the_trainer_scores_exactly_what_the_sampler_drew(policy_dir, prompts_fi
 
 def test_ignoring_the_kept_set_as_trl_does_would_be_off_policy(policy_dir):
     """TRL recomputes log-probs as log_softmax(logits / T) over the whole vocabulary: with top-k / top-p that is
-    not the distribution that drew the tokens, and the gap is far above the 1e-5 pigpt keeps."""
+    not the distribution that drew the tokens: the gap is above 1e-3, where pigpt's is float32 rounding (<= 1e-5
+    on this model)."""
     gpt = GPT.from_pretrained(policy_dir).eval()
     enc = get_tokenizer()
     params = SamplingParams(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.2, max_new_tokens=6, n=4,
