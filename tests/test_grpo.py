@@ -248,8 +248,10 @@ def test_resume_continues_a_grpo_run_without_its_flags(policy_dir, prompts_file,
     """`train.py --resume --out DIR` on a GRPO run resumes it as GRPO (it used to reach the next-token trainer
     and die with a TypeError); the start of every run says how to resume it; evaluations are printed."""
     out = tmp_path / "run"
-    code, stdout, err = run_cli(rl_args(policy_dir, prompts_file, out, "--max-steps", 2, "--eval-interval", 1), capsys)
+    code, stdout, err = run_cli(rl_args(policy_dir, prompts_file, out, "--max-steps", 2, "--eval-interval", 1,
+                                        "--stop", "\\n\\n"), capsys)  # as the shell passes "\n\n"
     assert code == 0, err
+    assert torch.load(out / "train_state.pt", weights_only=True)["config"]["stop"] == ["\n\n"]
     assert f"if this run stops (Ctrl-C, a kill, a crash), continue it with: python train.py --resume --out {out}" \
         in stdout
     assert "step 1: eval reward " in stdout and steps_of(out, "eval_reward").keys() == {0, 1, 2}
@@ -260,6 +262,13 @@ def test_resume_continues_a_grpo_run_without_its_flags(policy_dir, prompts_file,
     code, stdout, err = run_cli(["--resume", "--out", out, "--max-steps", 4, "--n-layer", 2], capsys)
     assert code == 2 and err.endswith(f"error: --n-layer is for next-token training, and {out} holds a GRPO run; "
                                       "drop it\n")
+
+
+def test_stop_strings_and_prompt_lines_read_the_same_escapes(tmp_path):
+    assert train.build_parser().parse_args(["--stop", "\\n\\n", "--stop", "a\\tb\\\\n"]).stop == ["\n\n", "a\tb\\n"]
+    f = tmp_path / "p.txt"
+    f.write_text("def f():\\n\\treturn '\\\\n'\n")
+    assert trainer.load_prompts(str(f)) == (["def f():\n\treturn '\\n'"], [])
 
 
 def test_resume_of_a_missing_or_other_run_is_one_line(tmp_path, capsys):
