@@ -123,9 +123,7 @@ def main(argv=None) -> dict:
 def resume_kind(args) -> str:
     """--resume continues the run in --out as what it was: its train_state.pt says GRPO or next-token training,
     so `train.py --resume --out DIR` needs no other flag (and says which it resumes)."""
-    kind = run_kind(args.out)
-    if kind != "grpo" and args.reward:
-        raise TrainError(f"--resume: {args.out} holds a next-token training run; resume it without --reward")
+    kind = run_kind(args.out)  # a next-token run resumed with --reward: the skeleton's start() says how instead
     if kind == "grpo" and not args.reward and os.environ.get("RANK", "0") == "0":
         print(f"resuming the GRPO run in {args.out} with its saved rewards, prompts and settings", flush=True)
     return kind

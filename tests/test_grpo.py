@@ -18,6 +18,7 @@ from pigpt.decoding import SamplingParams, generate, score
 from pigpt.model import GPT, get_tokenizer
 from pigpt.policy import combine_rewards, load_reward
 from pigpt.policy.rollouts import collect
+from pigpt.training import lm
 from pigpt.training.run import TrainError, cli, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +158,52 @@ def test_torchrun_two_processes_draw_and_learn_what_one_does(policy_dir, prompts
         assert da.norm() > 0 and (da - db).norm() <= 0.05 * da.norm(), (k, (da - db).norm() / da.norm())
 
 
+# One GRPO step on the skeleton, with each process's gradients saved as the optimizer sees them.
+GRAD_WORKER = """
+import sys
+import torch
+from pigpt.policy import trainer
+from pigpt.train import build_parser
+from pigpt.training import dist
+from pigpt.training.run import RunDir, start
+
+args = build_parser().parse_args(sys.argv[2:])
+d, device = dist.setup(args.device, args.num_threads)
+with RunDir(args.out, master=d.master) as rd:
+    run = start(args, trainer.prepare, trainer.GRPORun.mode, rd, d, device)
+    step = run.optimizer.step
+    def capture(*a, **k):
+        torch.save([p.grad.clone() for p in run.gpt.parameters()], f"{sys.argv[1]}-{d.rank}.pt")
+        return step(*a, **k)
+    run.optimizer.step = capture
+    run.train_step()
+    assert isinstance(run.policy, torch.nn.parallel.DistributedDataParallel) == (d.world > 1)
+dist.teardown(d)
+"""
+
+
+def test_torchrun_two_processes_compute_the_single_process_gradients(policy_dir, prompts_file, tmp_path):
+    """Under torchrun the policy's backward runs through DistributedDataParallel, as next-token training's: every
+    process ends its backward with the gradient of the whole batch's loss, the one a single process computes.
+    (Compared before clipping and Adam, which would hide a wrong scale: both are invariant to it.)"""
+    script = tmp_path / "grad_worker.py"
+    script.write_text(GRAD_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # this checkout's pigpt
+    flags = ("--beta", 0.04, "--loss-type", "grpo", "--max-grad-norm", 0, "--device", "cpu", *RL)
+    runs = {"single": [sys.executable, str(script)],
+            "multi": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]}
+    for name, cmd in runs.items():
+        argv = [str(tmp_path / name), *rl_args(policy_dir, prompts_file, tmp_path / f"out-{name}", *flags)]
+        res = subprocess.run(cmd + argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    single = torch.load(tmp_path / "single-0.pt")
+    for rank in (0, 1):
+        multi = torch.load(tmp_path / f"multi-{rank}.pt")
+        for a, b in zip(single, multi):  # float32 sums in another order: relative to each tensor's largest entry
+            err = (a - b).abs().max() / a.abs().max()
+            assert err <= 1e-4, (rank, err)
+
+
 def test_rl_rollouts_carry_rewards_advantages_and_transitions(policy_dir):
     gpt = GPT.from_pretrained(policy_dir).eval()
     reward = combine_rewards([load_reward("contains:e"), load_reward("regex:^ ")], [1.0, 0.5])
@@ -290,3 +337,18 @@ def test_a_run_failing_before_its_first_step_leaves_no_directory(policy_dir, pro
     with pytest.raises(TrainError, match="boom"):
         train.main(rl_args(policy_dir, prompts_file, out, "--reward", f"{tmp_path / 'bad.py'}:raises"))
     assert not out.exists()
+
+
+def test_resume_refuses_the_other_modes_run(policy_dir, prompts_file, tmp_path):
+    """The one skeleton records each run's mode: --resume with the other mode's flags says which run it is."""
+    lm_run, grpo_run = tmp_path / "lm", tmp_path / "grpo"
+    for out, state in ((lm_run, {"step": 1, "config": {}}),  # a next-token run (saved before modes were recorded)
+                       (grpo_run, {"step": 1, "config": {}, "mode": "grpo"})):
+        out.mkdir()
+        torch.save(state, out / "train_state.pt")
+    with pytest.raises(TrainError, match="holds a next-token training run; resume it without --reward"):
+        train.main(rl_args(policy_dir, prompts_file, lm_run, "--resume"))
+    # train.py resumes a GRPO run as GRPO (test_resume_continues_a_grpo_run_without_its_flags); the next-token
+    # mode itself, called on one, says how
+    with pytest.raises(TrainError, match="holds a GRPO run; `python train.py --resume --out DIR` resumes it as one"):
+        lm.main(train.build_parser().parse_args(["--resume", "--out", str(grpo_run), "--device", "cpu"]))
