@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="completion length cap (default 32)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when the completion contains TEXT (repeatable; \\n, \\t and \\\\ in TEXT are a newline, "
-                        "a tab and a backslash, so --stop \"\\n\\n\" stops at a blank line); <|endoftext|> always stops")
+                        "a tab and a backslash, so --stop \"\\n\\n\" stops at a blank line); <|endoftext|> always "
+                        "stops")
     g.add_argument("--seed", type=int, default=None, metavar="S",
                    help="rollout i of prompt p uses seed S + p*n + i (default: a fresh seed per prompt, printed so "
                         "you can replay it)")
@@ -447,7 +448,8 @@ def report_interrupted(s: Session, prompts: list[str], stop, recorder) -> int:
     that says so; no rewards, transitions or pictures of unfinished text. Returns exit code 130."""
     n, streamed = s.args.num_rollouts, len(prompts) == 1 and s.args.num_rollouts == 1 and not s.args.json
     for p, (text, rollouts) in enumerate(zip(prompts, stop.rollouts)):
-        views = [recorder.views.get(p * n + i, [])[:len(r.tokens)] for i, r in enumerate(rollouts)] if recorder else None
+        views = ([recorder.views.get(p * n + i, [])[:len(r.tokens)] for i, r in enumerate(rollouts)] if recorder
+                 else None)
         report(s, text, rollouts, views, None, streamed=streamed, prompt_index=p, n_prompts=len(prompts))
     cut = sum(r.finish_reason == "interrupted" for g in stop.rollouts for r in g)
     total = sum(len(g) for g in stop.rollouts)
@@ -587,8 +589,8 @@ def pictures(s: Session, text, prompt_ids, rollouts, views) -> None:
         root = build_tree([c[:d] for c in completions], [p[:d] for p in probs], labels)
         cut = sum(len(c) > d for c in completions)
         note = "" if not cut else (
-            f"the first {d} of up to {longest} steps: {cut} of the {len(completions)} {'beams' if beam else 'rollouts'} "
-            f"go on past t={d} (\"+N tokens\" at their ends); --tree-depth {longest} draws every step")
+            f"the first {d} of up to {longest} steps: {cut} of the {len(completions)} "
+            f"{'beams' if beam else 'rollouts'} go on past t={d} (\"+N tokens\" at their ends); --tree-depth {longest} draws every step")
         fig = figures.plot_tree(root, s.tok, prompt_text=text, title=title, note=note)
         write_figure(s, fig, a.tree, f"{len(fig.axes)} panel, {count_nodes(root)} nodes"
                                      + (f"; steps {d + 1}-{longest} left out: --tree-depth {longest} for all" if cut

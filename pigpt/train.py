@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                        argument_default=None)
     g = p.add_argument_group("the run")
     g.add_argument("--out", type=Path, default=Path("out"), help="run directory (default out)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped, as what it "
-                                                                 "was (GRPO or next-token training)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly where it stopped, as what it was (GRPO or next-token training)")
     g.add_argument("--overwrite", action="store_true", help="replace the model already in --out")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     g.add_argument("--num-threads", type=int, help="torch CPU threads, >= 1 (default: torch's, split among local "
@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reward function: python_compiles, contains:WORD, regex:PATTERN, path/file.py:function or "
                         "module:function (TRL's signature); repeatable, the total is their weighted sum")
     g.add_argument("--reward-weights", type=float, nargs="+", metavar="W", help="one weight per --reward (default 1)")
-    g.add_argument("--prompts", metavar="FILE", help="prompts, one per line (\\n, \\t, \\\\ for a newline, a tab, a backslash), or JSON lines with a "
-                                                      "\"prompt\" key and extra columns passed to the rewards")
+    g.add_argument("--prompts", metavar="FILE", help="prompts, one per line (\\n, \\t, \\\\ for a newline, a tab, a "
+                                                      "backslash), or JSON lines with a \"prompt\" key and extra "
+                                                      "columns passed to the rewards")
     g.add_argument("--num-generations", type=int, help="rollouts per prompt, G (default 8)")
     g.add_argument("--prompts-per-step", type=int, help="prompts per step (default 8): P x G rollouts a step")
     g.add_argument("--max-completion-length", type=int, help="new tokens per rollout at most (default 64)")

@@ -377,6 +377,7 @@ def test_a_group_of_one_says_it_has_no_advantage(ckpt):
     assert code == 0, err
     assert " reward " in out and "advantage" not in out
     assert "with -n 1 there is no advantage" in err and "use -n 2 or more" in err
-    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 4, "--seed", 0, "--reward", "contains:e", "--json")
+    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 4, "--seed", 0, "--reward", "contains:e",
+                         "--json")
     (rec,) = json_lines(out)
     assert code == 0 and rec["advantage"] is None and rec["reward"] in (0.0, 1.0)
