@@ -1,0 +1,5 @@
+import sys
+
+from pigpt.explore import main
+
+sys.exit(main())
