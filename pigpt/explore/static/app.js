@@ -54,7 +54,9 @@ function writeHash() {
   if (state.reward) q.set("rw", state.reward);
   if (state.episode) q.set("ep", String(state.episode));
   history.replaceState(null, "", "#" + q.toString());
+  written = location.hash;
 }
+let written = null;  // the hash this page wrote last: any other one is a link to follow
 
 // -- the API -----------------------------------------------------------------------------------------------------
 async function api(path, body) {
@@ -161,12 +163,15 @@ function drawBars() {
   const freq = {};
   if (lastDraw) for (const c of lastDraw.counts) freq[c.id] = c.freq;
   const labelW = 150, barW = 300, gap = 70, rowH = 24, top = 22;
-  const width = labelW + 2 * barW + gap + 40;
+  const width = labelW + 2 * barW + gap + 70;
+  // both panels share one scale, the largest number shown, so small probabilities stay visible and comparable
+  const peak = Math.max(1e-9, ...d.bars.map((b) => Math.max(b.p_raw, b.kept ? b.p : 0, freq[b.id] || 0)));
+  const w = (p) => Math.max(1, barW * p / peak);
   svg.setAttribute("width", width);
   svg.setAttribute("height", top + rowH * d.bars.length + 8);
-  svg.appendChild(el("text", { x: labelW, y: 14, "font-weight": "bold" }, "model's own π(·|context)"));
+  svg.appendChild(el("text", { x: labelW, y: 14, "font-weight": "bold" }, "model's own π(·|context)" + ` · bars scaled to ${pct(peak)}`));
   svg.appendChild(el("text", { x: labelW + barW + gap, y: 14, "font-weight": "bold" },
-    "processed (drawn from)" + (lastDraw ? ` · ▮ ${lastDraw.times} draws` : "")));
+    "processed: drawn from" + (lastDraw ? ` · black outline: share of ${lastDraw.times} draws` : "")));
   d.bars.forEach((b, i) => {
     const y = top + i * rowH, drawn = b.id === d.drawn.id;
     const g = el("g", { class: "bar-row", "data-id": b.id, "data-p": b.p.toFixed(6), "data-praw": b.p_raw.toFixed(6),
@@ -174,19 +179,18 @@ function drawBars() {
     g.appendChild(el("rect", { class: "bg", x: 0, y: y, width: width, height: rowH - 2, fill: drawn ? "#ffe9bf" : "transparent", rx: 3 }));
     g.appendChild(el("text", { x: labelW - 8, y: y + 16, "text-anchor": "end", fill: b.kept ? "#1d2330" : "#a0a4ad",
       "text-decoration": b.kept ? "none" : "line-through" }, JSON.stringify(visible(b.text)).slice(1, -1)));
-    g.appendChild(el("rect", { x: labelW, y: y + 4, width: Math.max(1, barW * b.p_raw), height: rowH - 10, fill: "#9aa3b5" }));
-    g.appendChild(el("text", { x: labelW + Math.max(1, barW * b.p_raw) + 4, y: y + 16, fill: "#555" }, pct(b.p_raw)));
+    g.appendChild(el("rect", { x: labelW, y: y + 4, width: w(b.p_raw), height: rowH - 10, fill: "#9aa3b5" }));
+    g.appendChild(el("text", { x: labelW + w(b.p_raw) + 4, y: y + 16, fill: "#555" }, pct(b.p_raw)));
     const x2 = labelW + barW + gap;
     if (b.kept) {
-      g.appendChild(el("rect", { x: x2, y: y + 4, width: Math.max(1, barW * b.p), height: rowH - 10, fill: drawn ? "#e8890c" : "#3b6fd8" }));
-      g.appendChild(el("text", { x: x2 + Math.max(1, barW * b.p) + 4, y: y + 16, fill: "#1d2330" }, pct(b.p)));
+      g.appendChild(el("rect", { x: x2, y: y + 4, width: w(b.p), height: rowH - 10, fill: drawn ? "#e8890c" : "#3b6fd8" }));
+      g.appendChild(el("text", { x: x2 + w(b.p) + 4, y: y + 16, fill: "#1d2330" }, pct(b.p)));
     } else {
       g.appendChild(el("text", { x: x2, y: y + 16, fill: "#a0a4ad" }, b.masked ? "masked (min new tokens)" : "cut: outside the kept set"));
     }
     if (b.id in freq) {  // the empirical frequency, laid over the processed bar
-      const fw = Math.max(2, barW * freq[b.id]);
-      g.appendChild(el("rect", { class: "freq", x: x2, y: y + 1, width: fw, height: rowH - 4, fill: "none", stroke: "#111", "stroke-width": 1.5 }));
-      g.appendChild(el("text", { x: x2 + barW + 2, y: y + 16, fill: "#111", "text-anchor": "start" }, "▮" + pct(freq[b.id])));
+      g.appendChild(el("rect", { class: "freq", x: x2, y: y + 1, width: Math.max(2, w(freq[b.id])), height: rowH - 4, fill: "none", stroke: "#111", "stroke-width": 1.5 }));
+      g.appendChild(el("text", { x: x2 + barW + 60, y: y + 16, fill: "#111", "text-anchor": "end", "font-weight": "bold" }, pct(freq[b.id])));
     }
     if (drawn) g.appendChild(el("text", { x: 4, y: y + 16, fill: "#b35f00", "font-weight": "bold" }, "drawn ▶"));
     const tip = el("title", {}, `token ${b.id} ${JSON.stringify(b.text)}: raw ${pct(b.p_raw)}, processed ${pct(b.p)}` +
@@ -222,7 +226,7 @@ function drawTrie(svg, paths, edgeInfo, opts) {
       node = node.children.get(tok);
     });
   }
-  const colW = opts.colW || 120, rowH = 26;
+  const colW = opts.colW || 170, rowH = 24, rootW = 64, labelChars = 12;
   let row = 0;
   const place = (n, depth) => {
     n.depth = depth;
@@ -236,22 +240,27 @@ function drawTrie(svg, paths, edgeInfo, opts) {
   const all = [];
   const walk = (n) => { all.push(n); maxDepth = Math.max(maxDepth, n.depth); n.children.forEach(walk); };
   walk(root);
-  svg.setAttribute("width", 90 + colW * maxDepth + 40);
-  svg.setAttribute("height", Math.max(1, row) * rowH + 14);
-  const X = (n) => 8 + (n.depth ? 80 + (n.depth - 1) * colW : 0), Y = (n) => 16 + n.row * rowH;
+  svg.setAttribute("width", rootW + colW * maxDepth + 20);
+  svg.setAttribute("height", Math.max(1, row) * rowH + 10);
+  // a node: its token's text at X; the edge into it ends 50 px before X, where its probability is written
+  const X = (n) => (n.depth ? rootW + (n.depth - 1) * colW + 56 : 6), Y = (n) => 16 + n.row * rowH;
+  const labelOf = (n) => {
+    const s = n.depth ? JSON.stringify(visible(opts.text(n))).slice(1, -1) : "prompt";
+    return s.length > labelChars ? s.slice(0, labelChars - 1) + "…" : s;
+  };
   for (const n of all) for (const k of n.children.values()) {
     const on = opts.current && isPrefix(k.path, opts.current);
-    const x1 = X(n) + (n.depth ? colW - 20 : 70), y1 = Y(n) - 4, x2 = X(k), y2 = Y(k) - 4;
-    svg.appendChild(el("path", { class: "edge", d: `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2 - 2},${y2}`,
+    const x1 = X(n) + 7.3 * labelOf(n).length + 4, y1 = Y(n) - 4, x2 = X(k) - 50, y2 = Y(k) - 4;
+    svg.appendChild(el("path", { class: "edge", d: `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`,
       fill: "none", stroke: on ? "#e8890c" : "#9aa3b5", "stroke-width": on ? 2.5 : 1.2 }));
     const info = edgeInfo(k.path);
-    if (info !== undefined) svg.appendChild(el("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 3, "text-anchor": "middle", fill: "#3b6fd8", "font-size": 10 }, pct(info)));
+    if (info !== undefined) svg.appendChild(el("text", { x: X(k) - 6, y: Y(k), "text-anchor": "end", fill: "#3b6fd8", "font-size": 11 }, pct(info)));
   }
   for (const n of all) {
     const on = opts.current && n.depth && isPrefix(n.path, opts.current);
-    const label = n.depth ? JSON.stringify(visible(opts.text(n))).slice(1, -1) : "prompt";
     const t = el("text", { class: n.depth ? "node" : "root", x: X(n), y: Y(n), fill: on ? "#b35f00" : "#1d2330",
-      "font-weight": on || !n.depth ? "bold" : "normal", "data-path": n.path.join(",") }, label.length > 14 ? label.slice(0, 13) + "…" : label);
+      "font-weight": on || !n.depth ? "bold" : "normal", "data-path": n.path.join(",") }, labelOf(n));
+    t.appendChild(el("title", {}, n.depth ? `token ${n.tok}: click to go to this path` : "the prompt"));
     if (opts.onClick) { t.style.cursor = "pointer"; t.addEventListener("click", () => opts.onClick(n.path)); }
     svg.appendChild(t);
   }
@@ -292,7 +301,7 @@ async function refreshRollouts() {
   const probs = {};
   for (const r of data.rollouts) r.tokens.forEach((id, i) => { remember(id, r.texts[i]); probs[r.tokens.slice(0, i + 1).join(",")] = Math.exp(r.logprobs[i]); });
   drawTrie($("rollout-tree"), data.rollouts.map((r) => r.tokens.slice(0, 8)), (p) => probs[p.join(",")],
-    { colW: 100, text: (n) => tokenText[n.tok] ?? String(n.tok) });
+    { colW: 150, text: (n) => tokenText[n.tok] ?? String(n.tok) });
   if (state.reward) await refreshRewards();
 }
 async function refreshBeams() {
@@ -359,6 +368,22 @@ function wire() {
     state.rollouts = true; writeHash(); refreshRewards().catch(showError);
   };
 }
+
+function syncControls() {
+  for (const [key] of SETTINGS) $("s-" + key).value = $("n-" + key).value = state.settings[key];
+  $("prompt").value = state.prompt;
+  $("times").value = state.times;
+  $("reward").value = state.reward;
+}
+window.addEventListener("hashchange", () => {
+  if (location.hash === written) return;
+  readHash();
+  syncControls();
+  lastRollouts = null;
+  for (const id of ["rollouts-card", "beams-card", "rewards-card"]) $(id).hidden = true;
+  writeHash();
+  refreshStep().then(refreshPanels);
+});
 
 async function start() {
   readHash();
