@@ -429,3 +429,11 @@ def test_the_page_in_chromium(browser, served, explorer):
     msg = _wait(lambda: browser.find_element(By.ID, "error").text, "the error message")
     assert "temperature" in msg
     browser.set_window_size(1400, 1000)
+
+
+def test_bench_explore_times_cached_slider_moves(served):
+    from conftest import load_script
+
+    bench = load_script("benchmarks/bench_explore.py")
+    times = bench.slider_moves(served, 3)  # asserts every move hit the logits cache
+    assert len(times) == 3 and all(t > 0 for t in times)

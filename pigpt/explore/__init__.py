@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))  # here, not in uvicorn: a taken port is one clear line
+        sock.listen(128)  # from now on connections wait in the backlog, so the URL printed below answers
     except OSError as e:
         print(f"pigpt-explore: error: cannot listen on {args.host}:{args.port} ({e.strerror or e}); pick another "
               "--port (0 picks a free one)", file=sys.stderr)
