@@ -437,3 +437,48 @@ def test_bench_explore_times_cached_slider_moves(served):
     bench = load_script("benchmarks/bench_explore.py")
     times = bench.slider_moves(served, 3)  # asserts every move hit the logits cache
     assert len(times) == 3 and all(t > 0 for t in times)
+
+
+def test_rollouts_equal_pigpt_sample(client, capsys):
+    import json
+
+    from pigpt.sample import main as sample_main
+
+    s = {"temperature": 0.8, "top_p": 0.9, "max_new_tokens": 8, "seed": 7, "n": 3}
+    d = client.post("/api/rollouts", json={"prompt": PROMPT, "settings": s}).json()
+    assert sample_main([PROMPT, "-n", "3", "--seed", "7", "--max-new-tokens", "8", "--temperature", "0.8",
+                        "--top-p", "0.9", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [(x["seed"], x["tokens"], x["text"]) for x in lines] == \
+           [(r["seed"], r["tokens"], r["text"]) for r in d["rollouts"]]
+    for x, r in zip(lines, d["rollouts"]):
+        assert x["logprobs"] == pytest.approx(r["logprobs"], abs=1e-6)
+
+
+def test_a_long_request_does_not_block_the_page(served):
+    """Model work runs on one worker thread: while a long rollouts request runs, the page and /api/info are
+    served; concurrent step requests are serialized and each gets its own answer."""
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(path, body):
+        req = urllib.request.Request(served + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return json.loads(r.read())
+
+    with ThreadPoolExecutor(9) as pool:
+        long = pool.submit(post, "/api/rollouts", {"prompt": PROMPT, "settings": {"n": 64, "max_new_tokens": 200,
+                                                                                   "min_new_tokens": 200}})
+        time.sleep(0.3)
+        with urllib.request.urlopen(served + "/", timeout=60) as r:
+            assert r.status == 200
+        assert not long.done()  # the page came back while the long request was still running
+        temps = [0.5, 0.7, 0.9, 1.1, 1.3, 1.5]
+        steps = list(pool.map(lambda T: post("/api/step", {"prompt": PROMPT, "settings": {"temperature": T}}), temps))
+        assert len(long.result()["rollouts"]) == 64
+    for T, d in zip(temps, steps):
+        assert d["label"] == f"T={T:g}"
+        alone = post("/api/step", {"prompt": PROMPT, "settings": {"temperature": T}})
+        assert [b["p"] for b in alone["bars"]] == [b["p"] for b in d["bars"]]
