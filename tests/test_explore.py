@@ -146,11 +146,12 @@ def test_beams_equal_beam_search(client, explorer):
     # the running beams entering step t+1: t+1 tokens each, best first, scores = sums of processed log-probs
     assert len(d["steps"]) >= 1 and all(len(b["tokens"]) == t + 1 for t, row in enumerate(d["steps"]) for b in row)
     assert all(len(row) == 3 for row in d["steps"])
-    best = d["beams"][0]
-    if len(d["steps"]) == 5 and best["finish_reason"] == "length":  # the best beam ran through every step
-        row = d["steps"][-1]
-        mine = [b for b in row if b["tokens"] == best["tokens"][:5]]
-        assert mine and mine[0]["score"] == pytest.approx(sum(best["logprobs"][:5]), abs=1e-4)
+    # every final beam that ran to the length cap was a running beam at every step, with its running score
+    assert len(d["steps"]) == 5 and all(b["finish_reason"] == "length" for b in d["beams"])
+    for b in d["beams"]:
+        for t, row in enumerate(d["steps"]):
+            mine = [r for r in row if r["tokens"] == b["tokens"][:t + 1]]
+            assert mine and mine[0]["score"] == pytest.approx(sum(b["logprobs"][:t + 1]), abs=1e-4)
 
 
 def test_rewards_and_advantages(client, explorer):
@@ -482,3 +483,14 @@ def test_a_long_request_does_not_block_the_page(served):
         assert d["label"] == f"T={T:g}"
         alone = post("/api/step", {"prompt": PROMPT, "settings": {"temperature": T}})
         assert [b["p"] for b in alone["bars"]] == [b["p"] for b in d["bars"]]
+
+
+def test_step_knows_the_length_cap_and_min_new_tokens(client):
+    d = client.post("/api/step", json={"prompt": PROMPT, "path": [257, 13],
+                                       "settings": {"max_new_tokens": 2, "min_new_tokens": 0}}).json()
+    assert d["past_max_new_tokens"] is True
+    masked = client.post("/api/step", json={"prompt": PROMPT, "path": [257, 13],
+                                            "settings": {"max_new_tokens": 8, "min_new_tokens": 5}}).json()
+    eos = [b for b in masked["bars"] if b["id"] == 50256]
+    assert not masked["past_max_new_tokens"] and eos and eos[0]["masked"] and eos[0]["p"] == 0.0
+    assert eos[0]["p_raw"] > 0  # the model's own probability is shown, cut by min_new_tokens

@@ -157,6 +157,7 @@ class Explorer:
         this way). `tree` (paths taken so far) gets each edge's processed probability under these settings."""
         top = _int("top", top, 1, MAX_BARS)
         params = sampling_params(settings, max_new_tokens=MAX_NEW_TOKENS)
+        cap = sampling_params(settings).max_new_tokens  # a rollout's length cap: the page says when t is past it
         with self.lock:
             prompt_ids = self.encode(prompt)
             path = self.check_path(prompt_ids, path)
@@ -182,7 +183,8 @@ class Explorer:
                 "bars": bars, "kept": kept, "vocab": int(logits.shape[-1]), "cached": cached,
                 "drawn": {"id": token, "text": self.text([token]), "p_raw": float(raw_lp[token].exp()),
                           "p": float(proc_lp[token].exp())},
-                "label": viz_steps.label(params), "edges": edges}
+                "label": viz_steps.label(params), "edges": edges, "past_max_new_tokens": t >= cap,
+                "stop": token in self.stop_ids}
 
     @staticmethod
     def _distributions(logits, scores, params: SamplingParams, token: int):

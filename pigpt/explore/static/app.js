@@ -129,7 +129,9 @@ async function refreshDraw() {
 function drawContext(d) {
   $("t").textContent = d.t;
   $("label").textContent = `${d.label} · kept ${d.kept.toLocaleString()} of ${d.vocab.toLocaleString()} tokens · seed ω=${d.seed}` +
-    (d.cached ? " · logits cached" : "");
+    (d.cached ? " · logits cached" : "") +
+    (d.past_max_new_tokens ? ` · t ≥ max new tokens: a rollout ends before this step` : "") +
+    (d.stop ? " · the drawn token ends the rollout" : "");
   const box = $("context");
   box.textContent = "";
   const p = document.createElement("span");
