@@ -360,7 +360,7 @@ def test_the_page_in_chromium(browser, served, explorer):
     from selenium.webdriver.common.keys import Keys
 
     (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
-    link = f"{served}/#prompt={quote(PROMPT)}&T=1&k=0&p=1&rep=1&min=0&max=12&n=6&seed=0&beams=3"
+    link = f"{served}/#prompt={quote(PROMPT)}&T=1&k=10&p=1&rep=1&min=0&max=12&n=6&seed=0&beams=3"
     browser.get(link)
     before = _wait(lambda: _bars(browser), "the bars")
     assert len(before) >= 12
@@ -406,7 +406,7 @@ def test_the_page_in_chromium(browser, served, explorer):
             [float(x) for x in r.get_attribute("data-logprobs").split(",")]) for r in rows]
     with explorer.lock:
         ref = generate(explorer.model, [prompt_ids(explorer)],
-                       SamplingParams(temperature=0.75, max_new_tokens=12, n=6, seed=0))[0]
+                       SamplingParams(temperature=0.75, top_k=10, max_new_tokens=12, n=6, seed=0))[0]
     assert [(s, t) for s, t, _ in got] == [(r.seed, r.tokens) for r in ref]
     for (_, _, lps), r in zip(got, ref):
         assert lps == pytest.approx(r.logprobs, abs=1e-5)

@@ -173,7 +173,7 @@ function drawBars() {
   svg.setAttribute("height", top + rowH * d.bars.length + 8);
   svg.appendChild(el("text", { x: labelW, y: 14, "font-weight": "bold" }, "model's own π(·|context)" + ` · bars scaled to ${pct(peak)}`));
   svg.appendChild(el("text", { x: labelW + barW + gap, y: 14, "font-weight": "bold" },
-    "processed: drawn from" + (lastDraw ? ` · black outline: share of ${lastDraw.times} draws` : "")));
+    "processed: drawn from" + (lastDraw ? ` · outline: ${lastDraw.times} draws` : "")));
   d.bars.forEach((b, i) => {
     const y = top + i * rowH, drawn = b.id === d.drawn.id;
     const g = el("g", { class: "bar-row", "data-id": b.id, "data-p": b.p.toFixed(6), "data-praw": b.p_raw.toFixed(6),
