@@ -280,9 +280,46 @@ def test_cli_warns_off_localhost(monkeypatch, capsys):
     import pigpt.explore as ex
 
     monkeypatch.setattr(ex, "make_app", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop here")))
-    assert main(["--host", "0.0.0.0"]) == 2
+    assert main(["--host", "0.0.0.0", "--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert "warning: listening on 0.0.0.0" in err
+    assert "warning: listening on 0.0.0.0" in err and "stop here" in err
+
+
+def test_cli_taken_port_is_one_line_before_any_loading(monkeypatch, capsys):
+    import pigpt.explore as ex
+
+    monkeypatch.setattr(ex, "make_app", lambda *a, **k: pytest.fail("the model was loaded before the port was checked"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        assert main(["--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot listen on 127.0.0.1" in err and "--port" in err
+
+
+def test_cli_serves_on_localhost(tmp_path):
+    """`python -m pigpt.explore --port 0`, as a user starts it: it prints its URL on 127.0.0.1 and answers there."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # this checkout's pigpt, whatever the environment installed
+    proc = subprocess.Popen([sys.executable, "-m", "pigpt.explore", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("pigpt-explore: default at http://127.0.0.1:"), line + proc.stderr.read()
+        base = line.split()[3].rstrip("/")
+        with urllib.request.urlopen(base + "/api/info", timeout=60) as r:
+            assert json.loads(r.read())["model"] == "default"
+        with urllib.request.urlopen(base + "/", timeout=60) as r:
+            assert b"pigpt explorer" in r.read()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.stderr.read() == ""  # no warning on 127.0.0.1
 
 
 # -- the page in a real browser ---------------------------------------------------------------------------------------

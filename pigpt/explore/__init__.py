@@ -55,25 +55,27 @@ def main(argv=None) -> int:
     if args.host not in LOCAL_HOSTS:
         print(f"pigpt-explore: warning: listening on {args.host}, not 127.0.0.1: anyone who can reach this "
               "machine can use the model", file=sys.stderr)
-    from pigpt.model import CheckpointError
-
-    try:
-        app = make_app(args.model, timeout=args.timeout)
-    except (CheckpointError, OSError, ValueError) as e:
-        print(f"pigpt-explore: error: --model {args.model}: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
     import socket
+
+    from pigpt.model import CheckpointError
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))  # here, not in uvicorn: a taken port is one clear line
-        sock.listen(128)  # from now on connections wait in the backlog, so the URL printed below answers
+        sock.bind((args.host, args.port))  # first, and here rather than in uvicorn: a taken port is one line, at once
     except OSError as e:
+        sock.close()
         print(f"pigpt-explore: error: cannot listen on {args.host}:{args.port} ({e.strerror or e}); pick another "
               "--port (0 picks a free one)", file=sys.stderr)
         return 2
+    try:
+        app = make_app(args.model, timeout=args.timeout)
+    except (CheckpointError, OSError, ValueError) as e:
+        sock.close()
+        print(f"pigpt-explore: error: --model {args.model}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    sock.listen(128)  # from now on connections wait in the backlog, so the URL printed below answers
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"pigpt-explore: {args.model} at http://{host}:{port}/  (JSON API: http://{host}:{port}/docs; Ctrl-C stops)",
