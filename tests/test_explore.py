@@ -531,3 +531,20 @@ def test_step_knows_the_length_cap_and_min_new_tokens(client):
     eos = [b for b in masked["bars"] if b["id"] == 50256]
     assert not masked["past_max_new_tokens"] and eos and eos[0]["masked"] and eos[0]["p"] == 0.0
     assert eos[0]["p_raw"] > 0  # the model's own probability is shown, cut by min_new_tokens
+
+
+def test_a_runaway_regex_reward_is_stopped(explorer):
+    """re cannot be interrupted, so rewards run in a child process: catastrophic backtracking past the time
+    bound kills it (503), the server keeps serving, and the next reward works in a fresh child."""
+    from fastapi.testclient import TestClient
+
+    fast = TestClient(create_app(explorer, timeout=4))
+    patient = TestClient(create_app(explorer, timeout=120))  # a fresh child may still be importing torch
+    ids = explorer.tok.encode("a" * 40 + "!")
+    warm = patient.post("/api/rewards", json={"prompt": PROMPT, "reward": "regex:a!", "rollouts": [{"tokens": ids}]})
+    assert warm.status_code == 200 and warm.json()["rollouts"][0]["reward"] == 1.0  # the child is up
+    r = fast.post("/api/rewards", json={"prompt": PROMPT, "reward": "regex:^(a+)+$", "rollouts": [{"tokens": ids}]})
+    assert r.status_code == 503 and "stopped" in r.json()["error"]  # 2**40 ways to fail to match: it never ends
+    assert fast.get("/api/info").status_code == 200
+    ok = patient.post("/api/rewards", json={"prompt": PROMPT, "reward": "regex:^a+!$", "rollouts": [{"tokens": ids}]})
+    assert ok.status_code == 200 and ok.json()["rollouts"][0]["reward"] == 1.0

@@ -4,7 +4,8 @@ beams, rewards), live. `python -m pigpt.explore` or `pigpt-explore`; the JSON AP
     pigpt-explore [--model default] [--port 8000] [--host 127.0.0.1]
 
 core.py computes (no web), server.py serves (FastAPI, an optional extra: pip install 'pigpt[explore]'),
-static/ is the page (HTML, vanilla JS, SVG; nothing fetched from elsewhere).
+rewards.py scores rewards in a child process a time bound can kill, static/ is the page (HTML, vanilla JS,
+SVG; nothing fetched from elsewhere). docs/explore.md documents the page and the JSON API.
 """
 
 from __future__ import annotations

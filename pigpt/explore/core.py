@@ -4,7 +4,8 @@ Every number the page shows comes from pigpt's decoding engine, not from a secon
   - the step view is one `engine.sample_one_token` (the processors, then the sampler, keyed by (seed, t)) on the
     raw logits of the prefix, reduced for bars by `viz.steps.summarize`;
   - "draw N times" is the same call over N seeds at once;
-  - rollouts are `generate`, beams `beam_search`, rewards `policy.rollouts.score_batch` (TRL's group advantages).
+  - rollouts are `generate`, beams `beam_search`, rewards `policy.rollouts.score_batch` (TRL's group advantages;
+    the reward functions themselves run in a child process, rewards.py).
 The raw logits of a prefix are kept in a small LRU, so moving a slider re-processes them without a forward.
 Bad input raises ExploreError (the server answers HTTP 400 with its message); a request that runs past its
 deadline stops between decode steps with ExploreTimeout.
@@ -12,6 +13,7 @@ deadline stops between decode steps with ExploreTimeout.
 
 from __future__ import annotations
 
+import atexit
 import math
 import threading
 import time
@@ -26,6 +28,8 @@ from pigpt.decoding.engine import sample_one_token
 from pigpt.decoding.prompts import stop_ids_of
 from pigpt.viz import steps as viz_steps
 
+from .rewards import BoundedReward, RewardProcess
+
 # limits on one request: the page's sliders stop at these, the API refuses anything beyond them
 MAX_PROMPT_TOKENS = 512
 MAX_N = 64
@@ -35,6 +39,7 @@ MAX_DRAWS = 1000
 MAX_BARS = 50
 MAX_TREE_NODES = 512
 MAX_REGEX_CHARS = 200
+REWARD_TIMEOUT_S = 30.0  # rewards of <= 64 short completions take milliseconds; the child's first start, seconds
 BUILTIN_REWARDS = "python_compiles, contains:WORD or regex:PATTERN"
 
 
@@ -92,6 +97,8 @@ class Explorer:
         self._logits: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self.cache_size = cache_size
         self.forwards = 0  # how many forwards the step view has run (tests check the cache with it)
+        self.rewards_process = RewardProcess()  # rewards run in a child that a time bound can kill (rewards.py)
+        atexit.register(self.rewards_process.close)
 
     # -- inputs ---------------------------------------------------------------------------------------------------
     def encode(self, prompt) -> list[int]:
@@ -295,7 +302,7 @@ class Explorer:
         """A built-in reward on given rollouts (one group): each one's reward and group advantage (TRL's), and
         the RL view of one episode: (state, action, log-prob, reward) per step."""
         from pigpt.decoding import Rollout
-        from pigpt.policy import PolicyError, combine_rewards
+        from pigpt.policy import PolicyError
         from pigpt.policy.rollouts import RLBatch, score_batch
 
         spec = check_reward_spec(reward)
@@ -318,13 +325,14 @@ class Explorer:
                                finish_reason=str(r.get("finish_reason", "length")), seed=r.get("seed")))
         episode = _int("episode", episode, 0, len(raw) - 1)
         self.encode(prompt)  # the same checks as everywhere
-        check_deadline(deadline)
+        left = REWARD_TIMEOUT_S if deadline is None else min(REWARD_TIMEOUT_S, deadline - time.monotonic())
         try:
-            fn = combine_rewards([spec])
-            params = SamplingParams(n=len(raw))
-            batch = score_batch(self.model, [prompt], [raw], params, fn, tokenizer=self.tok)
-        except PolicyError as e:
+            fn = BoundedReward(spec, self.rewards_process, timeout=max(left, 0.0))
+            batch = score_batch(self.model, [prompt], [raw], SamplingParams(n=len(raw)), fn, tokenizer=self.tok)
+        except (PolicyError, ValueError) as e:
             raise ExploreError(str(e)) from None
+        except TimeoutError as e:
+            raise ExploreTimeout(str(e)) from None
         one = RLBatch([batch.rollouts[episode]], 1, batch.per_func[episode:episode + 1], batch.total[episode:episode + 1],
                       [raw[episode]])
         return {"reward": spec, "rollouts": [{"index": r.index, "seed": r.seed, "text": r.text,

@@ -91,6 +91,7 @@ def create_app(explorer: Explorer, *, timeout: float = 60.0) -> FastAPI:
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pigpt-explore")
     app.state.explorer, app.state.worker = explorer, worker
     static = resources.files("pigpt.explore") / "static"
+    explorer.rewards_process.start()  # its imports run while the page loads, not in the first reward request
 
     @app.exception_handler(RequestValidationError)
     async def _bad_json(request: Request, exc: RequestValidationError):
