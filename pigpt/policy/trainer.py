@@ -31,7 +31,7 @@ from pigpt.decoding import SamplingParams, score
 from pigpt.kernels import MAX_SEED
 from pigpt.model import GPT, get_tokenizer
 from pigpt.model.checkpoint import atomic_write
-from pigpt.model.textform import for_model
+from pigpt.model.textform import for_model, unescape
 from pigpt.training import dist, optim
 from pigpt.training.run import LOG_FILE, Run, TrainError, execute, given_flags, need, read_log
 from pigpt.training.run import resolve_config as resolve
@@ -133,7 +133,7 @@ def load_prompts(path: str) -> tuple[list[str], list[dict]]:
     if not lines:
         raise TrainError(f"--prompts {path} holds no prompts; write one per line (or JSON lines with a \"prompt\" key)")
     if not lines[0].lstrip().startswith("{"):
-        return [ln.replace("\\n", "\n") for ln in lines], []
+        return [unescape(ln) for ln in lines], []
     prompts, extras = [], []
     for i, ln in enumerate(lines):
         try:
@@ -185,7 +185,7 @@ class Scorer(torch.nn.Module):
 class GRPORun(Run):
     """A GRPO run on training/run.py's skeleton: the policy, its reference, the rewards and the prompts."""
 
-    mode, desc, resume_flags = "grpo", "GRPO", " --reward ... (the same flags)"
+    mode, desc = "grpo", "GRPO"
 
     policy: torch.nn.Module  # Scorer(gpt), in DistributedDataParallel under torchrun
     ref: GPT | None
@@ -202,7 +202,12 @@ class GRPORun(Run):
         return rl_step(self)
 
     def evaluate(self) -> dict:
-        return evaluate(self)
+        out = evaluate(self)
+        if self.d.master and 0 < self.step < self.cfg.max_steps:  # before: started(); the last: finish()'s line
+            from tqdm import tqdm
+
+            tqdm.write(f"step {self.step}: eval reward {_fmt(out['eval_reward'])}" + _per_function(out))
+        return out
 
     def started(self, first: dict) -> None:
         self.last = first
@@ -222,6 +227,9 @@ class GRPORun(Run):
         self.say(f"GRPO: {len(self.prompts)} prompts, {cfg.prompts_per_step} x {cfg.num_generations} rollouts of <= "
                  f"{cfg.max_completion_length} tokens a step, reward {' + '.join(self.reward.names)}, loss "
                  f"{cfg.loss_type}, beta {cfg.beta:g}, lr {cfg.lr:g}, {self.d.world} process(es)")
+
+    def plot(self) -> None:
+        plot_rewards(self.rd.path)
 
     def finish(self) -> dict:
         return finish(self)
@@ -419,6 +427,12 @@ def evaluate(run: GRPORun) -> dict:
     for name, col in zip(run.reward.names, per_func.T):
         out[f"eval/{name}"] = _nanmean(col)
     return out
+
+
+def _per_function(record: dict) -> str:
+    """ (name a, name b ...) of an evaluation with more than one reward function."""
+    parts = [f"{k.removeprefix('eval/')} {_fmt(v)}" for k, v in record.items() if k.startswith("eval/")]
+    return f" ({', '.join(parts)})" if len(parts) > 1 else ""
 
 
 def _fmt(x) -> str:
