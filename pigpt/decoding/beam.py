@@ -62,6 +62,10 @@ class BeamStep:
     beams: torch.Tensor  # (R,)
     logits: torch.Tensor  # (R, V) float32
     scores: torch.Tensor  # (R, V) float32
+    # the running beams entering step t (beam search proper; None for num_beams=1): their t tokens so far and
+    # their running scores (sum of processed log-probs; -1e9 for the placeholder beams of step 0)
+    sequences: torch.Tensor | None = None  # (R, t) int64
+    running_scores: torch.Tensor | None = None  # (R,) float32
 
 
 @dataclass
@@ -227,7 +231,7 @@ def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer,
         proc = apply_processors(raw, params, history, t, stop_ids)
         if on_step is not None:
             on_step(BeamStep(t, items.repeat_interleave(nb), torch.arange(nb, device=device).repeat(len(items)),
-                             logits, proc))
+                             logits, proc, st.run["tok"][:, :, :t].flatten(0, 1), st.run_score.reshape(-1)))
         total = proc.view(-1, nb, V) + st.run_score[:, :, None]
         topk_lp, topk_idx = torch.topk(total.view(-1, nb * V), k=K)  # (B, K)
         src, ids = topk_idx // V, topk_idx % V  # the beam each candidate extends, its token
