@@ -108,6 +108,21 @@ def test_rollout_and_beam_text_are_the_decoded_completion(gpt):
         assert b.text == read_back(b.tokens)
 
 
+def test_stop_strings_are_matched_as_typed(gpt):
+    """A stop string is typed as text is read ("\n    " for a new indented line) and matched in the model's
+    form ("\n\t" to the "tabs" model); one already in the model's form means the same."""
+    def run(stop):
+        return generate(gpt, "def add(a, b):\n", SamplingParams(n=4, seed=3, max_new_tokens=24, stop=stop))[0]
+
+    typed, model_form, none = run(("\n    ",)), run(("\n\t",)), run(())
+    assert [r.tokens for r in typed] == [r.tokens for r in model_form]
+    stopped = [r for r in typed if r.finish_reason == "stop" and r.tokens[-1] != 50256]  # not by <|endoftext|>
+    for r in stopped:  # the last token completed the stop string, as the text reads
+        assert "\n    " in r.text and "\n    " not in read_back(r.tokens[:-1])
+    assert stopped
+    assert any(r.tokens != r0.tokens for r, r0 in zip(typed, none))
+
+
 def test_rl_rollouts_read_the_same_text(gpt):
     params = SamplingParams(n=4, seed=0, max_new_tokens=16)
     batch = collect(gpt, [CODE], params, combine_rewards([load_reward("python_compiles")]))

@@ -4,7 +4,9 @@
 
 Prompts (and score's completions) are text or token ids: a str, or a list of prompts each a str or a
 token-id list; text is encoded in the model's text form (decoding/text.py: `encode_prompts`), and every
-Rollout and Beam carries its completion back as `.text` (`completion_text`). `stream` yields the decode steps as they happen (decoding/engine.py, the one decode loop); `generate`
+Rollout and Beam carries its completion back as `.text` (`completion_text`).
+
+`stream` yields the decode steps as they happen (decoding/engine.py, the one decode loop); `generate`
 collects them into Rollouts with log-probs under the processed and the raw distribution; `beam_search`
 is transformers' beam search; `score` recomputes log-probs of given completions, batched and optionally
 with gradients. One place each: `decoding.processors.apply_processors` for the logits processors' order,

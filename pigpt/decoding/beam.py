@@ -28,7 +28,7 @@ from .params import SamplingParams
 from .processors import apply_processors
 from .prompts import check_prompts, stop_ids_of
 from .stopping import StopStrings
-from .text import completion_texts, tokenizer_for
+from .text import completion_texts, stop_strings, tokenizer_for
 
 NEG = -1.0e9  # transformers' "impossible" score; kept identical so that ties break the same way
 
@@ -62,6 +62,10 @@ class BeamStep:
     beams: torch.Tensor  # (R,)
     logits: torch.Tensor  # (R, V) float32
     scores: torch.Tensor  # (R, V) float32
+    # the running beams entering step t (beam search proper; None for num_beams=1): their t tokens so far and
+    # their running scores (sum of processed log-probs; -1e9 for the placeholder beams of step 0)
+    sequences: torch.Tensor | None = None  # (R, t) int64
+    running_scores: torch.Tensor | None = None  # (R,) float32
 
 
 @dataclass
@@ -200,7 +204,8 @@ def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer,
     if params.repetition_penalty != 1.0 or params.logits_processors:
         hist = torch.empty(B * nb, P + T, dtype=torch.long, device=device)
         hist[:, :P] = idx.index_select(0, expand)
-    strings = StopStrings(params.stop, B * nb, params.min_new_tokens, tokenizer) if params.stop else None
+    strings = (StopStrings(stop_strings(model, params.stop), B * nb, params.min_new_tokens, tokenizer)
+               if params.stop else None)
 
     K = max(2, 1 + len(stop_ids)) * nb  # beams_to_keep
     top_nb = torch.arange(K, device=device) < nb  # top_num_beam_mask
@@ -229,7 +234,7 @@ def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer,
         proc = apply_processors(raw, params, history, t, stop_ids)
         if on_step is not None:
             on_step(BeamStep(t, items.repeat_interleave(nb), torch.arange(nb, device=device).repeat(len(items)),
-                             logits, proc))
+                             logits, proc, st.run["tok"][:, :, :t].flatten(0, 1), st.run_score.reshape(-1)))
         total = proc.view(-1, nb, V) + st.run_score[:, :, None]
         topk_lp, topk_idx = torch.topk(total.view(-1, nb * V), k=K)  # (B, K)
         src, ids = topk_idx // V, topk_idx % V  # the beam each candidate extends, its token

@@ -30,7 +30,7 @@ from .params import SamplingParams
 from .processors import apply_processors
 from .prompts import check_prompts, left_pad, rollout_seeds, stop_ids_of
 from .stopping import StopStrings
-from .text import tokenizer_for
+from .text import stop_strings, tokenizer_for
 
 
 @dataclass
@@ -160,7 +160,8 @@ def steps(model, prompts, params: SamplingParams, seeds, stop_ids, tokenizer=Non
     device, T = model.device, params.max_new_tokens
     live, logits, P = _start(model, prompts, params, seeds)
     stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device) if stop_ids else None
-    strings = StopStrings(params.stop, len(seeds), params.min_new_tokens, tokenizer) if params.stop else None
+    strings = (StopStrings(stop_strings(model, params.stop), len(seeds), params.min_new_tokens, tokenizer)
+               if params.stop else None)
     for t in range(T):
         if t > 0:
             logits = decode_one_token(model, live.tok, live.cache)  # (B, V)

@@ -39,7 +39,8 @@ class SamplingParams:
     max_new_tokens: completion length cap (finish_reason "length").
     stop_token_ids: tokens that end a completion (kept as its last token); None: the model's end-of-text
         id (model.config.eos_token_id); () for none.
-    stop: stop strings; a completion ends with the token whose text completes one of them.
+    stop: stop strings; a completion ends with the token whose text completes one of them (as text is
+        typed: matched in the model's text form, decoding.text.stop_strings).
     n: rollouts per prompt.
     seed: an int s: rollout i of prompt p uses seed s + p * n + i (every rollout of the batch its own
         noise); a list of one seed per prompt: rollout i of prompt p uses seed[p] + i; None: a fresh seed

@@ -4,7 +4,8 @@ text through `encode_prompts`, Rollout.text and Beam.text come from `completion_
 training samples and the RL rollouts use the same two.
 
 Text goes through the model's text form (model/textform.py: e.g. "tabs", each leading group of 4 spaces one
-tab) and its tokenizer (GPT-2's unless one is given), special tokens such as <|endoftext|> allowed:
+tab) and its tokenizer (GPT-2's unless one is given), special tokens such as <|endoftext|> allowed; stop
+strings (SamplingParams.stop) are matched in the model's form too (`stop_strings`):
 
     ids = encode_prompts(gpt, ["def add(a, b):\n    return"])        # tabs in, for a "tabs" model
     completion_text(gpt, rollout.tokens, stop_ids)                    # spaces out, no stop token
@@ -54,6 +55,13 @@ def encode_prompts(model, prompts, tokenizer=None, *, what: str = "prompt") -> l
     return [tokenizer.encode(form.to_model(p), allowed_special="all") if is_text(p) else p for p in prompts]
 
 
+def stop_strings(model, stop) -> tuple[str, ...]:
+    """Stop strings as the model writes them (its text form): "\n    return" is "\n\treturn" to a "tabs" model.
+    Strings already in the model's form stay as they are (to_model leaves its own output unchanged)."""
+    form = for_model(model)
+    return tuple(dict.fromkeys(form.to_model(s) for s in stop))
+
+
 def completion_text(model, tokens, stop_ids=(), tokenizer=None) -> str:
     """A completion as a person reads it: without the stop token that ended it (the finish reason says so),
     decoded, in plain text form (what rewards judge and the CLIs print)."""
@@ -72,4 +80,4 @@ def completion_texts(model, completions, stop_ids=(), tokenizer=None) -> list[st
     return [completion_text(model, c, stop_ids, tokenizer) for c in completions]
 
 
-__all__ = ["encode_prompts", "completion_text", "completion_texts", "tokenizer_for"]
+__all__ = ["encode_prompts", "completion_text", "completion_texts", "stop_strings", "tokenizer_for"]

@@ -69,4 +69,15 @@ def for_model(model_or_dir) -> TextForm:
     return TextForm(name or "plain")
 
 
-__all__ = ["TextForm", "PLAIN", "FORMS", "CONFIG_KEY", "for_model"]
+_ESCAPE = re.compile(r"\\([nt\\])")
+_ESCAPED = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """Text typed on one line (a shell argument, a line of a prompts file) with the escapes \\n, \\t and \\\\
+    read as newline, tab and backslash; any other backslash stays as typed. A shell passes `--stop "\\n\\n"`
+    as backslash, n, backslash, n: this is how a newline reaches a stop string or a one-line prompt."""
+    return _ESCAPE.sub(lambda m: _ESCAPED[m.group(1)], text)
+
+
+__all__ = ["TextForm", "PLAIN", "FORMS", "CONFIG_KEY", "for_model", "unescape"]

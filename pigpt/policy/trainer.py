@@ -29,11 +29,11 @@ import torch
 
 from pigpt.decoding import SamplingParams, score
 from pigpt.decoding.params import check_sampling, flag
-from pigpt.decoding.prompts import check_prompts, stop_ids_of
+from pigpt.decoding.prompts import check_prompts
 from pigpt.kernels import MAX_SEED
 from pigpt.model import GPT
 from pigpt.model.checkpoint import atomic_write
-from pigpt.model.textform import for_model
+from pigpt.model.textform import for_model, unescape
 from pigpt.training import dist, optim
 from pigpt.training.run import LOG_FILE, Run, TrainError, execute, given_flags, need, read_log
 from pigpt.training.run import resolve_config as resolve
@@ -83,12 +83,11 @@ class RLConfig:
     eval_prompts: str | None = None  # None: the training prompts, with held-out seeds
     save_dtype: str = "float32"
 
-    def sampling(self, n: int, seeds=None, form=None) -> SamplingParams:
-        """The rollouts' SamplingParams (stop strings in the model's text form when `form` is given)."""
-        stop = tuple(form.to_model(s) for s in self.stop) if form else tuple(self.stop)
+    def sampling(self, n: int, seeds=None) -> SamplingParams:
+        """The rollouts' SamplingParams (stop strings as typed: the engine matches them in the model's text form)."""
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
                               repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_completion_length,
-                              stop=stop, n=n, seed=seeds)
+                              stop=tuple(self.stop), n=n, seed=seeds)
 
 
 RESUME_MUTABLE = {"max_steps", "ckpt_interval", "eval_interval", "save_dtype"}
@@ -142,7 +141,7 @@ def load_prompts(path: str) -> tuple[list[str], list[dict]]:
     if not lines:
         raise TrainError(f"--prompts {path} holds no prompts; write one per line (or JSON lines with a \"prompt\" key)")
     if not lines[0].lstrip().startswith("{"):
-        return [ln.replace("\\n", "\n") for ln in lines], []
+        return [unescape(ln) for ln in lines], []
     prompts, extras = [], []
     for i, ln in enumerate(lines):
         try:
@@ -194,7 +193,7 @@ class Scorer(torch.nn.Module):
 class GRPORun(Run):
     """A GRPO run on training/run.py's skeleton: the policy, its reference, the rewards and the prompts."""
 
-    mode, desc, resume_flags = "grpo", "GRPO", " --reward ... (the same flags)"
+    mode, desc = "grpo", "GRPO"
 
     policy: torch.nn.Module  # Scorer(gpt), in DistributedDataParallel under torchrun
     ref: GPT | None
@@ -211,7 +210,12 @@ class GRPORun(Run):
         return rl_step(self)
 
     def evaluate(self) -> dict:
-        return evaluate(self)
+        out = evaluate(self)
+        if self.d.master and 0 < self.step < self.cfg.max_steps:  # before: started(); the last: finish()'s line
+            from tqdm import tqdm
+
+            tqdm.write(f"step {self.step}: eval reward {_fmt(out['eval_reward'])}" + _per_function(out))
+        return out
 
     def started(self, first: dict) -> None:
         self.last = first
@@ -231,6 +235,9 @@ class GRPORun(Run):
         self.say(f"GRPO: {len(self.prompts)} prompts, {cfg.prompts_per_step} x {cfg.num_generations} rollouts of <= "
                  f"{cfg.max_completion_length} tokens a step, reward {' + '.join(self.reward.names)}, loss "
                  f"{cfg.loss_type}, beta {cfg.beta:g}, lr {cfg.lr:g}, {self.d.world} process(es)")
+
+    def plot(self) -> None:
+        plot_rewards(self.rd.path)
 
     def finish(self) -> dict:
         return finish(self)
@@ -302,11 +309,11 @@ def _stack_grad(rows: list[torch.Tensor], T: int) -> torch.Tensor:
 
 def rl_step(run: GRPORun) -> dict:
     cfg, d, gpt = run.cfg, run.d, run.gpt
-    G, form = cfg.num_generations, for_model(gpt)
+    G = cfg.num_generations
     batch = batch_prompts(len(run.prompts), cfg.prompts_per_step, run.step, cfg.seed)
     per_rank = cfg.prompts_per_step // d.world
     mine = batch[d.rank * per_rank:(d.rank + 1) * per_rank]  # whole groups on each process
-    params = cfg.sampling(G, [rollout_seed(cfg.seed, run.step, i) for i in mine], form)
+    params = cfg.sampling(G, [rollout_seed(cfg.seed, run.step, i) for i in mine])
 
     t0 = time.perf_counter()
     try:
@@ -407,7 +414,7 @@ def evaluate(run: GRPORun) -> dict:
     by a training step): the same seeds at every evaluation, so before and after compare like with like."""
     cfg, d, gpt = run.cfg, run.d, run.gpt
     idx = list(range(len(run.eval_prompts)))[d.rank::d.world]
-    params = cfg.sampling(cfg.eval_generations, [rollout_seed(cfg.seed, "eval", i) for i in idx], for_model(gpt))
+    params = cfg.sampling(cfg.eval_generations, [rollout_seed(cfg.seed, "eval", i) for i in idx])
     if idx:
         try:
             rb = collect(gpt, [run.eval_prompts[i] for i in idx], params, run.reward,
@@ -423,6 +430,12 @@ def evaluate(run: GRPORun) -> dict:
     for name, col in zip(run.reward.names, per_func.T):
         out[f"eval/{name}"] = _nanmean(col)
     return out
+
+
+def _per_function(record: dict) -> str:
+    """ (name a, name b ...) of an evaluation with more than one reward function."""
+    parts = [f"{k.removeprefix('eval/')} {_fmt(v)}" for k, v in record.items() if k.startswith("eval/")]
+    return f" ({', '.join(parts)})" if len(parts) > 1 else ""
 
 
 def _fmt(x) -> str:

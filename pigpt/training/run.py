@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import time
@@ -105,9 +106,12 @@ class RunDir:
     def __init__(self, path, *, resume: bool = False, overwrite: bool = False, master: bool = True):
         self.path, self.resume, self.overwrite, self.master = Path(path), resume, overwrite, master
         self.created = False
+        self.checkpoint_step: int | None = None  # the step of the checkpoint on disk, once this run knows one
 
     def __enter__(self) -> "RunDir":
         out = self.path
+        if self.resume:
+            check_resumable(out)  # before anything is created: a mistyped --out stays absent
         self.created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -119,10 +123,7 @@ class RunDir:
         for stale in out.glob(".*.tmp"):  # left by a write that a kill interrupted
             if any(stale.name.startswith(f".{name}.") for name in RUN_FILES):
                 stale.unlink(missing_ok=True)
-        if self.resume:
-            if not (out / STATE_FILE).exists():
-                raise TrainError(f"--resume: {out} holds no {STATE_FILE} to resume; train first, or fix --out")
-        elif not self.overwrite and any((out / f).exists() for f in (STATE_FILE, "config.json")):
+        if not self.resume and not self.overwrite and any((out / f).exists() for f in (STATE_FILE, "config.json")):
             raise TrainError(f"--out {out} already holds a model; pass --resume to continue its run, --overwrite "
                              "to replace it, or another --out")
         return self
@@ -144,6 +145,7 @@ class RunDir:
 
     def begin(self, resumed_step: int | None) -> None:
         """A new run removes the files of the run it replaces; a resumed one cuts the log back to its step."""
+        self.checkpoint_step = resumed_step
         if not self.master:
             return
         if resumed_step is None:
@@ -159,6 +161,11 @@ class RunDir:
         if self.master:
             atomic_write(self.path / STATE_FILE, lambda f: torch.save({**state, "rng": rngs}, f))
             save_pretrained(gpt, self.path, dtype=dtype)
+        self.checkpoint_step = state["step"]
+
+    def resume_hint(self) -> str:
+        """How to continue this run from its last checkpoint (once there is one)."""
+        return f"the checkpoint of step {self.checkpoint_step} is kept; continue with: {resume_command(self.path)}"
 
     @staticmethod
     def restore_rng(saved: dict, d) -> None:
@@ -176,6 +183,31 @@ class RunDir:
         `baselines` {label: value} as dashed lines."""
         if self.master:
             plot_log(self.path, smooth, points, baselines or {}, ylabel)
+
+
+def check_resumable(out: Path) -> None:
+    """A one-line TrainError unless `out` holds a run to --resume."""
+    if not out.is_dir():
+        raise TrainError(f"--resume: {out} does not exist; train first, or fix --out")
+    if not (out / STATE_FILE).exists():
+        raise TrainError(f"--resume: {out} holds no {STATE_FILE} to resume; train first, or fix --out")
+
+
+def run_kind(out: Path) -> str:
+    """What the run in `out` is: "grpo" or "lm" (next-token training), from its train_state.pt (memory-mapped:
+    the tensors are not read). Raises TrainError when there is nothing to resume."""
+    out = Path(out)
+    check_resumable(out)
+    try:
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise TrainError(f"{out / STATE_FILE}: could not read the training state ({type(e).__name__}: {e})") from None
+    return state.get("mode", "lm")
+
+
+def resume_command(out: Path) -> str:
+    """The command that continues the run in `out` (train.py tells a GRPO run from a next-token one itself)."""
+    return f"python train.py --resume --out {shlex.quote(str(out))}"
 
 
 def truncate_log(out: Path, step: int) -> None:
@@ -313,7 +345,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 # -- the run ----------------------------------------------------------------------------------------------
 MODES = {  # what train_state.pt's "mode" names, and how such a run is resumed
     "lm": "a next-token training run; resume it without --reward",
-    "grpo": "a GRPO run; resume it with --reward and --prompts (the same flags)",
+    "grpo": "a GRPO run; `python train.py --resume --out DIR` resumes it as one (no other flag needed)",
 }
 
 
@@ -324,7 +356,6 @@ class Run:
 
     mode = "lm"  # recorded in train_state.pt: a --resume of another mode's run is refused
     desc = "training"  # the progress bar's label
-    resume_flags = ""  # what a resumed run's command line repeats, after --resume --out DIR
 
     cfg: object
     d: object  # dist.Dist
@@ -381,6 +412,9 @@ class Run:
     def state(self) -> dict:
         """The mode's own entries of train_state.pt."""
         return {}
+
+    def plot(self) -> None:
+        """The run's curves from its log; also drawn when an error stops the run part-way."""
 
     def finish(self) -> dict:
         """After the loop: plots, the closing lines; returns the summary (with "stopped")."""
@@ -444,10 +478,19 @@ def execute(args, prepare, mode: str) -> dict:
     try:
         with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
             run = start(args, prepare, mode, rd, d, device)
-            loop(run)
+            if d.master:
+                print(f"checkpoints in {rd.path}/ every {run.cfg.ckpt_interval} steps; if this run stops (Ctrl-C, a "
+                      f"kill, a crash), continue it with: {resume_command(rd.path)}", flush=True)
+            try:
+                loop(run)
+            except user_errors() as e:  # e.g. a reward that fails at step k
+                if d.master and read_log(rd.path):
+                    run.plot()  # the curves of the steps done
+                if rd.checkpoint_step is None:
+                    raise
+                raise TrainError(f"{e}; {rd.resume_hint()}") from None  # how to go on from the checkpoint
             if run.stopped:
-                run.say(f"stopped at step {run.step}; saved to {rd.path}. Continue with: python train.py --resume "
-                        f"--out {rd.path}{run.resume_flags}")
+                run.say(f"stopped at step {run.step}; saved to {rd.path}. Continue with: {resume_command(rd.path)}")
             return run.finish()
     finally:
         dist.teardown(d)
@@ -468,5 +511,6 @@ def cli(main) -> None:
 
 
 __all__ = ["TrainError", "need", "given_flags", "resolve_config", "Run", "start", "loop", "execute", "MODES", "RunDir",
-           "Log", "StopFlag", "ArgumentParser", "cli", "read_log", "truncate_log",
+           "run_kind", "resume_command", "check_resumable", "Log", "StopFlag", "ArgumentParser", "cli", "read_log",
+           "truncate_log",
            "rng_state", "set_rng_state", "STATE_FILE", "LOG_FILE", "PLOT_FILE", "EXIT_USAGE", "EXIT_INTERRUPTED"]
