@@ -1,10 +1,13 @@
 """pigpt-explore: the JSON API (FastAPI's TestClient) against the engine itself, bad input (HTTP 400 + a message,
 and the server keeps serving), safety (built-in rewards only, 127.0.0.1 by default), and the page in a real
-headless Chromium served by a real uvicorn (docs/img/explorer*.png are its screenshots)."""
+headless Chromium served by a real uvicorn (docs/img/explorer*.png are its screenshots, redrawn with
+PIGPT_SCREENSHOTS=docs/img)."""
 
 import math
+import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -13,14 +16,13 @@ from urllib.parse import quote
 import pytest
 import torch
 
-from pigpt.decoding import SamplingParams, beam_search, generate
+from pigpt.decoding import SamplingParams, beam_search, encode_prompts, generate
 from pigpt.decoding.processors import apply_processors, sampler_logprobs
 from pigpt.explore import build_parser, main
 from pigpt.explore.core import Explorer
 from pigpt.explore.server import create_app
 from pigpt.model import GPT
 from pigpt.policy import combine_rewards, group_advantages
-from pigpt.policy.rollouts import encode_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "def add(a, b):\n    return"
@@ -388,17 +390,21 @@ def _bars(browser):
         "return [...document.querySelectorAll('#bars g.bar-row')].map(g => [+g.dataset.id, +g.dataset.p, g.dataset.drawn])")
 
 
+# Screenshots go to a temp folder; PIGPT_SCREENSHOTS=docs/img redraws the README's (a test leaves the checkout as it was).
+SHOTS = Path(os.environ.get("PIGPT_SCREENSHOTS") or tempfile.mkdtemp(prefix="pigpt-shots-"))
+
+
 def _shot(browser, name: str):
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1400, min(max(height + 120, 700), 3000))
-    browser.save_screenshot(str(ROOT / "docs" / "img" / name))
+    assert browser.save_screenshot(str(SHOTS / name))
 
 
 def test_the_page_in_chromium(browser, served, explorer):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
     link = f"{served}/#prompt={quote(PROMPT)}&T=1&k=10&p=1&rep=1&min=0&max=12&n=6&seed=0&beams=3"
     browser.get(link)
     before = _wait(lambda: _bars(browser), "the bars")

@@ -102,7 +102,7 @@ class Explorer:
 
     # -- inputs ---------------------------------------------------------------------------------------------------
     def encode(self, prompt) -> list[int]:
-        from pigpt.policy.rollouts import encode_prompts
+        from pigpt.decoding import encode_prompts
 
         if not isinstance(prompt, str) or not prompt:
             raise ExploreError("the prompt is empty: type some text to continue")
@@ -246,8 +246,6 @@ class Explorer:
     def rollouts(self, prompt: str, settings: dict, *, deadline=None) -> dict:
         """`generate`'s n rollouts of the prompt with seeds ω, ω+1, ...: tokens, per-token log-probs under the
         processed (behaviour) and the raw model, log π(y|x), text."""
-        from pigpt.policy.rollouts import completion_text
-
         n = _int("n", (settings or {}).get("n", 4), 1, MAX_N)
         params = sampling_params(settings, n=n)
         with self.lock:
@@ -261,7 +259,7 @@ class Explorer:
             {"index": i, "seed": r.seed, "tokens": r.tokens, "texts": self.token_texts(r.tokens),
              "logprobs": r.logprobs, "model_logprobs": r.model_logprobs, "finish_reason": r.finish_reason,
              "logprob": math.fsum(r.logprobs), "model_logprob": math.fsum(r.model_logprobs),
-             "text": completion_text(r.tokens, self.stop_ids, self.form, self.tok)}
+             "text": r.text}
             for i, r in enumerate(out)]}
 
     def beams(self, prompt: str, settings: dict, *, deadline=None) -> dict:
