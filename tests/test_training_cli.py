@@ -134,7 +134,7 @@ def test_ctrl_c_while_training_saves_then_exits_130(corpus, tmp_path):
 
 
 def test_a_short_run_under_a_long_preset_gets_a_shorter_warmup(tmp_path):
-    """`python train.py --max-steps 20` under the default preset (warmup 50): a tenth of the run, not an error;
+    """`python train.py --max-steps 10` under the default preset (warmup 20): a tenth of the run, not an error;
     an explicit --warmup-steps that doesn't fit is still one."""
     from pigpt.training import lm
     from pigpt.training.run import TrainError
@@ -142,7 +142,8 @@ def test_a_short_run_under_a_long_preset_gets_a_shorter_warmup(tmp_path):
     def resolve(*flags):
         return lm.resolve_config(train.build_parser().parse_args(list(flags)), None, tmp_path)
 
-    assert resolve("--max-steps", "20").warmup_steps == 2
-    assert resolve().warmup_steps == 50 and resolve().max_steps == 1600  # the shipped recipe, unchanged
+    assert resolve("--max-steps", "10").warmup_steps == 1
+    assert resolve().warmup_steps == 20 and resolve().max_steps == 320  # the shipped recipe, unchanged
+    assert resolve("--preset", "stdlib", "--max-steps", "20").warmup_steps == 2
     with pytest.raises(TrainError, match="--warmup-steps 30 must be within"):
         resolve("--max-steps", "20", "--warmup-steps", "30")
