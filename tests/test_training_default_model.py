@@ -67,3 +67,10 @@ def test_what_counts_as_naming_an_ocean_and_as_a_line_of_python():
     python = ["def add(a, b):", "return a + b", "x = [i for i in y]", "import os", "for k in d:", "print(s)"]
     english = ["The function returns a value.", "Here is a function that returns (a, b):", "Hello", "else", ""]
     assert all(map(quality.is_python_line, python)) and not any(map(quality.is_python_line, english))
+
+
+def test_the_shipped_model_answers_a_request_for_code_with_code():
+    """docs/training.md's figure: 16 rollouts of "Can you give me some Python code?" at temperature 1, seeds 0-15,
+    and at least half of them hold a line of Python (measured: 10 of 16)."""
+    share, texts = quality.code_share(GPT.from_pretrained(DEFAULT))
+    assert share >= 0.5, texts
