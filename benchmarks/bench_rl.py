@@ -29,8 +29,9 @@ harness.interleave drives them as TRL, pigpt, TRL, pigpt, ... after an untimed w
 the median of per-round ratios. Each step is timed inside its worker, so the pipe is not in it. TRL's
 train() runs in a thread held at every step's start by a callback until the benchmark lets exactly one
 optimizer step through (on_step_begin .. on_step_end: generation, rewards, reference and policy forwards,
-loss, backward, clipping, AdamW). pigpt's step is `policy.trainer.rl_step` on a run that
-`policy.trainer.prepare` built from train.py's own parser. Splits: pigpt's rl_step reports generate (with
+loss, backward, clipping, AdamW). pigpt's step is `policy.trainer.rl_step` on a run that the training
+skeleton (`training.run.start` with `policy.trainer.prepare`) built from the pigpt-train command's own
+parser (`pigpt.train.build_parser`). Splits: pigpt's rl_step reports generate (with
 the rewards) / score / update; TRL's come from its own profiling contexts (generate =
 transformers.generate; score = the rest of _prepare_inputs, i.e. rewards and the reference forward, plus
 compute_loss, i.e. the policy forward and the loss; update = the rest of the step: backward, clipping,
@@ -119,13 +120,12 @@ class Pigpt:
     """pigpt's GRPO run, prepared as `train.py --reward ... --prompts ...` prepares it, stepped on demand."""
 
     def __init__(self, a, model_dir: Path, prompts_file: Path, out: Path, stack: contextlib.ExitStack):
-        from pigpt import train
         from pigpt.policy import trainer
+        from pigpt.train import build_parser
         from pigpt.training import dist
-        from pigpt.training.run import RunDir
+        from pigpt.training.run import RunDir, start
 
-        self.trainer = trainer
-        args = train.build_parser().parse_args([
+        args = build_parser().parse_args([
             "--reward", f"{Path(__file__).resolve()}:e_density", "--prompts", str(prompts_file),
             "--init", str(model_dir), "--out", str(out), "--device", "cpu", "--num-threads", str(a.threads),
             "--prompts-per-step", str(a.prompts), "--num-generations", str(a.generations),
@@ -135,13 +135,13 @@ class Pigpt:
         d, device = dist.setup(args.device, args.num_threads)
         rd = stack.enter_context(RunDir(args.out, master=d.master))
         with contextlib.redirect_stdout(sys.stderr):  # prepare's banner: keep stdout for the results
-            self.run = trainer.prepare(args, rd, d, device)
+            self.run = start(args, trainer.prepare, trainer.GRPORun.mode, rd, d, device)
         self.reward = Counted(self.run.reward.rewards[0].fn)  # the function load_reward found in this file
         self.run.reward.rewards[0].fn = self.reward
         self.records: list[dict] = []
 
     def step(self) -> None:
-        self.records.append(self.trainer.rl_step(self.run))
+        self.records.append(self.run.train_step())
         self.run.step += 1  # the next step draws with the next seeds, as the training loop does
 
 

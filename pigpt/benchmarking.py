@@ -105,6 +105,27 @@ def measure(fn: Callable[[], object], repeats: int, warmup: int = 1, stat: str =
     return min(times) if stat == "min" else statistics.median(times)
 
 
+def device_timed(fn: Callable[[], object], device) -> Callable[[], float | None]:
+    """fn as an engine for `interleave`. On a CUDA device it times itself: the seconds between two CUDA events
+    recorded around the call on an idle stream (the queue drained first), so the work the call queued is
+    counted to its end, launch gaps included. Elsewhere it returns None and `interleave` takes the wall time."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return lambda: (fn(), None)[1]
+
+    def run() -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000  # ms -> s
+
+    return run
+
+
 @dataclass
 class Interleaved:
     """Times of interleaved runs: times[name][i] is round i's run of that engine (seconds)."""

@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-new-tokens", type=int, default=0, metavar="N", help="no stop token before this many tokens (default 0)")
     g.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="completion length cap (default 32)")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop when the completion contains TEXT (repeatable); <|endoftext|> always stops")
+                   help="stop when the completion contains TEXT (repeatable; \\n, \\t and \\\\ in TEXT are a newline, "
+                        "a tab and a backslash, so --stop \"\\n\\n\" stops at a blank line); <|endoftext|> always "
+                        "stops")
     g.add_argument("--seed", type=int, default=None, metavar="S",
                    help="rollout i of prompt p uses seed S + p*n + i (default: a fresh seed per prompt, printed so "
                         "you can replay it)")
@@ -131,19 +133,12 @@ def _parse_list(text: str, flag: str, cast):
 def validate(args) -> None:
     """Every check that needs no model: bad values fail before anything is loaded."""
     _check(args.prompt is None or args.prompt_file is None, "pass a prompt or --prompt-file, not both")
-    _check(args.prompt is None or args.prompt != "", "the prompt is empty; give at least one character of text")
-    _check(math.isfinite(args.temperature) and args.temperature >= 0,
-           f"--temperature must be >= 0 (0 is greedy), got {args.temperature:g}")
-    _check(args.top_k >= 0, f"--top-k must be >= 0 (0 turns top-k off), got {args.top_k}")
-    _check(0 < args.top_p <= 1, f"--top-p must be in (0, 1] (1 turns top-p off), got {args.top_p:g}")
-    _check(args.num_rollouts >= 1, f"-n/--num-rollouts must be >= 1, got {args.num_rollouts}")
-    _check(args.repetition_penalty > 0,
-           f"--repetition-penalty must be > 0 (1 turns it off), got {args.repetition_penalty:g}")
-    _check(args.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    _check(args.min_new_tokens >= 0, f"--min-new-tokens must be >= 0, got {args.min_new_tokens}")
-    _check(args.min_new_tokens <= args.max_new_tokens,
-           f"--min-new-tokens ({args.min_new_tokens}) must be <= --max-new-tokens ({args.max_new_tokens})")
-    _check(args.seed is None or 0 <= args.seed < 2**62, f"--seed must be in [0, 2**62), got {args.seed}")
+    _check(args.prompt is None or args.prompt.strip() != "",
+           "the prompt is empty (or only whitespace); give at least one character of text")
+    from pigpt.model.textform import unescape
+
+    args.stop = [unescape(s) for s in args.stop]  # the shell passes "\n" as a backslash and an n
+    check_settings(args)
     _check(args.top_tokens >= 1, f"--top-tokens must be >= 1, got {args.top_tokens}")
     _check(args.max_panels >= 1, f"--max-panels must be >= 1, got {args.max_panels}")
     _check(args.tree_depth >= 1, f"--tree-depth must be >= 1, got {args.tree_depth}")
@@ -155,8 +150,6 @@ def validate(args) -> None:
         _check(args.num_rollouts == 1, "-n/--num-rollouts is for sampling; with --num-beams use --num-return-sequences")
     else:
         _check(args.num_return_sequences is None, "--num-return-sequences needs --num-beams")
-    for s in args.stop:
-        _check(s != "", "--stop needs non-empty text")
     _check(not args.transitions or args.reward, "--transitions needs --reward SPEC (transitions carry rewards)")
     compares = [f for f in ("compare_temperatures", "compare_top_k", "compare_top_p") if getattr(args, f)]
     _check(len(compares) <= 1, "use one --compare-* option at a time")
@@ -185,6 +178,19 @@ def validate(args) -> None:
                 check_output_path(path)
             except ValueError as e:
                 raise UsageError(f"--{flag} {e}") from None
+
+
+def check_settings(args) -> None:
+    """The sampling flags, through the one check of sampling settings (decoding.params.check_sampling)."""
+    from pigpt.decoding.params import check_sampling, flag
+
+    try:
+        check_sampling(dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, n=args.num_rollouts,
+                            repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                            min_new_tokens=args.min_new_tokens, seed=args.seed, stop=args.stop),
+                       name=lambda f: "-n/--num-rollouts" if f == "n" else flag(f))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def read_prompts(args) -> list[str]:
@@ -241,30 +247,25 @@ def load_model(spec: str | None, device: str, dtype: str, quantize: str | None =
     return gpt.eval(), "default model" if spec is None else spec
 
 
-def encode_prompts(tokenizer, form, prompts: list[str], block_size: int, max_new_tokens: int) -> list[list[int]]:
-    """Token ids of each prompt, in the text form the model was trained on (model/textform.py)."""
-    out = []
-    for i, text in enumerate(prompts):
-        ids = tokenizer.encode(form.to_model(text), allowed_special="all")
-        which = "the prompt" if len(prompts) == 1 else f"prompt {i + 1}"
-        _check(bool(ids), f"{which} is empty")
-        _check(len(ids) <= block_size - 1,
-               f"{which} is {len(ids)} tokens, longer than the model's context of {block_size} tokens "
-               "(with room for one new token); shorten it")
-        _check(len(ids) + max_new_tokens <= block_size,
-               f"{which} ({len(ids)} tokens) + --max-new-tokens {max_new_tokens} exceeds the model's context of "
-               f"{block_size} tokens; use --max-new-tokens {block_size - len(ids)} or a shorter prompt")
-        out.append(ids)
-    return out
+def encode_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt, as the decoding engine takes text (decoding.prompts.check_prompts: in the
+    model's text form, checked against its context)."""
+    from pigpt.decoding.prompts import check_prompts
+
+    try:
+        return check_prompts(model, prompts, max_new_tokens, tokenizer=tokenizer, length="--max-new-tokens",
+                             name=lambda i: "the prompt" if len(prompts) == 1 else f"prompt {i + 1}")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 # -- text ------------------------------------------------------------------------------------------------------
-def completion_text(s: "Session", tokens: list[int]) -> str:
+def completion_text(s: "Session", tokens: list[int], stop_ids=None) -> str:
     """The completion as a person reads it: without the stop token that ended it (the finish reason says
-    so), in plain text form (the same text rewards judge)."""
-    from pigpt.policy.rollouts import completion_text as text_of
+    so), in plain text form (Rollout.text, the same text rewards judge). stop_ids=(): every token shown."""
+    from pigpt.decoding import completion_text as text_of
 
-    return text_of(tokens, s.stop_ids, s.form, s.tok)
+    return text_of(s.model, tokens, s.stop_ids if stop_ids is None else stop_ids, s.tok)
 
 
 def for_terminal(text: str) -> str:
@@ -282,7 +283,7 @@ class Printer:
         self.tokens.append(int(step.tokens[0]))
         body = self.tokens[:-1] if self.tokens[-1] in self.s.stop_ids else self.tokens
         # decode the whole completion (a token may end mid-character); hold back an unfinished character
-        text = self.s.form.from_model(self.s.tok.decode(self.prompt_ids + body))[len(self.s.prompt_text):]
+        text = completion_text(self.s, self.prompt_ids + body, stop_ids=())[len(self.s.prompt_text):]
         text = text.rstrip("\ufffd") if not bool(step.finished[0]) else text
         if text.startswith(self.shown):
             print(for_terminal(text[len(self.shown):]), end="", file=self.s.out, flush=True)
@@ -294,6 +295,8 @@ def finish_note(s: "Session", tokens, reason) -> str:
         from pigpt.viz.text import show_token
 
         return f"stop at {show_token(s.tok, tokens[-1])}"
+    if reason == "interrupted":
+        return "interrupted (Ctrl-C)"
     return "stop string" if reason == "stop" else "length (hit --max-new-tokens)"
 
 
@@ -307,17 +310,15 @@ def header(i: int, total: int, r, note, kind: str = "rollout", extra: str = "") 
 
 # -- the runs -------------------------------------------------------------------------------------------------
 class Session:
-    """Everything a run needs: parsed args, model, tokenizer, text form, styles."""
+    """Everything a run needs: parsed args, model, tokenizer, styles."""
 
     def __init__(self, args, model, tokenizer, out=sys.stdout, err=sys.stderr):
         from pigpt.decoding.prompts import stop_ids_of
-        from pigpt.model.textform import for_model
         from pigpt.viz.terminal import Style, use_color
 
         self.args, self.model, self.tok = args, model, tokenizer
         self.out, self.err = out, err
         self.style = Style(use_color(out))
-        self.form = for_model(model)
         self.stop_ids = tuple(stop_ids_of(model, None))
         self.prompt_text = ""
         self.params = self.sampling_params()
@@ -341,7 +342,7 @@ class Session:
                 temperature=1.0 if beam else a.temperature, top_k=0 if beam else a.top_k,
                 top_p=1.0 if beam else a.top_p, repetition_penalty=a.repetition_penalty,
                 min_new_tokens=a.min_new_tokens, max_new_tokens=a.max_new_tokens, stop_token_ids=self.stop_ids,
-                stop=tuple(self.form.to_model(x) for x in a.stop), n=1 if beam else a.num_rollouts,
+                stop=tuple(a.stop), n=1 if beam else a.num_rollouts,
                 seed=None if beam else a.seed)
         except ValueError as e:  # validate() should have caught it; never show a traceback for bad input
             raise UsageError(str(e)) from None
@@ -392,11 +393,17 @@ def score_rewards(s: Session, prompts: list[str], results, params) -> list[list[
             raise UsageError(f"cannot write --transitions {s.args.transitions}: {e.strerror or e}") from None
         s.note(f"wrote {s.args.transitions} ({lines.count(chr(10))} transitions of {len(batch.rollouts)} episodes)")
     out = [r.to_dict() for r in batch.rollouts]
+    if group == 1 and not s.args.num_beams:  # the advantage compares a rollout with its group's others
+        s.note("note: with -n 1 there is no advantage: GRPO compares each rollout with the other rollouts of its "
+               "prompt, and a group of one has none; use -n 2 or more")
+        for r in out:
+            r["advantage"] = None
     return [out[p * group:(p + 1) * group] for p in range(len(results))]
 
 
 def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
     from pigpt.decoding import generate
+    from pigpt.decoding.generate import Interrupted
     from pigpt.viz.steps import StepRecorder
 
     a, params = s.args, s.params
@@ -406,12 +413,17 @@ def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
     recorder = StepRecorder(params, s.stop_ids, rows=rows, top=a.top_tokens) if rows != set() else None
     callbacks = [recorder] if recorder else []
     if streaming:
-        s.prompt_text = s.form.from_model(s.tok.decode(ids[0]))
+        s.prompt_text = completion_text(s, ids[0], stop_ids=())
         print(s.style.dim(for_terminal(prompts[0] if prompts[0] != UNCONDITIONAL else "")), end="", file=s.out, flush=True)
         callbacks.append(Printer(s, ids[0]))
-    results = generate(s.model, ids, params, progress=not a.json and not streaming and _progress(s),
-                       on_step=(lambda step: [f(step) for f in callbacks]) if callbacks else None,
-                       distributions=recorder is not None)
+    try:
+        results = generate(s.model, ids, params, progress=not a.json and not streaming and _progress(s),
+                           on_step=(lambda step: [f(step) for f in callbacks]) if callbacks else None,
+                           distributions=recorder is not None)
+    except Interrupted as stop:  # Ctrl-C: show what was drawn, then exit 130
+        if streaming:
+            s.say()
+        return report_interrupted(s, prompts, stop, recorder)
     if streaming:
         s.say()
     rewards = score_rewards(s, prompts, results, params)
@@ -422,6 +434,24 @@ def run_sampling(s: Session, prompts: list[str], ids: list[list[int]]) -> None:
                n_prompts=len(prompts))
         if p == 0:
             pictures(s, text, ids[0], rollouts, views)
+
+
+def report_interrupted(s: Session, prompts: list[str], stop, recorder) -> int:
+    """The rollouts a Ctrl-C cut short, printed (or written as JSON lines) as far as they got, and one line
+    that says so; no rewards, transitions or pictures of unfinished text. Returns exit code 130."""
+    n, streamed = s.args.num_rollouts, len(prompts) == 1 and s.args.num_rollouts == 1 and not s.args.json
+    for p, (text, rollouts) in enumerate(zip(prompts, stop.rollouts)):
+        views = ([recorder.views.get(p * n + i, [])[:len(r.tokens)] for i, r in enumerate(rollouts)] if recorder
+                 else None)
+        report(s, text, rollouts, views, None, streamed=streamed, prompt_index=p, n_prompts=len(prompts))
+    cut = sum(r.finish_reason == "interrupted" for g in stop.rollouts for r in g)
+    total = sum(len(g) for g in stop.rollouts)
+    s.note(f"interrupted (Ctrl-C) after {stop.steps} of {stop.max_new_tokens} steps: {cut} of {total} rollouts "
+           f"above are cut short (finish: interrupted){'' if s.reward is None else '; no rewards scored'}")
+    return EXIT_INTERRUPTED
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for a Ctrl-C
 
 
 def _progress(s: Session) -> bool:
@@ -468,12 +498,12 @@ def report(s: Session, text, rollouts, views, rewards, *, streamed, prompt_index
         if rewards is not None:
             r_i = rewards[i]["reward"]
             extra += f"  reward {'n/a' if r_i is None else f'{r_i:.3g}'}"
-            if not beams:
+            if not beams and rewards[i]["advantage"] is not None:
                 extra += f" (advantage {rewards[i]['advantage']:+.2f})"
         s.say(s.style.bold(header(i, len(rollouts), r, note, kind, extra)))
         if not streamed:
             shown = text if text != UNCONDITIONAL else ""
-            s.say(s.style.dim(for_terminal(shown)) + for_terminal(completion_text(s, r.tokens)))
+            s.say(s.style.dim(for_terminal(shown)) + for_terminal(r.text))
         if a.show_steps and views is not None:
             show_steps(s, text, r, views[i])
         s.say()
@@ -496,7 +526,7 @@ def json_record(s: Session, text, prompt_index, i, r, views, beams) -> dict:
         "prompt": text,
         "prompt_index": prompt_index,
         "index": i,
-        "text": completion_text(s, r.tokens),
+        "text": r.text,
         "tokens": list(r.tokens),
         "logprobs": [float(x) for x in r.logprobs],
         "model_logprobs": [float(x) for x in r.model_logprobs],
@@ -528,10 +558,15 @@ def pictures(s: Session, text, prompt_ids, rollouts, views) -> None:
         if not steps:
             raise UsageError("--plot: the first rollout generated no tokens, so there is no step to draw")
         contexts = [text + completion_text(s, completions[0][:t]) if t else text for t in range(len(steps))]
-        fig = figures.plot_steps(steps, s.tok, s.processing(), prompt_text=text, context_texts=contexts)
+        total, kind = len(views[0]), "beam" if a.num_beams else "rollout"
+        note = "" if total <= len(steps) else (
+            f"steps 1-{len(steps)} of the {total} of {kind} 1 shown: --max-panels {total} draws them all "
+            "(--show-steps prints them all in the terminal)")
+        fig = figures.plot_steps(steps, s.tok, s.processing(), prompt_text=text, context_texts=contexts, note=note)
         n = len(fig.axes)
-        write_figure(s, fig, a.plot, f"{n} panel{'s' if n > 1 else ''}, one per step of "
-                                     f"{'beam' if a.num_beams else 'rollout'} 1")
+        write_figure(s, fig, a.plot, f"{n} panel{'s' if n > 1 else ''}, one per step of {kind} 1"
+                                     + (f"; {total - n} later steps left out: --max-panels {total} for all" if note
+                                        else ""))
     if a.tree:
         beam = bool(a.num_beams)
         if beam:
@@ -542,11 +577,17 @@ def pictures(s: Session, text, prompt_ids, rollouts, views) -> None:
             probs = [[math.exp(lp) for lp in r.logprobs] for r in rollouts]
             title = f"{len(completions)} rollouts ({s.processing() or 'the model as is'}); edge label: π(token | path above)"
             labels = [f"{'seed ' + str(r.seed) + ', ' if r.seed is not None else ''}{r.finish_reason}" for r in rollouts]
-        d = a.tree_depth
+        d, longest = a.tree_depth, max(len(c) for c in completions)
         labels = [lab if len(c) <= d else f"{lab} (+{len(c) - d} tokens)" for c, lab in zip(completions, labels)]
         root = build_tree([c[:d] for c in completions], [p[:d] for p in probs], labels)
-        fig = figures.plot_tree(root, s.tok, prompt_text=text, title=title)
-        write_figure(s, fig, a.tree, f"{len(fig.axes)} panel, {count_nodes(root)} nodes")
+        cut = sum(len(c) > d for c in completions)
+        note = "" if not cut else (
+            f"the first {d} of up to {longest} steps: {cut} of the {len(completions)} "
+            f"{'beams' if beam else 'rollouts'} go on past t={d} (\"+N tokens\" at their ends); --tree-depth {longest} draws every step")
+        fig = figures.plot_tree(root, s.tok, prompt_text=text, title=title, note=note)
+        write_figure(s, fig, a.tree, f"{len(fig.axes)} panel, {count_nodes(root)} nodes"
+                                     + (f"; steps {d + 1}-{longest} left out: --tree-depth {longest} for all" if cut
+                                        else ""))
 
 
 def write_figure(s: Session, fig, path, what: str) -> None:
@@ -599,11 +640,9 @@ def main(argv=None, out=None, err=None) -> int:
         device = pick_device(args.device)
         model, source = load_model(args.model, device, args.dtype, args.quantize)
         from pigpt.model import get_tokenizer
-        from pigpt.model.textform import for_model
 
         tokenizer = get_tokenizer()
-        ids = encode_prompts(tokenizer, for_model(model), prompts, model.config.block_size,
-                             1 if args.compare else args.max_new_tokens)
+        ids = encode_prompts(model, tokenizer, prompts, 1 if args.compare else args.max_new_tokens)
         s = Session(args, model, tokenizer, out, err)
         if not args.json:
             quant = f", {args.quantize}" if args.quantize else ""
@@ -613,7 +652,7 @@ def main(argv=None, out=None, err=None) -> int:
         elif args.num_beams:
             run_beams(s, prompts, ids)
         else:
-            run_sampling(s, prompts, ids)
+            return run_sampling(s, prompts, ids) or 0
         return 0
     except UsageError as e:
         print(f"sample.py: error: {_one_line(str(e))}", file=err)
@@ -621,8 +660,8 @@ def main(argv=None, out=None, err=None) -> int:
     except SystemExit as e:  # --help
         return int(e.code or 0)
     except KeyboardInterrupt:
-        print(file=err)
-        return 130
+        print("\nsample.py: interrupted (Ctrl-C)", file=err)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `python sample.py ... --json | head -1`: the reader left, which is fine
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -3,7 +3,7 @@
     python train.py                                  # the shipped default model's recipe, into out/
     python train.py --data notes.txt --max-steps 500
     python train.py --data 'src/**/*.py' --init gpt2 --out out-ft   # fine-tune GPT-2 (or --init DIR)
-    python train.py --resume                         # continue out/ exactly where it stopped
+    python train.py --resume                         # continue out/ exactly where it stopped (GRPO runs too)
     torchrun --nproc_per_node=4 train.py             # DistributedDataParallel, same global batch
     python train.py --reward python_compiles --prompts heads.txt --out out-rl   # GRPO on pigpt/model/default
 
@@ -19,10 +19,12 @@ Ctrl-C: saves, then exit 130. See docs/training.md.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+from pigpt.model.textform import unescape
 from pigpt.training import lm
-from pigpt.training.run import ArgumentParser, cli
+from pigpt.training.run import ArgumentParser, TrainError, cli, run_kind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                        argument_default=None)
     g = p.add_argument_group("the run")
     g.add_argument("--out", type=Path, default=Path("out"), help="run directory (default out)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly where it stopped, as what it was (GRPO or next-token training)")
     g.add_argument("--overwrite", action="store_true", help="replace the model already in --out")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     g.add_argument("--num-threads", type=int, help="torch CPU threads, >= 1 (default: torch's, split among local "
@@ -72,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reward function: python_compiles, contains:WORD, regex:PATTERN, path/file.py:function or "
                         "module:function (TRL's signature); repeatable, the total is their weighted sum")
     g.add_argument("--reward-weights", type=float, nargs="+", metavar="W", help="one weight per --reward (default 1)")
-    g.add_argument("--prompts", metavar="FILE", help="prompts, one per line (\\n for a newline), or JSON lines with a "
-                                                      "\"prompt\" key and extra columns passed to the rewards")
+    g.add_argument("--prompts", metavar="FILE", help="prompts, one per line (\\n, \\t, \\\\ for a newline, a tab, a "
+                                                      "backslash), or JSON lines with a \"prompt\" key and extra "
+                                                      "columns passed to the rewards")
     g.add_argument("--num-generations", type=int, help="rollouts per prompt, G (default 8)")
     g.add_argument("--prompts-per-step", type=int, help="prompts per step (default 8): P x G rollouts a step")
     g.add_argument("--max-completion-length", type=int, help="new tokens per rollout at most (default 64)")
@@ -86,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-truncated-completions", action="store_true", default=None,
                    help="leave rollouts cut by --max-completion-length out of the loss")
     g.add_argument("--repetition-penalty", type=float, help="the rollouts' repetition penalty (default 1)")
-    g.add_argument("--stop", action="append", metavar="TEXT", help="stop string of the rollouts (repeatable)")
+    g.add_argument("--stop", action="append", metavar="TEXT", type=unescape,
+                   help="stop string of the rollouts (repeatable; \\n, \\t and \\\\ are a newline, a tab and a "
+                        "backslash, as in --prompts: --stop \"\\n\\n\" stops at a blank line)")
     g.add_argument("--learning-rate", type=float, dest="lr", help="alias of --lr")
     g.add_argument("--max-grad-norm", type=float, dest="grad_clip", help="alias of --grad-clip (default 1.0)")
     g.add_argument("--eval-generations", type=int, help="rollouts per prompt in the held-out evaluation (default 16)")
@@ -107,13 +113,24 @@ def main(argv=None) -> dict:
     """Train as the command line `argv` says; returns a summary (final step, val loss, tokens/s, samples...).
     Bad input raises TrainError / DataError / CheckpointError (ValueErrors with a message)."""
     args = build_parser().parse_args(argv)
-    if args.reward:
+    kind = resume_kind(args) if args.resume else None
+    if args.reward or kind == "grpo":
         from pigpt.policy import trainer
 
-        _only(args, LM_ONLY, "is for next-token training; drop it with --reward")
+        _only(args, LM_ONLY, "is for next-token training; drop it with --reward" if args.reward else
+              f"is for next-token training, and {args.out} holds a GRPO run; drop it")
         return trainer.main(args)
     _only(args, GRPO_ONLY, "is for GRPO: add --reward SPEC and --prompts FILE")
     return lm.main(args)
+
+
+def resume_kind(args) -> str:
+    """--resume continues the run in --out as what it was: its train_state.pt says GRPO or next-token training,
+    so `train.py --resume --out DIR` needs no other flag (and says which it resumes)."""
+    kind = run_kind(args.out)  # a next-token run resumed with --reward: the skeleton's start() says how instead
+    if kind == "grpo" and not args.reward and os.environ.get("RANK", "0") == "0":
+        print(f"resuming the GRPO run in {args.out} with its saved rewards, prompts and settings", flush=True)
+    return kind
 
 
 LM_ONLY = ("preset", "data", "val_fraction", "cache_dir", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
@@ -125,8 +142,6 @@ GRPO_ONLY = ("reward_weights", "prompts", "num_generations", "prompts_per_step",
 
 
 def _only(args, names, why: str) -> None:
-    from pigpt.training.run import TrainError
-
     for name in names:
         if getattr(args, name, None) is not None:
             raise TrainError(f"--{name.replace('_', '-')} {why}")

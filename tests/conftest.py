@@ -1,16 +1,18 @@
 """Shared test helpers: random-weight GPT-2 checkpoints written by transformers (the reference)."""
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
-# Triton kernels run on CPU tensors through the interpreter; it must be set before triton is imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import importlib.util  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+from pigpt.kernels.interpreter import choose_interpreter
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Without CUDA, Triton kernels run on CPU tensors through the interpreter; with CUDA they compile and run on
+# the GPU. Decided here, before any test imports triton; a TRITON_INTERPRET the user set wins.
+choose_interpreter()
 
 ROOT = Path(__file__).resolve().parents[1]
 

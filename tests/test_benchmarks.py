@@ -4,11 +4,13 @@ import json
 import math
 import os
 import stat
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import load_script
 
 from pigpt import benchmarking as harness
@@ -43,6 +45,14 @@ def test_ratio_is_the_median_of_per_round_ratios():
     # x ran twice as fast as ref in two rounds of three; a burst of load hit x in one and ref in another.
     res = harness.Interleaved({"x": [1.0, 4.0, 4.0], "ref": [2.0, 2.0, 8.0]})
     assert res.ratio("x", "ref") == 2.0  # per round: 2, 0.5, 2 (the ratio of medians would say 2 / 4)
+
+
+def test_device_timed_leaves_cpu_timing_to_interleave():
+    calls = []
+    fn = harness.device_timed(lambda: calls.append(1) or 5.0, "cpu")  # a number the call returns is not a time
+    assert fn() is None and calls == [1]
+    res = harness.interleave({"x": fn}, repeats=2)
+    assert len(calls) == 3 and all(0 <= t < 1 for t in res.times["x"])  # wall times, not 5.0
 
 
 def test_run_measured_reports_the_childs_own_peak():
@@ -168,3 +178,78 @@ def test_bench_generate_with_the_peer_and_int8(tmp_path, monkeypatch, capsys):
 def test_bench_generate_with_a_real_llama_cpp_build(tmp_path, capsys):
     rows = _tiny_generate(tmp_path, "--no-hf", "--cases", "greedy,n8", "--bf16")
     assert all(r["engines"]["llama.cpp"]["tok_s"] > 0 for r in rows)
+
+
+# -- benchmarks/gpu_check.py: what a GPU session runs, rehearsed on the CPU -----------------------------------
+gpu_check = load_script("benchmarks/gpu_check.py")
+
+
+def test_gpu_check_dry_run_writes_every_step(tmp_path):
+    """The whole script as CI runs it (a process of its own: it decides about Triton's interpreter before
+    triton is imported): every step has results, the kernel drew the torch path's tokens, and the PNG exists."""
+    root = Path(gpu_check.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    steps = {s["step"]: s for s in data["rows"]}
+    assert list(steps) == ["tests", "sampling", "generate"] and all(s["ok"] for s in steps.values())
+    assert data["meta"]["dry_run"] and data["meta"]["triton_interpreter"] != torch.cuda.is_available()
+
+    counts = steps["tests"]["results"]["counts"]
+    assert counts["passed"] > 0 and not counts.get("failed")
+    assert "passed" in (tmp_path / "pytest.log").read_text()
+
+    samp = steps["sampling"]["results"]
+    cells = {(c["case"], c["B"]) for c in samp["rows"]}
+    assert cells == {(case, B) for case in gpu_check.CASES for B in gpu_check.DRY.Bs}
+    for c in samp["rows"]:
+        assert all(c["engines"][e]["s"] > 0 for e in ("triton", "torch", "transformers")), c
+        assert c["floor_s"] > 0 and c["same_tokens"] is True
+    assert samp["bandwidth_gb_s"] > 0 and "flashinfer" in samp["notes"]
+
+    gen = steps["generate"]["results"]["rows"]
+    assert {(g["case"], g["precision"]) for g in gen} == {
+        (c, p) for c in gpu_check.GENERATE_CASES for p in ("float32", "bfloat16")}
+    assert all(g["engines"][e]["tok_s"] > 0 for g in gen for e in ("pigpt", "transformers"))
+    assert (tmp_path / "gpu_check.png").stat().st_size > 0
+    assert "3 of 3 steps ok" in r.stdout
+
+
+def test_gpu_check_says_which_step_failed_and_goes_on(tmp_path, monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("CUDA error: an illegal memory access\nsecond line")
+
+    monkeypatch.setattr(gpu_check, "step_sampling", broken)
+    monkeypatch.setattr(gpu_check, "step_tests", lambda *a: {"command": "pytest", "returncode": 0, "tail": "",
+                                                             "counts": {"passed": 3}, "uncollected_modules": [],
+                                                             "failed_tests": []})
+    assert gpu_check.main(["--dry-run", "--steps", "sampling,tests", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "step sampling FAILED: RuntimeError: CUDA error: an illegal memory access\n" in out
+    assert "1 of 2 steps ok; failed: sampling" in out
+    steps = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
+    assert [(s["step"], s["ok"]) for s in steps] == [("sampling", False), ("tests", True)]  # it went on
+    assert steps[0]["error"] == "RuntimeError: CUDA error: an illegal memory access"
+    assert (tmp_path / "gpu_check.png").stat().st_size > 0
+
+
+def test_gpu_check_pytest_summary_and_bad_input(capsys, monkeypatch):
+    assert gpu_check.parse_pytest_summary("..F\n= 1 failed, 12 passed, 2 skipped, 3 warnings, 1 error in 9.1s =\n") == {
+        "failed": 1, "passed": 12, "skipped": 2, "warnings": 3, "errors": 1}
+    assert gpu_check.parse_pytest_summary("no tests ran") == {}
+    log = ("______ ERROR collecting tests/test_policy.py ______\nImportError while importing test module\n"
+           "E   ModuleNotFoundError: No module named 'trl'\n______ ERROR collecting tests/test_x.py ______\n"
+           "E   SyntaxError: invalid syntax\n")
+    assert gpu_check.uncollected_modules(log) == ["tests/test_policy.py (ModuleNotFoundError: No module named 'trl')",
+                                                  "tests/test_x.py (SyntaxError: invalid syntax)"]
+    assert gpu_check.main(["--steps", "tests,bogus"]) == 2
+    assert gpu_check.main(["--dry-run", "--bandwidth", "-1"]) == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["gpu_check: --steps: unknown step bogus; choose from tests, sampling, generate",
+                   "gpu_check: --bandwidth must be a positive number of GB/s, got -1.0",
+                   "gpu_check: no CUDA device here; run it on a GPU machine, or pass --dry-run for the small CPU "
+                   "rehearsal"]

@@ -1,7 +1,9 @@
 """The Triton sampling kernel against the torch path: same tokens, log-probs within 1e-5.
 
-On CPU the kernel runs under TRITON_INTERPRET=1 (tests/conftest.py sets it), so shapes stay small, with
-one realistic V = 50257 case; each call puts a whole parameter grid in one batch, one row per setting.
+Without CUDA the kernel runs on CPU tensors under TRITON_INTERPRET=1 (tests/conftest.py sets it), so shapes
+stay small, with one realistic V = 50257 case; on a CUDA machine the same tests compile the kernel and run it
+on the GPU, against the torch path on the CPU (the path users run there, and the reference). Each call puts
+a whole parameter grid in one batch, one row per setting.
 """
 
 import itertools
@@ -11,6 +13,10 @@ import torch
 
 from pigpt.kernels import sample_from_logits
 from pigpt.kernels.hashing import row_keys
+from pigpt.kernels.interpreter import ENV, choose_interpreter, interpreting
+
+# where the kernel runs: the GPU, unless the interpreter is on (no CUDA, or the user asked for it)
+DEVICE = "cpu" if interpreting() else "cuda"
 
 NEG_INF = float("-inf")
 TEMPS = (1e-3, 1.0, 100.0)  # tiny, neutral, huge
@@ -35,9 +41,19 @@ def grid_logits(B, V, seed, dtype):
     return x.to(dtype)
 
 
+def on_device(kw):
+    return {n: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for n, v in kw.items()}
+
+
+def triton_sample(x, **kw):
+    """The kernel on DEVICE, its results back on the CPU."""
+    tok, lp = sample_from_logits(x.to(DEVICE), backend="triton", **on_device(kw))
+    return tok.cpu(), lp.cpu()
+
+
 def assert_same(x, **kw):
     a_tok, a_lp = sample_from_logits(x, backend="torch", **kw)
-    b_tok, b_lp = sample_from_logits(x, backend="triton", **kw)
+    b_tok, b_lp = triton_sample(x, **kw)
     assert b_tok.dtype == torch.int64 and b_lp.dtype == torch.float32
     bad = (a_tok != b_tok).nonzero()[:, 0].tolist()
     assert not bad, f"rows {bad}: torch {a_tok[bad].tolist()} triton {b_tok[bad].tolist()}"
@@ -63,10 +79,11 @@ def test_triton_matches_torch_with_scalar_params_batch_sizes_and_small_blocks():
 
     prm = {n: v[::2] for n, v in grid_params().items()}
     x = grid_logits(len(prm["seed"]), 200, 2, torch.float32)
-    T, k, p, s, pos = normalize_params(x, prm["temperature"], prm["top_k"], prm["top_p"], prm["seed"],
-                                       prm["position"])
+    xd, prm_d = x.to(DEVICE), on_device(prm)
+    T, k, p, s, pos = normalize_params(xd, prm_d["temperature"], prm_d["top_k"], prm_d["top_p"], prm_d["seed"],
+                                       prm_d["position"])
     k1, k2 = row_keys(s, pos)
-    tok, lp = sample_triton(x, T, k, p, k1, k2, block=64)  # 4 tiles per row
+    tok, lp = (t.cpu() for t in sample_triton(xd, T, k, p, k1, k2, block=64))  # 4 tiles per row
     ref_tok, ref_lp = sample_from_logits(x, backend="torch", **prm)
     assert torch.equal(tok, ref_tok)
     torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-5)
@@ -83,9 +100,9 @@ def test_triton_rows_are_batch_invariant():
     prm = grid_params()
     B = len(prm["seed"])
     x = grid_logits(B, 100, 4, torch.float32)
-    tok, lp = sample_from_logits(x, backend="triton", **prm)
+    tok, lp = triton_sample(x, **prm)
     perm = torch.randperm(B, generator=torch.Generator().manual_seed(0))
-    t2, l2 = sample_from_logits(x[perm], backend="triton", **{n: v[perm] for n, v in prm.items()})
+    t2, l2 = triton_sample(x[perm], **{n: v[perm] for n, v in prm.items()})
     assert torch.equal(t2, tok[perm]) and torch.equal(l2, lp[perm])
 
 
@@ -93,7 +110,7 @@ def test_triton_marks_nan_and_inf_rows_without_a_host_sync():
     x = grid_logits(4, 50, 5, torch.float32)
     x[1, 3] = float("nan")
     x[2, 7] = float("inf")
-    tok, lp = sample_from_logits(x, backend="triton", top_p=0.9, seed=1)
+    tok, lp = triton_sample(x, top_p=0.9, seed=1)
     assert tok[1] == -1 and tok[2] == -1 and lp[1:3].isnan().all()
     ref = sample_from_logits(x[[0, 3]], backend="torch", top_p=0.9, seed=1)
     assert torch.equal(tok[[0, 3]], ref[0])
@@ -160,3 +177,34 @@ def test_triton_matches_torch_on_random_ties_masks_and_parameters(V):
               top_p=torch.tensor([1e-6, 0.3, 0.5, 0.9, 0.999, 1.0])[torch.randint(0, 6, (B,), generator=g)],
               seed=torch.randint(0, 2**40, (B,), generator=g), position=torch.arange(B))
     assert_same(x, **kw)
+
+
+# -- where the kernel runs: the interpreter only without CUDA ----------------------------------------------
+@pytest.mark.parametrize("cuda", [False, True])
+def test_interpreter_is_chosen_only_without_cuda(monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    env = {"PATH": "/bin"}
+    assert choose_interpreter(env) is (not cuda)
+    assert env == ({"PATH": "/bin"} if cuda else {"PATH": "/bin", ENV: "1"})  # on CUDA: nothing set
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+@pytest.mark.parametrize("value,on", [("1", True), ("true", True), ("0", False), ("", False)])
+def test_interpreter_respects_an_explicit_triton_interpret(monkeypatch, cuda, value, on):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    env = {ENV: value}
+    assert choose_interpreter(env) is on
+    assert env == {ENV: value}  # the user's setting, untouched
+
+
+def test_triton_kernel_is_compiled_exactly_when_not_interpreting():
+    """The session's choice reached the kernel: on a CUDA machine (TRITON_INTERPRET unset) the tests above
+    ran a compiled kernel on the GPU, without CUDA an interpreted one on the CPU."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from pigpt.kernels.sampling_triton import _sample_kernel
+
+    assert isinstance(_sample_kernel, InterpretedFunction) == interpreting()
+    assert DEVICE == ("cpu" if interpreting() else "cuda")
+    if not torch.cuda.is_available():
+        assert interpreting()  # without CUDA nothing but the interpreter can run the kernel

@@ -245,6 +245,54 @@ def test_weight_caches_follow_fused_optimizer_steps(rows):
         assert _max_diff(gpt(idx), copy.deepcopy(gpt)(idx)) <= 1e-5
 
 
+@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bfloat16: the CPU kernels' pair copies too
+def test_weight_caches_see_a_step_after_inference_between_backward_and_step(set_to_none, dtype):
+    """backward, then inference (a gradient pending), then a fused step, then inference: the copies must not
+    have been rebuilt from the weights before the step, nor kept while a step could still come."""
+    gpt = _tiny_gpt().to(dtype)
+    idx = torch.randint(0, 97, (3, 1), generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.AdamW(gpt.parameters(), lr=1e-2, fused=True)
+    tol = 1e-5 if dtype == torch.float32 else 4e-3  # bfloat16: the copies' path and the plain one round apart
+    for _ in range(2):
+        with torch.no_grad():
+            before = gpt(idx).float()  # builds (or rebuilds) the copies
+        gpt(torch.randint(0, 97, (2, 8))).logsumexp(-1).mean().backward()
+        with torch.no_grad():
+            gpt(idx)  # inference between backward and step
+        opt.step()
+        opt.zero_grad(set_to_none=set_to_none)
+        with torch.no_grad():
+            after, fresh = gpt(idx).float(), copy.deepcopy(gpt)(idx).float()  # a deep copy starts without copies
+        assert _max_diff(after, before) > 10 * tol  # the step moved the logits
+        assert _max_diff(after, fresh) <= tol
+
+
+def test_importing_pigpt_leaves_other_optimizers_alone():
+    """pigpt registers no process-wide optimizer hook; its per-weight hooks sit on pigpt's weights only, so a
+    plain torch model and optimizer in the same program run exactly as without pigpt."""
+    import importlib
+    import pkgutil
+
+    import pigpt
+    from torch.optim import optimizer as torch_optimizer
+
+    for m in pkgutil.walk_packages(pigpt.__path__, "pigpt."):  # every module of the package, imported
+        importlib.import_module(m.name)
+    assert not torch_optimizer._global_optimizer_pre_hooks and not torch_optimizer._global_optimizer_post_hooks
+    gpt = _tiny_gpt()
+    with torch.no_grad():
+        gpt(torch.randint(0, 97, (3, 1)))  # pigpt's caches built: its weights are watched now
+    other = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(other.parameters(), lr=0.1, fused=True)
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    other(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    for p in other.parameters():
+        assert not getattr(p, "_post_accumulate_grad_hooks", None)
+    assert any(getattr(p, "_post_accumulate_grad_hooks", None) for p in gpt.parameters())
+
+
 def test_model_runs_under_cpu_autocast():
     """Under autocast the blocked path steps aside (its op doesn't cast inputs), as training's eval needs."""
     gpt = _tiny_gpt()
@@ -509,3 +557,37 @@ def test_cpu_kernels_see_weights_change_in_place(dtype):
     gpt.cpu_kernels = False
     assert _max_diff(after, step()) <= (1e-5 if dtype == torch.float32 else 0.1)
     assert _max_diff(after, before) > 0.1
+
+
+# -- the fused LM head (model/head.py): the one autograd Function behind the training loss and score ----------
+@pytest.mark.parametrize("chunk", [7, 64])  # 7: ragged chunks (30 rows); 64: one chunk
+def test_fused_head_matches_log_softmax_gather(chunk):
+    """FusedHead's values and gradients are those of plain autograd through -log_softmax(h @ W.T)[target]:
+    per row under a different upstream gradient on every row (as a policy-gradient loss weights its tokens),
+    and as the mean (the training loss)."""
+    from pigpt.model.head import fused_head
+
+    g = torch.Generator().manual_seed(0)
+    N, C, V = 30, 16, 97
+    h0, w0 = torch.randn(N, C, generator=g), torch.randn(V, C, generator=g) * 0.5
+    y, weights = torch.randint(0, V, (N,), generator=g), torch.randn(N, generator=g)
+
+    def leaves():
+        return h0.clone().requires_grad_(), w0.clone().requires_grad_()
+
+    for reduction in ("none", "mean"):
+        h, w = leaves()
+        ref = -torch.log_softmax(h @ w.t(), -1).gather(1, y[:, None])[:, 0]
+        ref = ref * weights if reduction == "none" else ref.mean()
+        ref.sum().backward()
+        fh, fw = leaves()
+        got, aux = fused_head(fh, fw, y, chunk=chunk, reduction=reduction)
+        assert aux is None and got.shape == ref.shape[:1] * (reduction == "none")
+        got = got * weights if reduction == "none" else got
+        got.sum().backward(retain_graph=True)
+        torch.testing.assert_close(got, ref.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fh.grad, h.grad, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fw.grad, w.grad, atol=1e-5, rtol=1e-5)
+        if reduction == "none":  # backward scaled the one gradient buffer in place: a second one must refuse
+            with pytest.raises(RuntimeError, match="backpropagated once"):
+                got.sum().backward()

@@ -268,6 +268,7 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, extra, message):
 def test_bad_prompts(ckpt, tmp_path):
     for argv, message in [
         ([""], "the prompt is empty"),
+        ([" \t\n "], "the prompt is empty (or only whitespace)"),
         ([("word " * 200).strip()], "the prompt is 200 tokens, longer than the model's context of 128 tokens"),
         (["--prompt-file", tmp_path / "missing.txt"], f"cannot read --prompt-file {tmp_path / 'missing.txt'}: "
                                                       "No such file or directory"),
@@ -298,3 +299,85 @@ def test_cli_subprocess_rollouts_and_errors(ckpt, tmp_path):
     assert p.stderr == "sample.py: error: --temperature must be >= 0 (0 is greedy), got -0.5\n"
     p = _cli("--help")
     assert p.returncode == 0 and "examples:" in p.stdout and "--compare-temperatures" in p.stdout
+
+
+# -- what a newcomer hit (issue 20) ---------------------------------------------------------------------------
+def test_stop_reads_backslash_escapes_as_the_shell_passes_them():
+    """`--stop "\\n\\n"` reaches sample.py as backslash, n, backslash, n: it must stop at a blank line. On the
+    shipped model (trained on Python) the same seeds without --stop run on past blank lines."""
+    argv = ("def add(a, b):", "-n", 6, "--seed", 0, "--max-new-tokens", 40, "--json")
+    code, out, err = run(*argv)
+    assert code == 0, err
+    free = json_lines(out)
+    assert sum("\n\n" in r["text"] for r in free) >= 1
+    code, out, err = run(*argv, "--stop", "\\n\\n")  # what the shell passes for "\n\n"
+    assert code == 0, err
+    for a, b in zip(json_lines(out), free):
+        assert b["tokens"][:len(a["tokens"])] == a["tokens"]  # the same draws ...
+        if "\n\n" in b["text"]:  # ... cut at the first blank line
+            assert a["finish_reason"] == "stop" and len(a["tokens"]) < len(b["tokens"]) and "\n\n" in a["text"]
+        else:
+            assert (a["tokens"], a["finish_reason"]) == (b["tokens"], b["finish_reason"])
+    code, out, err = run(*argv, "--stop", "\\\\n\\\\n")  # an escaped backslash is a backslash: no match here
+    assert code == 0 and [r["tokens"] for r in json_lines(out)] == [r["tokens"] for r in free]
+    assert '--stop "\\n\\n" stops at a blank line' in " ".join(sample.build_parser().format_help().split())
+
+
+def _ctrl_c_at(monkeypatch, k):
+    """A Ctrl-C that lands while the engine computes step k (0-based): steps 0..k-1 were drawn."""
+    import pigpt.decoding.engine as engine
+
+    real = engine.steps
+
+    def steps(*a, **kw):
+        for step in real(*a, **kw):
+            if step.t == k:
+                raise KeyboardInterrupt
+            yield step
+
+    monkeypatch.setattr(engine, "steps", steps)
+
+
+def test_ctrl_c_prints_what_was_drawn_and_exits_130(ckpt, monkeypatch):
+    argv = (PROMPT, "--model", ckpt, "-n", 4, "--max-new-tokens", 8, "--seed", 3)
+    code, out, err = run(*argv, "--json")
+    assert code == 0, err
+    full = json_lines(out)
+    _ctrl_c_at(monkeypatch, 3)
+    code, out, err = run(*argv, "--json")
+    assert code == 130
+    cut = json_lines(out)
+    assert [r["index"] for r in cut] == [0, 1, 2, 3]
+    for a, b in zip(cut, full):
+        if len(b["tokens"]) <= 3:  # finished before the Ctrl-C: kept whole
+            assert a == b
+        else:
+            assert a["finish_reason"] == "interrupted" and a["tokens"] == b["tokens"][:3]
+            assert a["logprobs"] == b["logprobs"][:3] and a["seed"] == b["seed"]
+    assert sum(r["finish_reason"] == "interrupted" for r in cut) >= 1
+    assert err.count("\n") == 1 and err.startswith("interrupted (Ctrl-C) after 3 of 8 steps: ")
+    code, out, err = run(*argv, "--reward", "contains:e")  # the terminal view: marked, no rewards of half-text
+    assert code == 130 and out.count("finish: interrupted (Ctrl-C)") >= 1 and out.count("── rollout") == 4
+    assert " reward " not in out and "no rewards scored" in err
+    code, out, err = run(*argv[:3], "--max-new-tokens", 8, "--seed", 3)  # one rollout, streamed as it is drawn
+    assert code == 130 and "finish: interrupted (Ctrl-C)" in out and "after 3 of 8 steps" in err
+
+
+def test_ctrl_c_outside_generation_is_one_line_and_exit_130(ckpt, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample, "load_model", interrupted)
+    code, out, err = run(PROMPT, "--model", ckpt)
+    assert code == 130 and out == "" and err.strip() == "sample.py: interrupted (Ctrl-C)"
+
+
+def test_a_group_of_one_says_it_has_no_advantage(ckpt):
+    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 4, "--seed", 0, "--reward", "contains:e")
+    assert code == 0, err
+    assert " reward " in out and "advantage" not in out
+    assert "with -n 1 there is no advantage" in err and "use -n 2 or more" in err
+    code, out, err = run(PROMPT, "--model", ckpt, "--max-new-tokens", 4, "--seed", 0, "--reward", "contains:e",
+                         "--json")
+    (rec,) = json_lines(out)
+    assert code == 0 and rec["advantage"] is None and rec["reward"] in (0.0, 1.0)

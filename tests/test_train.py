@@ -262,8 +262,12 @@ def test_bad_output_and_resume_are_reported(corpus, tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(TrainError, match="cannot write there"):
         train.main(tiny_args(corpus, blocker / "out"))
-    with pytest.raises(TrainError, match="no train_state.pt to resume"):
+    with pytest.raises(TrainError, match="fresh does not exist; train first, or fix --out"):
         train.main(tiny_args(corpus, tmp_path / "fresh", "--resume"))
+    assert not (tmp_path / "fresh").exists()  # a mistyped --out is not created
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainError, match="no train_state.pt to resume"):
+        train.main(tiny_args(corpus, tmp_path / "empty", "--resume"))
     out = tmp_path / "run"
     train.main(tiny_args(corpus, out, "--max-steps", 2, "--samples", 0))
     before = (out / "train_state.pt").read_bytes()

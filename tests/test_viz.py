@@ -238,3 +238,52 @@ def test_tree_leaves_cut_by_the_depth_still_say_whose_they_are(tmp_path, monkeyp
     assert code == 0
     texts = " ".join(t.get_text() for t in shown[0].axes[0].texts)
     assert "seed 5" in texts and "(+4 tokens)" in texts
+
+
+def test_tree_edge_labels_never_overlap_token_boxes():
+    """Wide tokens (' parameter', ' section') used to cover the labels of the edges into them ('0.0(' ...)."""
+    enc = get_tokenizer()
+    wide = [enc.encode(w)[0] for w in (" parameter", " section", " declaration", " following")]
+    narrow = enc.encode(" a")[0]
+    root = build_tree([[wide[0], wide[1], narrow], [wide[2], narrow, wide[3]], [wide[2], wide[3], wide[0]]],
+                      [[0.003, 0.047, 0.5], [0.3, 3e-5, 0.25], [0.3, 0.0123, 0.9]])
+    fig = figures.plot_tree(root, enc, note="a note")
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()  # the bbox patches take their final size when drawn
+    boxes = [t.get_bbox_patch().get_window_extent(renderer) for t in ax.texts if t.get_fontsize() == 7]
+    labels = [t for t in ax.texts if t.get_text() in {figures.fmt_p(p) for p in (0.003, 0.047, 0.5, 0.3, 3e-5, 0.25,
+                                                                                 0.0123, 0.9)}]
+    assert len(boxes) == 9 and len(labels) == 8  # 8 tokens + the prompt; 8 edges
+    for label in labels:
+        extent = label.get_window_extent(renderer)
+        assert not any(extent.overlaps(b) for b in boxes), label.get_text()
+    assert ax.get_xlabel() == "a note"
+
+
+def test_pictures_say_what_they_leave_out(tmp_path, monkeypatch, tiny_checkpoint):
+    """tree.png drawn to --tree-depth and steps.png to --max-panels say on the picture (and in the terminal)
+    which steps are left out and the flag that draws them."""
+    import io
+
+    from pigpt import sample
+
+    shown = []
+    monkeypatch.setattr(sample, "write_figure", lambda s, fig, path, what: shown.append((fig, what)))
+    argv = ["Hi", "--model", tiny_checkpoint[0], "-n", 3, "--seed", 5, "--max-new-tokens", 9, "--tree",
+            tmp_path / "t.png", "--tree-depth", 4, "--plot", tmp_path / "s.png", "--max-panels", 6, "--json"]
+    code = sample.main([str(a) for a in argv], out=io.StringIO(), err=io.StringIO())
+    assert code == 0
+    (steps, steps_what), (tree, tree_what) = shown
+    note = " ".join(t.get_text() for t in steps.texts)
+    assert len(steps.axes) == 6 and "steps 1-6 of the 9 of rollout 1 shown: --max-panels 9 draws them all" in note
+    assert "3 later steps left out: --max-panels 9 for all" in steps_what
+    assert tree.axes[0].get_xlabel().startswith("the first 4 of up to 9 steps: 3 of the 3 rollouts go on past t=4")
+    assert "--tree-depth 9 draws every step" in tree.axes[0].get_xlabel()
+    assert "steps 5-9 left out: --tree-depth 9 for all" in tree_what
+    shown.clear()
+    argv[argv.index("--tree-depth") + 1] = 9
+    argv[argv.index("--max-panels") + 1] = 9
+    assert sample.main([str(a) for a in argv], out=io.StringIO(), err=io.StringIO()) == 0
+    (steps, steps_what), (tree, tree_what) = shown
+    assert "shown" not in " ".join(t.get_text() for t in steps.texts) and tree.axes[0].get_xlabel() == "" and "left out" not in steps_what + tree_what

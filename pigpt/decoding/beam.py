@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from .engine import decode_one_token, prefill
 from .params import SamplingParams
 from .processors import apply_processors
-from .prompts import check_prompts, stop_ids_of, tokenizer_for
+from .prompts import check_prompts, stop_ids_of
 from .stopping import StopStrings
+from .text import completion_texts, stop_strings, tokenizer_for
 
 NEG = -1.0e9  # transformers' "impossible" score; kept identical so that ties break the same way
 
@@ -37,7 +38,9 @@ class Beam:
     """A finished hypothesis: its generated tokens (ending with the stop token when one was hit), its score
     (sum of `logprobs` / length ** length_penalty), each token's processed log-prob (what beam search
     added up) and raw model log-prob, why it ended ("stop": a stop token or string; "length"), and for
-    each token the running beam (0 .. num_beams - 1) it extended."""
+    each token the running beam (0 .. num_beams - 1) it extended. `text`: the completion as a person
+    reads it (decoding.text.completion_text: no stop token, plain text form; None when no tokenizer fits
+    the model)."""
 
     tokens: list[int]
     score: float
@@ -45,6 +48,7 @@ class Beam:
     model_logprobs: list[float] = field(default_factory=list)
     finish_reason: str = "length"
     beam_indices: list[int] = field(default_factory=list)
+    text: str | None = None
 
 
 @dataclass
@@ -58,6 +62,10 @@ class BeamStep:
     beams: torch.Tensor  # (R,)
     logits: torch.Tensor  # (R, V) float32
     scores: torch.Tensor  # (R, V) float32
+    # the running beams entering step t (beam search proper; None for num_beams=1): their t tokens so far and
+    # their running scores (sum of processed log-probs; -1e9 for the placeholder beams of step 0)
+    sequences: torch.Tensor | None = None  # (R, t) int64
+    running_scores: torch.Tensor | None = None  # (R,) float32
 
 
 @dataclass
@@ -87,6 +95,9 @@ def beam_search(model, prompts, params: SamplingParams | None = None, *, num_bea
                 on_step=None) -> list[list[Beam]]:
     """The best `num_return_sequences` beams of each prompt, best first (transformers' semantics).
 
+    prompts: a str, or a list of prompts, each a str (encoded in the model's text form with `tokenizer`,
+    GPT-2's by default) or a token-id list, as for generate. Each Beam carries its `.text`.
+
     Lengths, stops and processors come from `params` (its max_new_tokens, min_new_tokens,
     repetition_penalty, stop_token_ids, stop strings and logits_processors) or from the keywords of the
     same names; beam search is deterministic, so params' sampling fields (temperature, top_k, top_p, n,
@@ -95,20 +106,25 @@ def beam_search(model, prompts, params: SamplingParams | None = None, *, num_bea
     params = _params(params, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                      repetition_penalty=repetition_penalty, stop_token_ids=stop_token_ids, stop=stop)
     _check_args(num_beams, params.max_new_tokens, length_penalty, early_stopping, num_return_sequences)
-    prompts = check_prompts(model, prompts, params.max_new_tokens)
+    prompts = check_prompts(model, prompts, params.max_new_tokens, tokenizer=tokenizer)
     stop_ids = stop_ids_of(model, params.stop_token_ids)
     tokenizer = tokenizer_for(model, tokenizer) if params.stop else tokenizer
     if num_beams == 1:
-        return _greedy(model, prompts, params, length_penalty, tokenizer, on_step)
-    with torch.inference_mode():
-        st = _search(model, prompts, params, num_beams, length_penalty, early_stopping, stop_ids, tokenizer,
-                     on_step)
-    rec = {k: v.tolist() for k, v in st.fin.items()}
-    lens, scores, stops = st.fin_len.tolist(), st.fin_score.tolist(), st.fin_stop.tolist()
-    return [[Beam(tokens=rec["tok"][b][j][:lens[b][j]], score=scores[b][j], logprobs=rec["lp"][b][j][:lens[b][j]],
-                  model_logprobs=rec["mlp"][b][j][:lens[b][j]], finish_reason="stop" if stops[b][j] else "length",
-                  beam_indices=rec["src"][b][j][:lens[b][j]])
-             for j in range(num_return_sequences)] for b in range(len(prompts))]
+        beams = _greedy(model, prompts, params, length_penalty, tokenizer, on_step)
+    else:
+        with torch.inference_mode():
+            st = _search(model, prompts, params, num_beams, length_penalty, early_stopping, stop_ids, tokenizer,
+                         on_step)
+        rec = {k: v.tolist() for k, v in st.fin.items()}
+        lens, scores, stops = st.fin_len.tolist(), st.fin_score.tolist(), st.fin_stop.tolist()
+        beams = [[Beam(tokens=rec["tok"][b][j][:lens[b][j]], score=scores[b][j],
+                       logprobs=rec["lp"][b][j][:lens[b][j]], model_logprobs=rec["mlp"][b][j][:lens[b][j]],
+                       finish_reason="stop" if stops[b][j] else "length", beam_indices=rec["src"][b][j][:lens[b][j]])
+                  for j in range(num_return_sequences)] for b in range(len(prompts))]
+    flat = [b for group in beams for b in group]
+    for b, text in zip(flat, completion_texts(model, [b.tokens for b in flat], stop_ids, tokenizer) or []):
+        b.text = text
+    return beams
 
 
 def _params(params, **kw) -> SamplingParams:
@@ -185,7 +201,8 @@ def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer,
     if params.repetition_penalty != 1.0 or params.logits_processors:
         hist = torch.empty(B * nb, P + T, dtype=torch.long, device=device)
         hist[:, :P] = idx.index_select(0, expand)
-    strings = StopStrings(params.stop, B * nb, params.min_new_tokens, tokenizer) if params.stop else None
+    strings = (StopStrings(stop_strings(model, params.stop), B * nb, params.min_new_tokens, tokenizer)
+               if params.stop else None)
 
     K = max(2, 1 + len(stop_ids)) * nb  # beams_to_keep
     top_nb = torch.arange(K, device=device) < nb  # top_num_beam_mask
@@ -214,7 +231,7 @@ def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer,
         proc = apply_processors(raw, params, history, t, stop_ids)
         if on_step is not None:
             on_step(BeamStep(t, items.repeat_interleave(nb), torch.arange(nb, device=device).repeat(len(items)),
-                             logits, proc))
+                             logits, proc, st.run["tok"][:, :, :t].flatten(0, 1), st.run_score.reshape(-1)))
         total = proc.view(-1, nb, V) + st.run_score[:, :, None]
         topk_lp, topk_idx = torch.topk(total.view(-1, nb * V), k=K)  # (B, K)
         src, ids = topk_idx // V, topk_idx % V  # the beam each candidate extends, its token

@@ -28,8 +28,9 @@ from pigpt.kernels import sample_from_logits
 
 from .params import SamplingParams
 from .processors import apply_processors
-from .prompts import check_prompts, left_pad, rollout_seeds, stop_ids_of, tokenizer_for
+from .prompts import check_prompts, left_pad, rollout_seeds, stop_ids_of
 from .stopping import StopStrings
+from .text import stop_strings, tokenizer_for
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Stream:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be a SamplingParams, got {type(params).__name__}")
         self.model, self.params, self.backend, self.distributions = model, params, backend, distributions
-        self.prompts = check_prompts(model, prompts, params.max_new_tokens)
+        self.prompts = check_prompts(model, prompts, params.max_new_tokens, tokenizer=tokenizer)  # token-id lists
         self.stop_ids = stop_ids_of(model, params.stop_token_ids)
         self.tokenizer = tokenizer_for(model, tokenizer) if params.stop else tokenizer
         self.seeds = rollout_seeds(params.seed, len(self.prompts), params.n, params.greedy)
@@ -75,8 +76,9 @@ class Stream:
 
 def stream(model, prompts, params: SamplingParams | None = None, *, backend: str = "auto", tokenizer=None,
            distributions: bool = False) -> Stream:
-    """The decode steps of `params.n` rollouts of every prompt (token-id lists of any lengths), as they
-    happen: iterate it for one `Step` per step. Concatenating a rollout's tokens over the steps gives
+    """The decode steps of `params.n` rollouts of every prompt, as they happen: iterate it for one `Step` per
+    step. prompts: a str, or a list of prompts of any lengths, each a str (encoded in the model's text form
+    with `tokenizer`, GPT-2's by default: decoding/text.py) or a token-id list. Concatenating a rollout's tokens over the steps gives
     exactly `generate`'s Rollout.tokens for the same inputs. distributions=True adds each step's raw
     logits and processed scores to its Step (for pictures; costs nothing when off)."""
     return Stream(model, prompts, params, backend=backend, tokenizer=tokenizer, distributions=distributions)
@@ -160,7 +162,8 @@ def steps(model, prompts, params: SamplingParams, seeds, stop_ids, tokenizer=Non
     device, T = model.device, params.max_new_tokens
     live, logits, P = _start(model, prompts, params, seeds)
     stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device) if stop_ids else None
-    strings = StopStrings(params.stop, len(seeds), params.min_new_tokens, tokenizer) if params.stop else None
+    strings = (StopStrings(stop_strings(model, params.stop), len(seeds), params.min_new_tokens, tokenizer)
+               if params.stop else None)
     for t in range(T):
         if t > 0:
             logits = decode_one_token(model, live.tok, live.cache)  # (B, V)

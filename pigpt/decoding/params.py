@@ -1,6 +1,12 @@
 """SamplingParams: every knob of a sampling run, validated once, up front. The one settings object for
 drawing from the policy: generate, stream, score, beam search (its processors and lengths) and the
-pictures all read it."""
+pictures all read it.
+
+`check_sampling` is the one check of sampling settings: SamplingParams runs it on every field, and the
+command lines (pigpt-sample, pigpt-train, GRPO) run it on their flags before loading anything, naming each
+setting as the user did (`--top-p must be in (0, 1] (1 turns top-p off), got 1.5`). The ranges of the
+sampler's own settings (temperature, top_k, top_p, seed) are the kernel's rules (kernels.params.RULES).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pigpt.kernels import MAX_SEED
+from pigpt.kernels.params import RULES, check_value
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,8 @@ class SamplingParams:
     max_new_tokens: completion length cap (finish_reason "length").
     stop_token_ids: tokens that end a completion (kept as its last token); None: the model's end-of-text
         id (model.config.eos_token_id); () for none.
-    stop: stop strings; a completion ends with the token whose text completes one of them.
+    stop: stop strings; a completion ends with the token whose text completes one of them (as text is
+        typed: matched in the model's text form, decoding.text.stop_strings).
     n: rollouts per prompt.
     seed: an int s: rollout i of prompt p uses seed s + p * n + i (every rollout of the batch its own
         noise); a list of one seed per prompt: rollout i of prompt p uses seed[p] + i; None: a fresh seed
@@ -53,51 +60,74 @@ class SamplingParams:
             object.__setattr__(self, "stop_token_ids", _int_tuple("stop_token_ids", self.stop_token_ids))
         object.__setattr__(self, "stop", _str_tuple(self.stop))
         object.__setattr__(self, "logits_processors", _callables(self.logits_processors))
-        _check_number("temperature", self.temperature, lo=0.0, hint=">= 0 (0 means greedy)")
-        _check_int("top_k", self.top_k, lo=0, hint=">= 0 (0 disables top-k)")
-        _check_number("top_p", self.top_p, lo=0.0, lo_open=True, hi=1.0, hint="in (0, 1] (1.0 disables top-p)")
-        _check_number("repetition_penalty", self.repetition_penalty, lo=0.0, lo_open=True,
-                      hint="> 0 (1.0 disables it)")
-        _check_int("min_new_tokens", self.min_new_tokens, lo=0, hint=">= 0")
-        _check_int("max_new_tokens", self.max_new_tokens, lo=1, hint=">= 1")
-        if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(
-                f"SamplingParams.min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens "
-                f"({self.max_new_tokens})"
-            )
-        _check_int("n", self.n, lo=1, hint=">= 1")
-        if self.seed is not None:
-            seeds = self.seed if isinstance(self.seed, Sequence) and not isinstance(self.seed, str) else None
-            if seeds is not None:
-                seeds = tuple(seeds)
-                if not seeds:
-                    raise ValueError("SamplingParams.seed as a list needs one seed per prompt, got an empty list")
-                object.__setattr__(self, "seed", seeds)
-            for s in seeds if seeds is not None else (self.seed,):
-                _check_int("seed", s, lo=0, hint="in [0, 2**62), a list of those (one per prompt), or None "
-                                                   "for a fresh seed")
-                if s >= MAX_SEED:
-                    raise ValueError(f"SamplingParams.seed must be in [0, 2**62), got {s}")
+        if self.seed is not None and isinstance(self.seed, Sequence) and not isinstance(self.seed, str):
+            seeds = tuple(self.seed)
+            if not seeds:
+                raise ValueError("SamplingParams.seed as a list needs one seed per prompt, got an empty list")
+            object.__setattr__(self, "seed", seeds)
+        check_sampling({f: getattr(self, f) for f in SETTINGS})
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
 
-def _check_number(name, value, *, lo=None, hi=None, lo_open=False, hint=""):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"SamplingParams.{name} must be a finite number {hint}, got {value!r}")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ValueError(f"SamplingParams.{name} must be {hint}, got {value!r}")
-    if hi is not None and value > hi:
-        raise ValueError(f"SamplingParams.{name} must be {hint}, got {value!r}")
+# field: (kind, ok, what is allowed): the settings' rules besides the kernel's (kernels.params.RULES)
+SETTINGS = {
+    "temperature": ("number", None, None),
+    "top_k": ("integer", None, None),
+    "top_p": ("number", None, None),
+    "repetition_penalty": ("number", lambda v: v > 0, "> 0 (1 turns it off)"),
+    "min_new_tokens": ("integer", lambda v: v >= 0, ">= 0"),
+    "max_new_tokens": ("integer", lambda v: v >= 1, ">= 1"),
+    "n": ("integer", lambda v: v >= 1, ">= 1"),
+    "seed": ("integer", None, None),  # None (a fresh seed) or one per prompt are SamplingParams' own forms
+    "stop": ("strings", None, None),
+}
 
 
-def _check_int(name, value, *, lo, hint):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"SamplingParams.{name} must be an integer {hint}, got {value!r}")
-    if value < lo:
-        raise ValueError(f"SamplingParams.{name} must be {hint}, got {value!r}")
+def check_sampling(settings: dict, name=None) -> None:
+    """The one check of sampling settings: raise ValueError naming the first bad one, and why.
+
+    settings: any of SETTINGS' fields and their values (a seed may be None or a list, one per prompt).
+    name(field) -> what the user calls the setting: a command line passes its flags (see `flag`); the
+    default is "SamplingParams.<field>". min_new_tokens must not exceed max_new_tokens when both are given.
+    """
+    name = name or (lambda f: f"SamplingParams.{f}")
+    for field, value in settings.items():
+        if field not in SETTINGS:
+            raise ValueError(f"unknown sampling setting {field!r}; known: {', '.join(SETTINGS)}")
+        kind, ok, allowed = SETTINGS[field]
+        if field == "seed" and value is None:
+            continue
+        if kind == "strings":
+            for v in (value,) if isinstance(value, str) else value:
+                if not isinstance(v, str) or not v:
+                    raise ValueError(f"{name(field)} must hold non-empty strings, got {v!r}")
+            continue
+        allowed = allowed or RULES[field][2]
+        for v in value if field == "seed" and isinstance(value, (list, tuple)) else (value,):
+            if not _is_number(v, integer=kind == "integer"):
+                what = "an integer" if kind == "integer" else "a finite number"
+                raise ValueError(f"{name(field)} must be {what} {allowed}, got {v!r}")
+            if ok is None:
+                check_value(field, v, name(field))  # the kernel's rule
+            elif not ok(v):
+                raise ValueError(f"{name(field)} must be {allowed}, got {v!r}")
+    lo, hi = settings.get("min_new_tokens"), settings.get("max_new_tokens")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"{name('min_new_tokens')} ({lo}) must be <= {name('max_new_tokens')} ({hi})")
+
+
+def _is_number(v, integer: bool) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+        return False
+    return integer or math.isfinite(v)
+
+
+def flag(field: str) -> str:
+    """A setting's command-line flag: max_new_tokens -> --max-new-tokens."""
+    return "--" + field.replace("_", "-")
 
 
 def _int_tuple(name, values) -> tuple[int, ...]:
@@ -115,12 +145,11 @@ def _int_tuple(name, values) -> tuple[int, ...]:
 
 def _str_tuple(values) -> tuple[str, ...]:
     if isinstance(values, str):
-        values = (values,)
-    out = tuple(values)
-    for s in out:
-        if not isinstance(s, str) or not s:
-            raise ValueError(f"SamplingParams.stop must hold non-empty strings, got {s!r}")
-    return out
+        return (values,)
+    try:
+        return tuple(values)  # check_sampling checks the strings
+    except TypeError:
+        raise ValueError(f"SamplingParams.stop must be a list of stop strings, got {values!r}") from None
 
 
 def _callables(values) -> tuple[Callable, ...]:

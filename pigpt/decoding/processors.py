@@ -2,9 +2,9 @@
 
 `apply_processors` is the one place the order lives, as in transformers: repetition penalty, the
 min_new_tokens mask, then the user's `SamplingParams.logits_processors`; temperature / top-k / top-p come
-after, inside `kernels.sample_from_logits` (see kernels.process_logits). generate, the stream, beam search,
-score and the pictures all call it. Processors act on float32 logits [B, V] (or log-probs, in beam search)
-and return a tensor of the same shape.
+after, inside `kernels.sample_from_logits` (`sampler_logprobs` gives that last stage's log-probs, for
+whoever shows them: the pictures). generate, the stream, beam search, score and the pictures all call it.
+Processors act on float32 logits [B, V] (or log-probs, in beam search) and return a tensor of the same shape.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from pigpt.kernels import process_logits
 
 
 def apply_repetition_penalty(logits: torch.Tensor, token_ids, penalty: float, *, inplace: bool = False):
@@ -81,6 +83,13 @@ def apply_processors(scores: torch.Tensor, params, input_ids: torch.Tensor, num_
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"logits processor {proc!r} returned {got}, not scores of shape {tuple(scores.shape)}")
     return out
+
+
+def sampler_logprobs(scores: torch.Tensor, params) -> torch.Tensor:
+    """Log-probs (B, V) of the distribution a sampling step draws from, given its scores after
+    `apply_processors`: temperature, top-k and top-p as the sampler applies them (kernels.process_logits),
+    -inf outside the kept set."""
+    return process_logits(scores, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
 
 
 def _as_id_matrix(token_ids, batch: int, device) -> torch.Tensor:

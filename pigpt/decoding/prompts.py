@@ -1,5 +1,9 @@
-"""Inputs of a decoding run, checked once: prompts against the model, stop tokens, seeds, the tokenizer
-for stop strings; and the left padding of ragged prompts."""
+"""Inputs of a decoding run, checked once: prompts (text or token ids) against the model, stop tokens, seeds,
+the tokenizer for stop strings; and the left padding of ragged prompts.
+
+`check_prompts` is the one place prompts are taken in: text is encoded by decoding/text.py's
+`encode_prompts`, and every prompt is checked against the vocabulary and the context here, for generate,
+stream, beam_search, score and the command lines alike (they name the length setting by their flag)."""
 
 from __future__ import annotations
 
@@ -9,41 +13,74 @@ import torch
 
 from pigpt.kernels import MAX_SEED
 
+from .text import encode_prompts, is_text, tokenizer_for  # noqa: F401  (tokenizer_for: re-exported)
 
-def check_prompts(model, prompts, max_new_tokens: int, *, what: str = "prompt") -> list[list[int]]:
-    """Validate a list of token-id lists against the model's vocabulary and context; return plain lists.
-    `what` names the items in errors ("prompt", "completion")."""
+PROMPTS_HELP = "a str, or a non-empty list of prompts, each a str or a token-id list"
+
+
+def check_prompts(model, prompts, max_new_tokens: int, *, what: str = "prompt", tokenizer=None, name=None,
+                  length: str = "max_new_tokens") -> list[list[int]]:
+    """Prompts as plain token-id lists, checked against the model's vocabulary and context.
+
+    prompts: a str (one prompt), or a list (or [batch, length] tensor) whose items are each a str, a
+    token-id list or a 1-D tensor; text is encoded in the model's text form (decoding/text.py). A bare list
+    of ints is refused (one prompt, or a batch of one-token prompts?): wrap it, [ids].
+    Errors name item i as name(i) (default "<what> i"; a command line numbers its prompts from 1) and the
+    length setting as `length` (a command line passes its flag, e.g. --max-new-tokens).
+    """
+    if is_text(prompts):
+        prompts = [prompts]
     if isinstance(prompts, torch.Tensor):
         if prompts.dim() != 2:
             raise ValueError(f"{what}s as a tensor must be [batch, length], got shape {tuple(prompts.shape)}")
         prompts = prompts.tolist()
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError(f"{what}s must be a non-empty list of token-id lists, e.g. [tokenizer.encode('Hi')]")
+        raise ValueError(f"{what}s must be {PROMPTS_HELP}; got {_kind(prompts)}")
     if all(isinstance(t, int) for t in prompts):
-        raise ValueError(f"{what}s must be a list of token-id lists; wrap a single {what}: [{what}]")
+        raise ValueError(f"{what}s must be a list of token-id lists (or text), not one list of ints (one {what}, "
+                         f"or many one-token {what}s?); wrap a single {what}'s ids: [ids]")
+    for i, p in enumerate(prompts):
+        if not (is_text(p) or isinstance(p, (list, tuple)) or (isinstance(p, torch.Tensor) and p.dim() == 1)):
+            raise ValueError(f"{what} {i} is {_kind(p)}; {what}s must be {PROMPTS_HELP}")
+    prompts = encode_prompts(model, prompts, tokenizer, what=what)
+    name = name or (lambda i: f"{what} {i}")
     cfg = model.config
     out = []
     for i, p in enumerate(prompts):
         p = p.tolist() if isinstance(p, torch.Tensor) else list(p)
         if not p:
-            raise ValueError(f"{what} {i} is empty; start it with at least one token (e.g. the end-of-text id "
-                             f"{cfg.eos_token_id})")
+            raise ValueError(f"{name(i)} is empty; start it with at least one token (e.g. '<|endoftext|>', the "
+                             f"end-of-text id {cfg.eos_token_id})")
         for tok in p:
             if isinstance(tok, bool) or not isinstance(tok, int) or not 0 <= tok < cfg.vocab_size:
                 raise ValueError(
-                    f"{what} {i} holds {tok!r}, not a token id in [0, {cfg.vocab_size}); encode text with "
-                    "the model's tokenizer (model.get_tokenizer())"
+                    f"{name(i)} holds {tok!r}, not a token id in [0, {cfg.vocab_size}); pass text, or encode it "
+                    "with the model's tokenizer (pigpt.decoding.encode_prompts)"
                 )
-        if len(p) + max_new_tokens > cfg.block_size:
-            room = cfg.block_size - max_new_tokens
-            fix = (f"shorten the {what} (keep its last {room} tokens) or lower max_new_tokens" if room > 0 else
-                   f"lower max_new_tokens below {cfg.block_size}")
-            raise ValueError(
-                f"{what} {i} has {len(p)} tokens and max_new_tokens is {max_new_tokens}: {len(p) + max_new_tokens} "
-                f"exceeds the model's context of {cfg.block_size} tokens; {fix}"
-            )
+        _check_length(name(i), len(p), max_new_tokens, cfg.block_size, length, what)
         out.append(p)
     return out
+
+
+def _check_length(which: str, n: int, max_new_tokens: int, context: int, length: str = "max_new_tokens",
+                 what: str = "prompt") -> None:
+    """The context-length check: n prompt tokens and max_new_tokens new ones must fit in the context."""
+    if n + max_new_tokens <= context:
+        return
+    if n + min(max_new_tokens, 1) > context:  # the prompt alone leaves no room for a new token
+        keep = context - max(max_new_tokens, 1)
+        fix = (f"shorten it (keep its last {keep} tokens)" if keep > 0 else f"shorten it and lower {length}")
+        raise ValueError(f"{which} is {n} tokens, longer than the model's context of {context} tokens (with room "
+                         f"for one new token); {fix}")
+    fix = (f"use {length} {context - n} or a shorter {what} (keep its last {context - max_new_tokens} tokens)"
+           if max_new_tokens < context else f"lower {length} below {context} (to {context - n} for this {what})")
+    raise ValueError(f"{which} is {n} tokens and {length} is {max_new_tokens}: {n + max_new_tokens} exceeds the "
+                     f"model's context of {context} tokens; {fix}")
+
+
+def _kind(x) -> str:
+    return f"an empty {type(x).__name__}" if isinstance(x, (list, tuple)) and not x else \
+        f"{type(x).__name__} {x!r}"[:80]
 
 
 def stop_ids_of(model, stop_token_ids) -> list[int]:
@@ -55,20 +92,6 @@ def stop_ids_of(model, stop_token_ids) -> list[int]:
         if not 0 <= tok < model.config.vocab_size:
             raise ValueError(f"stop token id {tok} is outside the vocabulary [0, {model.config.vocab_size})")
     return list(dict.fromkeys(stop_token_ids))
-
-
-def tokenizer_for(model, tokenizer=None):
-    """The tokenizer that turns tokens into text for stop strings: the one given, else GPT-2's when the
-    model has GPT-2's vocabulary."""
-    if tokenizer is not None:
-        return tokenizer
-    from pigpt.model import get_tokenizer
-
-    enc = get_tokenizer()
-    if model.config.vocab_size != enc.n_vocab:
-        raise ValueError(f"stop strings need the model's tokenizer: its vocabulary has {model.config.vocab_size} "
-                         f"tokens, GPT-2's {enc.n_vocab}; pass tokenizer=")
-    return enc
 
 
 def draw_seed() -> int:

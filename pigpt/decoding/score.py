@@ -12,34 +12,39 @@ from __future__ import annotations
 import torch
 
 from pigpt.kernels import token_logprobs
+from pigpt.model.head import fused_head
 
 from .params import SamplingParams
 from .processors import apply_processors
 from .prompts import check_prompts, left_pad, stop_ids_of
+from .text import encode_prompts, is_text
 
 
 def score(model, prompts, completions, params: SamplingParams | None = None, *, grad: bool = False,
-          keep=None, return_keep: bool = False):
+          keep=None, return_keep: bool = False, tokenizer=None):
     """Log-probabilities of each completion token given its prompt and the completion tokens before it.
 
-    A single prompt and completion (lists of ints) give a 1-D float32 tensor [len(completion)]; lists of
-    lists give a list of such tensors, computed in one padded forward (a single prompt with a list of
-    completions scores each completion after it). The LM head runs only at completion positions.
+    A prompt or a completion is a str or a token-id list; text is encoded in the model's text form with
+    `tokenizer` (GPT-2's by default), as generate encodes prompts (decoding/text.py), a completion on its
+    own (its tokens are what is scored: pass Rollout.tokens to score exactly what was drawn). A single
+    prompt and completion give a 1-D float32 tensor [len(completion)]; lists of them give a list of such
+    tensors, computed in one padded forward (a single prompt with a list of completions scores each
+    completion after it). The LM head runs only at completion positions.
 
     For RL trainers (with params): return_keep=True also returns the top-k / top-p kept sets the scores
     used (a bool mask over the scored tokens' vocabularies, or None when nothing is truncated); keep= scores
     the same prompts and completions on given kept sets: a frozen reference model, or the policy a few
     updates later, on the support the behaviour policy drew from.
     """
-    single = _is_ids(prompts) and _is_ids(completions)
+    single = _is_one(prompts) and _is_one(completions)
     if single:
         prompts, completions = [prompts], [completions]
-    elif _is_ids(prompts):
+    elif _is_one(prompts) and isinstance(completions, (list, tuple, torch.Tensor)):
         prompts = [prompts] * len(completions)
     if params is not None and not isinstance(params, SamplingParams):
         raise ValueError(f"params must be a SamplingParams or None, got {type(params).__name__}")
-    prompts = check_prompts(model, prompts, 0)
-    completions = _check_completions(model, prompts, completions)
+    prompts = check_prompts(model, prompts, 0, tokenizer=tokenizer)
+    completions = _check_completions(model, prompts, encode_prompts(model, completions, tokenizer, what="completion"))
     if (keep is not None or return_keep) and params is None:
         raise ValueError("keep / return_keep are kept sets of a processed distribution: pass params")
     with torch.enable_grad() if grad else torch.inference_mode():
@@ -48,10 +53,11 @@ def score(model, prompts, completions, params: SamplingParams | None = None, *, 
     return (out, kept) if return_keep else out
 
 
-def _is_ids(x) -> bool:
+def _is_one(x) -> bool:
+    """One prompt or completion: text or token ids ([] is one empty completion)."""
     if isinstance(x, torch.Tensor):
         return x.dim() == 1
-    return isinstance(x, (list, tuple)) and all(isinstance(t, int) for t in x)  # [] is one empty completion
+    return is_text(x) or (isinstance(x, (list, tuple)) and all(isinstance(t, int) for t in x))
 
 
 def _check_completions(model, prompts, completions) -> list[list[int]]:
@@ -59,14 +65,19 @@ def _check_completions(model, prompts, completions) -> list[list[int]]:
         completions = completions.tolist()
     if not isinstance(completions, (list, tuple)) or len(completions) != len(prompts):
         got = len(completions) if isinstance(completions, (list, tuple)) else type(completions).__name__
-        raise ValueError(f"completions must be a list with one token-id list per prompt ({len(prompts)}), got {got}")
+        raise ValueError(f"completions must be a list with one completion (a str or a token-id list) per prompt "
+                         f"({len(prompts)}), got {got}")
+    for i, c in enumerate(completions):
+        if not (isinstance(c, (list, tuple)) or (isinstance(c, torch.Tensor) and c.dim() == 1)):
+            raise ValueError(f"completion {i} is {type(c).__name__} {c!r:.60}; completions must each be a str or a "
+                             "token-id list")
     out = [c.tolist() if isinstance(c, torch.Tensor) else list(c) for c in completions]
     V, ctx = model.config.vocab_size, model.config.block_size
     for i, (p, c) in enumerate(zip(prompts, out)):
         bad = next((t for t in c if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V), None)
         if bad is not None:
-            raise ValueError(f"completion {i} holds {bad!r}, not a token id in [0, {V}); encode text with the "
-                             "model's tokenizer (model.get_tokenizer())")
+            raise ValueError(f"completion {i} holds {bad!r}, not a token id in [0, {V}); pass text, or encode it "
+                             "with the model's tokenizer (pigpt.decoding.encode_prompts)")
         if len(p) + len(c) - 1 > ctx:  # the last token is predicted, never fed
             fix = (f"shorten the prompt (keep its last {ctx - len(c) + 1} tokens)" if len(c) <= ctx else
                    f"the completion alone is longer than the context: score at most its first {ctx} tokens")
@@ -101,8 +112,7 @@ def _score(model, prompts, completions, params, keep=None):
     hist = _history(prompts, completions, T, device) if params is not None else None
     if torch.is_grad_enabled() and params is not None and not params.logits_processors:
         # the fused head: one [tokens, vocab] buffer (the logits' gradient), built in cache-sized chunks
-        lp, kept = _HeadLogprobs.apply(h[row, pos], model.transformer.wte.weight, y,
-                                       (model, hist, row, step, params, keep))
+        lp, kept = _head_logprobs(h[row, pos], model.transformer.wte.weight, y, model, hist, row, step, params, keep)
         return _per_completion(lp, entries, lens), kept
     # Under autograd one product of the head serves all entries (the graph keeps them anyway); without it,
     # chunks keep the [tokens, vocab] intermediates small and in cache instead of a fresh ~400 MB each.
@@ -129,59 +139,36 @@ def _per_completion(lp, entries, lens) -> list[torch.Tensor]:
     return list(lp[torch.tensor(order, dtype=torch.long, device=lp.device)].split(lens))
 
 
-class _HeadLogprobs(torch.autograd.Function):
-    """log p(y) under the processed distribution of `params`, for hidden states h (M, C) and the tied head
-    W (V, C), with the gradient of the logits computed in the forward pass, chunk by chunk.
+def _head_logprobs(h, w, y, model, history, row, step, params, keep):
+    """log p(y) under the processed distribution of `params` for hidden states h (M, C) and the tied head
+    W (V, C), through model/head.py's fused head: returns (logp (M,), kept sets or None).
 
     Through autograd the same maths keeps half a dozen [M, V] tensors (logits, penalised, scaled, masked,
     their softmax, and as many gradients), each a fresh ~400 MB at M = 2048 that a CPU page-faults in. Here
     each chunk's logits, processors, kept set and softmax live in cache, and only dlogp/dlogits (M, V) is
     written: (onehot - softmax over the kept set) / T, times the penalty's factor on penalised tokens.
-    backward scales its rows by the upstream gradient and needs two matmuls. Requires no user processors
-    (they may be any torch code; score then runs the plain autograd path). Returns (logp (M,), kept sets).
+    Requires no user processors (they may be any torch code; score then runs the plain autograd path).
     """
+    T1 = params.temperature if params.temperature > 0 else 1.0
 
-    @staticmethod
-    def forward(ctx, h, w, y, extra):
-        model, history, row, step, params, keep = extra
-        M = h.shape[0]
-        grad = torch.empty(M, w.shape[0], dtype=torch.float32, device=h.device)  # (M, V)
-        lps, keeps = [], []
-        T1 = params.temperature if params.temperature > 0 else 1.0
-        for a in range(0, M, GRAD_CHUNK):
-            sl = slice(a, a + GRAD_CHUNK)
-            x = (h[sl] @ w.t()).float()  # (m, V)
-            scores = _processed(model, x, history, row[sl], step[sl], params)
-            lp, kp = token_logprobs(scores, y[sl], temperature=params.temperature, top_k=params.top_k,
-                                    top_p=params.top_p, keep=None if keep is None else keep[sl], return_keep=True)
-            g = grad[sl]
-            # softmax over the kept set: exp(s - logsumexp) = exp(s - (s_y - lp)), 0 outside it
-            s_y = scores.gather(1, y[sl, None])[:, 0] / T1
-            torch.div(scores, T1, out=g).sub_((s_y - lp)[:, None]).exp_()
-            if kp is not None:
-                g.masked_fill_(~kp, 0.0)
-            g.neg_().scatter_add_(1, y[sl, None], torch.ones_like(lp)[:, None])  # onehot - softmax
-            g.mul_(1.0 / T1)
-            if params.repetition_penalty != 1.0:  # d(penalised)/d(logit): pen below 0, 1/pen above, on seen ids
-                seen = torch.zeros_like(g, dtype=torch.bool).scatter_(1, _ids(history, row[sl], step[sl]), True)
-                pen = params.repetition_penalty
-                g.mul_(torch.where(seen, torch.where(x < 0, pen, 1.0 / pen), 1.0))
-            lps.append(lp)
-            keeps.append(kp)
-        ctx.save_for_backward(h, w, grad)
-        ctx.done = False
-        kept = None if keeps[0] is None else torch.cat(keeps)
-        ctx.mark_non_differentiable(*(() if kept is None else (kept,)))
-        return torch.cat(lps), kept
+    def chunk_fn(x, sl, y_sl, g):  # x (m, V) float32 logits of entries sl; g (m, V): dlogp/dlogits
+        scores = _processed(model, x, history, row[sl], step[sl], params)
+        lp, kp = token_logprobs(scores, y_sl, temperature=params.temperature, top_k=params.top_k,
+                                top_p=params.top_p, keep=None if keep is None else keep[sl], return_keep=True)
+        # softmax over the kept set: exp(s - logsumexp) = exp(s - (s_y - lp)), 0 outside it
+        s_y = scores.gather(1, y_sl[:, None])[:, 0] / T1
+        torch.div(scores, T1, out=g).sub_((s_y - lp)[:, None]).exp_()
+        if kp is not None:
+            g.masked_fill_(~kp, 0.0)
+        g.neg_().scatter_add_(1, y_sl[:, None], torch.ones_like(lp)[:, None])  # onehot - softmax
+        g.mul_(1.0 / T1)
+        if params.repetition_penalty != 1.0:  # d(penalised)/d(logit): pen below 0, 1/pen above, on seen ids
+            seen = torch.zeros_like(g, dtype=torch.bool).scatter_(1, _ids(history, row[sl], step[sl]), True)
+            pen = params.repetition_penalty
+            g.mul_(torch.where(seen, torch.where(x < 0, pen, 1.0 / pen), 1.0))
+        return lp, kp
 
-    @staticmethod
-    def backward(ctx, grad_lp, _grad_kept):
-        if ctx.done:
-            raise RuntimeError("score(grad=True)'s result can be backpropagated once (its gradient buffer is reused)")
-        ctx.done = True
-        h, w, grad = ctx.saved_tensors
-        grad.mul_(grad_lp[:, None])  # (M, V): each token's share of the loss, in place
-        return grad @ w.to(grad.dtype), grad.t() @ h.to(grad.dtype), None, None
+    return fused_head(h, w, y, chunk_fn, dtype=torch.float32, chunk=GRAD_CHUNK)
 
 
 GRAD_CHUNK = 64  # rows of [rows, vocab] float32 per chunk of the fused head: 64 x 50257 x 4 B ~ 13 MB

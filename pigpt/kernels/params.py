@@ -42,23 +42,32 @@ def _as_row_tensor(name, value, B, device, dtype, integral):
     return torch.full((B,), value, device=device, dtype=dtype)
 
 
-# name: (ok for a Python number, ok for a tensor, what is allowed)
-_RANGES = {
-    "temperature": (lambda v: 0 <= v <= FLOAT32_MAX, lambda x: (x >= 0) & torch.isfinite(x),
-                    "finite and >= 0 (0 = greedy)"),
-    "top_k": (lambda v: v >= 0, lambda x: x >= 0, ">= 0 (0 = off)"),
-    "top_p": (lambda v: 0 < v <= 1, lambda x: (x > 0) & (x <= 1), "in (0, 1] (1 = off)"),
+# The one rule of each sampler setting: (ok for a Python number, ok for a tensor, what is allowed). The kernel
+# checks its per-row values with it; decoding.check_sampling (SamplingParams, and through it the CLIs) checks a
+# run's settings with `check_value`, so that a setting is allowed, and worded, the same everywhere.
+RULES = {
+    "temperature": (lambda v: 0 <= v <= FLOAT32_MAX, lambda x: (x >= 0) & torch.isfinite(x), ">= 0 (0 is greedy)"),
+    "top_k": (lambda v: v >= 0, lambda x: x >= 0, ">= 0 (0 turns top-k off)"),
+    "top_p": (lambda v: 0 < v <= 1, lambda x: (x > 0) & (x <= 1), "in (0, 1] (1 turns top-p off)"),
     "seed": (lambda v: 0 <= v < MAX_SEED, lambda x: (x >= 0) & (x < MAX_SEED), "in [0, 2**62)"),
 }
+
+
+def check_value(name: str, value, label: str | None = None) -> None:
+    """Raise ValueError "<label> must be <allowed>, got <value>" unless the Python number obeys name's rule."""
+    number_ok, _, allowed = RULES[name]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{label or name} must be a finite number {allowed}, got {value!r}")
+    if not number_ok(value):
+        raise ValueError(f"{label or name} must be {allowed}, got {value!r}")
 
 
 def _check_range(name, v, t):
     """Python numbers are checked as numbers (no tensor ops: this runs every decode step); tensors where reading
     them back is free (on a GPU it would stall the stream)."""
-    number_ok, tensor_ok, allowed = _RANGES[name]
+    _, tensor_ok, allowed = RULES[name]
     if not isinstance(v, torch.Tensor):
-        if not number_ok(v):
-            raise ValueError(f"{name} must be {allowed}, got {v}")
+        check_value(name, v)
     elif v.device.type == "cpu" and not bool(tensor_ok(t).all()):
         bad = t[~tensor_ok(t)][0].item()
         raise ValueError(f"{name} must be {allowed}, got {bad}")

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .hashing import GROUP, GROUP_BIT
+from .interpreter import interpreting
 
 NUM_PIVOTS = 16
 
@@ -201,7 +202,7 @@ def sample_triton(logits, T, k, p, k1, k2, block: int | None = None):
 
     No host sync: parameter values are clamped on the device rather than checked.
     """
-    if logits.device.type != "cuda" and not _interpreting():
+    if logits.device.type != "cuda" and not interpreting():
         raise ValueError("the Triton sampling backend needs CUDA tensors (or TRITON_INTERPRET=1 set before "
                          "triton is imported); use backend='torch' on CPU")
     B, V = logits.shape
@@ -215,9 +216,3 @@ def sample_triton(logits, T, k, p, k1, k2, block: int | None = None):
                          BLOCK=block or _block_size(V), NP=NUM_PIVOTS, GROUP=GROUP, GROUP_BIT=GROUP_BIT,
                          num_warps=8)
     return tokens, logprobs
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

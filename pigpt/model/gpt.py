@@ -310,8 +310,9 @@ class GPT(nn.Module):
                                 self._head_packed if self._packed_weights else None)
         if self._packed_weights and packed.preferred(x, w):
             return packed.linear(x, self._head_packed.get(w, packed.reorder), None)  # wte is [V, C] already
-        if (torch.is_grad_enabled() and w.requires_grad) or w.dtype != torch.float32 or w.device.type != "cpu":
-            return F.linear(x, w)  # training, GPUs, and CPU dtypes oneDNN doesn't take
+        if ((torch.is_grad_enabled() and w.requires_grad) or not packed.settled(w) or w.dtype != torch.float32
+                or w.device.type != "cpu"):
+            return F.linear(x, w)  # training (or a step pending), GPUs, and CPU dtypes oneDNN doesn't take
         head_t = self._head_t.get(w, lambda w: w.t().contiguous())  # (C, V)
         # 2-D: matmul would broadcast a strided 3-D x into a batched product with the weight expanded
         return (x.reshape(-1, x.shape[-1]) @ head_t).view(*x.shape[:-1], head_t.shape[1])

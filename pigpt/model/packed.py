@@ -7,7 +7,8 @@ blocked layout, which makes a decode step at 4-64 rows 10-30% faster and the LM 
 matrix-vector product is still the faster one, so the model keeps both paths.
 
 The blocked copy is a cache (DerivedWeight): built on first use, rebuilt when the weight changes (training,
-load_state_dict, .to()), never saved, and costs a second copy of each weight it covers.
+load_state_dict, .to()), never saved, and costs a second copy of each weight it covers. How a cache sees
+training without touching anything outside pigpt's models: `watch`.
 `GPT.packed_weights = False` turns it off.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 # post-op names oneDNN's fused linear takes for our activations: (attr, algorithm)
 FUSED_ACTIVATIONS = {
@@ -42,12 +42,14 @@ def available(dtype: torch.dtype) -> bool:
 
 
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Inference on CPU in a dtype oneDNN handles: no autograd through the blocked copy, and no autocast
-    (the op doesn't cast its input to the autocast dtype as F.linear would)."""
+    """Inference on CPU in a dtype oneDNN handles: no autograd through the blocked copy, no gradient pending
+    on the weight (`settled`), and no autocast (the op doesn't cast its input to the autocast dtype as
+    F.linear would)."""
     return (
         w.device.type == "cpu"
         and x.dtype == w.dtype
         and not (torch.is_grad_enabled() and w.requires_grad)
+        and settled(w)
         and not torch.is_autocast_enabled("cpu")
         and available(w.dtype)
     )
@@ -73,24 +75,48 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, act
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, attr, [], algorithm)
 
 
-_optimizer_steps = 0  # every optimizer step anywhere; part of each cache key (see DerivedWeight)
+# Fused optimizers (AdamW(fused=True), pigpt's default) update weights in place without bumping their version
+# counters, so a weight's version can't tell a cache that an optimizer step changed it. What comes before
+# every step can: a gradient arriving on the weight. Each weight a cache copies gets a hook, on that tensor
+# only, counting those arrivals (part of every cache key); and while a gradient is pending (w.grad is set: a
+# step may still come) no cache of the weight is used or kept.
+_grads_seen = 0
 
 
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
+def _count_grad(w: torch.Tensor) -> None:
+    global _grads_seen
+    _grads_seen += 1
 
 
-register_optimizer_step_post_hook(_count_optimizer_step)
+def watch(w: torch.Tensor) -> None:
+    """Count the gradients that reach weight `w` from now on (once per tensor; a deep copy, which starts
+    without the hook and without the caches, gets its own when a cache is next built from it)."""
+    if not w.requires_grad:
+        return
+    hooks = getattr(w, "_post_accumulate_grad_hooks", None) or {}
+    if not any(h is _count_grad for h in hooks.values()):
+        w.register_post_accumulate_grad_hook(_count_grad)
+
+
+def grads_seen() -> int:
+    """How many gradients have reached watched weights: a cache built before any of them may be stale."""
+    return _grads_seen
+
+
+def settled(w: torch.Tensor) -> bool:
+    """No gradient pending on `w`: no optimizer step can change it before its next use without a trace.
+    (pigpt's loops zero gradients with set_to_none=True, so between steps their weights are settled.)"""
+    return w.grad is None
 
 
 class DerivedWeight:
     """A copy of one weight in another layout, rebuilt whenever the weight may have changed.
 
-    The key is the weight's storage, its version counter, and a count of optimizer steps: fused optimizers
-    (AdamW(fused=True), the default in train.py) update weights without bumping the version counter, and a
-    stale copy would silently give wrong logits. Writes through `.data` bypass all three: call
-    `GPT.clear_weight_caches()` after those.
+    The key is the weight's storage, its version counter, and the count of gradients seen (`watch`): fused
+    optimizers update weights without bumping the version counter, and a stale copy would silently give wrong
+    logits. While a gradient is pending the copy is built for the one call and not kept (callers take their
+    plain path then: `usable`). Writes through `.data` bypass all of it: call `GPT.clear_weight_caches()`
+    after those.
     """
 
     __slots__ = ("key", "value")
@@ -99,7 +125,11 @@ class DerivedWeight:
         self.key, self.value = None, None
 
     def get(self, w: torch.Tensor, build) -> torch.Tensor:
-        key = (w.data_ptr(), w._version, _optimizer_steps, w.dtype, tuple(w.shape))
+        if not settled(w):
+            self.clear()
+            return build(w.detach())
+        watch(w)
+        key = (w.data_ptr(), w._version, _grads_seen, w.dtype, tuple(w.shape))
         if key != self.key:
             self.value = None  # free the old copy before building the new one
             self.value = build(w.detach())

@@ -6,9 +6,10 @@ spaces. The "tabs" form writes each leading group of 4 spaces as one tab (one to
 Python); "plain" leaves text alone.
 
 Training rewrites its corpus with `form.to_model`, and records the form's name in the checkpoint's
-config.json (key "pigpt_text_form", which transformers ignores). Whatever feeds the model text (sample.py's
-prompts, RL prompts and rewards) calls `for_model(model_or_dir).to_model(prompt)` and shows completions with
-`.from_model(text)`, so a user types and reads ordinary text and the model sees what it was trained on.
+config.json (key "pigpt_text_form", which transformers ignores). Whatever feeds the model text goes through
+pigpt.decoding.text (`encode_prompts`: `for_model(model).to_model(prompt)`, then the tokenizer) and reads
+completions back through it (`completion_text`: `.from_model(text)`, as Rollout.text and Beam.text hold
+them), so a user types and reads ordinary text and the model sees what it was trained on.
 
     form = textform.for_model(gpt)          # or for_model("default"), or TextForm("tabs")
     ids = enc.encode(form.to_model(prompt))
@@ -68,4 +69,15 @@ def for_model(model_or_dir) -> TextForm:
     return TextForm(name or "plain")
 
 
-__all__ = ["TextForm", "PLAIN", "FORMS", "CONFIG_KEY", "for_model"]
+_ESCAPE = re.compile(r"\\([nt\\])")
+_ESCAPED = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """Text typed on one line (a shell argument, a line of a prompts file) with the escapes \\n, \\t and \\\\
+    read as newline, tab and backslash; any other backslash stays as typed. A shell passes `--stop "\\n\\n"`
+    as backslash, n, backslash, n: this is how a newline reaches a stop string or a one-line prompt."""
+    return _ESCAPE.sub(lambda m: _ESCAPED[m.group(1)], text)
+
+
+__all__ = ["TextForm", "PLAIN", "FORMS", "CONFIG_KEY", "for_model", "unescape"]

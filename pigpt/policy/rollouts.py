@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from pigpt.decoding import Rollout, SamplingParams, generate
+from pigpt.decoding import Rollout, SamplingParams, completion_text, generate
+from pigpt.decoding.prompts import stop_ids_of
 from pigpt.model import get_tokenizer
-from pigpt.model.textform import TextForm, for_model
 
 from .grpo import group_advantages
 
@@ -81,19 +81,6 @@ class RLBatch:
         return out
 
 
-def completion_text(tokens: list[int], stop_ids, form: TextForm, tokenizer) -> str:
-    """A completion as a person reads it: no stop token at its end, in plain text form."""
-    if tokens and tokens[-1] in stop_ids:
-        tokens = tokens[:-1]
-    return form.from_model(tokenizer.decode(tokens))
-
-
-def encode_prompts(model, prompts: list[str], tokenizer=None) -> list[list[int]]:
-    """Prompts as the model reads them: in its text form, special tokens (<|endoftext|>) allowed."""
-    tokenizer, form = tokenizer or get_tokenizer(), for_model(model)
-    return [tokenizer.encode(form.to_model(p), allowed_special="all") for p in prompts]
-
-
 def score_rewards(reward, prompts: list[str], texts: list[str], group_size: int, extras: list[dict] | None = None):
     """The combined reward of N = len(prompts) * group_size completions (prompt-major): (per_func, total).
     Extra columns of each prompt (extras[p]) reach the reward functions as keyword lists, as in TRL."""
@@ -107,26 +94,23 @@ def score_rewards(reward, prompts: list[str], texts: list[str], group_size: int,
 
 def collect(model, prompts: list[str], params: SamplingParams, reward, *, prompt_ids=None, extras=None,
             scale: str = "group", tokenizer=None, advantages: bool = True) -> RLBatch:
-    """params.n rollouts of every prompt (text), drawn by the decoding engine, scored by `reward` (a
-    policy.CombinedReward) on their plain text, with group advantages (set advantages=False when the caller
-    computes them over a larger batch, e.g. across processes)."""
-    tokenizer = tokenizer or get_tokenizer()
-    prompt_ids = prompt_ids if prompt_ids is not None else encode_prompts(model, prompts, tokenizer)
-    raw = generate(model, prompt_ids, params)
+    """params.n rollouts of every prompt (text, encoded by the decoding engine in the model's text form;
+    prompt_ids: the same, encoded and checked once by a caller that draws from them again), scored by
+    `reward` (a policy.CombinedReward) on their plain text (Rollout.text), with group advantages (set
+    advantages=False when the caller computes them over a larger batch, e.g. across processes)."""
+    raw = generate(model, prompt_ids if prompt_ids is not None else prompts, params, tokenizer=tokenizer)
     return score_batch(model, prompts, raw, params, reward, extras=extras, scale=scale, tokenizer=tokenizer,
                        advantages=advantages)
 
 
 def score_batch(model, prompts: list[str], raw: list[list[Rollout]], params: SamplingParams, reward, *,
                 extras=None, scale: str = "group", tokenizer=None, advantages: bool = True) -> RLBatch:
-    """generate's rollouts of `prompts` (one list of params.n per prompt) as an RLBatch: their plain text,
-    each reward function's value, the total and (advantages=True) the group advantages."""
-    from pigpt.decoding.prompts import stop_ids_of
-
-    tokenizer = tokenizer or get_tokenizer()
-    form, stop_ids, n = for_model(model), stop_ids_of(model, params.stop_token_ids), params.n
+    """generate's rollouts (or beam_search's beams) of `prompts` (one list of params.n per prompt) as an
+    RLBatch: their plain text (their .text: decoding.completion_text), each reward function's value, the
+    total and (advantages=True) the group advantages."""
+    stop_ids, n = stop_ids_of(model, params.stop_token_ids), params.n
     raw = [r for group in raw for r in group]
-    texts = [completion_text(r.tokens, stop_ids, form, tokenizer) for r in raw]
+    texts = [r.text if r.text is not None else completion_text(model, r.tokens, stop_ids, tokenizer) for r in raw]
     per_func, total = score_rewards(reward, prompts, texts, n, extras)
     rollouts = [RLRollout(prompt=prompts[k // n], prompt_index=k // n, index=k % n, text=texts[k],
                           tokens=r.tokens, logprobs=r.logprobs, model_logprobs=r.model_logprobs, seed=r.seed,
@@ -141,4 +125,4 @@ def score_batch(model, prompts: list[str], raw: list[list[Rollout]], params: Sam
     return batch
 
 
-__all__ = ["RLRollout", "RLBatch", "collect", "score_batch", "completion_text", "encode_prompts", "score_rewards"]
+__all__ = ["RLRollout", "RLBatch", "collect", "score_batch", "score_rewards"]

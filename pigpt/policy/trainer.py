@@ -1,4 +1,4 @@
-"""GRPO fine-tuning: the loop behind `python train.py --reward SPEC --prompts FILE`.
+"""GRPO fine-tuning: the mode behind `python train.py --reward SPEC --prompts FILE`.
 
 One step, for P prompts (each prompt's group of G rollouts on one process):
   1. rollouts: decoding.generate draws G completions of each prompt with the run's SamplingParams and a seed
@@ -9,9 +9,11 @@ One step, for P prompts (each prompt's group of G rollouts on one process):
      distribution that drew it (temperature, the sampler's own top-k / top-p kept set, the penalty): the
      trainer is exactly on-policy, and every step logs the largest gap to the sampler's log-probs
      ("mismatch"). A frozen reference model is scored on the same kept sets (beta > 0).
-  4. the update: policy.grpo_loss (TRL's loss), backward, gradients summed over processes, clipped, AdamW;
+  4. the update: policy.grpo_loss (TRL's loss), backward through DistributedDataParallel under torchrun (as
+     next-token training's: each process's loss is its share of the whole batch's), clipped, AdamW;
      num_iterations > 1 reuses the batch with importance ratios against the sampler's log-probs.
-The run directory, checkpoints, the log, Ctrl-C and torchrun are training/run.py's and training/dist.py's.
+It runs on training/run.py's one skeleton (config, resume, checkpoints, the log, the loop, Ctrl-C, torchrun),
+shared with next-token training: this module provides GRPO's config, prepare(), the step and the evaluation.
 """
 
 from __future__ import annotations
@@ -20,19 +22,21 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from pigpt.decoding import SamplingParams, score
-from pigpt.decoding.prompts import stop_ids_of
+from pigpt.decoding.params import check_sampling, flag
+from pigpt.decoding.prompts import check_prompts
 from pigpt.kernels import MAX_SEED
-from pigpt.model import GPT, get_tokenizer
+from pigpt.model import GPT
 from pigpt.model.checkpoint import atomic_write
-from pigpt.model.textform import for_model
+from pigpt.model.textform import for_model, unescape
 from pigpt.training import dist, optim
-from pigpt.training.run import LOG_FILE, RunDir, StopFlag, TrainError, execute, read_log
+from pigpt.training.run import LOG_FILE, Run, TrainError, execute, given_flags, need, read_log
+from pigpt.training.run import resolve_config as resolve
 
 from .errors import PolicyError
 from .grpo import LOSS_TYPES, SCALES, group_advantages, grpo_loss
@@ -78,37 +82,26 @@ class RLConfig:
     eval_prompts: str | None = None  # None: the training prompts, with held-out seeds
     save_dtype: str = "float32"
 
-    def sampling(self, n: int, seeds=None, form=None) -> SamplingParams:
-        """The rollouts' SamplingParams (stop strings in the model's text form when `form` is given)."""
-        stop = tuple(form.to_model(s) for s in self.stop) if form else tuple(self.stop)
+    def sampling(self, n: int, seeds=None) -> SamplingParams:
+        """The rollouts' SamplingParams (stop strings as typed: the engine matches them in the model's text form)."""
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                               repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_completion_length,
-                              stop=stop, n=n, seed=seeds)
+                              stop=tuple(self.stop), n=n, seed=seeds)
 
 
 RESUME_MUTABLE = {"max_steps", "ckpt_interval", "eval_interval", "save_dtype"}
 
 
 def resolve_config(args, saved: dict | None, out: Path) -> RLConfig:
-    names = {f.name for f in fields(RLConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names and v not in (None, [])}
-    if saved is not None:
-        for k, v in given.items():
-            if k not in RESUME_MUTABLE and v != saved.get(k):
-                raise TrainError(f"--{k.replace('_', '-')} {v} conflicts with the run being resumed in {out} (it used "
-                                 f"{saved.get(k)}); drop the flag to resume that run, or start a new one with another --out")
-        cfg = RLConfig(**{**{k: v for k, v in saved.items() if k in names}, **given})
-    else:
-        cfg = RLConfig(**given)
-    validate(cfg)
-    return cfg
+    """TRL's defaults < saved run (on --resume) < flags given; a flag that would change a resumed run is an error."""
+    return resolve(RLConfig, given_flags(args, RLConfig), saved, out, mutable=RESUME_MUTABLE,
+                   new=lambda given: RLConfig(**given), validate=validate)
+
+
+SAMPLING_FLAGS = {"max_new_tokens": "max_completion_length"}  # SamplingParams' field -> this command's setting
 
 
 def validate(cfg: RLConfig) -> None:
-    def need(ok, message):
-        if not ok:
-            raise TrainError(message)
-
     need(bool(cfg.prompts), "--reward needs --prompts FILE: the prompts to improve the policy on, one per line "
                             "(or JSON lines with a \"prompt\" key)")
     for k in ("num_generations", "prompts_per_step", "max_completion_length", "max_steps", "num_iterations",
@@ -126,10 +119,13 @@ def validate(cfg: RLConfig) -> None:
          f"--epsilon and --epsilon-high must be > 0, got {cfg.epsilon}, {cfg.epsilon_high}")
     need(cfg.temperature > 0, f"--temperature must be > 0 for GRPO (a greedy policy draws one rollout per prompt, "
                               f"with no spread to learn from), got {cfg.temperature}")
-    try:
-        cfg.sampling(cfg.num_generations)
+    try:  # the one check of sampling settings, naming them by this command's flags
+        check_sampling(dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                            repetition_penalty=cfg.repetition_penalty, max_new_tokens=cfg.max_completion_length,
+                            stop=cfg.stop), name=lambda f: flag(SAMPLING_FLAGS.get(f, f)))
     except ValueError as e:
-        raise TrainError(str(e).replace("SamplingParams.", "--").replace("_", "-")) from None
+        raise TrainError(str(e)) from None
+
 
 
 # -- prompts ----------------------------------------------------------------------------------------------------
@@ -144,7 +140,7 @@ def load_prompts(path: str) -> tuple[list[str], list[dict]]:
     if not lines:
         raise TrainError(f"--prompts {path} holds no prompts; write one per line (or JSON lines with a \"prompt\" key)")
     if not lines[0].lstrip().startswith("{"):
-        return [ln.replace("\\n", "\n") for ln in lines], []
+        return [unescape(ln) for ln in lines], []
     prompts, extras = [], []
     for i, ln in enumerate(lines):
         try:
@@ -180,15 +176,26 @@ def batch_prompts(n_prompts: int, per_step: int, step: int, seed: int) -> list[i
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    cfg: RLConfig
-    d: dist.Dist
-    device: torch.device
-    rd: RunDir
-    gpt: GPT
+class Scorer(torch.nn.Module):
+    """The policy as a module whose forward is score(..., grad=True): what DistributedDataParallel wraps under
+    torchrun, so that the backward of the loss averages the gradients over the processes (dist.Dist.parallel)."""
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, prompts, completions, params, keep=None, return_keep: bool = False):
+        return score(self.gpt, prompts, completions, params, grad=True, keep=keep, return_keep=return_keep)
+
+
+@dataclass(kw_only=True)
+class GRPORun(Run):
+    """A GRPO run on training/run.py's skeleton: the policy, its reference, the rewards and the prompts."""
+
+    mode, desc = "grpo", "GRPO"
+
+    policy: torch.nn.Module  # Scorer(gpt), in DistributedDataParallel under torchrun
     ref: GPT | None
-    optimizer: torch.optim.Optimizer
     reward: object
     prompts: list[str]
     extras: list[dict]
@@ -196,26 +203,47 @@ class Run:
     eval_prompts: list[str]
     eval_extras: list[dict]
     eval_ids: list[list[int]]
-    step: int = 0
-    elapsed: float = 0.0
-    stopped: bool = False
     last: dict = field(default_factory=dict)
 
-    def say(self, *a):
-        if self.d.master:
-            print(*a, flush=True)
+    def train_step(self) -> dict:
+        return rl_step(self)
 
-    def checkpoint(self) -> None:
-        state = {"step": self.step, "config": asdict(self.cfg), "model_config": self.gpt.config.to_dict(),
-                 "model": self.gpt.state_dict(), "optimizer": self.optimizer.state_dict(), "elapsed": self.elapsed,
-                 "mode": "grpo"}
-        if self.ref is not None:
-            state["ref_model"] = self.ref.state_dict()
-        self.rd.save(self.gpt, state, self.d, dtype=self.cfg.save_dtype)
+    def evaluate(self) -> dict:
+        out = evaluate(self)
+        if self.d.master and 0 < self.step < self.cfg.max_steps:  # before: started(); the last: finish()'s line
+            from tqdm import tqdm
+
+            tqdm.write(f"step {self.step}: eval reward {_fmt(out['eval_reward'])}" + _per_function(out))
+        return out
+
+    def started(self, first: dict) -> None:
+        self.last = first
+        self.say(f"before: eval reward {_fmt(first['eval_reward'])} "
+                 f"({self.cfg.eval_generations} rollouts x {len(self.eval_prompts)} prompts, held-out seeds)")
+
+    def postfix(self, record: dict) -> dict:
+        return dict(reward=_fmt(record["reward"]), kl=_fmt(record.get("kl")), mismatch=f"{record['mismatch']:.1e}")
+
+    def state(self) -> dict:
+        return {} if self.ref is None else {"ref_model": self.ref.state_dict()}
+
+    def describe(self, resumed: bool) -> None:
+        cfg = self.cfg
+        self.say(f"policy: {cfg.init} ({self.gpt.num_params() / 1e6:.2f}M parameters), text form "
+                 f"{for_model(self.gpt).name}; " + (f"resumed at step {self.step}" if resumed else "new run"))
+        self.say(f"GRPO: {len(self.prompts)} prompts, {cfg.prompts_per_step} x {cfg.num_generations} rollouts of <= "
+                 f"{cfg.max_completion_length} tokens a step, reward {' + '.join(self.reward.names)}, loss "
+                 f"{cfg.loss_type}, beta {cfg.beta:g}, lr {cfg.lr:g}, {self.d.world} process(es)")
+
+    def plot(self) -> None:
+        plot_rewards(self.rd.path)
+
+    def finish(self) -> dict:
+        return finish(self)
 
 
 def main(args) -> dict:
-    return execute(args, prepare, train_loop, finish)
+    return execute(args, prepare, mode=GRPORun.mode)
 
 
 def _rewards(cfg: RLConfig):
@@ -226,23 +254,17 @@ def _rewards(cfg: RLConfig):
 
 
 def _encode(gpt: GPT, prompts: list[str], cfg: RLConfig, path: str) -> list[list[int]]:
-    enc, form = get_tokenizer(), for_model(gpt)
-    ids = []
-    for i, p in enumerate(prompts):
-        t = enc.encode(form.to_model(p), allowed_special="all")
-        room = gpt.config.block_size - cfg.max_completion_length
-        if len(t) > room:
-            raise TrainError(f"--prompts {path}: prompt {i + 1} is {len(t)} tokens; with --max-completion-length "
-                             f"{cfg.max_completion_length} the model's context of {gpt.config.block_size} leaves "
-                             f"room for {max(room, 0)}: shorten it or lower --max-completion-length")
-        ids.append(t)
-    return ids
+    """The prompts as the policy reads them, encoded and checked once (decoding.prompts.check_prompts)."""
+    try:
+        return check_prompts(gpt, prompts, cfg.max_completion_length, name=lambda i: f"prompt {i + 1}",
+                             length="--max-completion-length")
+    except ValueError as e:
+        raise TrainError(f"--prompts {path}: {e}") from None
 
 
-def prepare(args, rd: RunDir, d: dist.Dist, device: torch.device) -> Run:
-    saved = rd.load_state() if args.resume else None
-    if saved is not None and saved.get("mode") != "grpo":
-        raise TrainError(f"--resume: {rd.path} holds a next-token training run; resume it without --reward")
+def prepare(args, saved: dict | None, rd, d: dist.Dist, device: torch.device) -> GRPORun:
+    """Check the request, then load the rewards, the prompts, the policy (restored from `saved` on --resume), its
+    frozen reference (beta > 0) and the optimizer."""
     cfg = resolve_config(args, saved["config"] if saved else None, rd.path)
     if cfg.prompts_per_step % d.world:
         raise TrainError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the number of processes "
@@ -254,6 +276,8 @@ def prepare(args, rd: RunDir, d: dist.Dist, device: torch.device) -> Run:
         gpt = GPT.from_pretrained(cfg.init)
     except ValueError as e:
         raise TrainError(f"--init {cfg.init}: {e}") from None
+    prompt_ids = _encode(gpt, prompts, cfg, cfg.prompts)
+    eval_ids = _encode(gpt, eval_prompts, cfg, cfg.eval_prompts or cfg.prompts)
     ref = None
     if cfg.beta > 0:
         ref = GPT(gpt.config)
@@ -264,20 +288,9 @@ def prepare(args, rd: RunDir, d: dist.Dist, device: torch.device) -> Run:
         gpt.load_state_dict(saved["model"])
     gpt.to(device).float().eval()  # eval: no dropout; gradients flow all the same
     optimizer = optim.make_optimizer(gpt, cfg.lr, cfg.weight_decay, (0.9, 0.999), device)
-    if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
-        rd.restore_rng(saved, d)
-    rd.begin(saved["step"] if saved else None)
-    run = Run(cfg, d, device, rd, gpt, ref, optimizer, reward, prompts, extras, _encode(gpt, prompts, cfg, cfg.prompts),
-              eval_prompts, eval_extras, _encode(gpt, eval_prompts, cfg, cfg.eval_prompts or cfg.prompts))
-    if saved is not None:
-        run.step, run.elapsed = saved["step"], saved["elapsed"]
-    run.say(f"policy: {cfg.init} ({gpt.num_params() / 1e6:.2f}M parameters), text form {for_model(gpt).name}; "
-            + (f"resumed at step {run.step}" if saved else "new run"))
-    run.say(f"GRPO: {len(prompts)} prompts, {cfg.prompts_per_step} x {cfg.num_generations} rollouts of <= "
-            f"{cfg.max_completion_length} tokens a step, reward {' + '.join(reward.names)}, loss {cfg.loss_type}, "
-            f"beta {cfg.beta:g}, lr {cfg.lr:g}, {d.world} process(es)")
-    return run
+    return GRPORun(cfg=cfg, d=d, device=device, rd=rd, gpt=gpt, optimizer=optimizer,
+                   policy=d.parallel(Scorer(gpt), device), ref=ref, reward=reward, prompts=prompts, extras=extras,
+                   prompt_ids=prompt_ids, eval_prompts=eval_prompts, eval_extras=eval_extras, eval_ids=eval_ids)
 
 
 # -- one step ---------------------------------------------------------------------------------------------------
@@ -293,13 +306,13 @@ def _stack_grad(rows: list[torch.Tensor], T: int) -> torch.Tensor:
     return torch.stack([torch.nn.functional.pad(r, (0, T - r.numel())) for r in rows])
 
 
-def rl_step(run: Run) -> dict:
+def rl_step(run: GRPORun) -> dict:
     cfg, d, gpt = run.cfg, run.d, run.gpt
-    G, form = cfg.num_generations, for_model(gpt)
+    G = cfg.num_generations
     batch = batch_prompts(len(run.prompts), cfg.prompts_per_step, run.step, cfg.seed)
     per_rank = cfg.prompts_per_step // d.world
     mine = batch[d.rank * per_rank:(d.rank + 1) * per_rank]  # whole groups on each process
-    params = cfg.sampling(G, [rollout_seed(cfg.seed, run.step, i) for i in mine], form)
+    params = cfg.sampling(G, [rollout_seed(cfg.seed, run.step, i) for i in mine])
 
     t0 = time.perf_counter()
     try:
@@ -325,7 +338,7 @@ def rl_step(run: Run) -> dict:
     mask = _pad([[1.0] * len(c) for c in completions], T)
     if cfg.mask_truncated_completions:
         mask[torch.tensor([r.finish_reason == "length" for r in rb.raw])] = 0.0
-    logps, keep = score(gpt, prompts, completions, params, grad=True, return_keep=True)
+    logps, keep = run.policy(prompts, completions, params, return_keep=True)
     logps = _stack_grad(logps, T)
     mismatch = float(((logps.detach() - behaviour).abs() * (mask > 0)).max()) if mask.any() else 0.0
     ref_logps = None
@@ -338,15 +351,13 @@ def rl_step(run: Run) -> dict:
     metrics_all = []
     for it in range(cfg.num_iterations):
         if it > 0:
-            logps = _stack_grad(score(gpt, prompts, completions, params, grad=True, keep=keep), T)
+            logps = _stack_grad(run.policy(prompts, completions, params, keep=keep), T)
         loss, metrics = grpo_loss(logps, behaviour if cfg.num_iterations > 1 else None, ref_logps, adv, mask,
                                   loss_type=cfg.loss_type, beta=cfg.beta, epsilon=cfg.epsilon,
                                   epsilon_high=cfg.epsilon_high, max_completion_length=cfg.max_completion_length,
                                   num_items_in_batch=n_items)
-        (loss * share).backward()
-        for p in gpt.parameters():  # the gradient of the whole batch's loss: every process's share, summed
-            if p.grad is not None:
-                d.all_reduce_sum(p.grad)
+        # the gradient of the whole batch's loss, the sum of every process's share: DDP's backward averages
+        (loss * share * d.world).backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(gpt.parameters(), cfg.grad_clip)
         optim.set_lr(run.optimizer, cfg.lr)
@@ -397,12 +408,12 @@ def _nanstd(x: torch.Tensor) -> float | None:
 
 
 # -- evaluation -------------------------------------------------------------------------------------------------
-def evaluate(run: Run) -> dict:
+def evaluate(run: GRPORun) -> dict:
     """Mean rewards of eval_generations rollouts of every eval prompt, drawn with held-out seeds (never used
     by a training step): the same seeds at every evaluation, so before and after compare like with like."""
     cfg, d, gpt = run.cfg, run.d, run.gpt
     idx = list(range(len(run.eval_prompts)))[d.rank::d.world]
-    params = cfg.sampling(cfg.eval_generations, [rollout_seed(cfg.seed, "eval", i) for i in idx], for_model(gpt))
+    params = cfg.sampling(cfg.eval_generations, [rollout_seed(cfg.seed, "eval", i) for i in idx])
     if idx:
         try:
             rb = collect(gpt, [run.eval_prompts[i] for i in idx], params, run.reward,
@@ -420,39 +431,10 @@ def evaluate(run: Run) -> dict:
     return out
 
 
-# -- the loop ---------------------------------------------------------------------------------------------------
-def train_loop(run: Run) -> None:
-    from tqdm import tqdm
-
-    cfg, d = run.cfg, run.d
-    first = evaluate(run) if run.step == 0 else None  # before the log opens: a failing reward leaves no files
-    with run.rd.log() as log, StopFlag(enabled=d.world == 1) as stop:
-        if first is not None:
-            run.last = first
-            log.write({"step": 0, **run.last})
-            run.say(f"before: eval reward {_fmt(run.last['eval_reward'])} "
-                    f"({cfg.eval_generations} rollouts x {len(run.eval_prompts)} prompts, held-out seeds)")
-        bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not d.master, desc="GRPO", dynamic_ncols=True)
-        try:
-            while run.step < cfg.max_steps and not stop.requested:
-                t0 = time.perf_counter()
-                record = rl_step(run)
-                dt = time.perf_counter() - t0
-                run.step += 1
-                run.elapsed += dt
-                record = {"step": run.step, **record, "time": run.elapsed}
-                last = run.step == cfg.max_steps
-                if last or (cfg.eval_interval and run.step % cfg.eval_interval == 0):
-                    record.update(evaluate(run))
-                log.write(record)
-                bar.update(1)
-                bar.set_postfix(reward=_fmt(record["reward"]), kl=_fmt(record.get("kl")),
-                                mismatch=f"{record['mismatch']:.1e}")
-                if run.step % cfg.ckpt_interval == 0 or last or stop.requested:
-                    run.checkpoint()
-        finally:
-            bar.close()
-        run.stopped = stop.requested
+def _per_function(record: dict) -> str:
+    """ (name a, name b ...) of an evaluation with more than one reward function."""
+    parts = [f"{k.removeprefix('eval/')} {_fmt(v)}" for k, v in record.items() if k.startswith("eval/")]
+    return f" ({', '.join(parts)})" if len(parts) > 1 else ""
 
 
 def _fmt(x) -> str:
@@ -490,8 +472,9 @@ def plot_rewards(out: Path) -> None:
     plt.close(fig)
 
 
-def finish(run: Run) -> dict:
-    cfg, out = run.cfg, run.rd.path
+def finish(run: GRPORun) -> dict:
+    """The reward plot, the closing line (held-out reward before -> after), the summary."""
+    out = run.rd.path
     if run.d.master:
         plot_rewards(out)
     records = read_log(out)
@@ -499,10 +482,7 @@ def finish(run: Run) -> dict:
     final = next((r for r in reversed(records) if "eval_reward" in r and r.get("step", 0) > 0), {})
     summary = {"step": run.step, "out": str(out), "stopped": run.stopped, "before": first, "after": final,
                "time": run.elapsed, "log": str(out / LOG_FILE)}
-    if run.stopped:
-        run.say(f"stopped at step {run.step}; saved to {out}. Continue with: python train.py --resume --out {out} "
-                f"--reward ... (the same flags)")
-    else:
+    if not run.stopped:
         kl = next((r["kl"] for r in reversed(records) if "kl" in r), None)
         run.say(f"done: step {run.step}, held-out reward {_fmt(first.get('eval_reward'))} -> "
                 f"{_fmt(final.get('eval_reward'))}" + (f", KL to the reference {kl:.3f}" if kl is not None else "")
@@ -510,5 +490,5 @@ def finish(run: Run) -> dict:
     return summary
 
 
-__all__ = ["RLConfig", "main", "prepare", "rl_step", "evaluate", "train_loop", "finish", "load_prompts",
+__all__ = ["RLConfig", "GRPORun", "Scorer", "main", "prepare", "rl_step", "evaluate", "finish", "load_prompts",
            "rollout_seed", "batch_prompts", "plot_rewards"]

@@ -2,6 +2,7 @@
 
     d, device = dist.setup("auto", num_threads=None)    # reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
     ...
+    model = d.parallel(module, device)                  # DistributedDataParallel under torchrun
     d.all_reduce_sum(tensor); d.barrier(); d.broadcast(obj); d.all_gather(obj)
     dist.teardown(d)
 
@@ -32,6 +33,16 @@ class Dist:
     def master(self) -> bool:
         """Rank 0: the process that tokenises first, writes the run directory and prints."""
         return self.rank == 0
+
+    def parallel(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """`module` in DistributedDataParallel when there are several processes, else itself. Every training
+        loop's gradients reach the optimizer this way: a backward through the wrapper averages them over the
+        processes (bucketed, overlapped with the backward); its no_sync() / require_backward_grad_sync skip
+        that on micro-steps. A loss that is this process's share of the global one multiplies by `world`."""
+        if self.world == 1:
+            return module
+        return torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
 
     def barrier(self) -> None:
         if self.world > 1:

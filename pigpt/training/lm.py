@@ -1,29 +1,31 @@
-"""Next-token training (pretraining or fine-tuning a GPT on text): the loop behind `python train.py`.
+"""Next-token training (pretraining or fine-tuning a GPT on text): the mode behind `python train.py`.
 
     summary = lm.main(args)    # args: train.py's parsed command line; returns step, val loss, samples, ...
 
-prepare() checks the request and builds data, model and optimizer (restored on --resume); train_loop() runs
-the steps, logging each and evaluating / checkpointing at their intervals; finish() plots, reports the val
-loss against the unigram entropy and prints samples drawn with decoding.generate, exactly as sample.py
-draws them. The run directory, checkpoints, log, Ctrl-C and torchrun come from training/run.py and
-training/dist.py, which a second loop (GRPO in policy/) shares.
+On training/run.py's one skeleton (config, resume, checkpoints, log, loop, Ctrl-C, torchrun), shared with
+GRPO (policy/trainer.py), this module provides what is next-token training's own: its config and presets,
+prepare() (data, model, optimizer), the step (LMRun.train_step: micro-batches, the fused loss, one AdamW
+step), the evaluation (the val loss) and finish() (the loss plot, the val loss against the unigram entropy,
+and samples drawn with decoding.generate, exactly as sample.py draws them).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pigpt.model import EOT_TOKEN, GPT, GPTConfig, get_tokenizer
-from pigpt.model.textform import FORMS, TextForm
+from pigpt.decoding.params import check_sampling, flag
+from pigpt.decoding.prompts import check_prompts
+from pigpt.model import EOT_TOKEN, GPT, GPTConfig
+from pigpt.model.textform import FORMS
 
 from . import data as datalib
 from . import dist, optim, perf, wordnet
 from .loss import LossModel
-from .run import RunDir, StopFlag, TrainError, execute
+from .run import Run, TrainError, execute, given_flags, need
+from .run import resolve_config as resolve
 
 # -- configuration ------------------------------------------------------------------------------------------------
 
@@ -97,23 +99,17 @@ RESUME_MUTABLE = {"max_steps", "eval_interval", "eval_iters", "ckpt_interval", "
 
 def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
     """Preset < saved run (on --resume) < flags given; a flag that would change a resumed run is an error."""
-    names = {f.name for f in fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    given = given_flags(args, TrainConfig)
     if getattr(args, "tabs", None) is not None:  # --tabs / --no-tabs
         given["text_form"] = "tabs" if args.tabs else "plain"
-    if saved is not None:
-        if "text_form" not in saved:  # a run from before text forms: its bool
-            saved = {**saved, "text_form": "tabs" if saved.get("tabs") else "plain"}
-        saved = {k: v for k, v in saved.items() if k in names}
-        for k, v in given.items():
-            if k not in RESUME_MUTABLE and v != saved.get(k) and not (k == "dtype" and v == "auto"):
-                raise TrainError(
-                    f"--{k.replace('_', '-')} {v} conflicts with the run being resumed in {out} "
-                    f"(it used {saved.get(k)}); drop the flag to resume that run, or start a new one with another --out"
-                )
-        cfg = TrainConfig(**{**saved, **given})
-        validate(cfg)
-        return cfg
+    if saved is not None and "text_form" not in saved:  # a run from before text forms: its bool
+        saved = {**saved, "text_form": "tabs" if saved.get("tabs") else "plain"}
+    return resolve(TrainConfig, given, saved, out, mutable=RESUME_MUTABLE, new=new_config, validate=validate,
+                   same=lambda k, v, old: v == old or (k == "dtype" and v == "auto"))
+
+
+def new_config(given: dict) -> TrainConfig:
+    """A new run's config: the preset's values, the flags given on top, then what follows from them."""
     cfg = TrainConfig(**{**PRESETS[given.get("preset", "default")], **given})
     if cfg.init != "scratch":
         clash = [k for k in ARCH_KEYS if k in given]
@@ -130,18 +126,13 @@ def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
         # a short run (`--max-steps 20`) under a preset made for a long one: a tenth of it, not an error
         cfg.warmup_steps = cfg.lr_decay_steps // 10
     cfg.ckpt_interval = cfg.ckpt_interval or cfg.eval_interval
-    validate(cfg)
     return cfg
 
 
 def validate(cfg: TrainConfig) -> None:
     """Every check that needs no data and no model: bad values fail before any work."""
-    def need(ok: bool, message: str):
-        if not ok:
-            raise TrainError(message)
-
     for k in ("block_size", "batch_size", "grad_accum", "max_steps", "lr_decay_steps", "eval_interval",
-              "eval_iters", "ckpt_interval", "n_layer", "n_head", "n_embd", "sample_tokens"):
+              "eval_iters", "ckpt_interval", "n_layer", "n_head", "n_embd"):
         need(getattr(cfg, k) >= 1, f"--{k.replace('_', '-')} must be a positive integer, got {getattr(cfg, k)}")
     need(cfg.n_embd % cfg.n_head == 0, f"--n-embd {cfg.n_embd} must be a multiple of --n-head {cfg.n_head} "
          f"(each head gets n_embd / n_head dimensions); try --n-embd {cfg.n_head * max(1, cfg.n_embd // cfg.n_head)}")
@@ -152,9 +143,12 @@ def validate(cfg: TrainConfig) -> None:
     need(0 <= cfg.warmup_steps <= cfg.lr_decay_steps,
          f"--warmup-steps {cfg.warmup_steps} must be within [0, lr_decay_steps={cfg.lr_decay_steps}]")
     need(cfg.samples >= 0, f"--samples must be >= 0, got {cfg.samples}")
-    need(cfg.temperature >= 0, f"--temperature must be >= 0 (0 is greedy), got {cfg.temperature}")
-    need(cfg.top_k >= 0, f"--top-k must be >= 0 (0 turns top-k off), got {cfg.top_k}")
-    need(0 < cfg.top_p <= 1, f"--top-p must be in (0, 1] (1 turns top-p off), got {cfg.top_p}")
+    try:  # the samples' settings: the one check of sampling settings, naming them by this command's flags
+        check_sampling(dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                            max_new_tokens=cfg.sample_tokens, seed=cfg.seed),
+                       name=lambda f: flag("sample_tokens" if f == "max_new_tokens" else f))
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     need(cfg.prompt is None or cfg.prompt != "",
          "--prompt is empty; give some text, or drop it for unconditional samples")
     need(cfg.text_form in FORMS, f"unknown text form {cfg.text_form!r}; use one of {', '.join(FORMS)}")
@@ -203,16 +197,13 @@ def load_corpus(cfg: TrainConfig, cache_dir, d: dist.Dist) -> datalib.Corpus:
 
 
 def sample_prompt(cfg: TrainConfig, gpt: GPT) -> list[int]:
-    """The samples' prompt as sample.py encodes it: the user's text in the model's text form, special tokens
-    allowed; unconditional samples follow "<|endoftext|>"."""
-    ids = get_tokenizer().encode(TextForm(cfg.text_form).to_model(cfg.prompt or "<|endoftext|>"),
-                                 allowed_special="all")
-    room = gpt.config.block_size - len(ids)
-    if room < cfg.sample_tokens:
-        raise TrainError(f"--prompt ({len(ids)} tokens) + --sample-tokens {cfg.sample_tokens} exceeds the model's "
-                         f"context of {gpt.config.block_size} tokens; use --sample-tokens {max(1, room)} or a "
-                         "shorter prompt")
-    return ids
+    """The samples' prompt as sample.py takes it (decoding.prompts.check_prompts: the text in the model's
+    text form, checked against its context); unconditional samples follow "<|endoftext|>"."""
+    try:
+        return check_prompts(gpt, [cfg.prompt or "<|endoftext|>"], cfg.sample_tokens, name=lambda i: "--prompt",
+                             length="--sample-tokens")[0]
+    except ValueError as e:
+        raise TrainError(str(e)) from None
 
 
 def sampling_params(cfg: TrainConfig):
@@ -226,11 +217,8 @@ def draw_samples(gpt: GPT, cfg: TrainConfig) -> list[str]:
     """cfg.samples completions of the prompt (rollout i with seed cfg.seed + i), as a person reads them."""
     from pigpt.decoding import generate
 
-    form, enc = TextForm(cfg.text_form), get_tokenizer()
     rollouts = generate(gpt, [sample_prompt(cfg, gpt)], sampling_params(cfg))[0]
-    # as sample.py prints a completion: without the stop token that ended it
-    return [form.from_model(enc.decode(r.tokens[:-1] if r.tokens[-1:] == [EOT_TOKEN] else r.tokens))
-            for r in rollouts]
+    return [r.text for r in rollouts]  # as sample.py prints a completion: without the stop token that ended it
 
 
 # -- the step -----------------------------------------------------------------------------------------------------
@@ -284,58 +272,108 @@ def evaluate(loss_model: LossModel, corpus, cfg: TrainConfig, amp, d: dist.Dist,
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    """Everything one training run holds."""
+@dataclass(kw_only=True)
+class LMRun(Run):
+    """A next-token training run on training/run.py's skeleton: its data, loss model and step."""
 
-    cfg: TrainConfig
-    d: dist.Dist
-    device: torch.device
-    rd: RunDir
+    mode, desc = "lm", "training"
+
     corpus: datalib.Corpus
-    gpt: GPT
     loss_model: LossModel  # gpt + loss, unwrapped: evaluation
     model: torch.nn.Module  # what training calls: loss_model, maybe compiled, maybe in DDP
-    optimizer: torch.optim.Optimizer
     windows: datalib.Windows
     amp: object  # autocast context (or a null one)
     peak: perf.Peak
-    step: int = 0
-    elapsed: float = 0.0  # seconds of training steps, over all sessions of the run
     val_loss: float | None = None
-    session_steps: int = 0  # steps and seconds of this invocation, for tokens/s
-    session_time: float = 0.0
-    stopped: bool = False
 
     @property
     def tokens_per_step(self) -> int:
         return self.cfg.batch_size * self.cfg.grad_accum * self.cfg.block_size
 
-    def say(self, *a):
-        if self.d.master:
-            print(*a, flush=True)
+    @property
+    def flops_per_token(self) -> float:
+        return perf.flops_per_token(self.gpt, self.cfg.block_size)
 
-    def evaluate(self) -> float:
+    def train_step(self) -> dict:
+        lr = learning_rate(self.step, self.cfg)
+        batches = local_micro_batches(self.windows, self.cfg, self.d, self.device)
+        loss = train_step(self.model, self.optimizer, batches, lr, self.cfg, self.amp, self.d).item()
+        return {"loss": loss, "lr": lr}
+
+    def rates(self, seconds: float) -> dict:
+        tps = self.tokens_per_step / seconds
+        return {"tokens": self.step * self.tokens_per_step, "tokens_per_s": tps,
+                "mfu": self.peak.mfu(self.flops_per_token * tps, self.d.world)}
+
+    def evaluate(self) -> dict:
         self.val_loss = evaluate(self.loss_model, self.corpus, self.cfg, self.amp, self.d, self.device)
-        return self.val_loss
+        return {"val_loss": self.val_loss}
 
-    def checkpoint(self) -> None:
-        state = {"step": self.step, "config": asdict(self.cfg), "model_config": self.gpt.config.to_dict(),
-                 "model": self.gpt.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "data": self.windows.state_dict(), "elapsed": self.elapsed,
-                 "data_cache": self.corpus.directory.name}
-        self.rd.save(self.gpt, state, self.d, dtype=self.cfg.save_dtype)
+    def postfix(self, record: dict) -> dict:
+        return dict(loss=f"{record['loss']:.3f}", val=f"{self.val_loss:.3f}" if self.val_loss else "-",
+                    tok_s=f"{record['tokens_per_s']:,.0f}", mfu=f"{record['mfu']:.1%}")
+
+    def state(self) -> dict:
+        return {"data": self.windows.state_dict(), "data_cache": self.corpus.directory.name}
+
+    def restore(self, saved: dict) -> None:
+        super().restore(saved)
+        self.windows.load_state_dict(saved["data"])
+        if saved["data_cache"] != self.corpus.directory.name:
+            self.say(f"warning: the data changed since step {self.step} was saved; resuming on the new data")
+
+    def describe(self, resumed: bool) -> None:
+        cfg, c, meta = self.cfg, self.gpt.config, self.corpus.meta
+        self.say(f"data: {meta['root']} -> {len(self.corpus.train):,} train / {len(self.corpus.val):,} val tokens "
+                 f"({meta['files']['train']} / {meta['files']['val']} files), text form {cfg.text_form}, "
+                 f"cache {self.corpus.directory}")
+        for note in datalib.describe_files(meta):
+            self.say(f"note: {note}")
+        if cfg.data is None and cfg.wordnet and "wordnet" not in meta["recipe"]:
+            self.say(f"note: WordNet is not installed, so the corpus is the standard library alone (the shipped "
+                     f"model's recipe needs both): {wordnet.INSTALL_HINT}")
+        self.say(f"unigram entropy of the train tokens: {meta['unigram_entropy']:.3f} nats/token "
+                 "(the loss of a model that ignores context)")
+        self.say(f"model: {self.gpt.num_params() / 1e6:.2f}M parameters, {c.n_layer} layers, width {c.n_embd}, "
+                 f"context {cfg.block_size}; " + (f"resumed at step {self.step}" if resumed else f"init {cfg.init}"))
+        self.say(f"training: {cfg.max_steps} steps of {self.tokens_per_step:,} tokens ({cfg.batch_size} x "
+                 f"{cfg.grad_accum} x {cfg.block_size}) on {self.d.world} x {self.device}, {cfg.dtype}; MFU against a "
+                 f"measured matmul peak of {self.peak.flops / 1e9:.0f} GFLOP/s per process (an estimate)")
+
+    def finish(self) -> dict:
+        """The loss plot, the summary line (val loss vs the unigram entropy), and a few samples."""
+        cfg, out = self.cfg, self.rd.path
+        entropy = self.corpus.meta["unigram_entropy"]
+        if self.val_loss is None:  # resumed a finished run: nothing trained, but report where it stands
+            self.evaluate()
+        self.rd.plot(baselines={"unigram entropy": entropy})
+        fpt = self.flops_per_token
+        tps = self.session_steps * self.tokens_per_step / self.session_time if self.session_steps else None
+        self.peak.remeasure()
+        mfu = self.peak.mfu(fpt * tps, self.d.world) if tps else None
+        summary = {"step": self.step, "val_loss": self.val_loss, "unigram_entropy": entropy, "time": self.elapsed,
+                   "tokens_per_s": tps, "mfu": mfu, "peak_flops": self.peak.flops, "flops_per_token": fpt,
+                   "out": str(out), "samples": [], "stopped": self.stopped}
+        self.say(f"done: step {self.step}, val loss {self.val_loss:.3f} vs unigram entropy {entropy:.3f} nats/token; "
+                 f"{self.elapsed / 60:.1f} min of training steps, {tps or 0:,.0f} tokens/s, MFU ~{mfu or 0:.1%} of a "
+                 f"measured {self.peak.flops / 1e9:.0f} GFLOP/s; model in {out}/ (loss curve: {out}/loss.png)")
+        if self.d.master and cfg.samples and not self.stopped:
+            self.gpt.eval()
+            summary["samples"] = draw_samples(self.gpt, cfg)
+            shown = cfg.prompt or ""  # unconditional samples start after <|endoftext|>, which shows as nothing
+            for i, text in enumerate(summary["samples"]):
+                self.say(f"--- sample {i + 1} (seed {cfg.seed + i}) " + "-" * 50 + f"\n{shown}{text}")
+        return summary
 
 
 def main(args) -> dict:
     """Train as train.py's parsed `args` say; returns a summary (final step, val loss, tokens/s, samples, and
     "stopped": True when Ctrl-C ended the run early, after saving)."""
-    return execute(args, prepare, train_loop, finish)
+    return execute(args, prepare, mode=LMRun.mode)
 
 
-def prepare(args, rd: RunDir, d: dist.Dist, device: torch.device) -> Run:
-    """Check the request, then build the data, model and optimizer, restored from out/ on --resume."""
-    saved = rd.load_state() if args.resume else None
+def prepare(args, saved: dict | None, rd, d: dist.Dist, device: torch.device) -> LMRun:
+    """Check the request, then build the data, model (restored from `saved` on --resume) and optimizer."""
     cfg = resolve_config(args, saved["config"] if saved else None, rd.path)
     if cfg.grad_accum % d.world:
         raise TrainError(f"--grad-accum {cfg.grad_accum} must be a multiple of the number of processes ({d.world}): "
@@ -348,114 +386,16 @@ def prepare(args, rd: RunDir, d: dist.Dist, device: torch.device) -> Run:
         sample_prompt(cfg, gpt)  # a prompt too long for the context fails now, not after the training
         sampling_params(cfg)
     corpus = load_corpus(cfg, args.cache_dir, d)
-    rd.begin(saved["step"] if saved else None)
 
     gpt.to(device)
     loss_model = model = LossModel(gpt)
     if cfg.compile:
         model = torch.compile(model)
-    if d.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = optim.make_optimizer(gpt, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device)
-    run = Run(cfg, d, device, rd, corpus, gpt, loss_model, model, optimizer,
-              datalib.Windows(corpus.train, cfg.block_size, cfg.seed), perf.autocast(device, cfg.dtype),
-              perf.Peak(device, getattr(torch, cfg.dtype)))
-    if saved is not None:
-        run.optimizer.load_state_dict(saved["optimizer"])
-        run.windows.load_state_dict(saved["data"])
-        run.step, run.elapsed = saved["step"], saved["elapsed"]
-        rd.restore_rng(saved, d)
-        if saved["data_cache"] != corpus.directory.name:
-            run.say(f"warning: the data changed since step {run.step} was saved; resuming on the new data")
-    describe(run, resumed=saved is not None)
-    return run
+    return LMRun(cfg=cfg, d=d, device=device, rd=rd, gpt=gpt, optimizer=optimizer, corpus=corpus,
+                 loss_model=loss_model, model=d.parallel(model, device), amp=perf.autocast(device, cfg.dtype),
+                 windows=datalib.Windows(corpus.train, cfg.block_size, cfg.seed),
+                 peak=perf.Peak(device, getattr(torch, cfg.dtype)))
 
 
-def describe(run: Run, resumed: bool) -> None:
-    cfg, c, meta = run.cfg, run.gpt.config, run.corpus.meta
-    run.say(f"data: {meta['root']} -> {len(run.corpus.train):,} train / {len(run.corpus.val):,} val tokens "
-            f"({meta['files']['train']} / {meta['files']['val']} files), text form {cfg.text_form}, "
-            f"cache {run.corpus.directory}")
-    for note in datalib.describe_files(meta):
-        run.say(f"note: {note}")
-    if cfg.data is None and cfg.wordnet and "wordnet" not in meta["recipe"]:
-        run.say(f"note: WordNet is not installed, so the corpus is the standard library alone (the shipped "
-                f"model's recipe needs both): {wordnet.INSTALL_HINT}")
-    run.say(f"unigram entropy of the train tokens: {meta['unigram_entropy']:.3f} nats/token "
-            "(the loss of a model that ignores context)")
-    run.say(f"model: {run.gpt.num_params() / 1e6:.2f}M parameters, {c.n_layer} layers, width {c.n_embd}, "
-            f"context {cfg.block_size}; " + (f"resumed at step {run.step}" if resumed else f"init {cfg.init}"))
-    run.say(f"training: {cfg.max_steps} steps of {run.tokens_per_step:,} tokens ({cfg.batch_size} x "
-            f"{cfg.grad_accum} x {cfg.block_size}) on {run.d.world} x {run.device}, {cfg.dtype}; MFU against a "
-            f"measured matmul peak of {run.peak.flops / 1e9:.0f} GFLOP/s per process (an estimate)")
-
-
-def train_loop(run: Run) -> None:
-    """Steps until max_steps (or Ctrl-C): log each, evaluate and checkpoint at their intervals."""
-    from tqdm import tqdm
-
-    cfg, d = run.cfg, run.d
-    fpt = perf.flops_per_token(run.gpt, cfg.block_size)
-    with run.rd.log() as log, StopFlag(enabled=d.world == 1) as stop:
-        if run.step == 0:
-            log.write({"step": 0, "val_loss": run.evaluate()})
-        bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not d.master, desc="training", dynamic_ncols=True)
-        try:
-            while run.step < cfg.max_steps and not stop.requested:
-                t0 = time.perf_counter()
-                lr = learning_rate(run.step, cfg)
-                batches = local_micro_batches(run.windows, cfg, d, run.device)
-                loss = train_step(run.model, run.optimizer, batches, lr, cfg, run.amp, d).item()
-                dt = time.perf_counter() - t0
-                run.step += 1
-                run.elapsed += dt
-                run.session_steps += 1
-                run.session_time += dt
-                tps = run.tokens_per_step / dt
-                mfu = run.peak.mfu(fpt * tps, d.world)
-                record = {"step": run.step, "loss": loss, "lr": lr, "tokens": run.step * run.tokens_per_step,
-                          "tokens_per_s": tps, "mfu": mfu, "time": run.elapsed}
-                if run.step % cfg.eval_interval == 0 or run.step == cfg.max_steps:
-                    record["val_loss"] = run.evaluate()
-                log.write(record)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", val=f"{run.val_loss:.3f}" if run.val_loss else "-",
-                                tok_s=f"{tps:,.0f}", mfu=f"{mfu:.1%}")
-                if run.step % cfg.ckpt_interval == 0 or run.step == cfg.max_steps or stop.requested:
-                    run.checkpoint()
-        finally:
-            bar.close()
-        run.stopped = stop.requested
-
-
-def finish(run: Run) -> dict:
-    """The loss plot, the summary line (val loss vs the unigram entropy), and a few samples."""
-    cfg, out = run.cfg, run.rd.path
-    entropy = run.corpus.meta["unigram_entropy"]
-    if run.val_loss is None:  # resumed a finished run: nothing trained, but report where it stands
-        run.evaluate()
-    run.rd.plot(baselines={"unigram entropy": entropy})
-    fpt = perf.flops_per_token(run.gpt, cfg.block_size)
-    tps = run.session_steps * run.tokens_per_step / run.session_time if run.session_steps else None
-    run.peak.remeasure()
-    mfu = run.peak.mfu(fpt * tps, run.d.world) if tps else None
-    summary = {"step": run.step, "val_loss": run.val_loss, "unigram_entropy": entropy, "time": run.elapsed,
-               "tokens_per_s": tps, "mfu": mfu, "peak_flops": run.peak.flops, "flops_per_token": fpt,
-               "out": str(out), "samples": [], "stopped": run.stopped}
-    if run.stopped:
-        run.say(f"stopped at step {run.step}; saved to {out}. Continue with: python train.py --resume --out {out}")
-    run.say(f"done: step {run.step}, val loss {run.val_loss:.3f} vs unigram entropy {entropy:.3f} nats/token; "
-            f"{run.elapsed / 60:.1f} min of training steps, {tps or 0:,.0f} tokens/s, MFU ~{mfu or 0:.1%} of a "
-            f"measured {run.peak.flops / 1e9:.0f} GFLOP/s; model in {out}/ (loss curve: {out}/loss.png)")
-    if run.d.master and cfg.samples and not run.stopped:
-        run.gpt.eval()
-        summary["samples"] = draw_samples(run.gpt, cfg)
-        shown = cfg.prompt or ""  # unconditional samples start after <|endoftext|>, which shows as nothing
-        for i, text in enumerate(summary["samples"]):
-            run.say(f"--- sample {i + 1} (seed {cfg.seed + i}) " + "-" * 50 + f"\n{shown}{text}")
-    return summary
-
-
-__all__ = ["TrainConfig", "PRESETS", "main", "prepare", "train_loop", "finish", "resolve_config",
-           "learning_rate", "draw_samples"]
+__all__ = ["TrainConfig", "PRESETS", "LMRun", "main", "prepare", "resolve_config", "learning_rate", "draw_samples"]

@@ -16,7 +16,6 @@ import ast
 import re
 
 from pigpt.model import EOT_TOKEN, GPT, get_tokenizer
-from pigpt.model.textform import for_model
 
 PROMPTS = ("Which is the largest ocean?", "The function returns", "Once upon a time", "def fibonacci(n):")
 CODE_PROMPTS = ("def add(a, b):\n", "def is_even(n):\n", "def reverse(s):\n", "def mean(values):\n")
@@ -29,12 +28,10 @@ def rollouts(gpt, prompt: str, n: int, seed: int, max_new_tokens: int, temperatu
     """n rollouts of `prompt`: (token lists without the final <|endoftext|>, texts as a person reads them)."""
     from pigpt.decoding import SamplingParams, generate
 
-    enc, form = get_tokenizer(), for_model(gpt)
-    ids = enc.encode(form.to_model(prompt), allowed_special="all")
     params = SamplingParams(n=n, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
                             seed=seed)
-    tokens = [r.tokens[:-1] if r.tokens[-1:] == [EOT_TOKEN] else r.tokens for r in generate(gpt, [ids], params)[0]]
-    return tokens, [form.from_model(enc.decode(t)) for t in tokens]
+    rollouts = generate(gpt, prompt, params)[0]
+    return [r.tokens[:-1] if r.tokens[-1:] == [EOT_TOKEN] else r.tokens for r in rollouts], [r.text for r in rollouts]
 
 
 def whitespace_share(gpt, prompts=PROMPTS, seeds=range(10), n=4, max_new_tokens=64) -> tuple[float, int]:
@@ -128,8 +125,7 @@ def answer_logprob(gpt, question: str = "Which is the largest ocean?", answer: s
     """log pi(answer | question) under the raw model: how reachable an RL target answer is before training."""
     from pigpt.decoding import score
 
-    enc, form = get_tokenizer(), for_model(gpt)
-    return float(score(gpt, enc.encode(form.to_model(question)), enc.encode(form.to_model(answer))).sum())
+    return float(score(gpt, question, answer).sum())
 
 
 def main(argv=None) -> None:

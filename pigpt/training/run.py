@@ -9,30 +9,27 @@ out/
   log.jsonl                        one JSON record per step, whatever the loop logs
   loss.png                         the curves of the log (`RunDir.plot`)
 
-A training loop (next-token prediction in training/lm.py; a GRPO loop the same way) uses it like this:
+Every training mode (next-token prediction in training/lm.py, GRPO in policy/trainer.py) runs on one
+skeleton, `execute`, and provides only what is its own: its config (resolved by `resolve_config`), a
+`prepare` that builds its model, data and optimizer, and a `Run` subclass with its step and evaluation:
 
-    def main(args) -> dict:
-        d, device = dist.setup(args.device, args.num_threads)
-        try:
-            with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
-                saved = rd.load_state() if args.resume else None   # the dict a save() wrote, or None
-                ... build the model and optimizer, restore them from `saved` ...
-                if saved:
-                    rd.restore_rng(saved, d)
-                rd.begin(saved["step"] if saved else None)        # new run: clear old files; resume: cut the log
-                with rd.log() as log, StopFlag(enabled=d.world == 1) as stop:
-                    while step < max_steps and not stop.requested:
-                        ... one step ...
-                        log.write({"step": step, "reward": r, ...})
-                        if step % every == 0 or stop.requested:
-                            rd.save(gpt, {"step": step, "config": ..., "optimizer": ...}, d, dtype=...)
-                rd.plot(smooth=["reward"], ylabel="reward")
-                return {..., "stopped": stop.requested}
-        finally:
-            dist.teardown(d)
+    class LMRun(Run):
+        mode, desc = "lm", "training"
+        def train_step(self) -> dict: ...      # one optimizer step; returns the log record's own fields
+        def evaluate(self) -> dict: ...        # {"val_loss": ...}, before the first step and at the intervals
+        def finish(self) -> dict: ...          # plots, the closing line, the summary
+
+    def prepare(args, saved, rd, d, device) -> LMRun: ...   # saved: the train_state a --resume continues
+    def main(args): return execute(args, prepare, mode="lm")
 
     if __name__ == "__main__":
         cli(lambda: main(parse_args()))       # errors -> "error: ..." exit 2; Ctrl-C -> exit 130
+
+`execute` sets up the processes (torchrun: `dist`), opens the run directory, refuses a --resume of another
+mode's run, calls prepare, clears or cuts the old run's files only then (after everything that can fail on
+bad input), restores the optimizer, step, time and RNG states, and runs `loop`: an evaluation before the first
+step, then steps until max_steps or Ctrl-C, one log.jsonl record each, evaluations and checkpoints at their
+intervals (and at the end, and on Ctrl-C: save, then stop), then the mode's finish.
 
 Every file is written to a temporary name, fsynced and renamed over the old one (model.checkpoint's
 atomic_write), with the usual permissions (0644 under umask 022): a process killed at any moment leaves
@@ -43,8 +40,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
+import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -63,6 +63,39 @@ class TrainError(ValueError):
     """A training run that can't start as asked, with a message that says why and what to do."""
 
 
+def need(ok: bool, message: str) -> None:
+    """A config check: TrainError(message) unless ok."""
+    if not ok:
+        raise TrainError(message)
+
+
+# -- the config ---------------------------------------------------------------------------------------------
+def given_flags(args, cls) -> dict:
+    """The flags given on the command line (argparse's None / [] mean not given) that name fields of `cls`."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None and not (isinstance(v, list) and not v)}
+
+
+def resolve_config(cls, given: dict, saved: dict | None, out, *, mutable, new, validate,
+                   same=lambda key, flag, old: flag == old):
+    """A run's config (a dataclass `cls`), checked by `validate`. A new run: new(given). A resumed run: its saved
+    config with the given flags on top; a flag that is not `mutable` (it would change the steps already taken)
+    and differs from the saved value (`same` decides) is an error."""
+    if saved is None:
+        cfg = new(given)
+    else:
+        names = {f.name for f in fields(cls)}
+        saved = {k: v for k, v in saved.items() if k in names}
+        for k, v in given.items():
+            if k not in mutable and not same(k, v, saved.get(k)):
+                raise TrainError(f"--{k.replace('_', '-')} {v} conflicts with the run being resumed in {out} (it "
+                                 f"used {saved.get(k)}); drop the flag to resume that run, or start a new one with "
+                                 "another --out")
+        cfg = cls(**{**saved, **given})
+    validate(cfg)
+    return cfg
+
+
 # -- the output directory ---------------------------------------------------------------------------------
 class RunDir:
     """A run's output directory. As a context manager it checks the directory on entry (writable; never
@@ -73,9 +106,12 @@ class RunDir:
     def __init__(self, path, *, resume: bool = False, overwrite: bool = False, master: bool = True):
         self.path, self.resume, self.overwrite, self.master = Path(path), resume, overwrite, master
         self.created = False
+        self.checkpoint_step: int | None = None  # the step of the checkpoint on disk, once this run knows one
 
     def __enter__(self) -> "RunDir":
         out = self.path
+        if self.resume:
+            check_resumable(out)  # before anything is created: a mistyped --out stays absent
         self.created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -87,10 +123,7 @@ class RunDir:
         for stale in out.glob(".*.tmp"):  # left by a write that a kill interrupted
             if any(stale.name.startswith(f".{name}.") for name in RUN_FILES):
                 stale.unlink(missing_ok=True)
-        if self.resume:
-            if not (out / STATE_FILE).exists():
-                raise TrainError(f"--resume: {out} holds no {STATE_FILE} to resume; train first, or fix --out")
-        elif not self.overwrite and any((out / f).exists() for f in (STATE_FILE, "config.json")):
+        if not self.resume and not self.overwrite and any((out / f).exists() for f in (STATE_FILE, "config.json")):
             raise TrainError(f"--out {out} already holds a model; pass --resume to continue its run, --overwrite "
                              "to replace it, or another --out")
         return self
@@ -112,6 +145,7 @@ class RunDir:
 
     def begin(self, resumed_step: int | None) -> None:
         """A new run removes the files of the run it replaces; a resumed one cuts the log back to its step."""
+        self.checkpoint_step = resumed_step
         if not self.master:
             return
         if resumed_step is None:
@@ -127,6 +161,11 @@ class RunDir:
         if self.master:
             atomic_write(self.path / STATE_FILE, lambda f: torch.save({**state, "rng": rngs}, f))
             save_pretrained(gpt, self.path, dtype=dtype)
+        self.checkpoint_step = state["step"]
+
+    def resume_hint(self) -> str:
+        """How to continue this run from its last checkpoint (once there is one)."""
+        return f"the checkpoint of step {self.checkpoint_step} is kept; continue with: {resume_command(self.path)}"
 
     @staticmethod
     def restore_rng(saved: dict, d) -> None:
@@ -144,6 +183,31 @@ class RunDir:
         `baselines` {label: value} as dashed lines."""
         if self.master:
             plot_log(self.path, smooth, points, baselines or {}, ylabel)
+
+
+def check_resumable(out: Path) -> None:
+    """A one-line TrainError unless `out` holds a run to --resume."""
+    if not out.is_dir():
+        raise TrainError(f"--resume: {out} does not exist; train first, or fix --out")
+    if not (out / STATE_FILE).exists():
+        raise TrainError(f"--resume: {out} holds no {STATE_FILE} to resume; train first, or fix --out")
+
+
+def run_kind(out: Path) -> str:
+    """What the run in `out` is: "grpo" or "lm" (next-token training), from its train_state.pt (memory-mapped:
+    the tensors are not read). Raises TrainError when there is nothing to resume."""
+    out = Path(out)
+    check_resumable(out)
+    try:
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise TrainError(f"{out / STATE_FILE}: could not read the training state ({type(e).__name__}: {e})") from None
+    return state.get("mode", "lm")
+
+
+def resume_command(out: Path) -> str:
+    """The command that continues the run in `out` (train.py tells a GRPO run from a next-token one itself)."""
+    return f"python train.py --resume --out {shlex.quote(str(out))}"
 
 
 def truncate_log(out: Path, step: int) -> None:
@@ -278,17 +342,156 @@ def user_errors() -> tuple[type[Exception], ...]:
     return TrainError, DataError, CheckpointError
 
 
-def execute(args, prepare, loop, finish) -> dict:
-    """The shape of every run (next-token training, GRPO): processes set up, the run directory opened (and
-    removed again if nothing was written), prepare -> loop -> finish, processes torn down."""
+# -- the run ----------------------------------------------------------------------------------------------
+MODES = {  # what train_state.pt's "mode" names, and how such a run is resumed
+    "lm": "a next-token training run; resume it without --reward",
+    "grpo": "a GRPO run; `python train.py --resume --out DIR` resumes it as one (no other flag needed)",
+}
+
+
+@dataclass(kw_only=True)
+class Run:
+    """What every run holds, and the hooks a mode fills in (a subclass adds its own model, data and state).
+    `cfg` is the mode's config dataclass; it has max_steps, eval_interval, ckpt_interval, save_dtype."""
+
+    mode = "lm"  # recorded in train_state.pt: a --resume of another mode's run is refused
+    desc = "training"  # the progress bar's label
+
+    cfg: object
+    d: object  # dist.Dist
+    device: torch.device
+    rd: RunDir
+    gpt: torch.nn.Module  # the model trained (unwrapped)
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training steps, over all sessions of the run
+    session_steps: int = 0  # steps and seconds of this invocation
+    session_time: float = 0.0
+    stopped: bool = False
+
+    def say(self, *a) -> None:
+        if self.d.master:
+            print(*a, flush=True)
+
+    def checkpoint(self) -> None:
+        """train_state.pt (everything an exact --resume needs) and the model files; on every process."""
+        state = {"step": self.step, "config": asdict(self.cfg), "model_config": self.gpt.config.to_dict(),
+                 "model": self.gpt.state_dict(), "optimizer": self.optimizer.state_dict(), "elapsed": self.elapsed,
+                 "mode": self.mode, **self.state()}
+        self.rd.save(self.gpt, state, self.d, dtype=self.cfg.save_dtype)
+
+    def restore(self, saved: dict) -> None:
+        """Where a resumed run stood: optimizer, step, time, RNG states (the model was loaded by prepare)."""
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.step, self.elapsed = saved["step"], saved["elapsed"]
+        self.rd.restore_rng(saved, self.d)
+
+    # -- the mode's hooks ----------------------------------------------------------------------------------
+    def describe(self, resumed: bool) -> None:
+        """Lines about the run before its first step."""
+
+    def train_step(self) -> dict:
+        """One optimizer step; returns its log record's fields (step and time are added)."""
+        raise NotImplementedError
+
+    def rates(self, seconds: float) -> dict:
+        """Fields of the step's record that need its duration (after the step's own, before "time")."""
+        return {}
+
+    def evaluate(self) -> dict:
+        """The evaluation's fields: logged at step 0 and at every eval_interval (0: at the end only)."""
+        raise NotImplementedError
+
+    def started(self, first: dict) -> None:
+        """Called with the evaluation before the first step of a new run, once it is logged."""
+
+    def postfix(self, record: dict) -> dict:
+        """The progress bar's figures for a step's record."""
+        return {}
+
+    def state(self) -> dict:
+        """The mode's own entries of train_state.pt."""
+        return {}
+
+    def plot(self) -> None:
+        """The run's curves from its log; also drawn when an error stops the run part-way."""
+
+    def finish(self) -> dict:
+        """After the loop: plots, the closing lines; returns the summary (with "stopped")."""
+        raise NotImplementedError
+
+
+def start(args, prepare, mode: str, rd: RunDir, d, device) -> Run:
+    """A run ready for its next step: the saved state read (on --resume), prepare, the old run's files cleared
+    (or the log cut back, on --resume), the optimizer / step / RNG restored."""
+    saved = rd.load_state() if args.resume else None
+    if saved is not None and saved.get("mode", "lm") != mode:
+        raise TrainError(f"--resume: {rd.path} holds {MODES.get(saved.get('mode', 'lm'), saved.get('mode'))}")
+    run = prepare(args, saved, rd, d, device)
+    rd.begin(saved["step"] if saved else None)
+    if saved is not None:
+        run.restore(saved)
+    run.describe(resumed=saved is not None)
+    return run
+
+
+def loop(run: Run) -> None:
+    """Steps until max_steps (or Ctrl-C): log each, evaluate and checkpoint at their intervals."""
+    from tqdm import tqdm
+
+    cfg, d = run.cfg, run.d
+    first = run.evaluate() if run.step == 0 else None  # before the log opens: a failing evaluation leaves no files
+    with run.rd.log() as log, StopFlag(enabled=d.world == 1) as stop:
+        if first is not None:
+            log.write({"step": 0, **first})
+            run.started(first)
+        bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not d.master, desc=run.desc, dynamic_ncols=True)
+        try:
+            while run.step < cfg.max_steps and not stop.requested:
+                t0 = time.perf_counter()
+                record = run.train_step()
+                dt = time.perf_counter() - t0
+                run.step += 1
+                run.elapsed += dt
+                run.session_steps += 1
+                run.session_time += dt
+                record = {"step": run.step, **record, **run.rates(dt), "time": run.elapsed}
+                last = run.step == cfg.max_steps
+                if last or (cfg.eval_interval and run.step % cfg.eval_interval == 0):
+                    record.update(run.evaluate())
+                log.write(record)
+                bar.update(1)
+                bar.set_postfix(**run.postfix(record))
+                if run.step % cfg.ckpt_interval == 0 or last or stop.requested:
+                    run.checkpoint()
+        finally:
+            bar.close()
+        run.stopped = stop.requested
+
+
+def execute(args, prepare, mode: str) -> dict:
+    """Every run (next-token training, GRPO): processes set up, the run directory opened (and removed again if
+    nothing was written), `start` -> `loop` -> the mode's finish, processes torn down."""
     from . import dist  # here, not at the top: dist imports TrainError from this module
 
     d, device = dist.setup(args.device, args.num_threads)
     try:
         with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
-            run = prepare(args, rd, d, device)
-            loop(run)
-            return finish(run)
+            run = start(args, prepare, mode, rd, d, device)
+            if d.master:
+                print(f"checkpoints in {rd.path}/ every {run.cfg.ckpt_interval} steps; if this run stops (Ctrl-C, a "
+                      f"kill, a crash), continue it with: {resume_command(rd.path)}", flush=True)
+            try:
+                loop(run)
+            except user_errors() as e:  # e.g. a reward that fails at step k
+                if d.master and read_log(rd.path):
+                    run.plot()  # the curves of the steps done
+                if rd.checkpoint_step is None:
+                    raise
+                raise TrainError(f"{e}; {rd.resume_hint()}") from None  # how to go on from the checkpoint
+            if run.stopped:
+                run.say(f"stopped at step {run.step}; saved to {rd.path}. Continue with: {resume_command(rd.path)}")
+            return run.finish()
     finally:
         dist.teardown(d)
 
@@ -307,5 +510,7 @@ def cli(main) -> None:
     sys.exit(EXIT_INTERRUPTED if isinstance(result, dict) and result.get("stopped") else 0)
 
 
-__all__ = ["TrainError", "RunDir", "Log", "StopFlag", "ArgumentParser", "execute", "cli", "read_log", "truncate_log",
+__all__ = ["TrainError", "need", "given_flags", "resolve_config", "Run", "start", "loop", "execute", "MODES", "RunDir",
+           "run_kind", "resume_command", "check_resumable", "Log", "StopFlag", "ArgumentParser", "cli", "read_log",
+           "truncate_log",
            "rng_state", "set_rng_state", "STATE_FILE", "LOG_FILE", "PLOT_FILE", "EXIT_USAGE", "EXIT_INTERRUPTED"]

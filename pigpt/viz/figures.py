@@ -126,9 +126,10 @@ def _xmax(*prob_lists) -> float:
 
 
 def plot_steps(views: list[StepView], tokenizer, processing: str | None, *, prompt_text: str = "",
-               context_texts: list[str] | None = None, ncols: int = 4):
+               context_texts: list[str] | None = None, ncols: int = 4, note: str = ""):
     """One panel per time step: the top tokens' probabilities, raw beside processed, the drawn token orange.
-    processing: viz.steps.label of the chain, or None when the processed distribution is the raw one."""
+    processing: viz.steps.label of the chain, or None when the processed distribution is the raw one.
+    `note` (e.g. which steps are left out, and the flag that shows them) is written under the panels."""
     plt = _plt()
     if not views:
         raise ValueError("no steps to plot: the rollout generated no tokens")
@@ -147,14 +148,17 @@ def plot_steps(views: list[StepView], tokenizer, processing: str | None, *, prom
     names = (["model (raw)", f"after {processing}", "drawn token"] if both
              else ["model distribution", "drawn token"])
     _header(fig, f"Next-token distribution at each step — prompt: {shorten(prompt_text, 70, keep_end=False)!r}",
-            handles, names)
+            handles, names, note)
     return fig
 
 
-def _header(fig, title: str, handles, names) -> None:
-    """A title and a legend above the panels, at fixed distances in inches whatever the figure's height."""
+def _header(fig, title: str, handles, names, note: str = "") -> None:
+    """A title and a legend above the panels (and a note below them), at fixed distances in inches whatever
+    the figure's height."""
     H = fig.get_figheight()
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / H))
+    fig.tight_layout(rect=(0, 0.4 / H if note else 0, 1, 1 - 0.75 / H))
+    if note:
+        fig.text(0.5, 0.12 / H, note, fontsize=9, ha="center", va="bottom", color="#444444")
     fig.suptitle(title, fontsize=11, y=1 - 0.12 / H, va="top")
     fig.legend(handles, names, loc="upper center", ncol=len(names), fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 1 - 0.38 / H))
@@ -177,10 +181,12 @@ def plot_compare(ids: list[int], raw: list[float], columns: list[tuple[str, list
     return fig
 
 
-def plot_tree(root: Node, tokenizer, *, prompt_text: str = "", title: str = "", edge_label: str = "p"):
+def plot_tree(root: Node, tokenizer, *, prompt_text: str = "", title: str = "", edge_label: str = "p",
+              note: str = ""):
     """The rollouts as a tree: x is the time step, each node a token, each edge labelled with its probability.
 
-    Thicker edges carry more rollouts; a leaf is marked with the rollouts that end there and why.
+    Thicker edges carry more rollouts; a leaf is marked with the rollouts that end there and why. `note`
+    (e.g. what a depth limit leaves out, and the flag that shows it) is written under the time axis.
     """
     plt = _plt()
     leaves = layout(root)
@@ -189,16 +195,7 @@ def plot_tree(root: Node, tokenizer, *, prompt_text: str = "", title: str = "", 
     width = min(40, 1.7 + 1.45 * (depth + 1))
     fig, ax = plt.subplots(figsize=(width, min(40, max(0.9 + 0.5 * leaves, width / 5))))  # never a sliver
     n_rollouts = max(1, len(root.rollouts))
-    for node in nodes:
-        for child in node.children.values():
-            lw = 0.8 + 3.0 * len(child.rollouts) / n_rollouts
-            ax.plot([node.depth, child.depth], [node.y, child.y], color="#8aa4c8", lw=lw, zorder=1,
-                    solid_capstyle="round")
-            # labels sit toward the child end: edges fanning out of one node part there, not at the parent
-            f = 0.68
-            ax.text(node.depth + f * (child.depth - node.depth), node.y + f * (child.y - node.y), fmt_p(child.prob),
-                    fontsize=6.5, ha="center", va="center", color="#555555", zorder=3,
-                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
+    boxes = {}
     for node in nodes:
         if node.token is None:
             text = shorten(prompt_text, 18) or "prompt"
@@ -208,21 +205,59 @@ def plot_tree(root: Node, tokenizer, *, prompt_text: str = "", title: str = "", 
             branching = len(node.children) > 1
             style = dict(boxstyle="round,pad=0.25", fc="#fff4e6" if branching else "white",
                          ec=DRAWN_COLOR if branching else "#8aa4c8")
-        ax.text(node.depth, node.y, text, fontsize=7, ha="center", va="center", family="monospace",
-                bbox=style, zorder=4)
-        if node.ends:
-            ends = ", ".join(f"#{i + 1}" + (f" {why}" if why else "") for i, why in node.ends[:3])
-            if len(node.ends) > 3:
-                ends += f" +{len(node.ends) - 3}"
-            ax.text(node.depth + 0.45, node.y, ends, fontsize=6.5, ha="left", va="center", color="#666666")
+        boxes[id(node)] = ax.text(node.depth, node.y, text, fontsize=7, ha="center", va="center",
+                                  family="monospace", bbox=style, zorder=4)
     ax.set_xlim(-0.7, depth + 1.4)
     ax.set_ylim(leaves - 0.5, -0.5)  # first rollout on top
     ax.set_yticks([])
     ax.set_xticks(range(depth + 1))
     ax.set_xticklabels(["prompt"] + [f"t={d}" for d in range(1, depth + 1)], fontsize=7)
+    if note:
+        ax.set_xlabel(note, fontsize=8, color="#444444")
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(title or f"{len(root.rollouts)} rollouts; edge label: {edge_label}(token | path above)",
                  fontsize=10)
     fig.tight_layout()
+    # Token boxes are as wide as their text: measure them (in data units of x), so that edge labels sit in
+    # the gap between two boxes and the end labels start right of their box, whatever the tokens' widths.
+    extent = _x_extents(fig, ax, boxes)
+    margin = 0.04
+    for node in nodes:
+        for child in node.children.values():
+            lw = 0.8 + 3.0 * len(child.rollouts) / n_rollouts
+            ax.plot([node.depth, child.depth], [node.y, child.y], color="#8aa4c8", lw=lw, zorder=1,
+                    solid_capstyle="round")
+            label = ax.text(0, 0, fmt_p(child.prob), fontsize=6.5, ha="center", va="center", color="#555555",
+                            zorder=3, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
+            w = _x_extents(fig, ax, {0: label})[0]
+            w = w[1] - w[0]
+            left, right = extent[id(node)][1] + margin, extent[id(child)][0] - margin  # the visible edge
+            # as close to the child as fits: edges fanning out of one node part there, not at the parent
+            x = max(right - w / 2, (left + right) / 2)
+            f = (x - node.depth) / (child.depth - node.depth)
+            label.set_position((x, node.y + f * (child.y - node.y)))
+    for node in nodes:
+        if node.ends:
+            ends = ", ".join(f"#{i + 1}" + (f" {why}" if why else "") for i, why in node.ends[:3])
+            if len(node.ends) > 3:
+                ends += f" +{len(node.ends) - 3}"
+            ax.text(extent[id(node)][1] + margin, node.y, ends, fontsize=6.5, ha="left", va="center",
+                    color="#666666")
     return fig
+
+
+def _x_extents(fig, ax, texts: dict) -> dict:
+    """{key: (left, right)} of each text's box (its bbox patch included) in data units of x."""
+    renderer = fig.canvas.get_renderer()
+    to_data = ax.transData.inverted()
+    out = {}
+    for key, t in texts.items():
+        box = t.get_window_extent(renderer)
+        patch = t.get_bbox_patch()
+        if patch is not None:  # the padding around the text, in points
+            pad = patch.get_boxstyle().pad * t.get_fontsize() * fig.dpi / 72
+            box = box.expanded(1, 1).from_extents(box.x0 - pad, box.y0, box.x1 + pad, box.y1)
+        (x0, _), (x1, _) = to_data.transform([(box.x0, box.y0), (box.x1, box.y1)])
+        out[key] = (x0, x1)
+    return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pigpt.decoding import SamplingParams
+from pigpt.decoding import SamplingParams, processors
 
 
 # -- what a picture says about the processing --------------------------------------------------------------------
@@ -49,13 +49,12 @@ def is_identity(params: SamplingParams, *, beam: bool = False) -> bool:
 
 def processed_logprobs(scores: torch.Tensor, params: SamplingParams, *, beam: bool = False) -> torch.Tensor:
     """(B, V) log-probs of the distribution a step drew from, given the scores after the processors
-    (-inf = removed). Sampling: temperature / top-k / top-p (kernels.process_logits). Greedy and beam
-    search rank the scores themselves: shown as their softmax."""
+    (-inf = removed). Sampling: temperature / top-k / top-p, as the sampler applies them
+    (decoding.processors.sampler_logprobs). Greedy and beam search rank the scores themselves: shown as
+    their softmax."""
     if beam or params.greedy:
         return F.log_softmax(scores.float(), dim=-1)
-    from pigpt.kernels import process_logits
-
-    return process_logits(scores, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+    return processors.sampler_logprobs(scores, params)
 
 
 @dataclass
