@@ -50,7 +50,8 @@ def run_cli(argv, capsys) -> tuple[int, str]:
 
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "new" / "out"
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--n-embd", "30", "--n-head", "4", "--out", str(out)],
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--init", "scratch", "--n-embd", "30", "--n-head", "4",
+                          "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "multiple of --n-head" in res.stderr
@@ -59,7 +60,7 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys):
                           (["--max-steps", "many"], "invalid int value"),
                           (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
                           (["--dropout", "1"], "--dropout must be in [0, 1)")]:
-        code, err = run_cli(argv + ["--out", str(out)], capsys)
+        code, err = run_cli(argv + ["--init", "scratch", "--out", str(out)], capsys)
         assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
         assert not out.exists()
 

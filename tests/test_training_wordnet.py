@@ -138,6 +138,8 @@ def test_the_default_recipe_continues_its_first_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = lm.resolve_config(train.build_parser().parse_args([]), None, tmp_path)
     assert (cfg.init, cfg.lr, cfg.wordnet) == (lm.STAGE1, 1e-3, True)  # the preset's lr, not fine-tuning's 1e-4
+    own = lm.resolve_config(train.build_parser().parse_args(["--data", "notes.txt"]), None, tmp_path)
+    assert own.init == "scratch"  # stage 1 is a model of the default corpus, not of the user's text
     stage1 = lm.resolve_config(train.build_parser().parse_args(["--preset", "stdlib"]), None, tmp_path)
     assert (stage1.init, stage1.wordnet, stage1.max_steps) == ("scratch", False, 1600)
     with pytest.raises(TrainError, match=r"run `python train.py --preset stdlib --out out-stdlib` first"):

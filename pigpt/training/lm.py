@@ -111,12 +111,14 @@ def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
 def new_config(given: dict) -> TrainConfig:
     """A new run's config: the preset's values, the flags given on top, then what follows from them."""
     cfg = TrainConfig(**{**PRESETS[given.get("preset", "default")], **given})
+    if cfg.init == STAGE1 and "init" not in given and cfg.data is not None:
+        cfg.init = "scratch"  # stage 1 is a model of the default corpus; on the user's own text, start afresh
     if cfg.init != "scratch":
         clash = [k for k in ARCH_KEYS if k in given]
         if clash:
             raise TrainError(f"--{clash[0].replace('_', '-')} can't be set with --init {cfg.init}: "
                              "the architecture comes from the checkpoint")
-        if "lr" not in given and "lr" not in PRESETS[cfg.preset]:
+        if "lr" not in given and "init" not in PRESETS[cfg.preset]:  # a preset that continues a model has its lr
             cfg.lr = FINETUNE_LR
     if cfg.text_form is None:
         cfg.text_form = "tabs" if cfg.data is None else "plain"
