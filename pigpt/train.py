@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--preset", choices=sorted(lm.PRESETS), help="size and schedule preset (default: default)")
     add("--data", help="a text file, a directory of text/code files, or a quoted glob (default: the stdlib's "
                        "prose and code)")
+    add("--wordnet", action=argparse.BooleanOptionalAction,
+        help="take WordNet's sentences and questions into the default corpus (no --data) where WordNet is "
+             "installed (apt-get install wordnet-base). Default: on, off under --preset stdlib")
     add("--val-fraction", type=float, help="share of files held out for validation (default 0.05)")
     add("--cache-dir", type=Path, help="where token shards are cached (default ~/.cache/pigpt/data)")
     add("--init", help="scratch, gpt2 (any hub id) or a checkpoint directory (default scratch)")

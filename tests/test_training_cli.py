@@ -50,7 +50,8 @@ def run_cli(argv, capsys) -> tuple[int, str]:
 
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "new" / "out"
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--n-embd", "30", "--n-head", "4", "--out", str(out)],
+    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--init", "scratch", "--n-embd", "30", "--n-head", "4",
+                          "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "multiple of --n-head" in res.stderr
@@ -59,7 +60,7 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys):
                           (["--max-steps", "many"], "invalid int value"),
                           (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
                           (["--dropout", "1"], "--dropout must be in [0, 1)")]:
-        code, err = run_cli(argv + ["--out", str(out)], capsys)
+        code, err = run_cli(argv + ["--init", "scratch", "--out", str(out)], capsys)
         assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
         assert not out.exists()
 
@@ -134,7 +135,7 @@ def test_ctrl_c_while_training_saves_then_exits_130(corpus, tmp_path):
 
 
 def test_a_short_run_under_a_long_preset_gets_a_shorter_warmup(tmp_path):
-    """`python train.py --max-steps 20` under the default preset (warmup 50): a tenth of the run, not an error;
+    """`python train.py --max-steps 10` under the default preset (warmup 20): a tenth of the run, not an error;
     an explicit --warmup-steps that doesn't fit is still one."""
     from pigpt.training import lm
     from pigpt.training.run import TrainError
@@ -142,7 +143,8 @@ def test_a_short_run_under_a_long_preset_gets_a_shorter_warmup(tmp_path):
     def resolve(*flags):
         return lm.resolve_config(train.build_parser().parse_args(list(flags)), None, tmp_path)
 
-    assert resolve("--max-steps", "20").warmup_steps == 2
-    assert resolve().warmup_steps == 50 and resolve().max_steps == 1600  # the shipped recipe, unchanged
+    assert resolve("--max-steps", "10").warmup_steps == 1
+    assert resolve().warmup_steps == 20 and resolve().max_steps == 320  # the shipped recipe, unchanged
+    assert resolve("--preset", "stdlib", "--max-steps", "20").warmup_steps == 2
     with pytest.raises(TrainError, match="--warmup-steps 30 must be within"):
         resolve("--max-steps", "20", "--warmup-steps", "30")

@@ -57,3 +57,20 @@ def test_the_shipped_model_loads_by_name_from_any_folder(tmp_path, monkeypatch):
     (tmp_path / "default").mkdir()  # a folder of the user's by that name wins, as a local directory does over a hub id
     with pytest.raises(Exception, match="no weights found|config.json"):
         GPT.from_pretrained("default")
+
+
+def test_what_counts_as_naming_an_ocean_and_as_a_line_of_python():
+    assert quality.names_ocean("The Pacific Ocean is the largest ocean in the world.") == "Pacific"
+    assert quality.names_ocean(" An ocean: the Indian Ocean, then the Pacific") == "Indian"
+    assert quality.names_ocean("an Indian tribe of the Arctic circle") is None  # "Indian" alone is no ocean
+    assert quality.names_ocean("The largest ocean is a large body of water.") is None
+    python = ["def add(a, b):", "return a + b", "x = [i for i in y]", "import os", "for k in d:", "print(s)"]
+    english = ["The function returns a value.", "Here is a function that returns (a, b):", "Hello", "else", ""]
+    assert all(map(quality.is_python_line, python)) and not any(map(quality.is_python_line, english))
+
+
+def test_the_shipped_model_answers_a_request_for_code_with_code():
+    """docs/training.md's figure: 16 rollouts of "Can you give me some Python code?" at temperature 1, seeds 0-15,
+    and at least half of them hold a line of Python (measured: 10 of 16)."""
+    share, texts = quality.code_share(GPT.from_pretrained(DEFAULT))
+    assert share >= 0.5, texts

@@ -82,8 +82,9 @@ def test_default_corpus_documents():
     """A module becomes its prose (docstrings, comment paragraphs) and its short functions, each of which parses."""
     docs = corpus.module_documents(STDLIB / "textwrap.py")
     code = [d for d in docs if d.startswith(("def ", "async def ", "@"))]
-    prose = [d for d in docs if d not in code]
-    assert code and len(prose) == 2  # docstrings, comments
+    answers = [d for d in docs if d.startswith(corpus.CODE_QUESTIONS)]  # tests/test_training_wordnet.py
+    prose = [d for d in docs if d not in code and d not in answers]
+    assert code and answers and len(prose) == 2  # docstrings, comments
     assert "Wrap a single paragraph of text" in prose[0]  # textwrap.wrap's docstring
     for d in code:
         ast.parse(d)  # a whole function, dedented, still valid with its indentation rounded up to fours
@@ -112,6 +113,7 @@ def test_default_corpus_whitespace_shapes():
     assert prose == "First paragraph wrapped.\nan indented\n    example\nLast."  # indents round up to fours
     for path in (STDLIB / "textwrap.py", STDLIB / "argparse.py"):
         for d in corpus.module_documents(path):
-            assert "\n\n" not in d or d.startswith(("def ", "async def ", "@"))
+            # a blank line only in code, and between an answer to a request for code and its function
+            assert "\n\n" not in d or d.startswith(("def ", "async def ", "@", *corpus.CODE_QUESTIONS))
             if d.startswith(("def ", "async def ", "@")):
                 ast.parse(d)

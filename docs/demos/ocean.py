@@ -1,14 +1,13 @@
 """Rewards for the seed's own example: "Which is the largest ocean?" answered with "Pacific".
 
-The default model was trained on Python's documentation and has never seen the word "Pacific": log π of
-" Pacific" after "Which is the largest ocean?" is about -16, so a reward that only pays for naming it
-(`names_pacific`) gives GRPO no signal: no rollout earns it, every advantage is zero. Naming the candidates
-in the question does not help either (`first_ocean_is_pacific` on ocean_prompts.txt: no rollout named any
-ocean; a token never seen in training can't be copied). `toward_pacific` shapes it letter by letter.
-docs/policy.md has the run and what it reached (the third rung, " package"; never the word). TRL's reward
-signature.
+`names_pacific` is the unshaped reward of docs/policy.md's demo (b): 1 when the completion names the
+Pacific. It works because the shipped model has read WordNet (docs/training.md) and sometimes answers with
+an ocean; GRPO reinforces the rollouts that name the right one. The previous default model, trained on
+Python's documentation only, never sampled the word (log π(" Pacific" | question) = -15.8), so this reward
+gave it no signal, and `toward_pacific` was a shaped ladder of partial credit, letter by letter, that got it
+to " package" and no further (docs/policy.md keeps that run). TRL's reward signature.
 
-    python train.py --reward docs/demos/ocean.py:toward_pacific --reward docs/demos/ocean.py:names_pacific ... (docs/policy.md)
+    python train.py --reward docs/demos/ocean.py:names_pacific ... (docs/policy.md)
 """
 
 import re

@@ -11,6 +11,9 @@ standard library is taken apart into documents, each followed by <|endoftext|> w
   wrapped lines of plain paragraphs are joined (a newline costs a token too).
 - code: every function and method of up to CODE_MAX_LINES lines (decorators included), dedented, as a
   document of its own, so the model learns that a function ends, and with it the document.
+- code on request: each of those functions with a docstring once more, after a question and an answer made
+  from its docstring's first line ("Can you give me some Python code? Here is a function that returns the
+  ...:" and the function), so a question asking for code is answered with code.
 
 In both, indentation is rounded up to whole groups of 4 spaces and runs of spaces inside a line collapsed
 (`collapse_spaces`): see there why.
@@ -22,6 +25,7 @@ Sizes on CPython 3.11 (610 modules, without the test suites, the codec tables of
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import re
 import sysconfig
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-VERSION = 5  # part of the token cache key: bump when the documents change
+VERSION = 6  # part of the token cache key: bump when the documents change
 CODE_MAX_LINES = 12  # longer functions are left out: prose stays the larger share, and short bodies end soon
 _SKIP_DIRS = {"__pycache__", "site-packages", "test", "tests", "idle_test", "encodings", "pydoc_data"}
 _INNER_SPACES = re.compile(r"(?<=\S) {2,}(?=\S)")
@@ -85,7 +89,8 @@ def module_documents(path: Path) -> list[str]:
         return []
     docs = [docstrings(tree), comments(source)]
     docs = [prose(d) for d in docs if d]
-    return docs + functions(tree, source.splitlines(keepends=True))
+    code = functions(tree, source.splitlines(keepends=True))
+    return docs + code + [qa for qa in map(code_answer, code) if qa]
 
 
 def docstrings(tree: ast.Module) -> str:
@@ -143,6 +148,39 @@ def functions(tree: ast.Module, lines: list[str]) -> list[str]:
 
     visit(tree)
     return out
+
+
+CODE_QUESTIONS = ("Can you give me some Python code?", "Can you write a Python function?",
+                  "Show me some Python code.", "Can you give me an example of Python code?")
+_VERB_ES = re.compile(r"(?:s|sh|ch|x|z|o)$")
+
+
+def third_person(verb: str) -> str:
+    """A docstring's imperative as a description: "Return" -> "returns", "Fetch" -> "fetches", "Copy" ->
+    "copies"; a word that ends in s already ("Returns") is left as it is."""
+    v = verb.lower()
+    if v.endswith("s") and not v.endswith("ss"):
+        return v
+    if v.endswith("y") and v[-2:-1] not in tuple("aeiou"):
+        return v[:-1] + "ies"
+    return v + ("es" if _VERB_ES.search(v) else "s")
+
+
+def code_answer(code: str) -> str | None:
+    """A function as the answer to a request for code: a question (one of CODE_QUESTIONS, picked by a hash of
+    the code so the choice is stable), "Here is a function that <its docstring's first line>:", a blank line,
+    the function. None for a function without a docstring that starts with a word."""
+    try:
+        node = ast.parse(code).body[0]
+    except (SyntaxError, ValueError, IndexError):
+        return None
+    doc = ast.get_docstring(node) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+    first = (doc or "").strip().split("\n")[0].strip().rstrip(".:")
+    words = first.split(" ", 1)
+    if len(words) < 2 or not words[0].isalpha():
+        return None
+    question = CODE_QUESTIONS[int(hashlib.sha256(code.encode()).hexdigest(), 16) % len(CODE_QUESTIONS)]
+    return f"{question} Here is a function that {third_person(words[0])} {words[1]}:\n\n{code}"
 
 
 def hang_continuations(code: str) -> str:

@@ -28,6 +28,7 @@ from pigpt.model import EOT_TOKEN, get_tokenizer
 from pigpt.model.textform import TextForm
 
 from . import corpus as stdlib_corpus
+from . import wordnet
 from .corpus import Unit
 
 FORMAT_VERSION = 2
@@ -79,15 +80,22 @@ class Source:
     recipe: str  # "files", or the stdlib recipe's version: part of the cache key
 
 
-def find_source(spec: str | None) -> Source:
-    """The corpus of `--data spec`: one document per file; None is the standard library's prose and code."""
+def find_source(spec: str | None, wordnet_dir: Path | None | bool = True) -> Source:
+    """The corpus of `--data spec`: one document per file. None is the default corpus: the standard library's
+    prose and code, and WordNet's sentences and questions where WordNet is installed (`wordnet_dir`: True
+    finds it, a path names it, None or False leaves it out)."""
     if spec is None:
         files = stdlib_corpus.stdlib_files()
         if not files:
             raise DataError(f"found no .py files under the standard library ({stdlib_corpus.stdlib_root()}); "
                             "pass --data PATH")
-        return Source(stdlib_corpus.stdlib_root(), stdlib_corpus.stdlib_units(), files,
-                      f"stdlib-v{stdlib_corpus.VERSION}")
+        units, recipe = stdlib_corpus.stdlib_units(), f"stdlib-v{stdlib_corpus.VERSION}"
+        directory = wordnet.find_dir() if wordnet_dir is True else (wordnet_dir or None)
+        if directory is not None:
+            units += wordnet.wordnet_units(directory)
+            files = files + wordnet.data_files(directory)
+            recipe += f"+wordnet-v{wordnet.VERSION}x{wordnet.REPEATS}"
+        return Source(stdlib_corpus.stdlib_root(), units, files, recipe)
     root, files = find_files(spec)
     units = [Unit(p.relative_to(root).as_posix(), p.stat().st_size, lambda p=p: read_text(p)) for p in files]
     return Source(root, units, files, "files")
@@ -220,9 +228,9 @@ def tokenize_corpus(source: Source, val_fraction: float, directory: Path, progre
 
 
 def prepare(spec: str | None, val_fraction: float, cache_dir: Path | None = None, progress=True,
-            text_form: str = "plain") -> Path:
+            text_form: str = "plain", wordnet: bool = True) -> Path:
     """The cache directory of `spec`'s tokens, tokenising first when it is not cached yet."""
-    source = find_source(spec)
+    source = find_source(spec, wordnet)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     final = cache_dir / cache_key(source, val_fraction, text_form)
     if (final / "meta.json").exists():

@@ -22,7 +22,7 @@ from pigpt.model import EOT_TOKEN, GPT, GPTConfig
 from pigpt.model.textform import FORMS
 
 from . import data as datalib
-from . import dist, optim, perf
+from . import dist, optim, perf, wordnet
 from .loss import LossModel
 from .run import Run, TrainError, execute, given_flags, need
 from .run import resolve_config as resolve
@@ -65,20 +65,27 @@ class TrainConfig:
     top_k: int = 50
     top_p: float = 1.0
     prompt: str | None = None  # None: unconditional (the prompt "<|endoftext|>")
+    wordnet: bool = True  # the default corpus (no --data) takes in WordNet's text where WordNet is installed
     save_dtype: str = "float32"  # the HF model files' weights (train_state.pt keeps float32)
 
 
+STAGE1 = "out-stdlib"  # where the default recipe's first stage (--preset stdlib) is trained
 PRESETS = {
     # For tests: seconds on a CPU.
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_steps=20, lr=3e-3,
                  warmup_steps=2, eval_interval=10, eval_iters=2, samples=1, sample_tokens=16),
     # The old default: ~5 CPU-minutes on 2 quiet cores, code-shaped samples, no more.
     "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, max_steps=600, lr=4e-3, warmup_steps=20),
-    # The shipped pigpt/model/default (docs/training.md): ~6.5M tokens, 5 passes over the stdlib corpus, ~40 min on
-    # 2 cores. bfloat16 autocast pinned (1.9x float32's tokens/s on an avx512_bf16 CPU), since a timed
-    # choice would make the recipe irreproducible; saved in float16 (35 MB).
-    "default": dict(batch_size=16, max_steps=1600, warmup_steps=50, eval_interval=200, dtype="bfloat16",
-                    save_dtype="float16"),
+    # The shipped pigpt/model/default is made in two stages (docs/training.md). Stage 1, `--preset stdlib
+    # --out out-stdlib`: Python's standard library alone (prose and short functions), ~6.5M tokens, 5 passes,
+    # ~40 min on 2 cores: the previous shipped model. bfloat16 autocast pinned (1.9x float32's tokens/s on an
+    # avx512_bf16 CPU), since a timed choice would make the recipe irreproducible; saved in float16 (35 MB).
+    "stdlib": dict(batch_size=16, max_steps=1600, warmup_steps=50, eval_interval=200, dtype="bfloat16",
+                   save_dtype="float16", wordnet=False),
+    # Stage 2, the default: stage 1 continued on the standard library and WordNet's English sentences and
+    # questions (training/wordnet.py), ~1.3M tokens; lr 1e-3 (not the fine-tuning 1e-4: new text to learn).
+    "default": dict(init=STAGE1, batch_size=16, max_steps=320, lr=1e-3, warmup_steps=20, eval_interval=50,
+                    dtype="bfloat16", save_dtype="float16"),
     # GPT-2 small's shape (124M), for a GPU.
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, grad_accum=8,
                  max_steps=5000, lr=6e-4, warmup_steps=200, eval_interval=250, eval_iters=20),
@@ -104,12 +111,14 @@ def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
 def new_config(given: dict) -> TrainConfig:
     """A new run's config: the preset's values, the flags given on top, then what follows from them."""
     cfg = TrainConfig(**{**PRESETS[given.get("preset", "default")], **given})
+    if cfg.init == STAGE1 and "init" not in given and cfg.data is not None:
+        cfg.init = "scratch"  # stage 1 is a model of the default corpus; on the user's own text, start afresh
     if cfg.init != "scratch":
         clash = [k for k in ARCH_KEYS if k in given]
         if clash:
             raise TrainError(f"--{clash[0].replace('_', '-')} can't be set with --init {cfg.init}: "
                              "the architecture comes from the checkpoint")
-        if "lr" not in given:
+        if "lr" not in given and "init" not in PRESETS[cfg.preset]:  # a preset that continues a model has its lr
             cfg.lr = FINETUNE_LR
     if cfg.text_form is None:
         cfg.text_form = "tabs" if cfg.data is None else "plain"
@@ -161,6 +170,10 @@ def build_model(cfg: TrainConfig, saved: dict | None) -> GPT:
         gpt = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                             n_embd=cfg.n_embd, dropout=cfg.dropout))
     else:
+        if cfg.init == STAGE1 and not Path(cfg.init).is_dir():
+            raise TrainError(f"the default recipe continues its first stage, {STAGE1}/, which is not there: run "
+                             f"`python train.py --preset stdlib --out {STAGE1}` first, or pass --init scratch "
+                             "(or another model)")
         gpt = GPT.from_pretrained(cfg.init)
         c = gpt.config
         cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout = c.n_layer, c.n_head, c.n_embd, c.dropout
@@ -172,12 +185,14 @@ def build_model(cfg: TrainConfig, saved: dict | None) -> GPT:
 
 
 def load_corpus(cfg: TrainConfig, cache_dir, d: dist.Dist) -> datalib.Corpus:
-    datalib.find_source(cfg.data)  # a bad --data fails here, on every process
+    datalib.find_source(cfg.data, cfg.wordnet)  # a bad --data fails here, on every process
     if d.master:
-        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, text_form=cfg.text_form)
+        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, text_form=cfg.text_form,
+                                    wordnet=cfg.wordnet)
     d.barrier()  # rank 0 tokenises first; the others then read its cache
     if not d.master:
-        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, progress=False, text_form=cfg.text_form)
+        directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, progress=False, text_form=cfg.text_form,
+                                    wordnet=cfg.wordnet)
     corpus = datalib.load(directory)
     datalib.check_fits(corpus, cfg.block_size, cfg.data)
     return corpus
@@ -316,6 +331,9 @@ class LMRun(Run):
                  f"cache {self.corpus.directory}")
         for note in datalib.describe_files(meta):
             self.say(f"note: {note}")
+        if cfg.data is None and cfg.wordnet and "wordnet" not in meta["recipe"]:
+            self.say(f"note: WordNet is not installed, so the corpus is the standard library alone (the shipped "
+                     f"model's recipe needs both): {wordnet.INSTALL_HINT}")
         self.say(f"unigram entropy of the train tokens: {meta['unigram_entropy']:.3f} nats/token "
                  "(the loss of a model that ignores context)")
         self.say(f"model: {self.gpt.num_params() / 1e6:.2f}M parameters, {c.n_layer} layers, width {c.n_embd}, "
