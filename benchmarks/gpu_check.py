@@ -59,8 +59,8 @@ CASES = {
     "top-k 50": dict(temperature=1.0, top_k=50, top_p=1.0),
     "top-p 0.9": dict(temperature=1.0, top_k=0, top_p=0.9),
     "top-k 50 + top-p 0.9": dict(temperature=1.0, top_k=50, top_p=0.9),
+    "min-p 0.05": dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.05),
 }
-MIN_P_CASE = ("min-p 0.05", dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.05))  # once pigpt has min-p
 
 
 @dataclasses.dataclass
@@ -99,15 +99,6 @@ def sibling(name: str):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
-
-
-def sampling_cases() -> dict[str, dict]:
-    from pigpt.decoding import SamplingParams
-
-    cases = dict(CASES)
-    if "min_p" in {f.name for f in dataclasses.fields(SamplingParams)}:
-        cases[MIN_P_CASE[0]] = MIN_P_CASE[1]
-    return cases
 
 
 def sync(device):
@@ -244,7 +235,7 @@ def step_sampling(sizes: Sizes, device, bandwidth: float | None) -> dict:
         source = "--bandwidth"
     engines, notes = sampling_engines(device)
     res = {"bandwidth_gb_s": bandwidth / 1e9, "bandwidth_source": source, "notes": notes, "rows": []}
-    for case, params in sampling_cases().items():
+    for case, params in CASES.items():
         for B in sizes.Bs:
             row = sampling_cell(case, params, B, sizes.V, engines, sizes, device, bandwidth)
             res["rows"].append(row)
