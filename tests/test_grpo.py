@@ -191,6 +191,7 @@ with RunDir(args.out, master=d.master) as rd:
     run.optimizer.step = capture
     run.train_step()
     assert isinstance(run.policy, torch.nn.parallel.DistributedDataParallel) == (d.world > 1)
+del run  # DDP before the process group it communicates through, as run.execute does
 dist.teardown(d)
 """
 

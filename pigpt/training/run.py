@@ -39,6 +39,7 @@ the previous or the new version, never half a file.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shlex
 import signal
@@ -475,6 +476,7 @@ def execute(args, prepare, mode: str) -> dict:
     from . import dist  # here, not at the top: dist imports TrainError from this module
 
     d, device = dist.setup(args.device, args.num_threads)
+    run = None
     try:
         with RunDir(args.out, resume=args.resume, overwrite=args.overwrite, master=d.master) as rd:
             run = start(args, prepare, mode, rd, d, device)
@@ -493,6 +495,8 @@ def execute(args, prepare, mode: str) -> dict:
                 run.say(f"stopped at step {run.step}; saved to {rd.path}. Continue with: {resume_command(rd.path)}")
             return run.finish()
     finally:
+        del run  # its DistributedDataParallel wrapper goes before the process group it communicates through
+        gc.collect()
         dist.teardown(d)
 
 
