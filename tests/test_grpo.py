@@ -173,6 +173,7 @@ def test_torchrun_two_processes_draw_and_learn_what_one_does(policy_dir, prompts
 
 # One GRPO step on the skeleton, with each process's gradients saved as the optimizer sees them.
 GRAD_WORKER = """
+import gc
 import sys
 import torch
 from pigpt.policy import trainer
@@ -191,7 +192,10 @@ with RunDir(args.out, master=d.master) as rd:
     run.optimizer.step = capture
     run.train_step()
     assert isinstance(run.policy, torch.nn.parallel.DistributedDataParallel) == (d.world > 1)
-del run  # DDP before the process group it communicates through, as run.execute does
+del run, step, capture  # DDP before the process group it communicates through, as run.execute does
+gc.collect()
+if d.world > 1:
+    torch.distributed.barrier()  # no rank tears the group down while the other still talks through it
 dist.teardown(d)
 """
 

@@ -307,6 +307,16 @@ def _stack_grad(rows: list[torch.Tensor], T: int) -> torch.Tensor:
     return torch.stack([torch.nn.functional.pad(r, (0, T - r.numel())) for r in rows])
 
 
+def _rollouts(run: GRPORun, rows, params, prompts, ids, extras, where: str):
+    """The rollouts and rewards of prompts[rows] (a training step's or an evaluation's; advantages are the
+    caller's), a reward's failure as one line that says where."""
+    try:
+        return collect(run.gpt, [prompts[i] for i in rows], params, run.reward, prompt_ids=[ids[i] for i in rows],
+                       extras=[extras[i] for i in rows] if extras else None, advantages=False)
+    except PolicyError as e:
+        raise TrainError(f"{where}: {e}") from None
+
+
 def rl_step(run: GRPORun) -> dict:
     cfg, d, gpt = run.cfg, run.d, run.gpt
     G = cfg.num_generations
@@ -316,12 +326,7 @@ def rl_step(run: GRPORun) -> dict:
     params = cfg.sampling(G, [rollout_seed(cfg.seed, run.step, i) for i in mine])
 
     t0 = time.perf_counter()
-    try:
-        rb = collect(gpt, [run.prompts[i] for i in mine], params, run.reward,
-                     prompt_ids=[run.prompt_ids[i] for i in mine],
-                     extras=[run.extras[i] for i in mine] if run.extras else None, advantages=False)
-    except PolicyError as e:
-        raise TrainError(f"step {run.step + 1}: {e}") from None
+    rb = _rollouts(run, mine, params, run.prompts, run.prompt_ids, run.extras, f"step {run.step + 1}")
     t_gen = time.perf_counter() - t0
     # advantages over the whole batch (every process's groups), then this process's rows
     totals = torch.cat(d.all_gather(rb.total))
@@ -416,12 +421,7 @@ def evaluate(run: GRPORun) -> dict:
     idx = list(range(len(run.eval_prompts)))[d.rank::d.world]
     params = cfg.sampling(cfg.eval_generations, [rollout_seed(cfg.seed, "eval", i) for i in idx])
     if idx:
-        try:
-            rb = collect(gpt, [run.eval_prompts[i] for i in idx], params, run.reward,
-                         prompt_ids=[run.eval_ids[i] for i in idx],
-                         extras=[run.eval_extras[i] for i in idx] if run.eval_extras else None, advantages=False)
-        except PolicyError as e:
-            raise TrainError(f"evaluation: {e}") from None
+        rb = _rollouts(run, idx, params, run.eval_prompts, run.eval_ids, run.eval_extras, "evaluation")
         per_func, total = rb.per_func, rb.total
     else:
         per_func, total = torch.empty(0, len(run.reward.names)), torch.empty(0)
