@@ -89,7 +89,9 @@ def test_draws_lie_in_kept_set_with_exact_logprob(V):
         assert tok.dtype == torch.int64 and lp.dtype == torch.float32
         expect = ref.gather(1, tok[:, None])[:, 0]
         assert torch.all(expect > NEG_INF), (t, k, p)
-        torch.testing.assert_close(lp, expect, rtol=0, atol=1e-5)
+        # the sampler's kept mass and the reference's log_softmax sum 50K float32 terms in different orders:
+        # they differed by 1.2e-5 at a -0.72 log-prob on one CPU (AMD EPYC), hence the relative term
+        torch.testing.assert_close(lp, expect, rtol=1e-5, atol=1e-5)
 
 
 def test_windows_escalate_past_ties_and_wide_nuclei():

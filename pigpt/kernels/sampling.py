@@ -4,7 +4,6 @@ import os
 
 import torch
 
-from .hashing import row_keys
 from .params import check_logits, normalize_cutoffs, normalize_params
 from .sampling_torch import keep_thresholds, sample_torch
 
@@ -49,7 +48,7 @@ def sample_from_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0
     if resolve_backend(backend, logits.device) == "triton":
         from .sampling_triton import sample_triton  # imported lazily: triton is optional on CPU
 
-        return sample_triton(logits, T, k, p, *row_keys(seed_t, pos_t), lmp=lmp, eps=eps, eta=eta)
+        return sample_triton(logits, T, k, p, seed_t, pos_t, lmp=lmp, eps=eps, eta=eta)
     return sample_torch(logits, T, k, p, seed_t, pos_t, lmp, eps, eta)
 
 

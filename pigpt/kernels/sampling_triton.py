@@ -23,10 +23,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .hashing import GROUP, GROUP_BIT
+from .hashing import GOLDEN as _GOLDEN, GROUP, GROUP_BIT, KEY2_SALT as _KEY2_SALT
 from .interpreter import interpreting
 
 NUM_PIVOTS = 16
+GOLDEN = tl.constexpr(_GOLDEN)
+KEY2_SALT = tl.constexpr(_KEY2_SALT)
+# the bisection keeps (BISECT_BLOCK, NUM_PIVOTS) counters per lane: a smaller tile than the other passes
+# so that its four counters stay in registers
+BISECT_BLOCK = 256
+NUM_WARPS = 8
 
 
 @triton.jit
@@ -38,6 +44,19 @@ def _fmix32(h):
     h *= 0xC2B2AE35
     h ^= h >> 16
     return h
+
+
+@triton.jit
+def _row_keys(seed, position):
+    """kernels.hashing.row_keys for one row: two uint32 keys from int64 (seed, position), all 64 bits mixed in.
+    Hashed here rather than by torch: there it took ~60 small kernel launches, more than the sampling."""
+    s = seed.to(tl.uint64, bitcast=True)
+    q = position.to(tl.uint64, bitcast=True)
+    h = _fmix32((s >> 32).to(tl.uint32))
+    h = _fmix32(h ^ (s & 0xFFFFFFFF).to(tl.uint32))
+    h = _fmix32((h + GOLDEN) ^ (q >> 32).to(tl.uint32))
+    k1 = _fmix32(h ^ (q & 0xFFFFFFFF).to(tl.uint32))
+    return k1, _fmix32(k1 ^ KEY2_SALT)
 
 
 @triton.jit
@@ -58,29 +77,36 @@ def _load_scaled(x_row, offs, V, unit_t, T):
 
 @triton.jit
 def _row_stats(x_row, V, T, unit_t, BLOCK: tl.constexpr):
-    """(max, sum exp(s - max), min finite value, #finite, first argmax, #NaN) of s = x / T."""
+    """(max, sum exp(s - max), min finite value, #finite, first argmax, #NaN) of s = x / T.
+
+    Each lane keeps its own running values (an online softmax per lane) and the lanes are reduced once,
+    after the loop: a reduction across warps inside the loop costs a barrier per tile, which made this
+    pass latency-bound on a GPU.
+    """
     offs0 = tl.arange(0, BLOCK)
-    m = tl.full((), float("-inf"), tl.float32)
-    z = tl.zeros((), tl.float32)
-    mn = tl.full((), float("inf"), tl.float32)
-    n_fin = tl.zeros((), tl.int32)
-    arg = tl.zeros((), tl.int32)
-    n_nan = tl.zeros((), tl.int32)
+    m = tl.full((BLOCK,), float("-inf"), tl.float32)
+    z = tl.zeros((BLOCK,), tl.float32)
+    mn = tl.full((BLOCK,), float("inf"), tl.float32)
+    n_fin = tl.zeros((BLOCK,), tl.int32)
+    arg = tl.zeros((BLOCK,), tl.int32)  # per lane: the first offset holding its max (strict > below)
+    n_nan = tl.zeros((BLOCK,), tl.int32)
     for start in range(0, V, BLOCK):
         offs = start + offs0
         s = _load_scaled(x_row, offs, V, unit_t, T)
-        n_nan += tl.sum((s != s).to(tl.int32), 0)
-        tile_max = tl.max(s, 0)
-        tile_arg = tl.min(tl.where(s == tile_max, offs, V), 0)
-        arg = tl.where(tile_max > m, tile_arg, arg)
-        new_m = tl.maximum(m, tile_max)
+        n_nan += (s != s).to(tl.int32)
+        arg = tl.where(s > m, offs, arg)
+        new_m = tl.maximum(m, s)
         safe_m = tl.where(new_m == float("-inf"), 0.0, new_m)
-        z = z * tl.exp(m - safe_m) + tl.sum(tl.exp(s - safe_m), 0)
+        z = z * tl.exp(m - safe_m) + tl.exp(s - safe_m)
         m = new_m
         finite = s > float("-inf")
-        mn = tl.minimum(mn, tl.min(tl.where(finite, s, float("inf")), 0))
-        n_fin += tl.sum(finite.to(tl.int32), 0)
-    return m, z, mn, n_fin, arg, n_nan
+        mn = tl.minimum(mn, tl.where(finite, s, float("inf")))
+        n_fin += finite.to(tl.int32)
+    row_m = tl.max(m, 0)
+    safe_m = tl.where(row_m == float("-inf"), 0.0, row_m)
+    row_z = tl.sum(tl.where(m > float("-inf"), z * tl.exp(m - safe_m), 0.0), 0)
+    row_arg = tl.min(tl.where(m == row_m, arg, V), 0)
+    return row_m, row_z, tl.min(mn, 0), tl.sum(n_fin, 0), row_arg, tl.sum(n_nan, 0)
 
 
 @triton.jit
@@ -99,19 +125,24 @@ def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target,
         q = a * (1.0 - frac) + b * frac  # (NP,) no b - a: it may overflow
         q = tl.minimum(tl.maximum(q, a), b)
         q = tl.where(j == NP - 1, b, q)
-        cnt = tl.zeros((NP,), tl.int32)
-        mass = tl.zeros((NP,), tl.float32)
-        below = tl.full((NP,), float("-inf"), tl.float32)  # largest row value < q_j
-        above = tl.full((NP,), float("inf"), tl.float32)  # smallest row value >= q_j
+        # per lane and pivot (BLOCK, NP), reduced over the lanes after the pass
+        cnt = tl.zeros((BLOCK, NP), tl.int32)
+        mass = tl.zeros((BLOCK, NP), tl.float32)
+        below = tl.full((BLOCK, NP), float("-inf"), tl.float32)  # largest row value < q_j
+        above = tl.full((BLOCK, NP), float("inf"), tl.float32)  # smallest row value >= q_j
         for start in range(0, V, BLOCK):
             offs = start + offs0
             s = _load_scaled(x_row, offs, V, unit_t, T)
             e = tl.exp(s - m)
             ge = s[:, None] >= q[None, :]  # (BLOCK, NP); padding is -inf, never >= q
-            cnt += tl.sum(ge.to(tl.int32), 0)
-            mass += tl.sum(tl.where(ge, e[:, None], 0.0), 0)
-            below = tl.maximum(below, tl.max(tl.where(ge, float("-inf"), s[:, None]), 0))
-            above = tl.minimum(above, tl.min(tl.where(ge, s[:, None], float("inf")), 0))
+            cnt += ge.to(tl.int32)
+            mass += tl.where(ge, e[:, None], 0.0)
+            below = tl.maximum(below, tl.where(ge, float("-inf"), s[:, None]))
+            above = tl.minimum(above, tl.where(ge, s[:, None], float("inf")))
+        cnt = tl.sum(cnt, 0)
+        mass = tl.sum(mass, 0)
+        below = tl.max(below, 0)
+        above = tl.min(above, 0)
         if USE_MASS:
             ok = mass >= target
         else:
@@ -128,13 +159,18 @@ def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target,
 
 
 @triton.jit
-def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr, reta_ptr, k1_ptr, k2_ptr, tok_ptr, lp_ptr, V,
-                   BLOCK: tl.constexpr, NP: tl.constexpr, GROUP: tl.constexpr, GROUP_BIT: tl.constexpr):
+def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr, seed_ptr, pos_ptr, tok_ptr, lp_ptr, V,
+                   BLOCK: tl.constexpr, BLOCK_B: tl.constexpr, NP: tl.constexpr, GROUP: tl.constexpr,
+                   GROUP_BIT: tl.constexpr):
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride
+    # parameters are clamped here, not checked: a check would need a host sync on every step
     T = tl.load(T_ptr + row)
-    k = tl.load(k_ptr + row)  # 0 = off (the wrapper maps every 'off' spelling to 0)
-    p = tl.load(p_ptr + row)  # 1 = off
+    T = tl.where(T < 0.0, 0.0, T)  # a negative temperature would reverse the order
+    k = tl.load(k_ptr + row)
+    k = tl.where((k > 0) & (k < V), k, 0).to(tl.int32)  # 0 = off, and so is k >= V
+    p = tl.load(p_ptr + row)
+    p = tl.minimum(tl.maximum(p, 1.1754943508222875e-38), 1.0)  # 1 = off; p > 0
     greedy = T == 0.0
     unit_t = greedy | (T == 1.0)  # greedy reads the raw row
     T = tl.where(greedy, 1.0, T)
@@ -147,7 +183,7 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr
     do_k = (k > 0) & (n_fin >= k) & (~greedy) & (~bad)
     if do_k:
         t, _c, kept_mass = _bisect(x_row, V, T, unit_t, m, mn, n_fin, z, m, k.to(tl.float32),
-                                   False, BLOCK, NP)
+                                   False, BLOCK_B, NP)
     target = p * kept_mass
     if (p < 1.0) & (~greedy) & (~bad):
         if target <= 1.0:
@@ -158,7 +194,7 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr
             lb = m - tl.log(V.to(tl.float32) / (1.0 - p)) - 1.0
             a0 = tl.maximum(tl.maximum(t, mn), lb)
             t, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, kept_mass, m, target,
-                                True, BLOCK, NP)
+                                True, BLOCK_B, NP)
     if (~greedy) & (~bad):
         # min-p: p >= min_p * p_max is s >= m + log(min_p) (the log taken by torch: the same number as there)
         t = tl.maximum(t, m + tl.load(lmp_ptr + row))
@@ -166,66 +202,68 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr
         if eps > 0.0:
             # epsilon: p = exp(s - m) / Z >= epsilon over the tokens kept so far, the max always kept: one pass
             # for their mass Z, one for the smallest row value that passes (a threshold: p is monotone in s)
-            zc = tl.zeros((), tl.float32)
+            zc = tl.zeros((BLOCK,), tl.float32)
             for start in range(0, V, BLOCK):
                 s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
-                zc += tl.sum(tl.where(s >= t, tl.exp(s - m), 0.0), 0)
-            t_eps = tl.full((), float("inf"), tl.float32)
+                zc += tl.where(s >= t, tl.exp(s - m), 0.0)
+            zc = tl.sum(zc, 0)
+            t_eps = tl.full((BLOCK,), float("inf"), tl.float32)
             for start in range(0, V, BLOCK):
                 s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
                 ok = (s >= t) & (tl.math.div_rn(tl.exp(s - m), zc) >= eps)  # IEEE division, as torch's
-                t_eps = tl.minimum(t_eps, tl.min(tl.where(ok, s, float("inf")), 0))
-            t = tl.maximum(t, tl.minimum(m, t_eps))
+                t_eps = tl.minimum(t_eps, tl.where(ok, s, float("inf")))
+            t = tl.maximum(t, tl.minimum(m, tl.min(t_eps, 0)))
         eta = tl.load(eta_ptr + row)
         if eta > 0.0:
             # eta: the same with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
-            # (one pass for their mass and sum of e * (s - m)); sqrt(eta) comes from torch (reta_ptr)
-            zc = tl.zeros((), tl.float32)
-            ac = tl.zeros((), tl.float32)
+            # (one pass for their mass and sum of e * (s - m)); sqrt_rn is correctly rounded, as torch's sqrt
+            zc = tl.zeros((BLOCK,), tl.float32)
+            ac = tl.zeros((BLOCK,), tl.float32)
             for start in range(0, V, BLOCK):
                 s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
                 e = tl.where(s >= t, tl.exp(s - m), 0.0)
-                zc += tl.sum(e, 0)
-                ac += tl.sum(tl.where(e > 0.0, e * (s - m), 0.0), 0)
-            h = tl.log(zc) - tl.math.div_rn(ac, zc)
-            cut = tl.minimum(eta, tl.load(reta_ptr + row) * tl.exp(-h))
-            t_eta = tl.full((), float("inf"), tl.float32)
+                zc += e
+                ac += tl.where(e > 0.0, e * (s - m), 0.0)
+            zc = tl.sum(zc, 0)
+            h = tl.log(zc) - tl.math.div_rn(tl.sum(ac, 0), zc)
+            cut = tl.minimum(eta, tl.sqrt_rn(eta) * tl.exp(-h))
+            t_eta = tl.full((BLOCK,), float("inf"), tl.float32)
             for start in range(0, V, BLOCK):
                 s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
                 ok = (s >= t) & (tl.math.div_rn(tl.exp(s - m), zc) >= cut)
-                t_eta = tl.minimum(t_eta, tl.min(tl.where(ok, s, float("inf")), 0))
-            t = tl.maximum(t, tl.minimum(m, t_eta))
+                t_eta = tl.minimum(t_eta, tl.where(ok, s, float("inf")))
+            t = tl.maximum(t, tl.minimum(m, tl.min(t_eta, 0)))
 
     # draw, in two races (kernels/hashing.py): groups of GROUP tokens by their kept mass, then the tokens
     # of the winning group; ties go to the lowest id, as on the torch path
-    k1 = tl.load(k1_ptr + row).to(tl.uint32, bitcast=True)
-    k2 = tl.load(k2_ptr + row).to(tl.uint32, bitcast=True)
+    k1, k2 = _row_keys(tl.load(seed_ptr + row), tl.load(pos_ptr + row))
     offs0 = tl.arange(0, BLOCK)
     gj = tl.arange(0, BLOCK // GROUP)
     best_i = arg
-    zk = tl.zeros((), tl.float32)
+    zk = z
     if (~greedy) & (~bad):
-        g_best = tl.full((), float("-inf"), tl.float32)
-        g_idx = tl.zeros((), tl.int32)
+        # per group slot of the tile: its best score so far and that group (strict >: the lower id on ties)
+        g_best = tl.full((BLOCK // GROUP,), float("-inf"), tl.float32)
+        g_idx = tl.zeros((BLOCK // GROUP,), tl.int32)
+        zv = tl.zeros((BLOCK,), tl.float32)
         for start in range(0, V, BLOCK):
             offs = start + offs0
             s = _load_scaled(x_row, offs, V, unit_t, T)
             e = tl.where(s >= t, tl.exp(s - m), 0.0)  # padding is -inf: mass 0
-            zk += tl.sum(e, 0)
+            zv += e
             w = tl.sum(tl.reshape(e, (BLOCK // GROUP, GROUP)), 1)  # (BLOCK // GROUP,) group masses
             gid = start // GROUP + gj
             score = tl.where(w > 0.0, tl.log(w) + _gumbel(gid.to(tl.uint32) | GROUP_BIT, k1, k2), float("-inf"))
-            tile_best = tl.max(score, 0)
-            tile_g = tl.min(tl.where(score == tile_best, gid, 2147483647), 0)
-            g_idx = tl.where(tile_best > g_best, tile_g, g_idx)
-            g_best = tl.maximum(g_best, tile_best)
+            g_idx = tl.where(score > g_best, gid, g_idx)
+            g_best = tl.maximum(g_best, score)
+        zk = tl.sum(zv, 0)
+        row_best = tl.max(g_best, 0)
+        g_idx = tl.min(tl.where(g_best == row_best, g_idx, 2147483647), 0)
         offs = g_idx * GROUP + tl.arange(0, GROUP)
         s = _load_scaled(x_row, offs, V, unit_t, T)
         score = tl.where((s >= t) & (offs < V), s + _gumbel(offs, k1, k2), float("-inf"))
         tile_best = tl.max(score, 0)
         best_i = tl.min(tl.where(score == tile_best, offs, V), 0)
-    else:
-        zk = z
     s_tok = _load_scaled(x_row, best_i, V, unit_t, T)
     lp = (s_tok - m) - tl.log(zk)
     tl.store(tok_ptr + row, tl.where(bad, -1, best_i.to(tl.int64)))
@@ -236,26 +274,28 @@ def _block_size(V: int) -> int:
     return max(GROUP, min(1024, triton.next_power_of_2(V)))  # whole groups per tile
 
 
-def sample_triton(logits, T, k, p, k1, k2, block: int | None = None, lmp=None, eps=None, eta=None):
-    """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors; lmp, eps:
-    log(min_p) and epsilon_cutoff (kernels.params.normalize_cutoffs; None: off).
+def sample_triton(logits, T, k, p, seed, position, block: int | None = None, lmp=None, eps=None, eta=None,
+                  bisect_block: int = BISECT_BLOCK, num_warps: int = NUM_WARPS):
+    """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors
+    (kernels.params.normalize_params: seed and position int64, hashed into the row's keys by the kernel);
+    lmp, eps, eta: log(min_p), epsilon_cutoff and eta_cutoff (kernels.params.normalize_cutoffs; None: off).
 
-    No host sync: parameter values are clamped on the device rather than checked.
+    No host sync: parameter values are clamped on the device rather than checked. One launch beside the
+    two outputs' allocations: every small torch op here cost a kernel launch, and at batch 1 the launches
+    took longer than the sampling.
     """
     if logits.device.type != "cuda" and not interpreting():
         raise ValueError("the Triton sampling backend needs CUDA tensors (or TRITON_INTERPRET=1 set before "
                          "triton is imported); use backend='torch' on CPU")
     B, V = logits.shape
+    block = block or _block_size(V)
     x = logits if logits.stride(1) == 1 else logits.contiguous()
-    k_eff = torch.where((k > 0) & (k < V), k, 0).to(torch.int32)
-    p_eff = p.clamp(min=torch.finfo(torch.float32).tiny, max=1.0)
-    T = T.clamp(min=0.0)  # unchecked on the GPU: a negative temperature would reverse the order
     tokens = torch.empty(B, dtype=torch.int64, device=x.device)
     logprobs = torch.empty(B, dtype=torch.float32, device=x.device)
     lmp = torch.full((B,), float("-inf"), device=x.device) if lmp is None else lmp  # log(min_p); -inf: off
     eps = torch.zeros(B, device=x.device) if eps is None else eps  # epsilon_cutoff; 0: off
     eta = torch.zeros(B, device=x.device) if eta is None else eta  # eta_cutoff; 0: off
-    _sample_kernel[(B,)](x, x.stride(0), T, k_eff, p_eff, lmp, eps, eta, torch.sqrt(eta), k1, k2, tokens, logprobs, V,
-                         BLOCK=block or _block_size(V), NP=NUM_PIVOTS, GROUP=GROUP, GROUP_BIT=GROUP_BIT,
-                         num_warps=8)
+    _sample_kernel[(B,)](x, x.stride(0), T, k, p, lmp, eps, eta, seed, position, tokens, logprobs, V,
+                         BLOCK=block, BLOCK_B=min(block, bisect_block), NP=NUM_PIVOTS, GROUP=GROUP,
+                         GROUP_BIT=GROUP_BIT, num_warps=num_warps)
     return tokens, logprobs
