@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--wordnet", action=argparse.BooleanOptionalAction,
         help="take WordNet's sentences and questions into the default corpus (no --data) where WordNet is "
              "installed (apt-get install wordnet-base). Default: on, off under --preset stdlib")
+    add("--wordnet-repeats", metavar="S,K,Q",
+        help="copies per epoch of WordNet's sentences, kind questions and superlative questions (default 2,6,24; "
+             "3,3,3 under --preset wordnet)")
     add("--val-fraction", type=float, help="share of files held out for validation (default 0.05)")
     add("--cache-dir", type=Path, help="where token shards are cached (default ~/.cache/pigpt/data)")
     add("--init", help="scratch, gpt2 (any hub id) or a checkpoint directory (default scratch)")
@@ -137,7 +140,7 @@ def resume_kind(args) -> str:
 
 LM_ONLY = ("preset", "data", "val_fraction", "cache_dir", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
            "grad_accum", "warmup_steps", "lr_decay_steps", "eval_iters", "dropout", "min_lr", "beta1", "beta2", "tabs",
-           "dtype", "compile", "samples", "sample_tokens", "prompt")
+           "dtype", "compile", "samples", "sample_tokens", "prompt", "wordnet", "wordnet_repeats")
 GRPO_ONLY = ("reward_weights", "prompts", "num_generations", "prompts_per_step", "max_completion_length", "beta",
              "epsilon", "epsilon_high", "loss_type", "scale_rewards", "num_iterations", "mask_truncated_completions",
              "min_p", "repetition_penalty", "stop", "eval_generations", "eval_prompts")

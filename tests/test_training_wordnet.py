@@ -107,13 +107,23 @@ def test_the_corpus_takes_words_in_common_use_and_every_named_thing(fake_wordnet
     assert ("n", 300) in keys and ("v", 900) in keys and ("a", 1100) in keys
     assert ("n", 800) not in keys  # zebrawood: rare, not an instance
     units = wordnet.wordnet_units(fake_wordnet)
-    assert len(units) == wordnet.REPEATS * len(keys) and len({u.key for u in units}) == len(keys)
+    assert len(units) == 3 * len(keys) and len({u.key for u in units}) == len(keys)  # stage 2: all, 3 times
+    # stage 3: each kind of document as many times as asked, a question more often than a sentence
+    units = wordnet.wordnet_units(fake_wordnet, (2, 6, 24))
+    assert len({u.key for u in units}) == len(keys)
+    pacific = [d for u in units if u.key == "wordnet/n/00000400" for d in u.load()[0]]
+    sentences, kinds, superlatives = wordnet.documents_by_kind(synsets[("n", 400)], synsets)
+    assert superlatives and kinds and sentences
+    assert wordnet.documents(synsets[("n", 400)], synsets) == sentences + kinds + superlatives
+    for docs, copies in zip((sentences, kinds, superlatives), (2, 6, 24)):
+        assert all(pacific.count(d) == copies for d in docs)
 
 
 def test_the_default_corpus_has_wordnet_when_it_is_installed(fake_wordnet, tmp_path, monkeypatch):
     monkeypatch.setenv("WNSEARCHDIR", str(fake_wordnet))
     source = datalib.find_source(None)
-    assert source.recipe.endswith(f"+wordnet-v{wordnet.VERSION}x{wordnet.REPEATS}")
+    assert source.recipe.endswith(f"+wordnet-v{wordnet.VERSION}x3")  # as the shipped stage 2 was made
+    assert datalib.find_source(None, True, (2, 6, 24)).recipe.endswith(f"+wordnet-v{wordnet.VERSION}x2-6-24")
     assert fake_wordnet / "data.noun" in source.files  # a changed database is a new token cache
     assert any(u.key == "wordnet/n/00000400" for u in source.units)
     assert "wordnet" not in datalib.find_source(None, False).recipe  # --preset stdlib, --no-wordnet
@@ -137,13 +147,25 @@ def test_without_wordnet_a_default_run_says_in_one_line_how_to_install_it(tmp_pa
 def test_the_default_recipe_continues_its_first_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = lm.resolve_config(train.build_parser().parse_args([]), None, tmp_path)
-    assert (cfg.init, cfg.lr, cfg.wordnet) == (lm.STAGE1, 1e-3, True)  # the preset's lr, not fine-tuning's 1e-4
+    # the preset's lr, not fine-tuning's 1e-4; the questions read more often than the sentences
+    assert (cfg.init, cfg.lr, cfg.wordnet, cfg.wordnet_repeats) == (lm.STAGE2, 1e-3, True, "2,6,24")
     own = lm.resolve_config(train.build_parser().parse_args(["--data", "notes.txt"]), None, tmp_path)
-    assert own.init == "scratch"  # stage 1 is a model of the default corpus, not of the user's text
+    assert own.init == "scratch"  # the stages are models of the default corpus, not of the user's text
     stage1 = lm.resolve_config(train.build_parser().parse_args(["--preset", "stdlib"]), None, tmp_path)
     assert (stage1.init, stage1.wordnet, stage1.max_steps) == ("scratch", False, 1600)
+    stage2 = lm.resolve_config(train.build_parser().parse_args(["--preset", "wordnet"]), None, tmp_path)
+    assert (stage2.init, stage2.wordnet_repeats, stage2.max_steps) == (lm.STAGE1, "3,3,3", 320)
+    # each stage fails before it reads any data when the one before is missing, naming the command to run
+    with pytest.raises(TrainError, match=r"run `python train.py --preset wordnet --out out-wordnet` first"):
+        train.main(["--out", str(tmp_path / "o"), "--num-threads", "1"])
     with pytest.raises(TrainError, match=r"run `python train.py --preset stdlib --out out-stdlib` first"):
-        train.main(["--out", str(tmp_path / "o"), "--num-threads", "1"])  # fails before it reads any data
+        train.main(["--preset", "wordnet", "--out", str(tmp_path / "o2"), "--num-threads", "1"])
+
+
+@pytest.mark.parametrize("text", ["2,6", "a,b,c", "1,-1,2", "0,0,0", ""])
+def test_wordnet_repeats_must_be_three_counts(tmp_path, text):
+    with pytest.raises(TrainError, match=r"--wordnet-repeats must be three counts S,K,Q"):
+        train.main(["--wordnet-repeats", text, "--out", str(tmp_path / "o"), "--num-threads", "1"])
 
 
 @pytest.mark.parametrize("verb, expected", [("Return", "returns"), ("Returns", "returns"), ("Fetch", "fetches"),

@@ -80,10 +80,11 @@ class Source:
     recipe: str  # "files", or the stdlib recipe's version: part of the cache key
 
 
-def find_source(spec: str | None, wordnet_dir: Path | None | bool = True) -> Source:
+def find_source(spec: str | None, wordnet_dir: Path | None | bool = True, wordnet_repeats=wordnet.REPEATS) -> Source:
     """The corpus of `--data spec`: one document per file. None is the default corpus: the standard library's
     prose and code, and WordNet's sentences and questions where WordNet is installed (`wordnet_dir`: True
-    finds it, a path names it, None or False leaves it out)."""
+    finds it, a path names it, None or False leaves it out; `wordnet_repeats`: copies of its sentences, kind
+    questions and superlative questions)."""
     if spec is None:
         files = stdlib_corpus.stdlib_files()
         if not files:
@@ -92,9 +93,9 @@ def find_source(spec: str | None, wordnet_dir: Path | None | bool = True) -> Sou
         units, recipe = stdlib_corpus.stdlib_units(), f"stdlib-v{stdlib_corpus.VERSION}"
         directory = wordnet.find_dir() if wordnet_dir is True else (wordnet_dir or None)
         if directory is not None:
-            units += wordnet.wordnet_units(directory)
+            units += wordnet.wordnet_units(directory, wordnet_repeats)
             files = files + wordnet.data_files(directory)
-            recipe += f"+wordnet-v{wordnet.VERSION}x{wordnet.REPEATS}"
+            recipe += "+" + wordnet.recipe(wordnet_repeats)
         return Source(stdlib_corpus.stdlib_root(), units, files, recipe)
     root, files = find_files(spec)
     units = [Unit(p.relative_to(root).as_posix(), p.stat().st_size, lambda p=p: read_text(p)) for p in files]
@@ -228,9 +229,9 @@ def tokenize_corpus(source: Source, val_fraction: float, directory: Path, progre
 
 
 def prepare(spec: str | None, val_fraction: float, cache_dir: Path | None = None, progress=True,
-            text_form: str = "plain", wordnet: bool = True) -> Path:
+            text_form: str = "plain", wordnet: bool = True, wordnet_repeats=wordnet.REPEATS) -> Path:
     """The cache directory of `spec`'s tokens, tokenising first when it is not cached yet."""
-    source = find_source(spec, wordnet)
+    source = find_source(spec, wordnet, wordnet_repeats)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     final = cache_dir / cache_key(source, val_fraction, text_form)
     if (final / "meta.json").exists():

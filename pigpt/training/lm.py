@@ -11,6 +11,7 @@ and samples drawn with decoding.generate, exactly as sample.py draws them).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +67,12 @@ class TrainConfig:
     top_p: float = 1.0
     prompt: str | None = None  # None: unconditional (the prompt "<|endoftext|>")
     wordnet: bool = True  # the default corpus (no --data) takes in WordNet's text where WordNet is installed
+    wordnet_repeats: str = "3,3,3"  # copies per epoch of its sentences, kind questions, superlative questions
     save_dtype: str = "float32"  # the HF model files' weights (train_state.pt keeps float32)
 
 
 STAGE1 = "out-stdlib"  # where the default recipe's first stage (--preset stdlib) is trained
+STAGE2 = "out-wordnet"  # and its second (--preset wordnet)
 PRESETS = {
     # For tests: seconds on a CPU.
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_steps=20, lr=3e-3,
@@ -82,10 +85,15 @@ PRESETS = {
     # avx512_bf16 CPU), since a timed choice would make the recipe irreproducible; saved in float16 (35 MB).
     "stdlib": dict(batch_size=16, max_steps=1600, warmup_steps=50, eval_interval=200, dtype="bfloat16",
                    save_dtype="float16", wordnet=False),
-    # Stage 2, the default: stage 1 continued on the standard library and WordNet's English sentences and
-    # questions (training/wordnet.py), ~1.3M tokens; lr 1e-3 (not the fine-tuning 1e-4: new text to learn).
-    "default": dict(init=STAGE1, batch_size=16, max_steps=320, lr=1e-3, warmup_steps=20, eval_interval=50,
+    # Stage 2, `--preset wordnet --out out-wordnet`: stage 1 continued on the standard library and WordNet's
+    # English sentences and questions (training/wordnet.py), each three times, ~1.3M tokens; lr 1e-3 (not the
+    # fine-tuning 1e-4: new text to learn).
+    "wordnet": dict(init=STAGE1, batch_size=16, max_steps=320, lr=1e-3, warmup_steps=20, eval_interval=50,
                     dtype="bfloat16", save_dtype="float16"),
+    # Stage 3, the default: stage 2 continued on the same corpus with the questions read more often (the
+    # sentences twice, the kind questions 6 and the superlative questions 24 times an epoch), ~1.2M tokens.
+    "default": dict(init=STAGE2, batch_size=16, max_steps=300, lr=1e-3, warmup_steps=20, eval_interval=50,
+                    dtype="bfloat16", save_dtype="float16", wordnet_repeats="2,6,24"),
     # GPT-2 small's shape (124M), for a GPU.
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, grad_accum=8,
                  max_steps=5000, lr=6e-4, warmup_steps=200, eval_interval=250, eval_iters=20),
@@ -111,8 +119,8 @@ def resolve_config(args, saved: dict | None, out: Path) -> TrainConfig:
 def new_config(given: dict) -> TrainConfig:
     """A new run's config: the preset's values, the flags given on top, then what follows from them."""
     cfg = TrainConfig(**{**PRESETS[given.get("preset", "default")], **given})
-    if cfg.init == STAGE1 and "init" not in given and cfg.data is not None:
-        cfg.init = "scratch"  # stage 1 is a model of the default corpus; on the user's own text, start afresh
+    if cfg.init in (STAGE1, STAGE2) and "init" not in given and cfg.data is not None:
+        cfg.init = "scratch"  # stages 1 and 2 are models of the default corpus; on the user's text, start afresh
     if cfg.init != "scratch":
         clash = [k for k in ARCH_KEYS if k in given]
         if clash:
@@ -153,6 +161,10 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainError(str(e)) from None
     need(cfg.prompt is None or cfg.prompt != "",
          "--prompt is empty; give some text, or drop it for unconditional samples")
+    try:
+        wordnet.parse_repeats(cfg.wordnet_repeats)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     need(cfg.text_form in FORMS, f"unknown text form {cfg.text_form!r}; use one of {', '.join(FORMS)}")
 
 
@@ -170,9 +182,11 @@ def build_model(cfg: TrainConfig, saved: dict | None) -> GPT:
         gpt = GPT(GPTConfig(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                             n_embd=cfg.n_embd, dropout=cfg.dropout))
     else:
-        if cfg.init == STAGE1 and not Path(cfg.init).is_dir():
-            raise TrainError(f"the default recipe continues its first stage, {STAGE1}/, which is not there: run "
-                             f"`python train.py --preset stdlib --out {STAGE1}` first, or pass --init scratch "
+        earlier = {STAGE1: ("first", "stdlib"), STAGE2: ("second", "wordnet")}
+        if cfg.init in earlier and not Path(cfg.init).is_dir():
+            nth, preset = earlier[cfg.init]
+            raise TrainError(f"the default recipe continues its {nth} stage, {cfg.init}/, which is not there: run "
+                             f"`python train.py --preset {preset} --out {cfg.init}` first, or pass --init scratch "
                              "(or another model)")
         gpt = GPT.from_pretrained(cfg.init)
         c = gpt.config
@@ -185,14 +199,15 @@ def build_model(cfg: TrainConfig, saved: dict | None) -> GPT:
 
 
 def load_corpus(cfg: TrainConfig, cache_dir, d: dist.Dist) -> datalib.Corpus:
-    datalib.find_source(cfg.data, cfg.wordnet)  # a bad --data fails here, on every process
+    repeats = wordnet.parse_repeats(cfg.wordnet_repeats)
+    datalib.find_source(cfg.data, cfg.wordnet, repeats)  # a bad --data fails here, on every process
     if d.master:
         directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, text_form=cfg.text_form,
-                                    wordnet=cfg.wordnet)
+                                    wordnet=cfg.wordnet, wordnet_repeats=repeats)
     d.barrier()  # rank 0 tokenises first; the others then read its cache
     if not d.master:
         directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, progress=False, text_form=cfg.text_form,
-                                    wordnet=cfg.wordnet)
+                                    wordnet=cfg.wordnet, wordnet_repeats=repeats)
     corpus = datalib.load(directory)
     datalib.check_fits(corpus, cfg.block_size, cfg.data)
     return corpus
@@ -380,6 +395,13 @@ def prepare(args, saved: dict | None, rd, d: dist.Dist, device: torch.device) ->
     if cfg.grad_accum % d.world:
         raise TrainError(f"--grad-accum {cfg.grad_accum} must be a multiple of the number of processes ({d.world}): "
                          "the global batch is batch_size x grad_accum rows")
+    if (saved is None and cfg.dtype == "bfloat16" and "dtype" not in given_flags(args, TrainConfig)
+            and not perf.bf16_supported(device)):
+        # a preset pins bfloat16 (reproducible arithmetic where it is fast); a CPU without it still runs the recipe
+        if d.master:
+            print(f"note: the {cfg.preset} preset trains in bfloat16, which this {device.type} does not support; "
+                  "training in float32 (the same recipe, other rounding)", file=sys.stderr)
+        cfg.dtype = "float32"
     # Saved resolved, so a resumed run keeps the same arithmetic; a timed choice could differ between
     # processes, so rank 0's holds.
     cfg.dtype = d.broadcast(perf.resolve_dtype(cfg.dtype, device))

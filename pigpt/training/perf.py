@@ -59,12 +59,16 @@ class Peak:
         return flops_per_s / (self.flops * processes)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    return (torch.cuda.is_bf16_supported() if device.type == "cuda"
+            else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def resolve_dtype(name: str, device: torch.device) -> str:
     """The autocast dtype. auto: bfloat16 on CUDA; on a CPU only where bf16 matmuls measure > 1.25x faster than
     float32 ones (AMX does; the avx512_bf16 CPU this was written on ran them at ~0.6x, see docs/training.md).
     The two are timed in turns, best of several each, so a busy moment doesn't decide."""
-    bf16_ok = (torch.cuda.is_bf16_supported() if device.type == "cuda"
-               else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    bf16_ok = bf16_supported(device)
     if name == "bfloat16" and not bf16_ok:
         raise TrainError(f"--dtype bfloat16: this {device.type} has no bfloat16 support; use --dtype float32")
     if name != "auto":
@@ -87,4 +91,4 @@ def autocast(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
-__all__ = ["flops_per_token", "measure_peak_flops", "Peak", "resolve_dtype", "autocast"]
+__all__ = ["flops_per_token", "measure_peak_flops", "Peak", "resolve_dtype", "bf16_supported", "autocast"]

@@ -35,7 +35,12 @@ SEARCH_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/usr/local/Wor
 INSTALL_HINT = "apt-get install wordnet-base (or set WNSEARCHDIR to a WordNet 3.0 dict/ directory)"
 POS_FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
 INDEX_FILES = {"n": "index.noun", "v": "index.verb", "a": "index.adj", "r": "index.adv"}
-REPEATS = 3  # each WordNet document three times per epoch: its share of the default corpus (docs/training.md)
+# Copies of each kind of document per epoch, (sentences, kind questions, superlative questions): their shares of
+# the default corpus (docs/training.md; train.py --wordnet-repeats). Stage 2 of the default recipe reads every
+# document three times; stage 3 reads the questions more often than the sentences: a 17M-parameter model that
+# reads a fact a few times does not learn it, and the superlative questions ("Which is the largest ocean?
+# ...", 207 of them) are the facts a question asks for by name.
+REPEATS = (3, 3, 3)
 _ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")  # "galore(ip)": where an adjective may stand, not part of it
 _QUOTED = re.compile(r'"([^"]*)"')
 _ORDINAL = r"(?:\d+(?:st|nd|rd|th)|second|third|fourth|fifth)"
@@ -172,21 +177,26 @@ def superlative(definition: str) -> str | None:
 
 def documents(s: Synset, synsets: dict) -> list[str]:
     """Every document a synset gives: its gloss sentence, its examples, its questions."""
-    docs = []
+    return [d for kind in documents_by_kind(s, synsets) for d in kind]
+
+
+def documents_by_kind(s: Synset, synsets: dict) -> tuple[list[str], list[str], list[str]]:
+    """(sentences: the gloss and the examples, kind questions, superlative questions) of a synset."""
+    sentences = []
     gloss = gloss_sentence(s, synsets)
     if gloss:
-        docs.append(gloss)
-    docs += [sentence(e) for e in s.examples]
+        sentences.append(gloss)
+    sentences += [sentence(e) for e in s.examples]
     if s.pos != "n":
-        return docs
+        return sentences, [], []
     subject = capitalise(noun_phrase(s, synsets))
-    for p in parents(s, synsets):
-        docs.append(f"Which is {noun_phrase(p, synsets)}? {subject}.")
+    kinds = [f"Which is {noun_phrase(p, synsets)}? {subject}." for p in parents(s, synsets)]
     sup = superlative(s.definition)
+    superlatives = []
     if sup and gloss:
         questions = [sup, _WORLD_SCOPE.sub("", sup)]
-        docs += [f"Which is {q}? {gloss}" for q in dict.fromkeys(questions)]
-    return docs
+        superlatives = [f"Which is {q}? {gloss}" for q in dict.fromkeys(questions)]
+    return sentences, kinds, superlatives
 
 
 def tagged(directory: Path) -> set[tuple[str, int]]:
@@ -211,17 +221,44 @@ def selected(synsets: dict, common: set) -> list[Synset]:
     return [s for key, s in synsets.items() if key in common or any(sym == "@i" for sym, _, _ in s.pointers)]
 
 
-def wordnet_units(directory: Path) -> list[Unit]:
-    """One unit per selected synset, REPEATS times (the copies share a key, so a split gets all or none)."""
+def parse_repeats(text: str) -> tuple[int, int, int]:
+    """"2,6,24" -> (2, 6, 24); ValueError naming the format otherwise."""
+    try:
+        repeats = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        repeats = ()
+    if len(repeats) != 3 or min(repeats) < 0 or max(repeats) == 0:
+        raise ValueError(f"--wordnet-repeats must be three counts S,K,Q (copies of the sentences, the kind "
+                         f"questions and the superlative questions per epoch; e.g. 2,6,24), got {text!r}")
+    return repeats
+
+
+def recipe(repeats=REPEATS) -> str:
+    """The corpus recipe's WordNet part (a token-cache key)."""
+    counts = str(repeats[0]) if len(set(repeats)) == 1 else "-".join(map(str, repeats))
+    return f"wordnet-v{VERSION}x{counts}"
+
+
+def wordnet_units(directory: Path, repeats=REPEATS) -> list[Unit]:
+    """Per selected synset, each kind of its documents as a unit, as many times as `repeats` says (every copy
+    of a synset's units has the synset's key, so a split gets all of them or none)."""
     synsets = read_synsets(directory)
-    units = [Unit(f"wordnet/{s.pos}/{s.offset:08d}", 80, lambda s=s: (documents(s, synsets), "ok"))
-             for s in selected(synsets, tagged(directory))]
-    return units * REPEATS
+    chosen = selected(synsets, tagged(directory))
+    if len(set(repeats)) == 1:  # a synset's documents as one unit: stage 2's token stream, as it was made
+        return [Unit(f"wordnet/{s.pos}/{s.offset:08d}", 80, lambda s=s: (documents(s, synsets), "ok"))
+                for s in chosen] * repeats[0]
+    units = []
+    for s in chosen:
+        for kind, copies in enumerate(repeats):
+            load = lambda s=s, kind=kind: (documents_by_kind(s, synsets)[kind], "ok")  # noqa: E731
+            units += [Unit(f"wordnet/{s.pos}/{s.offset:08d}", 80, load)] * copies
+    return units
 
 
 def data_files(directory: Path) -> list[Path]:
     return [Path(directory) / f for f in (*POS_FILES.values(), *INDEX_FILES.values())]
 
 
-__all__ = ["Synset", "find_dir", "parse_line", "read_synsets", "documents", "gloss_sentence", "superlative",
-           "wordnet_units", "data_files", "INSTALL_HINT", "VERSION"]
+__all__ = ["Synset", "find_dir", "parse_line", "read_synsets", "documents", "documents_by_kind", "gloss_sentence",
+           "superlative",
+           "parse_repeats", "recipe", "wordnet_units", "data_files", "INSTALL_HINT", "VERSION"]
