@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="take WordNet's sentences and questions into the default corpus (no --data) where WordNet is "
              "installed (apt-get install wordnet-base). Default: on, off under --preset stdlib")
     add("--wordnet-repeats", metavar="S,K,Q",
-        help="copies per epoch of WordNet's sentences, kind questions and superlative questions (default 2,6,24; "
+        help="copies per epoch of WordNet's sentences, kind questions and superlative questions (default 1,4,256; "
              "3,3,3 under --preset wordnet)")
     add("--val-fraction", type=float, help="share of files held out for validation (default 0.05)")
     add("--cache-dir", type=Path, help="where token shards are cached (default ~/.cache/pigpt/data)")

@@ -66,13 +66,29 @@ def hf_chain(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0
     return s
 
 
+def eta_boundary(x, eta_cutoff, **chain):
+    """(B, V) bool: the tokens whose probability lies within 1e-5 nats of transformers' eta cut (float64), where
+    pigpt's float32 logits and transformers' float64 ones may round to opposite sides of it."""
+    s = hf_chain(x, dtype=torch.float64, **chain)
+    logp = torch.log_softmax(s, -1)
+    h = -(logp.exp() * logp).nansum(-1, keepdim=True)
+    cut = torch.minimum(torch.tensor(eta_cutoff, dtype=torch.float64), eta_cutoff ** 0.5 * torch.exp(-h))
+    return (logp - cut.log()).abs() < 1e-5
+
+
 def assert_matches_transformers(x, dtype=torch.float32, **kw):
     """Identical kept sets, and the processed probabilities within 1e-6. dtype: what transformers' chain
-    computes in (float64 for eta: see test_eta_matches_transformers_eta_warper)."""
+    computes in (float64 for eta: see test_eta_matches_transformers_eta_warper); with eta, a token within
+    rounding of the cut (eta_boundary) may go either way."""
     ours = process_logits(x, **kw)
     theirs = hf_chain(x, dtype=dtype, **kw).float()
     kept, ref_kept = ours > NEG_INF, theirs > NEG_INF
-    bad = (kept != ref_kept).any(-1).nonzero()[:, 0].tolist()
+    differ = kept != ref_kept
+    if kw.get("eta_cutoff") and differ.any():
+        differ &= ~eta_boundary(x, **kw)
+        theirs = theirs.masked_fill(~kept, NEG_INF)  # compare the probabilities over the set pigpt kept
+        ours = ours.masked_fill(~ref_kept, NEG_INF)
+    bad = differ.any(-1).nonzero()[:, 0].tolist()
     assert not bad, f"{kw}: rows {bad} keep {kept[bad].sum(-1).tolist()} tokens, transformers {ref_kept[bad].sum(-1).tolist()}"
     torch.testing.assert_close(ours.exp(), torch.softmax(theirs, -1), rtol=0, atol=1e-6)
 

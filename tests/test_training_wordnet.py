@@ -148,7 +148,7 @@ def test_the_default_recipe_continues_its_first_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = lm.resolve_config(train.build_parser().parse_args([]), None, tmp_path)
     # the preset's lr, not fine-tuning's 1e-4; the questions read more often than the sentences
-    assert (cfg.init, cfg.lr, cfg.wordnet, cfg.wordnet_repeats) == (lm.STAGE2, 1e-3, True, "2,6,24")
+    assert (cfg.init, cfg.lr, cfg.wordnet, cfg.wordnet_repeats) == (lm.STAGE2, 1e-3, True, "1,4,256")
     own = lm.resolve_config(train.build_parser().parse_args(["--data", "notes.txt"]), None, tmp_path)
     assert own.init == "scratch"  # the stages are models of the default corpus, not of the user's text
     stage1 = lm.resolve_config(train.build_parser().parse_args(["--preset", "stdlib"]), None, tmp_path)

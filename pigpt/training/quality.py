@@ -16,6 +16,7 @@ import ast
 import re
 
 from pigpt.model import EOT_TOKEN, GPT, get_tokenizer
+from pigpt.model.textform import for_model
 
 PROMPTS = ("Which is the largest ocean?", "The function returns", "Once upon a time", "def fibonacci(n):")
 CODE_PROMPTS = ("def add(a, b):\n", "def is_even(n):\n", "def reverse(s):\n", "def mean(values):\n")

@@ -229,7 +229,7 @@ def parse_repeats(text: str) -> tuple[int, int, int]:
         repeats = ()
     if len(repeats) != 3 or min(repeats) < 0 or max(repeats) == 0:
         raise ValueError(f"--wordnet-repeats must be three counts S,K,Q (copies of the sentences, the kind "
-                         f"questions and the superlative questions per epoch; e.g. 2,6,24), got {text!r}")
+                         f"questions and the superlative questions per epoch; e.g. 1,4,256), got {text!r}")
     return repeats
 
 
@@ -249,9 +249,12 @@ def wordnet_units(directory: Path, repeats=REPEATS) -> list[Unit]:
                 for s in chosen] * repeats[0]
     units = []
     for s in chosen:
-        for kind, copies in enumerate(repeats):
-            load = lambda s=s, kind=kind: (documents_by_kind(s, synsets)[kind], "ok")  # noqa: E731
-            units += [Unit(f"wordnet/{s.pos}/{s.offset:08d}", 80, load)] * copies
+        # a unit only for the kinds a synset has (most have no superlative): 256 copies of an empty unit
+        # per synset took minutes to tokenise to nothing
+        for kind, (docs, copies) in enumerate(zip(documents_by_kind(s, synsets), repeats)):
+            if docs:
+                load = lambda s=s, kind=kind: (documents_by_kind(s, synsets)[kind], "ok")  # noqa: E731
+                units += [Unit(f"wordnet/{s.pos}/{s.offset:08d}", 80, load)] * copies
     return units
 
 
