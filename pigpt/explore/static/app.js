@@ -165,7 +165,7 @@ function drawBars() {
   const freq = {};
   if (lastDraw) for (const c of lastDraw.counts) freq[c.id] = c.freq;
   const labelW = 150, barW = 300, gap = 70, rowH = 24, top = 22;
-  const width = labelW + 2 * barW + gap + 70;
+  const width = labelW + 2 * barW + gap + 120;  // room for a full-scale bar's label, then the draws' column
   // both panels share one scale, the largest number shown, so small probabilities stay visible and comparable
   const peak = Math.max(1e-9, ...d.bars.map((b) => Math.max(b.p_raw, b.kept ? b.p : 0, freq[b.id] || 0)));
   const w = (p) => Math.max(1, barW * p / peak);
@@ -192,7 +192,7 @@ function drawBars() {
     }
     if (b.id in freq) {  // the empirical frequency, laid over the processed bar
       g.appendChild(el("rect", { class: "freq", x: x2, y: y + 1, width: Math.max(2, w(freq[b.id])), height: rowH - 4, fill: "none", stroke: "#111", "stroke-width": 1.5 }));
-      g.appendChild(el("text", { x: x2 + barW + 60, y: y + 16, fill: "#111", "text-anchor": "end", "font-weight": "bold" }, pct(freq[b.id])));
+      g.appendChild(el("text", { x: x2 + barW + 110, y: y + 16, fill: "#111", "text-anchor": "end", "font-weight": "bold" }, pct(freq[b.id])));
     }
     if (drawn) g.appendChild(el("text", { x: 4, y: y + 16, fill: "#b35f00", "font-weight": "bold" }, "drawn ▶"));
     const tip = el("title", {}, `token ${b.id} ${JSON.stringify(b.text)}: raw ${pct(b.p_raw)}, processed ${pct(b.p)}` +
