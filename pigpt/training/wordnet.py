@@ -251,9 +251,9 @@ def wordnet_units(directory: Path, repeats=REPEATS) -> list[Unit]:
     for s in chosen:
         # a unit only for the kinds a synset has (most have no superlative): 256 copies of an empty unit
         # per synset took minutes to tokenise to nothing
-        for kind, (docs, copies) in enumerate(zip(documents_by_kind(s, synsets), repeats)):
+        for docs, copies in zip(documents_by_kind(s, synsets), repeats):
             if docs:
-                load = lambda s=s, kind=kind: (documents_by_kind(s, synsets)[kind], "ok")  # noqa: E731
+                load = lambda docs=docs: (docs, "ok")  # noqa: E731  (made once here: not again per copy)
                 units += [Unit(f"wordnet/{s.pos}/{s.offset:08d}", 80, load)] * copies
     return units
 
