@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="keep the smallest set with mass >= p; 1 is off (default)")
     g.add_argument("--min-p", type=float, default=0.0, metavar="P",
                    help="keep tokens with probability >= P x the top token's; 0 is off (default)")
+    g.add_argument("--typical-p", type=float, default=1.0, metavar="P",
+                   help="typical sampling: keep the tokens whose -log p is closest to the entropy, up to mass P; "
+                        "1 is off (default)")
     g.add_argument("--epsilon-cutoff", type=float, default=0.0, metavar="E",
                    help="keep tokens with probability >= E (the top token always); 0 is off (default)")
     g.add_argument("--eta-cutoff", type=float, default=0.0, metavar="E",
@@ -123,12 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare-temperatures", metavar="T1,T2,..", help="e.g. 0.5,1,2")
     g.add_argument("--compare-top-k", metavar="K1,K2,..", help="e.g. 1,5,50")
     g.add_argument("--compare-top-p", metavar="P1,P2,..", help="e.g. 0.5,0.9,1")
+    g.add_argument("--compare-min-p", metavar="P1,P2,..", help="e.g. 0,0.05,0.3")
+    g.add_argument("--compare-typical-p", metavar="P1,P2,..", help="e.g. 0.2,0.5,0.9")
+    g.add_argument("--compare-epsilon-cutoff", metavar="E1,E2,..", help="e.g. 3e-4,3e-3,0.02")
+    g.add_argument("--compare-eta-cutoff", metavar="E1,E2,..", help="e.g. 3e-4,3e-3,0.02")
     return p
 
 
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise UsageError(message)
+
+
+# --compare-* option -> the SamplingParams field it varies
+COMPARED = {"compare_temperatures": "temperature", "compare_top_k": "top_k", "compare_top_p": "top_p",
+            "compare_min_p": "min_p", "compare_typical_p": "typical_p", "compare_epsilon_cutoff": "epsilon_cutoff",
+            "compare_eta_cutoff": "eta_cutoff"}
 
 
 def _parse_list(text: str, flag: str, cast):
@@ -161,7 +174,7 @@ def validate(args) -> None:
     else:
         _check(args.num_return_sequences is None, "--num-return-sequences needs --num-beams")
     _check(not args.transitions or args.reward, "--transitions needs --reward SPEC (transitions carry rewards)")
-    compares = [f for f in ("compare_temperatures", "compare_top_k", "compare_top_p") if getattr(args, f)]
+    compares = [f for f in COMPARED if getattr(args, f)]
     _check(len(compares) <= 1, "use one --compare-* option at a time")
     args.compare = None
     if compares:
@@ -169,16 +182,16 @@ def validate(args) -> None:
         _check(not args.tree, "--compare-* draws no rollouts, so there is no --tree to draw")
         _check(not args.reward, "--compare-* draws no rollouts, so there is nothing to --reward")
         flag = "--" + compares[0].replace("_", "-")
-        if compares[0] == "compare_temperatures":
-            values = _parse_list(args.compare_temperatures, flag, float)
-            _check(all(math.isfinite(v) and v >= 0 for v in values), f"{flag}: temperatures must be >= 0")
-        elif compares[0] == "compare_top_k":
-            values = _parse_list(args.compare_top_k, flag, int)
-            _check(all(v >= 0 for v in values), f"{flag}: top-k values must be >= 0")
-        else:
-            values = _parse_list(args.compare_top_p, flag, float)
-            _check(all(0 < v <= 1 for v in values), f"{flag}: top-p values must be in (0, 1]")
-        args.compare = (compares[0].removeprefix("compare_").replace("temperatures", "temperature"), values)
+        field = COMPARED[compares[0]]
+        values = _parse_list(getattr(args, compares[0]), flag, int if field == "top_k" else float)
+        from pigpt.kernels.params import check_value
+
+        for v in values:  # each value by the sampler's own rule for its setting
+            try:
+                check_value(field, v, f"{flag}: each value")
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+        args.compare = (field, values)
     from pigpt.viz.figures import check_output_path
 
     for flag in ("plot", "tree"):
@@ -196,7 +209,7 @@ def check_settings(args) -> None:
 
     try:
         check_sampling(dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                            epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff, n=args.num_rollouts,
+                            typical_p=args.typical_p, epsilon_cutoff=args.epsilon_cutoff, eta_cutoff=args.eta_cutoff, n=args.num_rollouts,
                             repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
                             frequency_penalty=args.frequency_penalty, max_new_tokens=args.max_new_tokens,
                             min_new_tokens=args.min_new_tokens, seed=args.seed, stop=args.stop),
@@ -353,6 +366,7 @@ class Session:
             return SamplingParams(
                 temperature=1.0 if beam else a.temperature, top_k=0 if beam else a.top_k,
                 top_p=1.0 if beam else a.top_p, min_p=0.0 if beam else a.min_p,
+                typical_p=1.0 if beam else a.typical_p,
                 epsilon_cutoff=0.0 if beam else a.epsilon_cutoff, eta_cutoff=0.0 if beam else a.eta_cutoff,
                 repetition_penalty=a.repetition_penalty,
                 presence_penalty=0.0 if beam else a.presence_penalty,

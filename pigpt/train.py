@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--wordnet-repeats", metavar="S,K,Q",
         help="copies per epoch of WordNet's sentences, kind questions and superlative questions (default 1,4,256; "
              "3,3,3 under --preset wordnet)")
+    add("--code-repeats", type=int, metavar="N",
+        help="copies per epoch of the standard library's code-on-request documents ('Can you give me some "
+             "Python code? Here is a function that ...'; default 1, 4 under the default preset)")
     add("--val-fraction", type=float, help="share of files held out for validation (default 0.05)")
     add("--cache-dir", type=Path, help="where token shards are cached (default ~/.cache/pigpt/data)")
     add("--init", help="scratch, gpt2 (any hub id) or a checkpoint directory (default scratch)")
@@ -94,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave rollouts cut by --max-completion-length out of the loss")
     g.add_argument("--min-p", type=float, help="the rollouts' min-p: keep tokens with probability >= min_p x the top "
                                                "token's (default 0: off)")
+    g.add_argument("--typical-p", type=float, help="the rollouts' typical sampling mass (default 1: off)")
+    g.add_argument("--epsilon-cutoff", type=float, help="the rollouts' epsilon sampling cutoff (default 0: off; not "
+                                                        "--epsilon, GRPO's clip range)")
+    g.add_argument("--eta-cutoff", type=float, help="the rollouts' eta sampling cutoff (default 0: off)")
     g.add_argument("--repetition-penalty", type=float, help="the rollouts' repetition penalty (default 1)")
     g.add_argument("--stop", action="append", metavar="TEXT", type=unescape,
                    help="stop string of the rollouts (repeatable; \\n, \\t and \\\\ are a newline, a tab and a "
@@ -140,10 +147,11 @@ def resume_kind(args) -> str:
 
 LM_ONLY = ("preset", "data", "val_fraction", "cache_dir", "n_layer", "n_head", "n_embd", "block_size", "batch_size",
            "grad_accum", "warmup_steps", "lr_decay_steps", "eval_iters", "dropout", "min_lr", "beta1", "beta2", "tabs",
-           "dtype", "compile", "samples", "sample_tokens", "prompt", "wordnet", "wordnet_repeats")
+           "dtype", "compile", "samples", "sample_tokens", "prompt", "wordnet", "wordnet_repeats",
+           "code_repeats")
 GRPO_ONLY = ("reward_weights", "prompts", "num_generations", "prompts_per_step", "max_completion_length", "beta",
              "epsilon", "epsilon_high", "loss_type", "scale_rewards", "num_iterations", "mask_truncated_completions",
-             "min_p", "repetition_penalty", "stop", "eval_generations", "eval_prompts")
+             "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "repetition_penalty", "stop", "eval_generations", "eval_prompts")
 
 
 def _only(args, names, why: str) -> None:

@@ -95,6 +95,8 @@ def test_triton_realistic_vocabulary():
     x = torch.randn(2, 50257, generator=g) * 3
     assert_same(x, top_k=torch.tensor([50, 0]), top_p=0.9, temperature=torch.tensor([1.0, 0.8]),
                 seed=torch.tensor([1, 2]))
+    assert_same(x, typical_p=torch.tensor([0.9, 0.3]), epsilon_cutoff=torch.tensor([0.0, 1e-5]),
+                seed=torch.tensor([3, 4]))
 
 
 def test_triton_rows_are_batch_invariant():
@@ -165,12 +167,27 @@ def test_triton_on_cuda_matches_torch_on_cpu():
             torch.testing.assert_close(lp.cpu(), ref_lp, rtol=LP_RTOL, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_on_cuda_rules_match_torch_on_cpu():
+    """min-p, typical, epsilon and eta per row at real vocabulary sizes, on the GPU against the CPU's torch path."""
+    B = 64
+    for V in (50257, 128256):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = grid_logits(B, V, V + 2, dtype)
+            prm = rule_params(B, V, V)
+            ref_tok, ref_lp = sample_from_logits(x, backend="torch", **prm)
+            tok, lp = sample_from_logits(x.cuda(), **on_device(prm))
+            assert torch.equal(tok.cpu(), ref_tok), (V, dtype)
+            torch.testing.assert_close(lp.cpu(), ref_lp, rtol=LP_RTOL, atol=1e-5)
+
+
 def rule_params(B, V, seed):
-    """Random per-row min_p / epsilon_cutoff (some off), over temperature, top-k and top-p (issue 23)."""
+    """Random per-row min_p / typical_p / epsilon_cutoff / eta_cutoff (some off), over temperature, top-k and
+    top-p (issue 23)."""
     g = torch.Generator().manual_seed(seed)
     pick = lambda values: torch.tensor(values)[torch.randint(0, len(values), (B,), generator=g)]  # noqa: E731
     return dict(min_p=pick([0.0, 1e-3, 0.05, 0.3, 1.0]), epsilon_cutoff=pick([0.0, 1e-4, 3e-3, 0.05, 0.6]),
-                eta_cutoff=pick([0.0, 0.0, 3e-4, 0.01, 0.3]),
+                eta_cutoff=pick([0.0, 0.0, 3e-4, 0.01, 0.3]), typical_p=pick([1.0, 1.0, 0.2, 0.5, 0.95]),
                 temperature=pick([0.0, 0.5, 1.0, 2.0]), top_k=pick([0, 0, 5, V + 1]), top_p=pick([1.0, 1.0, 0.9]),
                 seed=torch.randint(0, 2**40, (B,), generator=g), position=torch.arange(B))
 
@@ -186,7 +203,8 @@ def test_triton_matches_torch_with_min_p_and_epsilon(V):
 
 
 def test_triton_min_p_and_epsilon_across_tiles():
-    """Several tiles per row (block=64): epsilon's mass and threshold passes across tile boundaries."""
+    """Several tiles per row (block=64): the mass, bisection and threshold passes of typical, epsilon and eta
+    across tile boundaries."""
     from pigpt.kernels.params import normalize_cutoffs, normalize_params
     from pigpt.kernels.sampling_triton import sample_triton
 
@@ -195,10 +213,11 @@ def test_triton_min_p_and_epsilon_across_tiles():
     x = grid_logits(B, V, 7, torch.float32)
     T, k, p, s, pos = normalize_params(x, prm["temperature"], prm["top_k"], prm["top_p"], prm["seed"],
                                        prm["position"])
-    lmp, eps, eta = normalize_cutoffs(x, prm["min_p"], prm["epsilon_cutoff"], prm["eta_cutoff"])
+    lmp, eps, eta, typ = normalize_cutoffs(x, prm["min_p"], prm["epsilon_cutoff"], prm["eta_cutoff"],
+                                           prm["typical_p"])
     d = lambda *ts: [t.to(DEVICE) for t in ts]  # noqa: E731
     tok, lp = sample_triton(*d(x, T, k, p, s, pos), block=64, lmp=lmp.to(DEVICE), eps=eps.to(DEVICE),
-                            eta=eta.to(DEVICE))
+                            eta=eta.to(DEVICE), typ=typ.to(DEVICE))
     ref_tok, ref_lp = sample_from_logits(x, backend="torch", **prm)
     assert torch.equal(tok.cpu(), ref_tok)
     torch.testing.assert_close(lp.cpu(), ref_lp, rtol=LP_RTOL, atol=1e-5)

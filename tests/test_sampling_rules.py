@@ -1,5 +1,5 @@
-"""The sampler's newer knobs (issue 23): min-p and epsilon, each against transformers' own warper
-(MinPLogitsWarper, EpsilonLogitsWarper) in its generate() order, on random and shipped-model logits; the
+"""The sampler's newer knobs (issue 23): min-p, typical, epsilon and eta, each against transformers' own warper
+(MinPLogitsWarper, TypicalLogitsWarper, EpsilonLogitsWarper, EtaLogitsWarper) in its generate() order, on random and shipped-model logits; the
 sampler's draws, token_logprobs, generate, score and the command lines with each. Then vLLM's / OpenAI's
 presence and frequency penalties, against a plain implementation of OpenAI's formula run as a transformers
 logits processor.
@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 from transformers.generation.logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, MinPLogitsWarper,
                                                     RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                                    TopKLogitsWarper, TopPLogitsWarper)
+                                                    TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
 
 from pigpt.decoding import SamplingParams, generate, score
 from pigpt.kernels import process_logits, sample_from_logits, token_logprobs
@@ -41,11 +41,12 @@ class OpenAIPenalties:
         return scores
 
 
-def hf_chain(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+def hf_chain(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
              repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, ids=None, prompt_len=None,
              dtype=torch.float32):
     """transformers' processed scores, its warpers built as generate() builds them (utils._get_logits_processor):
-    repetition penalty, (OpenAI's penalties, where vLLM applies them), temperature, top-k, top-p, min-p, epsilon."""
+    repetition penalty, (OpenAI's penalties, where vLLM applies them), temperature, top-k, top-p, min-p, typical,
+    epsilon, eta."""
     s = x.float().to(dtype).clone()
     if repetition_penalty != 1.0:
         s = RepetitionPenaltyLogitsProcessor(repetition_penalty)(ids, s)
@@ -59,6 +60,8 @@ def hf_chain(x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0
         s = TopPLogitsWarper(top_p)(None, s)
     if min_p > 0:
         s = MinPLogitsWarper(min_p)(None, s)
+    if typical_p < 1.0:
+        s = TypicalLogitsWarper(typical_p)(None, s)
     if 0 < epsilon_cutoff < 1:
         s = EpsilonLogitsWarper(epsilon_cutoff)(None, s)
     if 0 < eta_cutoff < 1:
@@ -76,14 +79,33 @@ def eta_boundary(x, eta_cutoff, **chain):
     return (logp - cut.log()).abs() < 1e-5
 
 
+def typical_boundary(x, typical_p, **chain):
+    """(B, V) bool: the tokens whose cumulative mass in typical's order (float64, exclusive or inclusive) lies
+    within 1e-6 of typical_p: where float32 sums over tens of thousands of tokens may put the crossing one
+    token either side."""
+    before = {k: v for k, v in chain.items() if k not in ("epsilon_cutoff", "eta_cutoff")}
+    logp = torch.log_softmax(hf_chain(x, dtype=torch.float64, **before), -1)
+    p = logp.exp()
+    h = -(p * logp).nansum(-1, keepdim=True)
+    order = (-logp - h).abs().argsort(-1)
+    incl = p.gather(1, order).cumsum(-1)
+    near = ((incl - typical_p).abs() < 1e-6) | ((incl - p.gather(1, order) - typical_p).abs() < 1e-6)
+    return torch.zeros_like(near).scatter_(1, order, near)
+
+
 def assert_matches_transformers(x, dtype=torch.float32, **kw):
     """Identical kept sets, and the processed probabilities within 1e-6. dtype: what transformers' chain
-    computes in (float64 for eta: see test_eta_matches_transformers_eta_warper); with eta, a token within
-    rounding of the cut (eta_boundary) may go either way."""
+    computes in (float64 for eta and for typical on 50257-token rows: see test_eta_matches_transformers_eta_warper
+    and test_typical_matches_transformers_on_shipped_model_logits); with eta, a token within rounding of the cut
+    (eta_boundary), with typical one within rounding of the crossing (typical_boundary), may go either way."""
     ours = process_logits(x, **kw)
     theirs = hf_chain(x, dtype=dtype, **kw).float()
     kept, ref_kept = ours > NEG_INF, theirs > NEG_INF
     differ = kept != ref_kept
+    if kw.get("typical_p", 1.0) < 1 and differ.any():
+        differ &= ~typical_boundary(x, **kw)
+        theirs = theirs.masked_fill(~kept, NEG_INF)
+        ours = ours.masked_fill(~ref_kept, NEG_INF)
     if kw.get("eta_cutoff") and differ.any():
         differ &= ~eta_boundary(x, **kw)
         theirs = theirs.masked_fill(~kept, NEG_INF)  # compare the probabilities over the set pigpt kept
@@ -226,8 +248,54 @@ def test_eta_matches_transformers_on_shipped_model_logits_and_edge_cases(shipped
     assert (process_logits(x, eta_cutoff=0.9) > NEG_INF).tolist()[1] == [True] * 4  # uniform: all tied with the max
 
 
+# -- typical -----------------------------------------------------------------------------------------------------
+TYPICALS = (0.05, 0.2, 0.5, 0.8, 0.95, 0.999)
+
+
+@pytest.mark.parametrize("make", [random_logits, tied_and_masked])
+def test_typical_matches_transformers_typical_warper(make):
+    """Against TypicalLogitsWarper after each chain, and before epsilon / eta (generate()'s order: typical sits
+    between min-p and epsilon). Its kept set is a band: the most likely tokens can be cut."""
+    x = make(24, 500, 6) if make is tied_and_masked else make(24, 500, 6, scale=1.5)
+    for chain in chains_for(make) + [dict(min_p=0.05), dict(epsilon_cutoff=3e-3), dict(top_k=100, epsilon_cutoff=0.01)]:
+        for typ in TYPICALS:
+            assert_matches_transformers(x, typical_p=typ, **chain)
+    banded = process_logits(x, typical_p=0.2) > NEG_INF
+    assert (~banded.gather(1, x.argmax(-1, keepdim=True))).any(), "no row where typical cut the most likely token"
+
+
+def test_typical_matches_transformers_on_shipped_model_logits(shipped_logits):
+    """Against TypicalLogitsWarper on float64 logits: in float32 its cumulative sum over a 50257-token row drifts
+    by ~1e-5 (it kept 26,396 tokens of a row at typical_p 0.9 where float64 keeps 26,397, as pigpt does)."""
+    for chain in CHAINS:
+        for typ in (0.2, 0.9, 0.99):
+            assert_matches_transformers(shipped_logits, typical_p=typ, dtype=torch.float64, **chain)
+    for typ in (0.5, 0.95):  # and eta after it, on eta's float64 terms (see test_eta_matches_transformers_eta_warper)
+        assert_matches_transformers(shipped_logits, typical_p=typ, eta_cutoff=3e-3, dtype=torch.float64)
+
+
+def test_typical_edge_cases_match_transformers():
+    """transformers' own test rows (tests/generation/test_logits_process.py, test_typical_dist_warper): a peaked
+    row keeps its max, a row whose max is least typical keeps the three tied 0.2s; uniform rows stay whole;
+    its ramp with extreme (x100) and negative logits; one finite logit; ties straddling the crossing."""
+    x = torch.stack([torch.tensor([0.97, 0.01, 0.01, 0.01]).log(), torch.tensor([0.4, 0.2, 0.2, 0.2]).log(),
+                     torch.zeros(4), torch.tensor([NEG_INF, 3.0, NEG_INF, NEG_INF]),
+                     torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([1e4, 0.0, -1e4, NEG_INF])])
+    for typ in (1e-6, 0.3, 0.5, 0.7, 0.99):
+        for t in (0.5, 1.0, 3.0):
+            assert_matches_transformers(x, temperature=t, typical_p=typ)
+    kept = (process_logits(x, typical_p=0.5) > NEG_INF).tolist()
+    assert kept[0] == [True, False, False, False] and kept[1] == [False, True, True, True]  # transformers' expected
+    assert kept[2] == [True] * 4 and kept[3] == [False, True, False, False]
+    ramp = torch.arange(10.0).repeat(2, 1) - 5
+    ramp[1] *= 100.0
+    assert_matches_transformers(ramp, typical_p=0.7)
+    assert (process_logits(ramp, typical_p=0.7) > NEG_INF).sum(-1).tolist() == [2, 1]  # its [2, 2] is min_tokens=2
+
+
 # -- the sampler, token_logprobs --------------------------------------------------------------------------------
 RULES = [dict(min_p=0.05), dict(min_p=0.3, temperature=1.5), dict(epsilon_cutoff=3e-3), dict(eta_cutoff=2e-3),
+         dict(typical_p=0.3), dict(typical_p=0.9, top_k=60, epsilon_cutoff=1e-3, temperature=0.8),
          dict(epsilon_cutoff=0.02, top_k=30), dict(min_p=0.1, epsilon_cutoff=1e-3, top_k=200, temperature=1.2)]
 
 
@@ -251,11 +319,12 @@ def test_draws_lie_in_the_kept_set_with_the_exact_log_prob_and_token_logprobs_ag
     torch.testing.assert_close(xg.grad, xr.grad, rtol=0, atol=1e-5)
 
 
-def test_per_row_min_p_and_epsilon_equal_one_call_per_row():
+def test_per_row_rules_equal_one_call_per_row():
     B = 16
     x = random_logits(B, 400, 4, scale=2.0)
     g = torch.Generator().manual_seed(4)
     kw = dict(min_p=torch.tensor([0.0, 0.02, 0.2, 1.0])[torch.randint(0, 4, (B,), generator=g)],
+              typical_p=torch.tensor([1.0, 1.0, 0.3, 0.9])[torch.randint(0, 4, (B,), generator=g)],
               epsilon_cutoff=torch.tensor([0.0, 1e-3, 0.01, 0.3])[torch.randint(0, 4, (B,), generator=g)],
               top_k=torch.tensor([0, 50])[torch.randint(0, 2, (B,), generator=g)],
               top_p=torch.tensor([1.0, 0.9])[torch.randint(0, 2, (B,), generator=g)],
@@ -272,7 +341,7 @@ def test_per_row_min_p_and_epsilon_equal_one_call_per_row():
             assert torch.equal(keep[b], (hf_chain(x[b:b + 1], **one) > NEG_INF)[0]), b
 
 
-@pytest.mark.parametrize("kw", [dict(min_p=0.1), dict(epsilon_cutoff=0.01), dict(eta_cutoff=0.01),
+@pytest.mark.parametrize("kw", [dict(min_p=0.1), dict(epsilon_cutoff=0.01), dict(eta_cutoff=0.01), dict(typical_p=0.6),
                                 dict(min_p=0.05, top_k=8, temperature=1.5)])
 def test_draw_frequencies_match_the_processed_distribution(kw):
     """20,000 draws with distinct seeds from one row: chi-square p-value > 1e-4 against transformers'
@@ -297,6 +366,8 @@ def test_draw_frequencies_match_the_processed_distribution(kw):
     (dict(min_p=-0.1), r"min_p must be in \[0, 1\]"), (dict(min_p=1.5), "min_p"), (dict(min_p=float("nan")), "min_p"),
     (dict(min_p=torch.tensor([0.5, 2.0])), "min_p"), (dict(epsilon_cutoff=1.0), r"epsilon_cutoff must be in \[0, 1\)"),
     (dict(epsilon_cutoff=-1e-3), "epsilon_cutoff"), (dict(min_p="0.1"), "min_p"),
+    (dict(typical_p=0.0), r"typical_p must be in \(0, 1\]"), (dict(typical_p=1.5), "typical_p"),
+    (dict(typical_p=torch.tensor([0.5, -1.0])), "typical_p"),
 ])
 def test_bad_rule_values_raise_naming_them(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -310,7 +381,9 @@ def test_sampling_params_check_the_rules_with_the_kernels_wording():
         SamplingParams(min_p=1.5)
     with pytest.raises(ValueError, match=r"SamplingParams.epsilon_cutoff must be in \[0, 1\)"):
         SamplingParams(epsilon_cutoff=1)
-    assert SamplingParams(min_p=0.1).sampler == dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1,
+    with pytest.raises(ValueError, match=r"SamplingParams.typical_p must be in \(0, 1\] \(1 turns it off\)"):
+        SamplingParams(typical_p=0)
+    assert SamplingParams(min_p=0.1).sampler == dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1, typical_p=1.0,
                                                       epsilon_cutoff=0.0, eta_cutoff=0.0)
 
 
@@ -329,6 +402,7 @@ def hf_transition_scores(hf, prompt, tokens, **kw):
 
 
 GEN = [dict(temperature=1.3, min_p=0.1), dict(temperature=1.2, epsilon_cutoff=3e-3), dict(temperature=1.1, eta_cutoff=3e-3),
+       dict(temperature=1.0, typical_p=0.5), dict(temperature=0.9, top_k=100, typical_p=0.9, epsilon_cutoff=1e-3),
        dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.05, epsilon_cutoff=1e-3, repetition_penalty=1.2),
        dict(temperature=1.0, presence_penalty=1.5, frequency_penalty=0.5),
        dict(temperature=0.7, top_k=40, min_p=0.05, presence_penalty=-0.5, frequency_penalty=1.2,
@@ -366,7 +440,7 @@ def test_beam_search_refuses_the_sampling_knobs(shipped):
     from pigpt.decoding import beam_search
 
     gpt, _, prompts = shipped
-    for kw in (dict(min_p=0.1), dict(epsilon_cutoff=0.01), dict(eta_cutoff=0.01), dict(presence_penalty=0.5),
+    for kw in (dict(min_p=0.1), dict(typical_p=0.5), dict(epsilon_cutoff=0.01), dict(eta_cutoff=0.01), dict(presence_penalty=0.5),
                dict(frequency_penalty=0.5)):
         with pytest.raises(ValueError, match=f"deterministic.*'{next(iter(kw))}'"):
             beam_search(gpt, prompts[:1], SamplingParams(max_new_tokens=2, **kw), num_beams=2)
@@ -375,7 +449,8 @@ def test_beam_search_refuses_the_sampling_knobs(shipped):
 def test_greedy_ignores_min_p_and_epsilon(shipped):
     gpt, _, prompts = shipped
     plain = generate(gpt, prompts, SamplingParams(temperature=0, max_new_tokens=10))
-    cut = generate(gpt, prompts, SamplingParams(temperature=0, max_new_tokens=10, min_p=0.5, epsilon_cutoff=0.2))
+    cut = generate(gpt, prompts, SamplingParams(temperature=0, max_new_tokens=10, min_p=0.5, epsilon_cutoff=0.2,
+                                                typical_p=0.2))
     assert [[(r.tokens, r.logprobs) for r in g] for g in plain] == [[(r.tokens, r.logprobs) for r in g] for g in cut]
 
 

@@ -136,7 +136,7 @@ def test_without_wordnet_a_default_run_says_in_one_line_how_to_install_it(tmp_pa
     monkeypatch.setenv("WNSEARCHDIR", str(tmp_path / "nowhere"))
     files = [corpus.stdlib_root() / name for name in ("bisect.py", "heapq.py")]
     monkeypatch.setattr(corpus, "stdlib_files", lambda: files)
-    monkeypatch.setattr(corpus, "stdlib_units", lambda: [
+    monkeypatch.setattr(corpus, "stdlib_units", lambda code_repeats=1: [
         corpus.Unit(p.name, p.stat().st_size, lambda p=p: (corpus.module_documents(p), "ok")) for p in files])
     train.main(["--preset", "tiny", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
                 "--num-threads", "1", "--dtype", "float32", "--max-steps", "2", "--samples", "0"])
@@ -183,6 +183,24 @@ def test_a_function_with_a_docstring_answers_a_request_for_code():
     ast.parse(rest.split("\n\n", 1)[1])
     assert corpus.code_answer("def f():\n    return 1\n") is None  # no docstring: no description to give
     assert corpus.code_answer('def f():\n    """42"""\n') is None
+
+
+def test_code_repeats_add_copies_of_the_code_answers_alone_under_the_modules_key(monkeypatch):
+    """--code-repeats N: each module's code answers N times an epoch, the extra copies keyed as the module, so a
+    split takes all of them or none; the corpus recipe (the token cache's key) names the count."""
+    from pigpt.training import data
+
+    files = [corpus.stdlib_root() / name for name in ("shutil.py", "bisect.py")]
+    monkeypatch.setattr(corpus, "stdlib_files", lambda: files)
+    one, three = corpus.stdlib_units(), corpus.stdlib_units(code_repeats=3)
+    extra = three[2:6]  # after the modules, before the help topics
+    assert [u.key for u in three[:2]] == [u.key for u in one[:2]] and [u.key for u in three[6:]] == [u.key for u in one[2:]]
+    assert sorted(u.key for u in extra) == sorted(["shutil.py", "bisect.py"] * 2)
+    docs, status = next(u for u in extra if u.key == "shutil.py").load()
+    assert status == "ok" and docs and all(d.startswith(corpus.CODE_QUESTIONS) for d in docs)
+    assert docs == [d for d in corpus.module_documents(files[0]) if d.startswith(corpus.CODE_QUESTIONS)]
+    assert data.find_source(None, False, code_repeats=3).recipe.endswith("-code3")
+    assert "-code" not in data.find_source(None, False).recipe
 
 
 def test_stdlib_modules_give_their_functions_as_answers_too():

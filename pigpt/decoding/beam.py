@@ -144,12 +144,13 @@ def _params(params, **kw) -> SamplingParams:
         if getattr(merged, k) != getattr(params, k):
             raise ValueError(f"{k} is given both in params ({getattr(params, k)!r}) and as a keyword "
                              f"({getattr(merged, k)!r}); pass it once")
-    defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
-                "presence_penalty": 0.0, "frequency_penalty": 0.0, "n": 1, "seed": None}
+    defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+                "eta_cutoff": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "n": 1, "seed": None}
     sampling = {k: getattr(params, k) for k in defaults}
     if sampling != defaults:
         raise ValueError(f"beam search is deterministic: params' sampling fields {sampling} would be ignored; "
-                         "leave temperature, top_k, top_p, min_p, epsilon_cutoff, the presence / frequency "
+                         "leave temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff, the "
+                         "presence / frequency "
                          "penalties (vLLM's sampling penalties), n and seed at their defaults "
                          "(num_return_sequences gives several beams)")
     return params

@@ -5,7 +5,8 @@ pictures all read it.
 `check_sampling` is the one check of sampling settings: SamplingParams runs it on every field, and the
 command lines (pigpt-sample, pigpt-train, GRPO) run it on their flags before loading anything, naming each
 setting as the user did (`--top-p must be in (0, 1] (1 turns top-p off), got 1.5`). The ranges of the
-sampler's own settings (temperature, top_k, top_p, min_p, epsilon_cutoff, seed) are the kernel's rules
+sampler's own settings (temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff, seed) are the
+kernel's rules
 (kernels.params.RULES).
 """
 
@@ -26,9 +27,11 @@ class SamplingParams:
     top_k: keep the k most likely tokens (ties with the k-th survive, as in transformers); 0 is off.
     top_p: keep the smallest top set with probability mass >= top_p; 1.0 is off.
     min_p: keep the tokens with probability >= min_p * (the most likely token's); 0.0 is off.
+    typical_p: typical sampling (transformers' TypicalLogitsWarper): keep the tokens whose -log p is closest to
+        the entropy until their mass reaches typical_p; 1.0 is off.
     epsilon_cutoff: keep the tokens with probability >= epsilon_cutoff (over the tokens kept so far), and the
         most likely always; 0.0 is off. The rules run in transformers' order: temperature, top-k, top-p,
-        min-p, epsilon, eta (docs/sampling.md).
+        min-p, typical, epsilon, eta (docs/sampling.md).
     eta_cutoff: epsilon sampling with the cutoff min(eta_cutoff, sqrt(eta_cutoff) * exp(-entropy)) (the
         entropy of the tokens kept so far; transformers' EtaLogitsWarper); 0.0 is off.
     repetition_penalty: transformers' (CTRL) penalty over prompt + completion tokens; 1.0 is off.
@@ -56,6 +59,7 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
+    typical_p: float = 1.0
     epsilon_cutoff: float = 0.0
     eta_cutoff: float = 0.0
     repetition_penalty: float = 1.0
@@ -100,11 +104,13 @@ class SamplingParams:
 
     @property
     def truncates(self) -> bool:
-        """Whether a truncation rule (top-k, top-p, min-p, epsilon, eta) is on."""
-        return bool(self.top_k or self.top_p < 1 or self.min_p > 0 or self.epsilon_cutoff > 0 or self.eta_cutoff > 0)
+        """Whether a truncation rule (top-k, top-p, min-p, typical, epsilon, eta) is on."""
+        return bool(self.top_k or self.top_p < 1 or self.min_p > 0 or self.typical_p < 1 or self.epsilon_cutoff > 0
+                    or self.eta_cutoff > 0)
 
 
-SAMPLER = ("temperature", "top_k", "top_p", "min_p", "epsilon_cutoff", "eta_cutoff")  # the kernel's settings, in its order
+# the kernel's settings, in its order
+SAMPLER = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
 
 
 # field: (kind, ok, what is allowed): the settings' rules besides the kernel's (kernels.params.RULES)
@@ -113,6 +119,7 @@ SETTINGS = {
     "top_k": ("integer", None, None),
     "top_p": ("number", None, None),
     "min_p": ("number", None, None),
+    "typical_p": ("number", None, None),
     "epsilon_cutoff": ("number", None, None),
     "eta_cutoff": ("number", None, None),
     "repetition_penalty": ("number", lambda v: v > 0, "> 0 (1 turns it off)"),

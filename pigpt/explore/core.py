@@ -62,22 +62,24 @@ def _int(name: str, v, lo: int, hi: int) -> int:
     return v
 
 
+# the page's settings; RULES go to SamplingParams as they are (its check is the one check), the rest are limited here
+RULES = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "repetition_penalty")
+SETTINGS = (*RULES, "min_new_tokens", "max_new_tokens", "seed", "n", "num_beams")
+
+
 def sampling_params(settings: dict, *, n: int = 1, max_new_tokens: int | None = None) -> SamplingParams:
     """The one settings object (SamplingParams) from the page's settings, with the explorer's limits."""
     s = dict(settings or {})
-    unknown = set(s) - {"temperature", "top_k", "top_p", "repetition_penalty", "min_new_tokens", "max_new_tokens",
-                        "seed", "n", "num_beams"}
+    unknown = set(s) - set(SETTINGS)
     if unknown:
-        raise ExploreError(f"unknown setting(s) {sorted(unknown)}; known: temperature, top_k, top_p, "
-                           "repetition_penalty, min_new_tokens, max_new_tokens, seed, n, num_beams")
+        raise ExploreError(f"unknown setting(s) {sorted(unknown)}; known: {', '.join(SETTINGS)}")
     max_new = _int("max_new_tokens", s.get("max_new_tokens", 32) if max_new_tokens is None else max_new_tokens,
                    1, MAX_NEW_TOKENS)
     min_new = _int("min_new_tokens", s.get("min_new_tokens", 0), 0, MAX_NEW_TOKENS)
     seed = _int("seed", s.get("seed", 0), 0, 2**62 - 1 - MAX_DRAWS)
     try:
-        return SamplingParams(temperature=s.get("temperature", 1.0), top_k=s.get("top_k", 0),
-                              top_p=s.get("top_p", 1.0), repetition_penalty=s.get("repetition_penalty", 1.0),
-                              min_new_tokens=min_new, max_new_tokens=max_new, n=n, seed=seed)
+        rules = {k: s[k] for k in RULES if k in s}  # the sampler's knobs and the penalty: SamplingParams' defaults
+        return SamplingParams(**rules, min_new_tokens=min_new, max_new_tokens=max_new, n=n, seed=seed)
     except ValueError as e:
         raise ExploreError(str(e).replace("SamplingParams.", "")) from None
 

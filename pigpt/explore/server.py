@@ -29,6 +29,10 @@ class Settings(BaseModel):
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
     repetition_penalty: float = 1.0
     min_new_tokens: int = 0
     max_new_tokens: int = 32

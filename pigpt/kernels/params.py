@@ -52,6 +52,7 @@ RULES = {
     "min_p": (lambda v: 0 <= v <= 1, lambda x: (x >= 0) & (x <= 1), "in [0, 1] (0 turns min-p off)"),
     "epsilon_cutoff": (lambda v: 0 <= v < 1, lambda x: (x >= 0) & (x < 1), "in [0, 1) (0 turns it off)"),
     "eta_cutoff": (lambda v: 0 <= v < 1, lambda x: (x >= 0) & (x < 1), "in [0, 1) (0 turns it off)"),
+    "typical_p": (lambda v: 0 < v <= 1, lambda x: (x > 0) & (x <= 1), "in (0, 1] (1 turns it off)"),
     "seed": (lambda v: 0 <= v < MAX_SEED, lambda x: (x >= 0) & (x < MAX_SEED), "in [0, 2**62)"),
 }
 
@@ -93,17 +94,18 @@ def normalize_params(logits, temperature, top_k, top_p, seed, position):
     return T, k, p, s, pos
 
 
-def normalize_cutoffs(logits, min_p, epsilon_cutoff, eta_cutoff=0.0):
-    """The threshold rules after top-p, as (B,) float32 tensors on logits.device: (log(min_p), epsilon_cutoff,
-    eta_cutoff); -inf and 0 turn them off. min-p's log is taken here, once, by torch, so that both backends compare
-    against the very same number and keep the very same tokens."""
+def normalize_cutoffs(logits, min_p, epsilon_cutoff, eta_cutoff=0.0, typical_p=1.0):
+    """The rules after top-p, as (B,) float32 tensors on logits.device: (log(min_p), epsilon_cutoff, eta_cutoff,
+    typical_p); -inf, 0, 0 and 1 turn them off. min-p's log is taken here, once, by torch, so that both backends
+    compare against the very same number and keep the very same tokens."""
     B, dev = logits.shape[0], logits.device
     out = []
-    for name, v in (("min_p", min_p), ("epsilon_cutoff", epsilon_cutoff), ("eta_cutoff", eta_cutoff)):
+    for name, v in (("min_p", min_p), ("epsilon_cutoff", epsilon_cutoff), ("eta_cutoff", eta_cutoff),
+                    ("typical_p", typical_p)):
         t = _as_row_tensor(name, v, B, dev, torch.float32, integral=False)
         _check_range(name, v, t)
         out.append(t)
-    return torch.log(out[0]), out[1], out[2]
+    return torch.log(out[0]), out[1], out[2], out[3]
 
 
 def is_number(x) -> bool:

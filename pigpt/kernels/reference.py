@@ -47,16 +47,17 @@ def effective_top_k(top_k: torch.Tensor, V: int) -> torch.Tensor:
     return torch.where((top_k > 0) & (top_k < V), top_k, 0)
 
 
-def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0,
+def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
                    eta_cutoff=0.0) -> torch.Tensor:
     """Log-probabilities (B, V) float32 of the distribution `sample_from_logits` draws from.
 
-    temperature -> top-k -> top-p -> min-p -> epsilon -> eta as in transformers, then log-softmax over the kept set;
-    removed tokens are -inf. A row with temperature 0 (greedy) is a point mass: 0 at argmax(logits), -inf elsewhere.
+    temperature -> top-k -> top-p -> min-p -> typical -> epsilon -> eta as in transformers, then log-softmax over
+    the kept set; removed tokens are -inf. A row with temperature 0 (greedy) is a point mass: 0 at
+    argmax(logits), -inf elsewhere.
     """
     check_logits(logits)
     T, k, p, _, _ = normalize_params(logits, temperature, top_k, top_p, 0, 0)
-    lmp, eps, eta = normalize_cutoffs(logits, min_p, epsilon_cutoff, eta_cutoff)
+    lmp, eps, eta, typ = normalize_cutoffs(logits, min_p, epsilon_cutoff, eta_cutoff, typical_p)
     x = logits.float()
     check_finite(x)
     B, V = x.shape
@@ -68,18 +69,33 @@ def process_logits(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, ep
     z_k = partition(vals.masked_fill(vals < t_k[:, None], float("-inf")), mx)
     t_p, _ = topp_threshold(vals, mx, z_k, p, t_k)
     t = torch.maximum(torch.maximum(t_k, t_p), mx + lmp)  # min-p: p >= min_p * p_max
-    # epsilon: p >= epsilon, p = exp(s - mx) / Z over the tokens kept so far; the max always kept
-    e = torch.exp(vals - mx[:, None]).masked_fill(vals < t[:, None], 0.0)
-    z = partition(vals.masked_fill(vals < t[:, None], float("-inf")), mx)
-    t_eps = torch.where(e / z[:, None] >= eps[:, None], vals, float("inf")).amin(-1)
-    t = torch.where(eps > 0, torch.maximum(t, torch.minimum(mx, t_eps)), t)
-    # eta: the same with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
+    # typical: |-log p - H| = |(mx - s) + E[s - mx]| smallest first until the mass reaches typical_p; a band
     e = torch.exp(vals - mx[:, None]).masked_fill(vals < t[:, None], 0.0)
     z = e.sum(-1, dtype=torch.float64).float()
-    h = torch.log(z) - torch.where(e > 0, e * (vals - mx[:, None]), 0.0).sum(-1, dtype=torch.float64).float() / z
+    a = torch.where(e > 0, e * (vals - mx[:, None]), 0.0).sum(-1, dtype=torch.float64).float()
+    d = ((mx[:, None] - vals) + (a / z)[:, None]).abs().masked_fill(vals < t[:, None], float("inf"))
+    d_sorted, order = d.sort(dim=-1, stable=True)
+    excl = F.pad(e.gather(1, order).cumsum(-1)[:, :-1], (1, 0))
+    last = ((excl < (typ * z)[:, None]).sum(-1) - 1).clamp(min=0)
+    band = (d <= d_sorted.gather(1, last[:, None])) & (vals >= t[:, None])
+    on = typ < 1
+    u = torch.where(on, torch.where(band, vals, float("-inf")).amax(-1), float("inf"))
+    t = torch.where(on, torch.where(band, vals, float("inf")).amin(-1), t)
+    m = torch.minimum(mx, u)  # the largest kept value
+    out_of = (vals < t[:, None]) | (vals > u[:, None])
+    # epsilon: p >= epsilon, p = exp(s - m) / Z over the tokens kept so far; the largest kept always
+    e = torch.exp(vals - m[:, None]).masked_fill(out_of, 0.0)
+    z = e.sum(-1, dtype=torch.float64).float()
+    t_eps = torch.where(e / z[:, None] >= eps[:, None], vals, float("inf")).amin(-1)
+    t = torch.where(eps > 0, torch.maximum(t, torch.minimum(m, t_eps)), t)
+    # eta: the same with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
+    out_of = (vals < t[:, None]) | (vals > u[:, None])
+    e = torch.exp(vals - m[:, None]).masked_fill(out_of, 0.0)
+    z = e.sum(-1, dtype=torch.float64).float()
+    h = torch.log(z) - torch.where(e > 0, e * (vals - m[:, None]), 0.0).sum(-1, dtype=torch.float64).float() / z
     cut = torch.minimum(eta, torch.sqrt(eta) * torch.exp(-h))
     t_eta = torch.where(e / z[:, None] >= cut[:, None], vals, float("inf")).amin(-1)
-    t = torch.where(eta > 0, torch.maximum(t, torch.minimum(mx, t_eta)), t)
-    out = torch.log_softmax(s.masked_fill(s < t[:, None], float("-inf")), -1)
+    t = torch.where(eta > 0, torch.maximum(t, torch.minimum(m, t_eta)), t)
+    out = torch.log_softmax(s.masked_fill((s < t[:, None]) | (s > u[:, None]), float("-inf")), -1)
     point_mass = torch.full_like(out, float("-inf")).scatter_(1, x.argmax(-1, keepdim=True), 0.0)
     return torch.where(greedy[:, None], point_mass, out)

@@ -5,9 +5,11 @@ No full-vocabulary sort unless a row needs it. Rows with top-k take `topk` windo
 it); rows with top-p alone find their nucleus from a one-pass histogram of the mass below the row max
 and sort only the few tokens of the bin where the mass crosses p; untruncated rows skip all that. The draw
 races groups of 64 tokens by their kept mass, then the tokens of the winning group (kernels/hashing.py),
-so noise is hashed for ~V / 64 + 64 ids a row. min-p and epsilon, after top-k / top-p, only raise a row's
-threshold (`_cut`): no sort either. Rows resolve independently, so a row's result never depends
-on the rows beside it.
+so noise is hashed for ~V / 64 + 64 ids a row. min-p, epsilon and eta, after top-k / top-p, only raise a row's
+threshold (`_cut`): no sort either. Typical sampling keeps a band of values around the row's mean (a lower
+threshold t and an upper u), found with the nucleus' histogram over the distance to the mean: every kept
+set is t <= s <= u (u = +inf unless typical is on). Rows resolve independently, so a row's result never
+depends on the rows beside it.
 """
 
 import torch
@@ -61,8 +63,14 @@ def _group_masses(e):
     return torch.cat((w, e[:, full * GROUP:].sum(-1, keepdim=True)), 1) if V % GROUP else w
 
 
-def _kept_group_masses(s, mx, t, truncated, e=None):
-    """Group masses of exp(s - mx) over the kept tokens (s >= t): (n, V) -> (n, G).
+def _cut_off(s, t, u):
+    """(n, m) bool: the entries outside the kept band t <= s <= u (u None: no upper bound)."""
+    out = s < t[:, None]
+    return out if u is None else out.logical_or_(s > u[:, None])
+
+
+def _kept_group_masses(s, mx, t, truncated, e=None, u=None):
+    """Group masses of exp(s - mx) over the kept tokens (t <= s <= u): (n, V) -> (n, G).
 
     Without `e`, rows go through in blocks of ~1M entries: the exp temporary is then a few MB that the
     allocator reuses, not a fresh logits-sized buffer (13 MB at B = 64) mapped and page-faulted in on
@@ -70,7 +78,7 @@ def _kept_group_masses(s, mx, t, truncated, e=None):
     """
     if e is not None:
         if truncated:
-            e.masked_fill_(s < t[:, None], 0.0)
+            e.masked_fill_(_cut_off(s, t, u), 0.0)
         return _group_masses(e)
     n, V = s.shape
     rows = max(1, (1 << 20) // V)
@@ -78,42 +86,46 @@ def _kept_group_masses(s, mx, t, truncated, e=None):
     for i in range(0, n, rows):
         e = torch.sub(s[i:i + rows], mx[i:i + rows, None]).exp_()  # one temporary of the block's size, not two
         if truncated:
-            e.masked_fill_(s[i:i + rows] < t[i:i + rows, None], 0.0)
+            e.masked_fill_(_cut_off(s[i:i + rows], t[i:i + rows], None if u is None else u[i:i + rows]), 0.0)
         out.append(_group_masses(e))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def _draw_dense(s, mx, t, k1, k2, e=None):
-    """The two-level race over full rows s (n, V) (scaled logits) keeping s >= t: (tokens, log-probs).
+def _draw_dense(s, mx, t, k1, k2, e=None, u=None):
+    """The two-level race over full rows s (n, V) (scaled logits) keeping t <= s <= u: (tokens, log-probs).
 
     An exact draw from the kept softmax: the group wins with probability (its kept mass) / (kept mass),
     then the token within it with probability (its mass) / (the group's). Noise is hashed for the
     ceil(V / GROUP) groups and the GROUP tokens of the winner, not for all V tokens.
-    e: exp(s - mx) when the caller has it (it is overwritten).
+    e: exp(s - mx) when the caller has it (it is overwritten). u: the band's top (typical), None or +inf: none.
     """
     n, V = s.shape
     _check_scale(mx)
-    w = _kept_group_masses(s, mx, t, bool((t > NEG_INF).any()), e)  # (n, G)
+    if u is not None and bool((u < float("inf")).any()):
+        mx, e = torch.minimum(mx, u), None  # typical may cut the max: masses relative to the largest kept value
+    else:
+        u = None
+    w = _kept_group_masses(s, mx, t, u is not None or bool((t > NEG_INF).any()), e, u)  # (n, G)
     # float64 total: rows stay bit-identical across batch shapes (see reference.partition)
     z = w.sum(-1, dtype=torch.float64).float()
     gids = torch.arange(w.shape[1], device=s.device).expand(n, -1)
     g = _race(w.log(), gids, k1, k2, groups=True)  # (n,)
     ids = g[:, None] * GROUP + torch.arange(GROUP, device=s.device)  # (n, GROUP) the winner's tokens
     vals = s.gather(1, ids.clamp(max=V - 1))
-    vals.masked_fill_((ids >= V) | (vals < t[:, None]), NEG_INF)
+    vals.masked_fill_((ids >= V) | _cut_off(vals, t, u), NEG_INF)
     tok = _race(vals, ids, k1, k2)
     return tok, (s.gather(1, tok[:, None])[:, 0] - mx) - torch.log(z)
 
 
-def _draw_sparse(vals, idx, t, k1, k2, V):
-    """The two-level race over entries (n, m) (values, token ids), keeping vals >= t.
+def _draw_sparse(vals, idx, t, k1, k2, V, u=None):
+    """The two-level race over entries (n, m) (values, token ids), keeping t <= vals <= u.
 
     The same draw as _draw_dense on the full rows (group masses summed from the kept entries), for
     windows that hold every kept token: top-k rows never build the full row.
     """
     n, m = vals.shape
-    kept = vals >= t[:, None]
-    mx = vals.amax(-1)  # the row max: always kept
+    kept = ~_cut_off(vals, t, u)
+    mx = vals.amax(-1) if u is None else torch.minimum(vals.amax(-1), u)  # the largest kept value
     _check_scale(mx)
     e = torch.exp(vals - mx[:, None]).masked_fill_(~kept, 0.0)  # (n, m)
     z = e.sum(-1, dtype=torch.float64).float()
@@ -127,33 +139,84 @@ def _draw_sparse(vals, idx, t, k1, k2, V):
     return tok, (s_tok - mx) - torch.log(z)
 
 
-def _cut(vals, mx, t, lmp, eps, eta):
-    """min-p, then epsilon, then eta (transformers' order: after top-k and top-p), each raising the threshold t of
-    rows vals (n, m) that hold every token kept so far; mx (n,) the rows' max. lmp (n,): log(min_p), -inf
-    when off; eps, eta (n,): epsilon_cutoff, eta_cutoff, 0 when off (kernels.params.normalize_cutoffs).
+def _mass_quantile(d, e, target):
+    """Per row of (n, m): the smallest value v of d with mass(d <= v) >= target (e the masses, d >= 0, +inf for
+    entries that weigh nothing), +inf where rounding keeps the mass short of the target. The nucleus' method
+    (`_nucleus_threshold`) on d instead of the distance below the max: a histogram of d, then a sort of the one
+    bin where the mass crosses the target."""
+    n = d.shape[0]
+    b = (d * (1.0 / BIN_W)).clamp_(max=NBINS - 1).to(torch.int32).long()  # (n, m); +inf -> the catch-all bin
+    mass = torch.zeros(n, NBINS, device=d.device).scatter_add_(1, b, e)  # (n, NBINS), in token order
+    cum = mass.cumsum(-1)
+    L = (cum < target[:, None]).sum(-1).clamp(max=NBINS - 1)  # the crossing bin
+    below = torch.where(L > 0, cum.gather(1, (L - 1).clamp(min=0)[:, None])[:, 0], 0.0)  # < target
+    neg, idx = _compact(b == L[:, None], -d)  # the crossing bin's -d, padded with -inf
+    neg, order = neg.sort(-1, descending=True)  # d ascending
+    w = e.gather(1, idx.gather(1, order)).masked_fill_(neg == NEG_INF, 0.0)
+    excl = below[:, None] + F.pad(w.cumsum(-1)[:, :-1], (1, 0))  # mass strictly before each entry
+    last = ((excl < target[:, None]).sum(-1) - 1).clamp(min=0)
+    return -neg.gather(1, last[:, None])[:, 0]
 
-    min-p keeps p >= min_p * p_max, i.e. s >= mx + log(min_p): a threshold on the max, no pass. Epsilon keeps
-    p >= epsilon, p = exp(s - mx) / Z over the tokens kept so far (what transformers' warper sees, and in its
-    domain: a probability exactly at epsilon is kept or not as its softmax rounds), and the max always (its
-    min_tokens_to_keep=1); p is monotone in s, so that is a threshold too: the smallest kept row value.
+
+def _typical_band(vals, mx, t, typ):
+    """Typical sampling over rows vals (n, m) holding every token kept so far (s >= t; mx the max, kept):
+    the band (lo, hi) of values kept, each (n,).
+
+    transformers' TypicalLogitsWarper keeps the tokens closest to the entropy, |-log p - H| smallest first,
+    until their mass reaches typical_p (the crossing one and its ties included). With log p = s - mx - log Z
+    and H = log Z - E[s - mx], -log p - H = (mx - s) + E[s - mx]: the distance of s from its mean under p.
+    That distance (rounded as the Triton kernel rounds it) falls then rises with s, so the tokens within any
+    distance of the mean are a band of values: the kept set is lo <= s <= hi.
+    """
+    e = torch.exp(vals - mx[:, None]).masked_fill_(vals < t[:, None], 0.0)
+    z = e.sum(-1, dtype=torch.float64).float()  # float64 sums: batch-invariant (reference.partition)
+    a = torch.where(e > 0, e * (vals - mx[:, None]), 0.0).sum(-1, dtype=torch.float64).float()
+    below_t = vals < t[:, None]
+    d = torch.sub(mx[:, None], vals).add_((a / z)[:, None]).abs_().masked_fill_(below_t, float("inf"))
+    kept = (d <= _mass_quantile(d, e, typ * z)[:, None]).logical_and_(~below_t)
+    return (torch.where(kept, vals, float("inf")).amin(-1), torch.where(kept, vals, NEG_INF).amax(-1))
+
+
+def _cut(vals, mx, t, lmp, typ, eps, eta):
+    """min-p, typical, epsilon, eta (transformers' order: after top-k and top-p) on rows vals (n, m) that hold
+    every token kept so far, threshold t; mx (n,) the rows' max. lmp (n,): log(min_p), -inf when off; typ
+    (n,): typical_p, 1 when off; eps, eta (n,): epsilon_cutoff, eta_cutoff, 0 when off
+    (kernels.params.normalize_cutoffs). Returns the kept band (t, u), each (n,): kept iff t <= s <= u; u is
+    +inf unless typical is on.
+
+    min-p keeps p >= min_p * p_max, i.e. s >= mx + log(min_p): a threshold on the max, no pass. Typical keeps a
+    band (`_typical_band`). Epsilon keeps p >= epsilon, p = exp(s - m) / Z over the tokens kept so far (what
+    transformers' warper sees, and in its domain: a probability exactly at epsilon is kept or not as its
+    softmax rounds), and the largest kept value m always (its min_tokens_to_keep=1); p is monotone in s, so
+    that is a threshold too: the smallest kept row value.
     """
     t = torch.maximum(t, mx + lmp)
+    u = torch.full_like(t, float("inf"))
+    on = typ < 1
+    if bool(on.any()):
+        lo, hi = _typical_band(vals, mx, t, typ)
+        t, u = torch.where(on, lo, t), torch.where(on, hi, u)
+        m = torch.minimum(mx, u)  # typical may cut the max
+        band = (vals < t[:, None]) | (vals > u[:, None])
+    else:
+        m, band = mx, None
     on = eps > 0
     if bool(on.any()):
-        e = torch.exp(vals - mx[:, None]).masked_fill_(vals < t[:, None], 0.0)
+        e = torch.exp(vals - m[:, None]).masked_fill_(vals < t[:, None] if band is None else band, 0.0)
         z = e.sum(-1, dtype=torch.float64).float()  # as reference.partition: batch-invariant
         t_eps = torch.where(e / z[:, None] >= eps[:, None], vals, float("inf")).amin(-1)
-        t = torch.where(on, torch.maximum(t, torch.minimum(mx, t_eps)), t)
+        t = torch.where(on, torch.maximum(t, torch.minimum(m, t_eps)), t)
     on = eta > 0
     if bool(on.any()):
         # eta: epsilon with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
-        e = torch.exp(vals - mx[:, None]).masked_fill_(vals < t[:, None], 0.0)
+        e = torch.exp(vals - m[:, None]).masked_fill_((vals < t[:, None]) if band is None else
+                                                      band | (vals < t[:, None]), 0.0)
         z = e.sum(-1, dtype=torch.float64).float()
-        a = torch.where(e > 0, e * (vals - mx[:, None]), 0.0).sum(-1, dtype=torch.float64).float()
+        a = torch.where(e > 0, e * (vals - m[:, None]), 0.0).sum(-1, dtype=torch.float64).float()
         cut = torch.minimum(eta, torch.sqrt(eta) * torch.exp(-(torch.log(z) - a / z)))
         t_eta = torch.where(e / z[:, None] >= cut[:, None], vals, float("inf")).amin(-1)
-        t = torch.where(on, torch.maximum(t, torch.minimum(mx, t_eta)), t)
-    return t
+        t = torch.where(on, torch.maximum(t, torch.minimum(m, t_eta)), t)
+    return t, u
 
 
 def _resolve(vals, k, p, full: bool):
@@ -213,20 +276,22 @@ def _nucleus_threshold(s, mx, p):
     return bvals.gather(1, last[:, None])[:, 0], e
 
 
-def _nucleus(s, mx, p, lmp, eps, eta, k1, k2):
+def _nucleus(s, mx, p, lmp, typ, eps, eta, k1, k2):
     """Top-p rows without top-k: (tokens, log-probs), drawn on the full rows with the nucleus threshold
-    (raised by min-p / epsilon)."""
+    (raised by min-p / epsilon, banded by typical)."""
     t, e = _nucleus_threshold(s, mx, p)
-    return _draw_dense(s, mx, _cut(s, mx, t, lmp, eps, eta), k1, k2, e=e)
+    t, u = _cut(s, mx, t, lmp, typ, eps, eta)
+    return _draw_dense(s, mx, t, k1, k2, e=e, u=u)
 
 
-def _finish(out, rows, vals, idx, t, k1, k2, V):
-    """Draw for `rows` from their resolved windows; noise is hashed only for the widest kept prefix."""
+def _finish(out, rows, vals, idx, t, u, k1, k2, V):
+    """Draw for `rows` from their resolved windows; noise is hashed only for the widest prefix >= t."""
     if rows.numel() == 0:
         return
     tokens, logprobs = out
-    kept_w = max(int((vals >= t[:, None]).sum(-1).max()), 1)  # kept entries are a prefix when sorted
-    tokens[rows], logprobs[rows] = _draw_sparse(vals[:, :kept_w], idx[:, :kept_w], t, k1[rows], k2[rows], V)
+    kept_w = max(int((vals >= t[:, None]).sum(-1).max()), 1)  # entries >= t are a prefix when sorted
+    tokens[rows], logprobs[rows] = _draw_sparse(vals[:, :kept_w], idx[:, :kept_w], t, k1[rows], k2[rows], V,
+                                                None if bool((u == float("inf")).all()) else u)
 
 
 def _scale(x, T):
@@ -234,11 +299,11 @@ def _scale(x, T):
     return x if bool((T == 1).all()) else x / T[:, None]
 
 
-def _topk_windows(x, T, k, p, lmp, eps, eta, rows):
-    """Top-k rows, resolved: yields (rows, vals, idx, t) with each row's descending window of x / T that
-    provably holds its whole kept set, and its threshold (min-p / epsilon included: they only shrink the
-    set). Windows grow (WINDOWS, then a full sort) until no tie with the k-th value can spill past them.
-    x (n, V) float32; T, k, p, lmp, eps per row (n,); rows (r,)."""
+def _topk_windows(x, T, k, p, lmp, typ, eps, eta, rows):
+    """Top-k rows, resolved: yields (rows, vals, idx, t, u) with each row's descending window of x / T that
+    provably holds its whole kept set, and its kept band (min-p / typical / epsilon / eta included: they only
+    shrink the set). Windows grow (WINDOWS, then a full sort) until no tie with the k-th value can spill past
+    them. x (n, V) float32; T, k, p, lmp, typ, eps, eta per row (n,); rows (r,)."""
     if rows.numel() == 0:  # ~20 small ops for nothing, every step of untruncated or top-p-only sampling
         return
     V = x.shape[1]
@@ -255,8 +320,8 @@ def _topk_windows(x, T, k, p, lmp, eps, eta, rows):
         t, done = _resolve(vals, k[take], p[take], full=m == V)
         d = done.nonzero()[:, 0]
         vals, idx, t = vals[d], idx[d], t[d]
-        t = _cut(vals, vals[:, 0], t, lmp[take[d]], eps[take[d]], eta[take[d]])
-        yield take[d], vals, idx, t
+        t, u = _cut(vals, vals[:, 0], t, lmp[take[d]], typ[take[d]], eps[take[d]], eta[take[d]])
+        yield take[d], vals, idx, t, u
         pending[take[d]] = False
         width[take] = m + 1  # unresolved rows move on to the next window
 
@@ -267,49 +332,50 @@ def _routes(k, p):
             (k > 0).nonzero()[:, 0])
 
 
-def _sample_rows(x, mx, T, k, p, lmp, eps, eta, k1, k2):
+def _sample_rows(x, mx, T, k, p, lmp, typ, eps, eta, k1, k2):
     """Sample rows that all have temperature > 0. x (n, V) float32, mx its row maxima."""
     n, V = x.shape
     out = (torch.empty(n, dtype=torch.int64, device=x.device), torch.empty(n, dtype=torch.float32, device=x.device))
     k = effective_top_k(k, V)
     plain, nucleus, windowed = _routes(k, p)
     if plain.numel():
-        # No top-k / top-p: every token is a candidate unless min-p / epsilon cut; no ordering needed.
+        # No top-k / top-p: every token is a candidate unless a later rule cuts; no ordering needed.
         s, mx_s = _scale(_rows(x, plain, n), T[plain]), mx[plain] / T[plain]
         t0 = torch.full((plain.numel(),), NEG_INF, device=x.device)
-        t = _cut(s, mx_s, t0, lmp[plain], eps[plain], eta[plain])
-        out[0][plain], out[1][plain] = _draw_dense(s, mx_s, t, k1[plain], k2[plain])
+        t, u = _cut(s, mx_s, t0, lmp[plain], typ[plain], eps[plain], eta[plain])
+        out[0][plain], out[1][plain] = _draw_dense(s, mx_s, t, k1[plain], k2[plain], u=u)
     if nucleus.numel():
         # max(x / T) == max(x) / T exactly: rounding is monotone
         out[0][nucleus], out[1][nucleus] = _nucleus(_scale(_rows(x, nucleus, n), T[nucleus]),
-                                                    mx[nucleus] / T[nucleus], p[nucleus], lmp[nucleus], eps[nucleus],
-                                                    eta[nucleus], k1[nucleus], k2[nucleus])
-    for rows, vals, idx, t in _topk_windows(x, T, k, p, lmp, eps, eta, windowed):
-        _finish(out, rows, vals, idx, t, k1, k2, V)
+                                                    mx[nucleus] / T[nucleus], p[nucleus], lmp[nucleus], typ[nucleus],
+                                                    eps[nucleus], eta[nucleus], k1[nucleus], k2[nucleus])
+    for rows, vals, idx, t, u in _topk_windows(x, T, k, p, lmp, typ, eps, eta, windowed):
+        _finish(out, rows, vals, idx, t, u, k1, k2, V)
     return out
 
 
-def keep_thresholds(x, T, k, p, lmp, eps, eta):
-    """The threshold of each row's kept set, exactly as the sampler finds it: a token is kept iff
-    x / T >= t. x (n, V) float32, every T > 0; lmp, eps, eta: log(min_p) (-inf: off), epsilon_cutoff and
-    eta_cutoff (0: off);
-    returns t (n,) float32 (-inf: nothing truncated)."""
+def keep_bounds(x, T, k, p, lmp, typ, eps, eta):
+    """The band of each row's kept set, exactly as the sampler finds it: a token is kept iff t <= x / T <= u.
+    x (n, V) float32, every T > 0; lmp, typ, eps, eta: log(min_p) (-inf: off), typical_p (1: off),
+    epsilon_cutoff and eta_cutoff (0: off); returns (t, u), each (n,) float32 (-inf, +inf: nothing truncated)."""
     n, V = x.shape
     t = torch.full((n,), NEG_INF, device=x.device)
+    u = torch.full((n,), float("inf"), device=x.device)
     k = effective_top_k(k, V)
     plain, nucleus, windowed = _routes(k, p)
-    plain = plain[((lmp[plain] > NEG_INF) | (eps[plain] > 0) | (eta[plain] > 0)).nonzero()[:, 0]]  # cut by a rule
+    cuts = (lmp[plain] > NEG_INF) | (typ[plain] < 1) | (eps[plain] > 0) | (eta[plain] > 0)
+    plain = plain[cuts.nonzero()[:, 0]]  # rows cut by a later rule
     if plain.numel():
         s = _scale(_rows(x, plain, n), T[plain])
-        t[plain] = _cut(s, s.amax(-1), t[plain], lmp[plain], eps[plain], eta[plain])
+        t[plain], u[plain] = _cut(s, s.amax(-1), t[plain], lmp[plain], typ[plain], eps[plain], eta[plain])
     if nucleus.numel():
         s = _scale(_rows(x, nucleus, n), T[nucleus])
         mx = s.amax(-1)
-        t[nucleus] = _cut(s, mx, _nucleus_threshold(s, mx, p[nucleus])[0], lmp[nucleus], eps[nucleus],
-                          eta[nucleus])
-    for rows, _, _, t_rows in _topk_windows(x, T, k, p, lmp, eps, eta, windowed):
-        t[rows] = t_rows
-    return t
+        t[nucleus], u[nucleus] = _cut(s, mx, _nucleus_threshold(s, mx, p[nucleus])[0], lmp[nucleus], typ[nucleus],
+                                      eps[nucleus], eta[nucleus])
+    for rows, _, _, t_rows, u_rows in _topk_windows(x, T, k, p, lmp, typ, eps, eta, windowed):
+        t[rows], u[rows] = t_rows, u_rows
+    return t, u
 
 
 def _greedy(x):
@@ -319,12 +385,13 @@ def _greedy(x):
     return tok, -torch.log(partition(x, mx))
 
 
-def sample_torch(logits, T, k, p, seed, position, lmp, eps, eta):
+def sample_torch(logits, T, k, p, seed, position, lmp, eps, eta, typ=None):
     """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors. Noise keys
     are hashed for the rows that draw (temperature > 0) only: greedy rows need none."""
     x = logits.float()
     mx = check_finite(x)
     B = x.shape[0]
+    typ = torch.ones_like(T) if typ is None else typ
     greedy = T == 0
     if bool(greedy.all()):
         return _greedy(x)
@@ -337,6 +404,6 @@ def sample_torch(logits, T, k, p, seed, position, lmp, eps, eta):
     if not torch.isfinite(mx[r] / T[r]).all():
         raise ValueError("logits / temperature overflows float32 (temperature too small for these "
                          "logits); use temperature=0 for greedy decoding")
-    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], lmp[r], eps[r], eta[r],
+    tokens[r], logprobs[r] = _sample_rows(_rows(x, r, B), mx[r], T[r], k[r], p[r], lmp[r], typ[r], eps[r], eta[r],
                                           *row_keys(seed[r], position[r]))
     return tokens, logprobs

@@ -1,5 +1,5 @@
-"""The fused Triton sampling kernel: temperature, softmax, top-k, top-p, min-p, epsilon and the draw in one
-launch.
+"""The fused Triton sampling kernel: temperature, softmax, top-k, top-p, min-p, typical, epsilon, eta and the
+draw in one launch.
 
 One program per row streams the row in tiles of BLOCK tokens; nothing of size V is written back.
   1. stats pass: row max M, sum of exp(s - M), smallest finite value, argmax (greedy), NaN / +inf check.
@@ -9,8 +9,10 @@ One program per row streams the row in tiles of BLOCK tokens; nothing of size V 
      neighbouring pivots snapped to row values, until a == b. The answer is the largest row value v with
      count(s >= v) >= k (top-k), or with mass(s >= v) >= p * mass(kept by top-k) (top-p): exactly the
      torch path's rule, ties with the threshold kept. Then min-p raises the threshold to m + log(min_p)
-     (no pass), and epsilon to the smallest token whose probability over the kept set reaches epsilon
-     (two passes: the kept mass, then that token).
+     (no pass); typical finds the mean logit c (one pass), bisects the same way on the key -|s - c| (the
+     tokens closest to the mean first) and turns the answer into a band lo <= s <= hi (one pass); epsilon
+     raises the threshold to the smallest token whose probability over the kept set reaches epsilon
+     (two passes: the kept mass, then that token), and eta likewise.
   3. draw pass: two exponential races (Gumbel-max) over tokens >= the threshold with the same
      counter-based hash as kernels.hashing, so both backends draw the same token: groups of GROUP tokens
      by their kept mass (one pass), then the GROUP tokens of the winner (one load); the kept mass gives
@@ -110,13 +112,15 @@ def _row_stats(x_row, V, T, unit_t, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target,
-            USE_MASS: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr):
-    """Largest row value v in [a, b] with f(v) >= target, f = count or mass (exp(s - m)) of {s >= v}.
+def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target, floor, c,
+            USE_MASS: tl.constexpr, TYPICAL: tl.constexpr, BLOCK: tl.constexpr, NP: tl.constexpr):
+    """Largest key value v in [a, b] with f(v) >= target, f = count or mass (exp(s - m)) of {key >= v}.
 
-    Needs f(a) >= target and f < target above b; a need not be a row value. Returns (v, count(s >= v),
-    mass(s >= v)); the two counts are exact only if the bracket moved off its starting a.
-    Each round costs one pass; pivot NP - 1 sits on b, so every round either ends or lowers b.
+    The key is the row value s, or with TYPICAL -|(m - s) + c| for s >= floor (-inf below it, and no mass):
+    the tokens closest to the mean first. Needs f(a) >= target and f < target above b; a need not be a key
+    value. Returns (v, count(key >= v), mass(key >= v)); the two counts are exact only if the bracket moved
+    off its starting a. Each round costs one pass; pivot NP - 1 sits on b, so every round either ends or
+    lowers b.
     """
     offs0 = tl.arange(0, BLOCK)
     j = tl.arange(0, NP)
@@ -133,12 +137,18 @@ def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target,
         for start in range(0, V, BLOCK):
             offs = start + offs0
             s = _load_scaled(x_row, offs, V, unit_t, T)
-            e = tl.exp(s - m)
-            ge = s[:, None] >= q[None, :]  # (BLOCK, NP); padding is -inf, never >= q
+            if TYPICAL:
+                inside = s >= floor
+                key = tl.where(inside, -tl.abs((m - s) + c), float("-inf"))
+                e = tl.where(inside, tl.exp(s - m), 0.0)
+            else:
+                key = s
+                e = tl.exp(s - m)
+            ge = key[:, None] >= q[None, :]  # (BLOCK, NP); padding is -inf, never >= q
             cnt += ge.to(tl.int32)
             mass += tl.where(ge, e[:, None], 0.0)
-            below = tl.maximum(below, tl.where(ge, float("-inf"), s[:, None]))
-            above = tl.minimum(above, tl.where(ge, s[:, None], float("inf")))
+            below = tl.maximum(below, tl.where(ge, float("-inf"), key[:, None]))
+            above = tl.minimum(above, tl.where(ge, key[:, None], float("inf")))
         cnt = tl.sum(cnt, 0)
         mass = tl.sum(mass, 0)
         below = tl.max(below, 0)
@@ -159,7 +169,8 @@ def _bisect(x_row, V, T, unit_t, m, a, fa_cnt, fa_mass, b, target,
 
 
 @triton.jit
-def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr, seed_ptr, pos_ptr, tok_ptr, lp_ptr, V,
+def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, typ_ptr, eps_ptr, eta_ptr, seed_ptr, pos_ptr, tok_ptr,
+                   lp_ptr, V,
                    BLOCK: tl.constexpr, BLOCK_B: tl.constexpr, NP: tl.constexpr, GROUP: tl.constexpr,
                    GROUP_BIT: tl.constexpr):
     row = tl.program_id(0)
@@ -182,8 +193,8 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr
     kept_mass = z
     do_k = (k > 0) & (n_fin >= k) & (~greedy) & (~bad)
     if do_k:
-        t, _c, kept_mass = _bisect(x_row, V, T, unit_t, m, mn, n_fin, z, m, k.to(tl.float32),
-                                   False, BLOCK_B, NP)
+        t, _c, kept_mass = _bisect(x_row, V, T, unit_t, m, mn, n_fin, z, m, k.to(tl.float32), mn, 0.0,
+                                   False, False, BLOCK_B, NP)
     target = p * kept_mass
     if (p < 1.0) & (~greedy) & (~bad):
         if target <= 1.0:
@@ -193,30 +204,18 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr
             # threshold lies above; start the bracket there (1 nat lower, for rounding).
             lb = m - tl.log(V.to(tl.float32) / (1.0 - p)) - 1.0
             a0 = tl.maximum(tl.maximum(t, mn), lb)
-            t, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, kept_mass, m, target,
-                                True, BLOCK_B, NP)
+            t, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, kept_mass, m, target, mn, 0.0,
+                                True, False, BLOCK_B, NP)
+    u = tl.full((), float("inf"), tl.float32)  # the kept set's top: below the max only under typical
+    mk = m  # the largest kept value
     if (~greedy) & (~bad):
         # min-p: p >= min_p * p_max is s >= m + log(min_p) (the log taken by torch: the same number as there)
         t = tl.maximum(t, m + tl.load(lmp_ptr + row))
-        eps = tl.load(eps_ptr + row)
-        if eps > 0.0:
-            # epsilon: p = exp(s - m) / Z >= epsilon over the tokens kept so far, the max always kept: one pass
-            # for their mass Z, one for the smallest row value that passes (a threshold: p is monotone in s)
-            zc = tl.zeros((BLOCK,), tl.float32)
-            for start in range(0, V, BLOCK):
-                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
-                zc += tl.where(s >= t, tl.exp(s - m), 0.0)
-            zc = tl.sum(zc, 0)
-            t_eps = tl.full((BLOCK,), float("inf"), tl.float32)
-            for start in range(0, V, BLOCK):
-                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
-                ok = (s >= t) & (tl.math.div_rn(tl.exp(s - m), zc) >= eps)  # IEEE division, as torch's
-                t_eps = tl.minimum(t_eps, tl.where(ok, s, float("inf")))
-            t = tl.maximum(t, tl.minimum(m, tl.min(t_eps, 0)))
-        eta = tl.load(eta_ptr + row)
-        if eta > 0.0:
-            # eta: the same with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
-            # (one pass for their mass and sum of e * (s - m)); sqrt_rn is correctly rounded, as torch's sqrt
+        typ = tl.load(typ_ptr + row)
+        if typ < 1.0:
+            # typical: |-log p - H| = |(m - s) + c|, c = E[s - m] over the tokens kept so far (one pass); the
+            # tokens closest to the mean are kept until their mass reaches typ * Z (bisection on the key
+            # -|(m - s) + c|), and they are a band of values lo <= s <= hi (one pass for its ends)
             zc = tl.zeros((BLOCK,), tl.float32)
             ac = tl.zeros((BLOCK,), tl.float32)
             for start in range(0, V, BLOCK):
@@ -225,14 +224,56 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr
                 zc += e
                 ac += tl.where(e > 0.0, e * (s - m), 0.0)
             zc = tl.sum(zc, 0)
+            c = tl.math.div_rn(tl.sum(ac, 0), zc)
+            # every kept key lies in [-(m - floor + |c|), 0]: the bracket, 1 nat wider for rounding
+            a0 = -((m - tl.maximum(t, mn)) + tl.abs(c)) - 1.0
+            v, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, zc, 0.0, typ * zc, t, c,
+                                True, True, BLOCK_B, NP)
+            lo = tl.full((BLOCK,), float("inf"), tl.float32)
+            hi = tl.full((BLOCK,), float("-inf"), tl.float32)
+            for start in range(0, V, BLOCK):
+                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
+                kept = (s >= t) & (-tl.abs((m - s) + c) >= v)
+                lo = tl.minimum(lo, tl.where(kept, s, float("inf")))
+                hi = tl.maximum(hi, tl.where(kept, s, float("-inf")))
+            t = tl.min(lo, 0)
+            u = tl.max(hi, 0)
+            mk = tl.minimum(m, u)
+        eps = tl.load(eps_ptr + row)
+        if eps > 0.0:
+            # epsilon: p = exp(s - m) / Z >= epsilon over the tokens kept so far, the max always kept: one pass
+            # for their mass Z, one for the smallest row value that passes (a threshold: p is monotone in s)
+            zc = tl.zeros((BLOCK,), tl.float32)
+            for start in range(0, V, BLOCK):
+                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
+                zc += tl.where((s >= t) & (s <= u), tl.exp(s - mk), 0.0)
+            zc = tl.sum(zc, 0)
+            t_eps = tl.full((BLOCK,), float("inf"), tl.float32)
+            for start in range(0, V, BLOCK):
+                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
+                ok = (s >= t) & (s <= u) & (tl.math.div_rn(tl.exp(s - mk), zc) >= eps)  # IEEE division, as torch's
+                t_eps = tl.minimum(t_eps, tl.where(ok, s, float("inf")))
+            t = tl.maximum(t, tl.minimum(mk, tl.min(t_eps, 0)))
+        eta = tl.load(eta_ptr + row)
+        if eta > 0.0:
+            # eta: the same with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
+            # (one pass for their mass and sum of e * (s - m)); sqrt_rn is correctly rounded, as torch's sqrt
+            zc = tl.zeros((BLOCK,), tl.float32)
+            ac = tl.zeros((BLOCK,), tl.float32)
+            for start in range(0, V, BLOCK):
+                s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
+                e = tl.where((s >= t) & (s <= u), tl.exp(s - mk), 0.0)
+                zc += e
+                ac += tl.where(e > 0.0, e * (s - mk), 0.0)
+            zc = tl.sum(zc, 0)
             h = tl.log(zc) - tl.math.div_rn(tl.sum(ac, 0), zc)
             cut = tl.minimum(eta, tl.sqrt_rn(eta) * tl.exp(-h))
             t_eta = tl.full((BLOCK,), float("inf"), tl.float32)
             for start in range(0, V, BLOCK):
                 s = _load_scaled(x_row, start + tl.arange(0, BLOCK), V, unit_t, T)
-                ok = (s >= t) & (tl.math.div_rn(tl.exp(s - m), zc) >= cut)
+                ok = (s >= t) & (s <= u) & (tl.math.div_rn(tl.exp(s - mk), zc) >= cut)
                 t_eta = tl.minimum(t_eta, tl.where(ok, s, float("inf")))
-            t = tl.maximum(t, tl.minimum(m, tl.min(t_eta, 0)))
+            t = tl.maximum(t, tl.minimum(mk, tl.min(t_eta, 0)))
 
     # draw, in two races (kernels/hashing.py): groups of GROUP tokens by their kept mass, then the tokens
     # of the winning group; ties go to the lowest id, as on the torch path
@@ -249,7 +290,7 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr
         for start in range(0, V, BLOCK):
             offs = start + offs0
             s = _load_scaled(x_row, offs, V, unit_t, T)
-            e = tl.where(s >= t, tl.exp(s - m), 0.0)  # padding is -inf: mass 0
+            e = tl.where((s >= t) & (s <= u), tl.exp(s - mk), 0.0)  # padding is -inf: mass 0
             zv += e
             w = tl.sum(tl.reshape(e, (BLOCK // GROUP, GROUP)), 1)  # (BLOCK // GROUP,) group masses
             gid = start // GROUP + gj
@@ -261,11 +302,11 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, eps_ptr, eta_ptr
         g_idx = tl.min(tl.where(g_best == row_best, g_idx, 2147483647), 0)
         offs = g_idx * GROUP + tl.arange(0, GROUP)
         s = _load_scaled(x_row, offs, V, unit_t, T)
-        score = tl.where((s >= t) & (offs < V), s + _gumbel(offs, k1, k2), float("-inf"))
+        score = tl.where((s >= t) & (s <= u) & (offs < V), s + _gumbel(offs, k1, k2), float("-inf"))
         tile_best = tl.max(score, 0)
         best_i = tl.min(tl.where(score == tile_best, offs, V), 0)
     s_tok = _load_scaled(x_row, best_i, V, unit_t, T)
-    lp = (s_tok - m) - tl.log(zk)
+    lp = (s_tok - mk) - tl.log(zk)
     tl.store(tok_ptr + row, tl.where(bad, -1, best_i.to(tl.int64)))
     tl.store(lp_ptr + row, tl.where(bad, float("nan"), lp))
 
@@ -274,11 +315,12 @@ def _block_size(V: int) -> int:
     return max(GROUP, min(1024, triton.next_power_of_2(V)))  # whole groups per tile
 
 
-def sample_triton(logits, T, k, p, seed, position, block: int | None = None, lmp=None, eps=None, eta=None,
+def sample_triton(logits, T, k, p, seed, position, block: int | None = None, lmp=None, eps=None, eta=None, typ=None,
                   bisect_block: int = BISECT_BLOCK, num_warps: int = NUM_WARPS):
     """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors
     (kernels.params.normalize_params: seed and position int64, hashed into the row's keys by the kernel);
-    lmp, eps, eta: log(min_p), epsilon_cutoff and eta_cutoff (kernels.params.normalize_cutoffs; None: off).
+    lmp, eps, eta, typ: log(min_p), epsilon_cutoff, eta_cutoff and typical_p (kernels.params.normalize_cutoffs;
+    None: off).
 
     No host sync: parameter values are clamped on the device rather than checked. One launch beside the
     two outputs' allocations: every small torch op here cost a kernel launch, and at batch 1 the launches
@@ -295,7 +337,8 @@ def sample_triton(logits, T, k, p, seed, position, block: int | None = None, lmp
     lmp = torch.full((B,), float("-inf"), device=x.device) if lmp is None else lmp  # log(min_p); -inf: off
     eps = torch.zeros(B, device=x.device) if eps is None else eps  # epsilon_cutoff; 0: off
     eta = torch.zeros(B, device=x.device) if eta is None else eta  # eta_cutoff; 0: off
-    _sample_kernel[(B,)](x, x.stride(0), T, k, p, lmp, eps, eta, seed, position, tokens, logprobs, V,
+    typ = torch.ones(B, device=x.device) if typ is None else typ  # typical_p; 1: off
+    _sample_kernel[(B,)](x, x.stride(0), T, k, p, lmp, typ, eps, eta, seed, position, tokens, logprobs, V,
                          BLOCK=block, BLOCK_B=min(block, bisect_block), NP=NUM_PIVOTS, GROUP=GROUP,
                          GROUP_BIT=GROUP_BIT, num_warps=num_warps)
     return tokens, logprobs

@@ -72,6 +72,9 @@ class RLConfig:
     top_k: int = 0
     top_p: float = 1.0
     min_p: float = 0.0
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
     repetition_penalty: float = 1.0
     stop: list = field(default_factory=list)
     weight_decay: float = 0.0
@@ -86,6 +89,7 @@ class RLConfig:
     def sampling(self, n: int, seeds=None) -> SamplingParams:
         """The rollouts' SamplingParams (stop strings as typed: the engine matches them in the model's text form)."""
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                              typical_p=self.typical_p, epsilon_cutoff=self.epsilon_cutoff, eta_cutoff=self.eta_cutoff,
                               repetition_penalty=self.repetition_penalty, max_new_tokens=self.max_completion_length,
                               stop=tuple(self.stop), n=n, seed=seeds)
 
@@ -122,6 +126,7 @@ def validate(cfg: RLConfig) -> None:
                               f"with no spread to learn from), got {cfg.temperature}")
     try:  # the one check of sampling settings, naming them by this command's flags
         check_sampling(dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
+                            typical_p=cfg.typical_p, epsilon_cutoff=cfg.epsilon_cutoff, eta_cutoff=cfg.eta_cutoff,
                             repetition_penalty=cfg.repetition_penalty, max_new_tokens=cfg.max_completion_length,
                             stop=cfg.stop), name=lambda f: flag(SAMPLING_FLAGS.get(f, f)))
     except ValueError as e:

@@ -66,11 +66,15 @@ def stdlib_files() -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if not _SKIP_DIRS.intersection(p.relative_to(root).parts))
 
 
-def stdlib_units() -> list[Unit]:
-    """One unit per module (its prose and its short functions), and one per pydoc help topic."""
-    root = stdlib_root()
-    units = [Unit(p.relative_to(root).as_posix(), p.stat().st_size, lambda p=p: (module_documents(p), "ok"))
-             for p in stdlib_files()]
+def stdlib_units(code_repeats: int = 1) -> list[Unit]:
+    """One unit per module (its prose and its short functions), and one per pydoc help topic; with
+    `code_repeats` > 1, each module's code-on-request documents that many times in all (the extra copies
+    have the module's key, so a split gets all of them or none)."""
+    root, files = stdlib_root(), stdlib_files()
+    modules = [Unit(p.relative_to(root).as_posix(), p.stat().st_size, lambda p=p: (module_documents(p), "ok"))
+               for p in files]
+    copies = [Unit(u.key, u.size // 4, lambda p=p: (code_requests(p), "ok")) for u, p in zip(modules, files)]
+    units = modules + copies * (code_repeats - 1)  # the order the shipped model's token stream was made in
     try:
         from pydoc_data.topics import topics
     except ImportError:  # some distributions package pydoc_data separately
@@ -91,6 +95,15 @@ def module_documents(path: Path) -> list[str]:
     docs = [prose(d) for d in docs if d]
     code = functions(tree, source.splitlines(keepends=True))
     return docs + code + [qa for qa in map(code_answer, code) if qa]
+
+
+def code_requests(path: Path) -> list[str]:
+    """A module's code-on-request documents alone (the last part of `module_documents`)."""
+    try:
+        tree = ast.parse(source := path.read_text(encoding="utf-8", errors="replace"))
+    except (SyntaxError, ValueError):
+        return []
+    return [qa for qa in map(code_answer, functions(tree, source.splitlines(keepends=True))) if qa]
 
 
 def docstrings(tree: ast.Module) -> str:

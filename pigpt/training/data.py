@@ -80,17 +80,20 @@ class Source:
     recipe: str  # "files", or the stdlib recipe's version: part of the cache key
 
 
-def find_source(spec: str | None, wordnet_dir: Path | None | bool = True, wordnet_repeats=wordnet.REPEATS) -> Source:
+def find_source(spec: str | None, wordnet_dir: Path | None | bool = True, wordnet_repeats=wordnet.REPEATS,
+                code_repeats: int = 1) -> Source:
     """The corpus of `--data spec`: one document per file. None is the default corpus: the standard library's
     prose and code, and WordNet's sentences and questions where WordNet is installed (`wordnet_dir`: True
     finds it, a path names it, None or False leaves it out; `wordnet_repeats`: copies of its sentences, kind
-    questions and superlative questions)."""
+    questions and superlative questions; `code_repeats`: copies of the standard library's code-on-request
+    documents)."""
     if spec is None:
         files = stdlib_corpus.stdlib_files()
         if not files:
             raise DataError(f"found no .py files under the standard library ({stdlib_corpus.stdlib_root()}); "
                             "pass --data PATH")
-        units, recipe = stdlib_corpus.stdlib_units(), f"stdlib-v{stdlib_corpus.VERSION}"
+        units = stdlib_corpus.stdlib_units(code_repeats)
+        recipe = f"stdlib-v{stdlib_corpus.VERSION}" + (f"-code{code_repeats}" if code_repeats != 1 else "")
         directory = wordnet.find_dir() if wordnet_dir is True else (wordnet_dir or None)
         if directory is not None:
             units += wordnet.wordnet_units(directory, wordnet_repeats)
@@ -229,9 +232,10 @@ def tokenize_corpus(source: Source, val_fraction: float, directory: Path, progre
 
 
 def prepare(spec: str | None, val_fraction: float, cache_dir: Path | None = None, progress=True,
-            text_form: str = "plain", wordnet: bool = True, wordnet_repeats=wordnet.REPEATS) -> Path:
+            text_form: str = "plain", wordnet: bool = True, wordnet_repeats=wordnet.REPEATS,
+            code_repeats: int = 1) -> Path:
     """The cache directory of `spec`'s tokens, tokenising first when it is not cached yet."""
-    source = find_source(spec, wordnet, wordnet_repeats)
+    source = find_source(spec, wordnet, wordnet_repeats, code_repeats)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     final = cache_dir / cache_key(source, val_fraction, text_form)
     if (final / "meta.json").exists():

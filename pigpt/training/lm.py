@@ -68,6 +68,7 @@ class TrainConfig:
     prompt: str | None = None  # None: unconditional (the prompt "<|endoftext|>")
     wordnet: bool = True  # the default corpus (no --data) takes in WordNet's text where WordNet is installed
     wordnet_repeats: str = "3,3,3"  # copies per epoch of its sentences, kind questions, superlative questions
+    code_repeats: int = 1  # copies per epoch of the standard library's code-on-request documents
     save_dtype: str = "float32"  # the HF model files' weights (train_state.pt keeps float32)
 
 
@@ -93,8 +94,8 @@ PRESETS = {
     # Stage 3, the default: stage 2 continued on the same corpus with the questions read more often: the
     # sentences once, the kind questions 4 and the 207 superlative questions 256 times an epoch, so that
     # 300 steps (1.2M tokens) show each superlative ~60 times (at 16 they were not remembered: docs/training.md).
-    "default": dict(init=STAGE2, batch_size=16, max_steps=300, lr=1e-3, warmup_steps=20, eval_interval=50,
-                    dtype="bfloat16", save_dtype="float16", wordnet_repeats="1,4,256"),
+    "default": dict(init=STAGE2, batch_size=16, max_steps=450, lr=1e-3, warmup_steps=20, eval_interval=50,
+                    dtype="bfloat16", save_dtype="float16", wordnet_repeats="1,4,256", code_repeats=4),
     # GPT-2 small's shape (124M), for a GPU.
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, grad_accum=8,
                  max_steps=5000, lr=6e-4, warmup_steps=200, eval_interval=250, eval_iters=20),
@@ -162,6 +163,7 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainError(str(e)) from None
     need(cfg.prompt is None or cfg.prompt != "",
          "--prompt is empty; give some text, or drop it for unconditional samples")
+    need(cfg.code_repeats >= 1, f"--code-repeats must be a positive integer, got {cfg.code_repeats}")
     try:
         wordnet.parse_repeats(cfg.wordnet_repeats)
     except ValueError as e:
@@ -201,14 +203,16 @@ def build_model(cfg: TrainConfig, saved: dict | None) -> GPT:
 
 def load_corpus(cfg: TrainConfig, cache_dir, d: dist.Dist) -> datalib.Corpus:
     repeats = wordnet.parse_repeats(cfg.wordnet_repeats)
-    datalib.find_source(cfg.data, cfg.wordnet, repeats)  # a bad --data fails here, on every process
+    datalib.find_source(cfg.data, cfg.wordnet, repeats, cfg.code_repeats)  # a bad --data fails here, on every process
     if d.master:
         directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, text_form=cfg.text_form,
-                                    wordnet=cfg.wordnet, wordnet_repeats=repeats)
+                                    wordnet=cfg.wordnet, wordnet_repeats=repeats,
+                                    code_repeats=cfg.code_repeats)
     d.barrier()  # rank 0 tokenises first; the others then read its cache
     if not d.master:
         directory = datalib.prepare(cfg.data, cfg.val_fraction, cache_dir, progress=False, text_form=cfg.text_form,
-                                    wordnet=cfg.wordnet, wordnet_repeats=repeats)
+                                    wordnet=cfg.wordnet, wordnet_repeats=repeats,
+                                    code_repeats=cfg.code_repeats)
     corpus = datalib.load(directory)
     datalib.check_fits(corpus, cfg.block_size, cfg.data)
     return corpus

@@ -32,6 +32,8 @@ def label(params: SamplingParams, *, beam: bool = False) -> str:
             parts.append(f"top-p={params.top_p:g}")
         if params.min_p > 0:
             parts.append(f"min-p={params.min_p:g}")
+        if params.typical_p < 1.0:
+            parts.append(f"typical={params.typical_p:g}")
         if params.epsilon_cutoff > 0:
             parts.append(f"eps={params.epsilon_cutoff:g}")
         if params.eta_cutoff > 0:
