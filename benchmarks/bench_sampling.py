@@ -1,7 +1,7 @@
 """Benchmark one sampling step: transformers' warper chain + multinomial (the reference) vs pigpt.
 
 Columns: the reference (TemperatureLogitsWarper -> TopKLogitsWarper -> TopPLogitsWarper -> MinPLogitsWarper
--> EpsilonLogitsWarper, those a setting uses, -> softmax -> torch.multinomial), pigpt's torch path, pigpt's
+-> TypicalLogitsWarper -> EpsilonLogitsWarper -> EtaLogitsWarper, those a setting uses, -> softmax -> torch.multinomial), pigpt's torch path, pigpt's
 Triton kernel (CUDA only), FlashInfer (if installed, CUDA only), and a bare softmax pass over the same logits (the memory floor). Each cell is the median (or, with
 --stat min, the minimum) of --repeats timed calls in this one process, so ratios are comparable even on a
 noisy machine.
@@ -32,8 +32,10 @@ SETTINGS = {  # name -> the sampler's settings (sample_from_logits' keywords; th
     "plain": dict(),
     "minp0.05": dict(min_p=0.05),  # llama.cpp's default min-p
     "eps3e-4": dict(epsilon_cutoff=3e-4),  # transformers' docs' suggested range
+    "typical0.9": dict(typical_p=0.9),
+    "eta3e-4": dict(eta_cutoff=3e-4),
 }
-DEFAULTS = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, epsilon_cutoff=0.0)
+DEFAULTS = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
 STAT = "median"
 LOGITS = {  # name -> scale of N(0, 1) logits; 3 gives a ~2,200-token nucleus at p = 0.9, 1 ~30,000
     "peaked": 3.0,
@@ -41,10 +43,11 @@ LOGITS = {  # name -> scale of N(0, 1) logits; 3 gives a ~2,200-token nucleus at
 }
 
 
-def reference_chain(x, temperature, top_k, top_p, min_p=0.0, epsilon_cutoff=0.0):
+def reference_chain(x, temperature, top_k, top_p, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0):
     """transformers' warpers in generate()'s order, then softmax and multinomial."""
     from transformers.generation.logits_process import (
-        EpsilonLogitsWarper, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+        EpsilonLogitsWarper, EtaLogitsWarper, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
+        TopPLogitsWarper, TypicalLogitsWarper)
 
     s = x.float()
     if temperature != 1.0:
@@ -55,8 +58,12 @@ def reference_chain(x, temperature, top_k, top_p, min_p=0.0, epsilon_cutoff=0.0)
         s = TopPLogitsWarper(top_p)(None, s)
     if min_p > 0:
         s = MinPLogitsWarper(min_p)(None, s)
+    if typical_p < 1.0:
+        s = TypicalLogitsWarper(typical_p)(None, s)
     if epsilon_cutoff > 0:
         s = EpsilonLogitsWarper(epsilon_cutoff)(None, s)
+    if eta_cutoff > 0:
+        s = EtaLogitsWarper(eta_cutoff, device=s.device)(None, s)
     return torch.multinomial(torch.softmax(s, -1), 1)[:, 0]
 
 
@@ -66,10 +73,10 @@ def flashinfer_fn():
     except Exception:  # noqa: BLE001 (not installed, or built for another CUDA)
         return None
 
-    def run(x, temperature, top_k, top_p, min_p=0.0, epsilon_cutoff=0.0):
+    def run(x, temperature, top_k, top_p, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0):
         s = x.float() / temperature
-        if epsilon_cutoff > 0:
-            raise NotImplementedError("FlashInfer has no epsilon sampling")
+        if epsilon_cutoff > 0 or eta_cutoff > 0 or typical_p < 1.0:
+            raise NotImplementedError("FlashInfer has no epsilon, eta or typical sampling")
         if min_p > 0:
             if top_k or top_p < 1.0:
                 raise NotImplementedError("FlashInfer's min-p does not combine with top-k / top-p")

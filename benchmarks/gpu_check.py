@@ -61,6 +61,8 @@ CASES = {
     "top-k 50 + top-p 0.9": dict(temperature=1.0, top_k=50, top_p=0.9),
     "min-p 0.05": dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.05),
     "epsilon 3e-4": dict(temperature=1.0, top_k=0, top_p=1.0, epsilon_cutoff=3e-4),
+    "typical 0.9": dict(temperature=1.0, top_k=0, top_p=1.0, typical_p=0.9),
+    "eta 3e-4": dict(temperature=1.0, top_k=0, top_p=1.0, eta_cutoff=3e-4),
 }
 
 

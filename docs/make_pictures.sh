@@ -18,3 +18,7 @@ $S "def add(a, b):
     return a + b
 " --min-new-tokens 3 --max-new-tokens 8 --seed 8 --plot docs/img/min-new-tokens.png
 $S "Which is the largest ocean?" -n 4 --seed 42 --temperature 0.8 --max-new-tokens 8 --tree docs/img/seeds.png
+$S "The function returns" --compare-min-p 0.02,0.1,0.3 --plot docs/img/min-p.png
+$S "The function returns" --compare-typical-p 0.2,0.5,0.9 --plot docs/img/typical.png
+$S "The function returns" --compare-epsilon-cutoff 1e-3,3e-3,0.02 --plot docs/img/epsilon.png
+$S "The function returns" --compare-eta-cutoff 1e-3,3e-3,0.02 --plot docs/img/eta.png

@@ -68,6 +68,21 @@ def test_step_is_the_engine_step(client, explorer):
     assert d["drawn"]["id"] in {b["id"] for b in d["bars"] if b["kept"]}
 
 
+@pytest.mark.parametrize("s", [{"min_p": 0.1}, {"typical_p": 0.2}, {"epsilon_cutoff": 0.01}, {"eta_cutoff": 0.01},
+                               {"temperature": 1.2, "top_k": 40, "typical_p": 0.9, "epsilon_cutoff": 1e-3}])
+def test_step_with_the_other_rules_is_the_engine_step(client, explorer, s):
+    """The page's min-p / typical / epsilon / eta sliders reach the sampler under SamplingParams' names."""
+    d = client.post("/api/step", json={"prompt": PROMPT, "settings": s, "top": 12}).json()
+    params = SamplingParams(**s)
+    with torch.inference_mode():
+        logits = explorer.model(torch.tensor([prompt_ids(explorer)]))[:, -1].float()
+    proc = sampler_logprobs(logits, params)[0]
+    assert d["kept"] == int(torch.isfinite(proc).sum()) < logits.shape[-1]
+    for b in d["bars"]:
+        assert b["kept"] == bool(torch.isfinite(proc[b["id"]]))
+        assert b["p"] == pytest.approx(float(proc[b["id"]].exp()), rel=1e-4, abs=1e-7)
+
+
 def test_following_the_drawn_tokens_is_rollout_zero(client, explorer):
     s = {"temperature": 0.9, "top_p": 0.9, "seed": 5}
     path = []

@@ -81,6 +81,18 @@ def test_the_trainer_stays_on_policy_with_min_p(policy_dir, prompts_file, tmp_pa
         train.main(["--min-p", "0.1", "--out", str(tmp_path / "lm")])
 
 
+def test_the_trainer_stays_on_policy_with_typical_epsilon_and_eta(policy_dir, prompts_file, tmp_path):
+    """--typical-p (a band: the trainer must cut above as well as below), --epsilon-cutoff (not --epsilon, GRPO's
+    clip range) and --eta-cutoff reach the rollouts and the trainer's kept set: mismatch <= 1e-5."""
+    out = tmp_path / "run"
+    train.main(rl_args(policy_dir, prompts_file, out, "--max-steps", 2, "--temperature", 1.2, "--typical-p", 0.5,
+                       "--epsilon-cutoff", 1e-3, "--eta-cutoff", 1e-3))
+    mismatch = steps_of(out, "mismatch")
+    assert list(mismatch) == [1, 2] and max(mismatch.values()) <= 1e-5, mismatch
+    with pytest.raises(TrainError, match=r"--typical-p must be in \(0, 1\] \(1 turns it off\), got 0.0"):
+        train.main(rl_args(policy_dir, prompts_file, tmp_path / "bad", "--typical-p", 0))
+
+
 def test_ignoring_the_kept_set_as_trl_does_would_be_off_policy(policy_dir):
     """TRL recomputes log-probs as log_softmax(logits / T) over the whole vocabulary: with top-k / top-p that is
     not the distribution that drew the tokens: the gap is above 1e-3, where pigpt's is float32 rounding (<= 1e-5

@@ -126,7 +126,7 @@ import triton
 from pigpt.kernels.sampling_triton import GROUP, GROUP_BIT, NUM_PIVOTS, _sample_kernel
 
 sig = {"x_ptr": "*bf16", "stride": "i32", "T_ptr": "*fp32", "k_ptr": "*i32", "p_ptr": "*fp32",
-       "lmp_ptr": "*fp32", "eps_ptr": "*fp32", "eta_ptr": "*fp32", "seed_ptr": "*i64", "pos_ptr": "*i64", "tok_ptr": "*i64", "lp_ptr": "*fp32", "V": "i32",
+       "lmp_ptr": "*fp32", "typ_ptr": "*fp32", "eps_ptr": "*fp32", "eta_ptr": "*fp32", "seed_ptr": "*i64", "pos_ptr": "*i64", "tok_ptr": "*i64", "lp_ptr": "*fp32", "V": "i32",
        "BLOCK": "constexpr", "BLOCK_B": "constexpr", "NP": "constexpr", "GROUP": "constexpr", "GROUP_BIT": "constexpr"}
 src = ASTSource(fn=_sample_kernel, signature=sig,
                 constexprs={"BLOCK": 1024, "BLOCK_B": 256, "NP": NUM_PIVOTS, "GROUP": GROUP, "GROUP_BIT": GROUP_BIT})

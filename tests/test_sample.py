@@ -94,14 +94,15 @@ def test_json_with_truncation_and_steps(ckpt):
 
 
 def test_min_p_and_epsilon_flags_reach_the_sampler(ckpt, gpt):
-    """--min-p / --epsilon-cutoff: the rollouts and log-probs of SamplingParams(min_p=, epsilon_cutoff=), and
-    the pictures' label names them."""
+    """--min-p / --typical-p / --epsilon-cutoff: the rollouts and log-probs of SamplingParams(min_p=,
+    typical_p=, epsilon_cutoff=), and the pictures' label names them."""
     from pigpt.decoding import SamplingParams, generate
 
     code, out, err = run(PROMPT, "--model", ckpt, "-n", 2, "--max-new-tokens", 4, "--seed", 3, "--json",
-                         "--temperature", "1.5", "--min-p", "0.1", "--epsilon-cutoff", "0.001")
+                         "--temperature", "1.5", "--min-p", "0.1", "--typical-p", "0.9", "--epsilon-cutoff", "0.001")
     assert code == 0, err
-    params = SamplingParams(n=2, max_new_tokens=4, seed=3, temperature=1.5, min_p=0.1, epsilon_cutoff=0.001)
+    params = SamplingParams(n=2, max_new_tokens=4, seed=3, temperature=1.5, min_p=0.1, typical_p=0.9,
+                            epsilon_cutoff=0.001)
     expected = generate(gpt, [get_tokenizer().encode(PROMPT)], params)[0]
     for rec, r in zip(json_lines(out), expected):
         assert rec["tokens"] == r.tokens and rec["logprobs"] == pytest.approx(r.logprobs, abs=1e-6)
@@ -221,6 +222,25 @@ def test_compare_temperatures_and_top_k(ckpt, tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("flag,field,values", [("--compare-min-p", "min_p", "0,0.3"),
+                                               ("--compare-typical-p", "typical_p", "0.2,0.9"),
+                                               ("--compare-epsilon-cutoff", "epsilon_cutoff", "1e-3,0.05"),
+                                               ("--compare-eta-cutoff", "eta_cutoff", "1e-3,0.05")])
+def test_compare_the_other_rules(ckpt, gpt, flag, field, values):
+    """--compare-min-p / -typical-p / -epsilon-cutoff / -eta-cutoff: each panel is process_logits under that value."""
+    from pigpt.kernels import process_logits
+
+    code, out, err = run(PROMPT, "--model", ckpt, flag, values, "--json", "--top-tokens", 6)
+    assert code == 0, err
+    (rec,) = json_lines(out)
+    with torch.no_grad():
+        logits = gpt(torch.tensor([get_tokenizer().encode(PROMPT)]))[:, -1].float()
+    for setting, v in zip(rec["settings"], map(float, values.split(","))):
+        ref = process_logits(logits, **{field: v})[0]
+        assert setting[field] == v and setting["kept"] == int(ref.isfinite().sum())
+        assert setting["p"] == pytest.approx(ref[rec["tokens"]].exp().tolist(), abs=1e-6)
+
+
 def test_plot_and_tree_files(ckpt, tmp_path):
     plot, tree = tmp_path / "steps.png", tmp_path / "tree.png"
     code, out, err = run(PROMPT, "--model", ckpt, "-n", 4, "--max-new-tokens", 6, "--seed", 2, "--plot", plot,
@@ -270,6 +290,9 @@ BAD = [
     (["--min-p", "1.5"], "--min-p must be in [0, 1] (0 turns min-p off), got 1.5"),
     (["--epsilon-cutoff", "1"], "--epsilon-cutoff must be in [0, 1) (0 turns it off), got 1.0"),
     (["--eta-cutoff", "1"], "--eta-cutoff must be in [0, 1) (0 turns it off), got 1.0"),
+    (["--typical-p", "0"], "--typical-p must be in (0, 1] (1 turns it off), got 0.0"),
+    (["--compare-typical-p", "0.5,1.5"], "--compare-typical-p: each value must be in (0, 1] (1 turns it off), got 1.5"),
+    (["--compare-min-p", "0.1", "--compare-eta-cutoff", "0.01"], "one --compare-* option at a time"),
     (["--presence-penalty", "2.5"], "--presence-penalty must be in [-2, 2] (0 turns it off), got 2.5"),
     (["--frequency-penalty", "-3"], "--frequency-penalty must be in [-2, 2] (0 turns it off), got -3.0"),
     (["-n", "0"], "-n/--num-rollouts must be >= 1"),

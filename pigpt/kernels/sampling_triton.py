@@ -227,7 +227,8 @@ def _sample_kernel(x_ptr, stride, T_ptr, k_ptr, p_ptr, lmp_ptr, typ_ptr, eps_ptr
             c = tl.math.div_rn(tl.sum(ac, 0), zc)
             # every kept key lies in [-(m - floor + |c|), 0]: the bracket, 1 nat wider for rounding
             a0 = -((m - tl.maximum(t, mn)) + tl.abs(c)) - 1.0
-            v, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, zc, 0.0, typ * zc, t, c,
+            top = tl.full((), 0.0, tl.float32)  # keys are <= 0; a tensor, as the loop reassigns it
+            v, _c, _m = _bisect(x_row, V, T, unit_t, m, a0, n_fin, zc, top, typ * zc, t, c,
                                 True, True, BLOCK_B, NP)
             lo = tl.full((BLOCK,), float("inf"), tl.float32)
             hi = tl.full((BLOCK,), float("-inf"), tl.float32)
