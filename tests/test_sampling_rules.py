@@ -454,12 +454,13 @@ def test_greedy_ignores_min_p_and_epsilon(shipped):
     assert [[(r.tokens, r.logprobs) for r in g] for g in plain] == [[(r.tokens, r.logprobs) for r in g] for g in cut]
 
 
-def test_first_token_frequencies_match_transformers_processed_distribution(shipped):
-    """1000 rollouts of the shipped model, one token each, with min-p and epsilon: chi-square against the
-    distribution transformers' warpers give (p > 1e-3), nothing outside its support."""
+@pytest.mark.parametrize("kw", [dict(temperature=1.0, min_p=0.02, epsilon_cutoff=1e-3),
+                                dict(temperature=1.0, typical_p=0.5), dict(temperature=1.3, typical_p=0.9, eta_cutoff=1e-3)])
+def test_first_token_frequencies_match_transformers_processed_distribution(shipped, kw):
+    """1000 rollouts of the shipped model, one token each, with the rules: chi-square against the distribution
+    transformers' warpers give, nothing outside its support."""
     gpt, hf, _ = shipped
     prompt, n = get_tokenizer().encode(for_model(gpt).to_model("The function returns")), 1000
-    kw = dict(temperature=1.0, min_p=0.02, epsilon_cutoff=1e-3)
     (group,) = generate(gpt, [prompt], SamplingParams(max_new_tokens=1, n=n, seed=1000, **kw))
     with torch.no_grad():
         probs = torch.softmax(hf_chain(hf(torch.tensor([prompt])).logits[:, -1], **kw), -1)[0]

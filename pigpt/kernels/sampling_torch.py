@@ -168,11 +168,12 @@ def _typical_band(vals, mx, t, typ):
     That distance (rounded as the Triton kernel rounds it) falls then rises with s, so the tokens within any
     distance of the mean are a band of values: the kept set is lo <= s <= hi.
     """
-    e = torch.exp(vals - mx[:, None]).masked_fill_(vals < t[:, None], 0.0)
-    z = e.sum(-1, dtype=torch.float64).float()  # float64 sums: batch-invariant (reference.partition)
-    a = torch.where(e > 0, e * (vals - mx[:, None]), 0.0).sum(-1, dtype=torch.float64).float()
     below_t = vals < t[:, None]
-    d = torch.sub(mx[:, None], vals).add_((a / z)[:, None]).abs_().masked_fill_(below_t, float("inf"))
+    diff = vals - mx[:, None]  # s - mx, once: -(s - mx) is exactly mx - s, so d rounds as the kernel's does
+    e = torch.exp(diff).masked_fill_(below_t, 0.0)
+    z = e.sum(-1, dtype=torch.float64).float()  # float64 sums: batch-invariant (reference.partition)
+    a = torch.where(e > 0, e * diff, 0.0).sum(-1, dtype=torch.float64).float()
+    d = diff.neg_().add_((a / z)[:, None]).abs_().masked_fill_(below_t, float("inf"))
     kept = (d <= _mass_quantile(d, e, typ * z)[:, None]).logical_and_(~below_t)
     return (torch.where(kept, vals, float("inf")).amin(-1), torch.where(kept, vals, NEG_INF).amax(-1))
 
