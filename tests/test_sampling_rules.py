@@ -426,9 +426,11 @@ def test_generate_logprobs_match_transition_scores_and_score_is_on_policy(shippe
     assert (keep is not None) == params.truncates  # the kept sets, when a rule truncates
     with torch.enable_grad():
         scored_grad = score(gpt, flat_p, completions, params, grad=True)
+    # float32 rounding between the decode path and a full forward (docs/policy.md: up to 3e-5 on the shipped
+    # model; issue 25 is about making it 0): 1e-5 plus 1e-5 relative
     for r, s, sg in zip(flat, scored, scored_grad):
-        torch.testing.assert_close(s, torch.tensor(r.logprobs), atol=1e-5, rtol=0)
-        torch.testing.assert_close(sg.detach(), torch.tensor(r.logprobs), atol=1e-5, rtol=0)
+        torch.testing.assert_close(s, torch.tensor(r.logprobs), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sg.detach(), torch.tensor(r.logprobs), atol=1e-5, rtol=1e-5)
     trl_like = score(gpt, flat_p, completions, SamplingParams(temperature=kw["temperature"],
                                                                repetition_penalty=kw.get("repetition_penalty", 1.0)))
     assert max((a - b).abs().max().item() for a, b in zip(trl_like, scored)) > 1e-3  # the knob really acted
