@@ -194,24 +194,22 @@ def _cut(vals, mx, t, lmp, typ, eps, eta):
     t = torch.maximum(t, mx + lmp)
     u = torch.full_like(t, float("inf"))
     on = typ < 1
+    top = None  # the upper bound the masks need: none (no extra pass) unless typical is on
     if bool(on.any()):
         lo, hi = _typical_band(vals, mx, t, typ)
         t, u = torch.where(on, lo, t), torch.where(on, hi, u)
-        m = torch.minimum(mx, u)  # typical may cut the max
-        band = (vals < t[:, None]) | (vals > u[:, None])
-    else:
-        m, band = mx, None
+        top = u
+    m = torch.minimum(mx, u)  # the largest kept value: typical may cut the max
     on = eps > 0
     if bool(on.any()):
-        e = torch.exp(vals - m[:, None]).masked_fill_(vals < t[:, None] if band is None else band, 0.0)
+        e = torch.exp(vals - m[:, None]).masked_fill_(_cut_off(vals, t, top), 0.0)
         z = e.sum(-1, dtype=torch.float64).float()  # as reference.partition: batch-invariant
         t_eps = torch.where(e / z[:, None] >= eps[:, None], vals, float("inf")).amin(-1)
         t = torch.where(on, torch.maximum(t, torch.minimum(m, t_eps)), t)
     on = eta > 0
     if bool(on.any()):
         # eta: epsilon with the cut min(eta, sqrt(eta) * exp(-H)), H the entropy of the tokens kept so far
-        e = torch.exp(vals - m[:, None]).masked_fill_((vals < t[:, None]) if band is None else
-                                                      band | (vals < t[:, None]), 0.0)
+        e = torch.exp(vals - m[:, None]).masked_fill_(_cut_off(vals, t, top), 0.0)
         z = e.sum(-1, dtype=torch.float64).float()
         a = torch.where(e > 0, e * (vals - m[:, None]), 0.0).sum(-1, dtype=torch.float64).float()
         cut = torch.minimum(eta, torch.sqrt(eta) * torch.exp(-(torch.log(z) - a / z)))
@@ -386,13 +384,12 @@ def _greedy(x):
     return tok, -torch.log(partition(x, mx))
 
 
-def sample_torch(logits, T, k, p, seed, position, lmp, eps, eta, typ=None):
+def sample_torch(logits, T, k, p, seed, position, lmp, eps, eta, typ):
     """(tokens int64 (B,), logprobs float32 (B,)); parameters already normalised to (B,) tensors. Noise keys
     are hashed for the rows that draw (temperature > 0) only: greedy rows need none."""
     x = logits.float()
     mx = check_finite(x)
     B = x.shape[0]
-    typ = torch.ones_like(T) if typ is None else typ
     greedy = T == 0
     if bool(greedy.all()):
         return _greedy(x)
