@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "--epsilon, GRPO's clip range)")
     g.add_argument("--eta-cutoff", type=float, help="the rollouts' eta sampling cutoff (default 0: off)")
     g.add_argument("--repetition-penalty", type=float, help="the rollouts' repetition penalty (default 1)")
+    g.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the policy (and reference) batch-invariant, so that the trainer's log-probs equal the "
+                        "rollouts' bit for bit (mismatch 0.0); default: on where it runs (float32 on the CPU)")
     g.add_argument("--stop", action="append", metavar="TEXT", type=unescape,
                    help="stop string of the rollouts (repeatable; \\n, \\t and \\\\ are a newline, a tab and a "
                         "backslash, as in --prompts: --stop \"\\n\\n\" stops at a blank line)")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from pigpt.kernels import sample_from_logits
+from pigpt.kernels.reference import logprob_at
 
 from .params import SamplingParams
 from .processors import apply_processors
@@ -99,8 +100,8 @@ def decode_one_token(model, tokens: torch.Tensor, cache) -> torch.Tensor:
 
 
 def model_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[token] per row (B,): the raw model's log-prob, one logsumexp over logits in hand."""
-    return logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, -1)
+    """log_softmax(logits)[token] per row (B,): the raw model's log-prob (kernels.reference.logprob_at)."""
+    return logprob_at(logits, tokens)
 
 
 def sample_one_token(logits, params: SamplingParams, history, t: int, stop_ids, seeds, backend="auto"):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 
 from pigpt.kernels import token_logprobs
+from pigpt.kernels.reference import logprob_at
+from pigpt.model import invariant
 from pigpt.model.head import fused_head
 
 from .params import SamplingParams
@@ -122,7 +124,7 @@ def _score(model, prompts, completions, params, keep=None):
         sl = slice(a, a + size)
         logits = model.lm_head(h[row[sl], pos[sl]]).float()  # (m, V): the head only where a token is scored
         if params is None:
-            lps.append(logits.gather(1, y[sl, None])[:, 0] - torch.logsumexp(logits, -1))
+            lps.append(logprob_at(logits, y[sl]))
             continue
         scores = _processed(model, logits, hist, row[sl], step[sl], params)
         lp, kp = token_logprobs(scores, y[sl], **params.sampler, keep=None if keep is None else keep[sl],
@@ -168,7 +170,11 @@ def _head_logprobs(h, w, y, model, history, row, step, params, keep):
             g.mul_(torch.where(seen, torch.where(x < 0, pen, 1.0 / pen), 1.0))
         return lp, kp
 
-    return fused_head(h, w, y, chunk_fn, dtype=torch.float32, chunk=GRAD_CHUNK)
+    logits_fn = None
+    if getattr(model, "batch_invariant", False):  # the decode steps' head, so that the logits are theirs
+        panels = model.invariant_head_panels()
+        logits_fn = lambda hr: invariant.linear(hr, w.t(), None, panels)  # noqa: E731
+    return fused_head(h, w, y, chunk_fn, dtype=torch.float32, chunk=GRAD_CHUNK, logits_fn=logits_fn)
 
 
 GRAD_CHUNK = 64  # rows of [rows, vocab] float32 per chunk of the fused head: 64 x 50257 x 4 B ~ 13 MB

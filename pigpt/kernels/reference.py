@@ -18,6 +18,15 @@ def partition(v: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
     return torch.exp(v - mx[:, None]).sum(-1, dtype=torch.float64).float()
 
 
+def logprob_at(s: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(s)[token] per row of s (B, V) (-inf entries weigh nothing): (s_token - m) - log(Z), m the row's
+    max (taken as a constant: the value does not depend on it, so neither does the gradient), Z its `partition`.
+    The one log-prob formula: the sampler's draws, token_logprobs, score and the raw model's log-probs all take
+    it, so that equal logits give equal log-probs bit for bit; differentiable in s."""
+    m = s.detach().amax(-1)
+    return (s.gather(1, tokens[:, None])[:, 0] - m) - torch.log(partition(s, m))
+
+
 def topk_threshold(vals: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """k-th largest value per row of descending `vals`; -inf where top-k is off (k == 0).  # (B,)"""
     kth = vals.gather(1, (k - 1).clamp(0, vals.shape[1] - 1)[:, None])[:, 0]

@@ -5,6 +5,7 @@ import os
 import torch
 
 from .params import check_logits, normalize_cutoffs, normalize_params
+from .reference import logprob_at
 from .sampling_torch import keep_bounds, sample_torch
 
 ENV_BACKEND = "PIGPT_SAMPLING_BACKEND"
@@ -93,5 +94,5 @@ def token_logprobs(logits, tokens, *, temperature=1.0, top_k=0, top_p=1.0, min_p
                 sd = s.detach()
                 keep = (sd >= t[:, None]) & (sd <= u[:, None])
     kept = s if keep is None else s.masked_fill(~keep, float("-inf"))
-    lp = kept.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(kept, -1)
+    lp = logprob_at(kept, tokens)
     return (lp, keep) if return_keep else lp

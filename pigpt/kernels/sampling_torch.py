@@ -56,11 +56,12 @@ def _check_scale(mx):
 
 
 def _group_masses(e):
-    """Mass of each group of GROUP consecutive tokens, rows e (n, V) -> (n, ceil(V / GROUP))."""
+    """Mass of each group of GROUP consecutive tokens, rows e (n, V) -> (n, ceil(V / GROUP)), summed in float64:
+    the row's total is then its `partition` (as every log-prob in pigpt takes it: reference.logprob_at)."""
     n, V = e.shape
     full = V // GROUP
-    w = e[:, : full * GROUP].view(n, full, GROUP).sum(-1)
-    return torch.cat((w, e[:, full * GROUP:].sum(-1, keepdim=True)), 1) if V % GROUP else w
+    w = e[:, : full * GROUP].view(n, full, GROUP).sum(-1, dtype=torch.float64)
+    return torch.cat((w, e[:, full * GROUP:].sum(-1, keepdim=True, dtype=torch.float64)), 1) if V % GROUP else w
 
 
 def _cut_off(s, t, u):
@@ -107,9 +108,9 @@ def _draw_dense(s, mx, t, k1, k2, e=None, u=None):
         u = None
     w = _kept_group_masses(s, mx, t, u is not None or bool((t > NEG_INF).any()), e, u)  # (n, G)
     # float64 total: rows stay bit-identical across batch shapes (see reference.partition)
-    z = w.sum(-1, dtype=torch.float64).float()
+    z = w.sum(-1).float()
     gids = torch.arange(w.shape[1], device=s.device).expand(n, -1)
-    g = _race(w.log(), gids, k1, k2, groups=True)  # (n,)
+    g = _race(w.float().log(), gids, k1, k2, groups=True)  # (n,)
     ids = g[:, None] * GROUP + torch.arange(GROUP, device=s.device)  # (n, GROUP) the winner's tokens
     vals = s.gather(1, ids.clamp(max=V - 1))
     vals.masked_fill_((ids >= V) | _cut_off(vals, t, u), NEG_INF)

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from . import cpu_decode, packed, quant
+from . import cpu_decode, invariant, packed, quant
 from .cache import KVCache, SharedPrefixKVCache
 
 
@@ -91,6 +91,8 @@ class Conv1D(nn.Module):
         self.register_buffer("qscale", None)
         self.use_packed = True  # GPT.packed_weights sets it
         self._packed = packed.DerivedWeight()
+        self.invariant = False  # GPT.batch_invariant sets it
+        self._panels = packed.DerivedWeight()  # the batch-invariant kernels' copy of the weight
 
     def quantize_(self) -> None:
         q, scale = quant.quantize_rows(self.weight.t())  # per output channel: rows of [out, in]
@@ -102,6 +104,9 @@ class Conv1D(nn.Module):
         return self.qscale.view(torch.float32)
 
     def forward(self, x, act: str | None = None):
+        if self.invariant:
+            w = self.weight
+            return invariant.linear(x, w, self.bias, self._panels.get(w, invariant.panels), act)
         if self.qweight is not None:
             y = quant.linear(x, self.qweight, self.scales(), self.bias, self._packed if self.use_packed else None)
             return _ACTIVATIONS[act](y) if act else y
@@ -125,11 +130,14 @@ class CausalSelfAttention(nn.Module):
         self.scale = config.head_dim**-0.5
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= layer_idx + 1
+        self.invariant = False  # GPT.batch_invariant sets it
 
     def forward(self, x, cache: KVCache | None = None, mask=None):
         q, k, v = rearrange(self.c_attn(x), "b t (three nh hs) -> three b nh t hs", three=3, nh=self.n_head)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S_used, hs)
+        if self.invariant:  # keys in position order from the first real one: the mask is implied
+            return self.resid_dropout(self.c_proj(invariant.attention(q, k, v, self.scale, cache, self.layer_idx)))
         if isinstance(cache, SharedPrefixKVCache):  # rows' own keys here, their prompt's inside the cache
             y = cache.attend(self.layer_idx, q, k, v, self.scale)
         elif cache is not None and q.shape[2] == 1 and q.shape[0] >= 16 and q.device.type == "cpu":
@@ -178,8 +186,12 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
+        self.invariant = False  # GPT.batch_invariant sets it
 
     def forward(self, x, cache=None, mask=None):
+        if self.invariant:
+            x = x + self.attn(invariant.layer_norm(x, self.ln_1), cache, mask)
+            return x + self.mlp(invariant.layer_norm(x, self.ln_2))
         x = x + self.attn(self.ln_1(x), cache, mask)
         return x + self.mlp(self.ln_2(x))
 
@@ -210,6 +222,8 @@ class GPT(nn.Module):
         self.register_buffer("lm_head_qscale", None)
         self._cpu_kernels = True
         self._cpu_plan = None  # cpu_decode.Plan, False where the kernels can't take this model, None: not built
+        self._batch_invariant = False
+        self._head_panels = packed.DerivedWeight()  # the batch-invariant kernels' copy of wte^T
 
     @staticmethod
     def _init_weights(module):
@@ -263,6 +277,8 @@ class GPT(nn.Module):
             raise ValueError(f"idx must be a LongTensor of shape [batch, time], got {got}")
         B, T = idx.shape
         cfg = self.config
+        if self._batch_invariant:
+            invariant.check(self)  # a .to() since it was turned on may have left float32 or the CPU
         if self.quantized and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             raise ValueError("this model's weights are quantized (int8): it runs inference only, with no gradients; "
                              "run it under torch.no_grad(), or use the float model to train or differentiate")
@@ -293,6 +309,8 @@ class GPT(nn.Module):
             x = block(x, cache, mask)
         if cache is not None:
             cache.advance(T)
+        if self._batch_invariant:
+            return invariant.layer_norm(x, self.transformer.ln_f)
         return self.transformer.ln_f(x)
 
     def lm_head(self, x):
@@ -300,6 +318,9 @@ class GPT(nn.Module):
         except that the CPU decode kernels return theirs in float32, which they compute in: rounding 50k logits
         to bfloat16 would only lose precision, and cost a parallel pass each step that the caller's .float()
         then undoes (~2x a bfloat16 step's time on a loaded 2-core machine, measured)."""
+        if self._batch_invariant:
+            w = self.transformer.wte.weight
+            return invariant.linear(x, w.t(), None, self.invariant_head_panels())
         if not x.requires_grad and (plan := self._plan_for(x.numel() // x.shape[-1])):
             logits = cpu_decode.head(plan, x.reshape(-1, x.shape[-1]).float().contiguous())
             return logits.view(*x.shape[:-1], logits.shape[1])
@@ -338,8 +359,10 @@ class GPT(nn.Module):
         for m in self.modules():
             if isinstance(m, Conv1D):
                 m._packed.clear()
+                m._panels.clear()
         self._head_packed.clear()
         self._head_t.clear()
+        self._head_panels.clear()
         self._cpu_plan = None
 
     @property
@@ -353,9 +376,35 @@ class GPT(nn.Module):
         self._cpu_kernels = bool(on)
         self._cpu_plan = None
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether every op computes a row's result in a fixed order that depends on that row alone
+        (model/invariant.py): a rollout's tokens and log-probs are then the same bits drawn alone or in any batch,
+        and score() gives exactly the log-probs generate drew with. Float32 on the CPU."""
+        return self._batch_invariant
+
+    @batch_invariant.setter
+    def batch_invariant(self, on: bool) -> None:
+        on = bool(on)
+        if on:
+            invariant.check(self)
+        self._batch_invariant = on
+        for m in self.modules():
+            if isinstance(m, (Conv1D, CausalSelfAttention, Block)):
+                m.invariant = on
+                if isinstance(m, Conv1D):
+                    m._panels.clear()
+        self._head_panels.clear()
+
+    def invariant_head_panels(self) -> torch.Tensor:
+        """wte^T as the batch-invariant kernels read it (a cached copy, rebuilt when wte changes)."""
+        return self._head_panels.get(self.transformer.wte.weight, lambda w: invariant.panels(w.t()))
+
     def _plan_for(self, rows: int):
         """The CPU kernels' plan when a step of `rows` rows can run in them: inference on the CPU (no gradients
         needed, no autocast), float32/bfloat16 or int8 weights, kernels built for this machine."""
+        if self._batch_invariant:
+            return None
         if not self._cpu_kernels or self.training or self._cpu_plan is False:
             return None
         if torch.is_autocast_enabled("cpu") or (torch.is_grad_enabled() and self.transformer.wte.weight.requires_grad):
@@ -377,6 +426,9 @@ class GPT(nn.Module):
         quant.check_mode(mode)
         if self.quantized == mode:
             return self
+        if self._batch_invariant:
+            raise invariant.InvariantError("this model runs batch-invariant, which needs float32 weights: set "
+                                           "model.batch_invariant = False before quantize()")
         with torch.no_grad():
             for m in self.modules():
                 if isinstance(m, Conv1D):
@@ -418,14 +470,20 @@ class GPT(nn.Module):
 
     # -- checkpoints ------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path, device=None, dtype=None, quantize: str | None = None) -> "GPT":
+    def from_pretrained(cls, name_or_path, device=None, dtype=None, quantize: str | None = None,
+                        batch_invariant: bool = False) -> "GPT":
         """Load a GPT-2 checkpoint in the Hugging Face format: a local directory, or a hub id when online.
-        `quantize="int8"` quantizes the weights after loading (see `quantize`; None keeps them float)."""
+        `quantize="int8"` quantizes the weights after loading (see `quantize`; None keeps them float).
+        `batch_invariant=True` turns on the batch-invariant numerics (see `batch_invariant`)."""
         from .checkpoint import load_pretrained
 
         if quantize is not None:
             quant.check_mode(quantize)
+        if batch_invariant and quantize is not None:
+            raise invariant.InvariantError("batch_invariant=True needs float32 weights: drop quantize=")
         model = load_pretrained(cls, name_or_path, device=device, dtype=dtype)
+        if batch_invariant:
+            model.batch_invariant = True
         return model.quantize(quantize) if quantize is not None else model
 
     def save_pretrained(self, directory) -> None:

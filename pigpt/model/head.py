@@ -41,7 +41,7 @@ class FusedHead(torch.autograd.Function):
     scales their results): the training loss."""
 
     @staticmethod
-    def forward(ctx, h, w, targets, chunk_fn, dtype, chunk, reduction):
+    def forward(ctx, h, w, targets, chunk_fn, dtype, chunk, reduction, logits_fn=None):
         N, V = h.shape[0], w.shape[0]
         hc, wc = h.to(dtype), w.to(dtype)
         grad = torch.empty(N, V, dtype=dtype, device=h.device)  # (N, V): d value_i / d logits_i
@@ -49,7 +49,8 @@ class FusedHead(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, N, chunk):
             rows = slice(s, s + chunk)
-            logits = (hc[rows] @ wc.t()).float()  # (n, V), float32 for the softmax
+            # (n, V), float32 for the softmax; logits_fn: the model's own head (its batch-invariant one)
+            logits = (hc[rows] @ wc.t()).float() if logits_fn is None else logits_fn(hc[rows])
             v, aux = chunk_fn(logits, rows, targets[rows], grad[rows])
             if reduction == "mean":
                 total += v.sum()
@@ -71,22 +72,23 @@ class FusedHead(torch.autograd.Function):
         if ctx.reduction == "mean":
             grad_h, grad_w = ctx.saved_tensors
             scale = grad_values / ctx.n
-            return (grad_h * scale).to(ctx.h_dtype), (grad_w * scale).to(ctx.w_dtype), None, None, None, None, None
+            return (grad_h * scale).to(ctx.h_dtype), (grad_w * scale).to(ctx.w_dtype), None, None, None, None, None, None
         if ctx.done:
             raise RuntimeError("the fused LM head's result can be backpropagated once (its gradient buffer is reused)")
         ctx.done = True
         hc, wc, grad = ctx.saved_tensors
         grad.mul_(grad_values.to(grad.dtype)[:, None])  # (N, V): each row's share of the loss, in place
-        return (grad @ wc).to(ctx.h_dtype), (grad.t() @ hc).to(ctx.w_dtype), None, None, None, None, None
+        return (grad @ wc).to(ctx.h_dtype), (grad.t() @ hc).to(ctx.w_dtype), None, None, None, None, None, None
 
 
 def fused_head(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk_fn=None,
-               dtype: torch.dtype = torch.float32, chunk: int = 128, reduction: str = "none"):
+               dtype: torch.dtype = torch.float32, chunk: int = 128, reduction: str = "none", logits_fn=None):
     """`FusedHead` over h (N, C), w (V, C), targets (N,) with chunk_fn (default nll_chunk, cross-entropy):
-    (values (N,), aux) with reduction="none", (mean value, None) with reduction="mean"."""
+    (values (N,), aux) with reduction="none", (mean value, None) with reduction="mean". logits_fn(h_rows): a
+    chunk's logits when they must come from elsewhere than h @ w.T (a batch-invariant model's head)."""
     if reduction not in ("none", "mean"):
         raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
-    return FusedHead.apply(h, w, targets, chunk_fn or nll_chunk, dtype, chunk, reduction)
+    return FusedHead.apply(h, w, targets, chunk_fn or nll_chunk, dtype, chunk, reduction, logits_fn)
 
 
 __all__ = ["FusedHead", "fused_head", "nll_chunk"]

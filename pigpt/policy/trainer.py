@@ -31,6 +31,7 @@ from pigpt.decoding import SamplingParams, score
 from pigpt.decoding.params import check_sampling, flag
 from pigpt.decoding.prompts import check_prompts
 from pigpt.kernels import MAX_SEED
+from pigpt.model import invariant
 from pigpt.model import GPT
 from pigpt.model.checkpoint import atomic_write
 from pigpt.model.textform import for_model, unescape
@@ -85,6 +86,7 @@ class RLConfig:
     eval_generations: int = 16
     eval_prompts: str | None = None  # None: the training prompts, with held-out seeds
     save_dtype: str = "float32"
+    batch_invariant: bool | None = None  # None: on where the mode runs (float32 on the CPU)
 
     def sampling(self, n: int, seeds=None) -> SamplingParams:
         """The rollouts' SamplingParams (stop strings as typed: the engine matches them in the model's text form)."""
@@ -94,7 +96,7 @@ class RLConfig:
                               stop=tuple(self.stop), n=n, seed=seeds)
 
 
-RESUME_MUTABLE = {"max_steps", "ckpt_interval", "eval_interval", "save_dtype"}
+RESUME_MUTABLE = {"max_steps", "ckpt_interval", "eval_interval", "save_dtype", "batch_invariant"}
 
 
 def resolve_config(args, saved: dict | None, out: Path) -> RLConfig:
@@ -268,6 +270,26 @@ def _encode(gpt: GPT, prompts: list[str], cfg: RLConfig, path: str) -> list[list
         raise TrainError(f"--prompts {path}: {e}") from None
 
 
+def _batch_invariant(cfg: RLConfig, gpt, ref) -> None:
+    """The policy and its reference run batch-invariant (model/invariant.py): the trainer's log-probs are then the
+    sampler's bit for bit (mismatch 0.0). Default: wherever the mode runs (float32 on the CPU)."""
+    on = cfg.batch_invariant
+    if on is None:
+        on = gpt.device.type == "cpu"
+        try:
+            invariant.check(gpt)
+        except invariant.InvariantError:
+            on = False
+    if not on:
+        return
+    for model in (gpt, ref):
+        if model is not None:
+            try:
+                model.batch_invariant = True
+            except invariant.InvariantError as e:
+                raise TrainError(f"--batch-invariant: {e}; or pass --no-batch-invariant") from None
+
+
 def prepare(args, saved: dict | None, rd, d: dist.Dist, device: torch.device) -> GRPORun:
     """Check the request, then load the rewards, the prompts, the policy (restored from `saved` on --resume), its
     frozen reference (beta > 0) and the optimizer."""
@@ -293,6 +315,7 @@ def prepare(args, saved: dict | None, rd, d: dist.Dist, device: torch.device) ->
     if saved is not None:
         gpt.load_state_dict(saved["model"])
     gpt.to(device).float().eval()  # eval: no dropout; gradients flow all the same
+    _batch_invariant(cfg, gpt, ref)
     optimizer = optim.make_optimizer(gpt, cfg.lr, cfg.weight_decay, (0.9, 0.999), device)
     return GRPORun(cfg=cfg, d=d, device=device, rd=rd, gpt=gpt, optimizer=optimizer,
                    policy=d.parallel(Scorer(gpt), device), ref=ref, reward=reward, prompts=prompts, extras=extras,
