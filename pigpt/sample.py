@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     g.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8 weights (per-channel scales, float activations): less memory, faster on a CPU")
+    g.add_argument("--batch-invariant", action="store_true",
+                   help="batch-invariant numerics (float32, CPU): each rollout is the same bits whatever is drawn "
+                        "beside it, and its log-probs are exactly what score() recomputes")
 
     g = p.add_argument_group("rewards (the RL view: each rollout scored)")
     g.add_argument("--reward", action="append", default=[], metavar="SPEC",
@@ -249,7 +252,7 @@ def pick_device(name: str) -> str:
     return name
 
 
-def load_model(spec: str | None, device: str, dtype: str, quantize: str | None = None):
+def load_model(spec: str | None, device: str, dtype: str, quantize: str | None = None, batch_invariant: bool = False):
     from pigpt.model import GPT, CheckpointError
     from pigpt.model.checkpoint import SHIPPED
 
@@ -269,6 +272,13 @@ def load_model(spec: str | None, device: str, dtype: str, quantize: str | None =
             gpt.quantize(quantize)
         except ValueError as e:
             raise UsageError(f"--quantize {quantize}: {e}") from None
+    if batch_invariant:
+        if quantize or dtype != "float32":
+            raise UsageError(f"--batch-invariant runs float32 weights: drop {'--quantize ' + quantize if quantize else '--dtype ' + dtype}")
+        try:
+            gpt.batch_invariant = True
+        except ValueError as e:
+            raise UsageError(f"--batch-invariant: {e}") from None
     return gpt.eval(), "default model" if spec is None else spec
 
 
@@ -668,7 +678,7 @@ def main(argv=None, out=None, err=None) -> int:
         validate(args)
         prompts = read_prompts(args)
         device = pick_device(args.device)
-        model, source = load_model(args.model, device, args.dtype, args.quantize)
+        model, source = load_model(args.model, device, args.dtype, args.quantize, args.batch_invariant)
         from pigpt.model import get_tokenizer
 
         tokenizer = get_tokenizer()
@@ -676,6 +686,7 @@ def main(argv=None, out=None, err=None) -> int:
         s = Session(args, model, tokenizer, out, err)
         if not args.json:
             quant = f", {args.quantize}" if args.quantize else ""
+            quant += ", batch-invariant" if args.batch_invariant else ""
             s.note(f"model: {source} ({model.num_params() / 1e6:.1f}M parameters, {device}, {args.dtype}{quant})")
         if args.compare:
             run_compare(s, prompts, ids)
