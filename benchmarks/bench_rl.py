@@ -119,7 +119,8 @@ def save_random_gpt2(path: Path, layers: int, width: int, heads: int) -> int:
 class Pigpt:
     """pigpt's GRPO run, prepared as `train.py --reward ... --prompts ...` prepares it, stepped on demand."""
 
-    def __init__(self, a, model_dir: Path, prompts_file: Path, out: Path, stack: contextlib.ExitStack):
+    def __init__(self, a, model_dir: Path, prompts_file: Path, out: Path, stack: contextlib.ExitStack,
+                 batch_invariant: bool = True):
         from pigpt.policy import trainer
         from pigpt.train import build_parser
         from pigpt.training import dist
@@ -131,7 +132,7 @@ class Pigpt:
             "--prompts-per-step", str(a.prompts), "--num-generations", str(a.generations),
             "--max-completion-length", str(a.new_tokens), "--beta", str(a.beta), "--lr", str(a.lr),
             "--loss-type", "dapo", "--num-iterations", "1", "--temperature", "1", "--top-k", "0", "--top-p", "1",
-            "--max-steps", "1000000", "--seed", "0"])
+            "--max-steps", "1000000", "--seed", "0", "--batch-invariant" if batch_invariant else "--no-batch-invariant"])
         d, device = dist.setup(args.device, args.num_threads)
         rd = stack.enter_context(RunDir(args.out, master=d.master))
         with contextlib.redirect_stdout(sys.stderr):  # prepare's banner: keep stdout for the results
@@ -274,7 +275,8 @@ class GatedTRL:
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
-ENGINES = {"trl": "TRL", "trl-defaults": "TRL, its CPU defaults", "pigpt": "pigpt"}
+ENGINES = {"trl": "TRL", "trl-defaults": "TRL, its CPU defaults", "pigpt": "pigpt",
+           "pigpt-variant": "pigpt --no-batch-invariant"}
 
 
 def worker_main(a) -> None:
@@ -285,8 +287,9 @@ def worker_main(a) -> None:
     hf_logging.set_verbosity_error()
     work = Path(a.work_dir)
     with contextlib.ExitStack() as stack:
-        if a.worker == "pigpt":
-            engine = Pigpt(a, Path(a.model), Path(a.prompts_file), work / "pigpt", stack)
+        if a.worker in ("pigpt", "pigpt-variant"):
+            engine = Pigpt(a, Path(a.model), Path(a.prompts_file), work / a.worker, stack,
+                           batch_invariant=a.worker == "pigpt")
         else:
             prompts = Path(a.prompts_file).read_text().splitlines()
             engine = GatedTRL(a, Path(a.model), [p.replace("\\n", "\n") for p in prompts], work / a.worker,
@@ -359,6 +362,9 @@ def parse_args(argv=None):
     ap.add_argument("--trl-defaults", action="store_true",
                     help="also TRL with its CPU defaults (bf16 autocast, gradient checkpointing, dropout on)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler over one more pigpt step")
+    ap.add_argument("--variant", action="store_true",
+                    help="also pigpt with --no-batch-invariant (its default kernels; pigpt's GRPO runs "
+                         "batch-invariant by default): the mode's cost, in the same run")
     harness.add_output_args(ap, "bench_rl")
     ap.add_argument("--worker", choices=list(ENGINES), help=argparse.SUPPRESS)
     ap.add_argument("--prompts-file", help=argparse.SUPPRESS)
@@ -389,7 +395,8 @@ def main(argv=None) -> list[dict]:
               f"{' '.join(f'{x:.1f}' for x in meta['loadavg'])}; {model_name}; {a.prompts} prompts x "
               f"{a.generations} x {a.new_tokens} tokens, beta {a.beta:g}, lr {a.lr:g}; {a.warmup} warm-up + "
               f"{a.repeats} timed rounds", flush=True)
-        kinds = ["trl"] + (["trl-defaults"] if a.trl_defaults else []) + ["pigpt"]
+        kinds = ["trl"] + (["trl-defaults"] if a.trl_defaults else []) + ["pigpt"] + (
+            ["pigpt-variant"] if a.variant else [])
         shared = ["--prompts", a.prompts, "--generations", a.generations, "--new-tokens", a.new_tokens,
                   "--beta", a.beta, "--lr", a.lr, "--threads", a.threads, "--warmup", a.warmup,
                   "--repeats", a.repeats, "--model", model_dir, "--prompts-file", prompts_file, "--work-dir", tmp]
@@ -417,6 +424,10 @@ def main(argv=None) -> list[dict]:
         rows[-1]["speedup_vs_trl"] = res.ratio(k, "trl")
     print()
     print_table(rows)
+    if a.variant:
+        meta["invariant_vs_default"] = res.ratio("pigpt", "pigpt-variant")
+        print(f"pigpt's step batch-invariant (its default) runs at {meta['invariant_vs_default']:.2f}x the speed of "
+              f"its step with --no-batch-invariant (median of per-round ratios)")
     bad = [r["engine"] for r in rows if not r["completions_ok"]]
     print(f"completions per step: {per_step} in every step of every engine" if not bad else
           f"WARNING: {', '.join(bad)} did not score {per_step} completions in every step")
