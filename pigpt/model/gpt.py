@@ -392,9 +392,10 @@ class GPT(nn.Module):
         for m in self.modules():
             if isinstance(m, (Conv1D, CausalSelfAttention, Block)):
                 m.invariant = on
-                if isinstance(m, Conv1D):
-                    m._panels.clear()
-        self._head_panels.clear()
+                if isinstance(m, Conv1D) and not on:
+                    m._panels.clear()  # the kernels' copies of the weights: freed when the mode goes off
+        if not on:
+            self._head_panels.clear()
 
     def invariant_head_panels(self) -> torch.Tensor:
         """wte^T as the batch-invariant kernels read it (a cached copy, rebuilt when wte changes)."""
