@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, metavar="DIR_OR_ID",
                    help="a checkpoint directory (Hugging Face GPT-2 format) or a hub id such as gpt2")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    g.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:1, ... (default: cuda if available; the CPU with --batch-invariant)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     g.add_argument("--quantize", choices=["int8"], default=None,
                    help="int8 weights (per-channel scales, float activations): less memory, faster on a CPU")
@@ -274,7 +275,8 @@ def load_model(spec: str | None, device: str, dtype: str, quantize: str | None =
             raise UsageError(f"--quantize {quantize}: {e}") from None
     if batch_invariant:
         if quantize or dtype != "float32":
-            raise UsageError(f"--batch-invariant runs float32 weights: drop {'--quantize ' + quantize if quantize else '--dtype ' + dtype}")
+            drop = f"--quantize {quantize}" if quantize else f"--dtype {dtype}"
+            raise UsageError(f"--batch-invariant runs float32 weights: drop {drop}")
         try:
             gpt.batch_invariant = True
         except ValueError as e:
@@ -677,7 +679,8 @@ def main(argv=None, out=None, err=None) -> int:
         args = build_parser().parse_args(argv)
         validate(args)
         prompts = read_prompts(args)
-        device = pick_device(args.device)
+        # the batch-invariant mode runs on the CPU: "auto" means the CPU then, even where CUDA is
+        device = "cpu" if args.batch_invariant and args.device == "auto" else pick_device(args.device)
         model, source = load_model(args.model, device, args.dtype, args.quantize, args.batch_invariant)
         from pigpt.model import get_tokenizer
 

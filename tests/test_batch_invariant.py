@@ -152,3 +152,22 @@ def test_pigpt_sample_batch_invariant(capsys):
     assert batch[2] == {**third, "index": 2}
     assert sample.main(["--batch-invariant", "--dtype", "bfloat16", PROMPTS[0]]) == 2
     assert "--batch-invariant runs float32 weights: drop --dtype bfloat16" in capsys.readouterr().err
+
+
+def test_every_build_of_the_kernels_gives_the_same_bits():
+    """A product is one FMA chain per output whatever the vector width: the plain-C build (no vector intrinsics)
+    and this CPU's widest one return the same bits, at 1 row and at many, with GELU in the epilogue; and a row's
+    bits don't depend on the rows beside it."""
+    from pigpt.model import invariant
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(37, 200), torch.randn(200, 333), torch.randn(333)
+    out = {}
+    for isa in ("plain", invariant.best_isa()):
+        lib = invariant.load(isa)
+        wp = invariant.panels(w, lib)
+        out[isa] = [invariant._linear_fwd(x, wp, 333, b, act, lib) for act in (0, 1)]
+        one = invariant._linear_fwd(x[5:6].contiguous(), wp, 333, b, 1, lib)
+        assert torch.equal(one[0], out[isa][1][5])
+    assert all(torch.equal(a, c) for a, c in zip(out["plain"], out[invariant.best_isa()]))
+    torch.testing.assert_close(out["plain"][0], x @ w + b, rtol=1e-5, atol=1e-4)

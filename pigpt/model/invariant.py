@@ -40,26 +40,64 @@ class InvariantError(ValueError):
     """The batch-invariant mode can't run here; the message says why and what to do."""
 
 
-def _flags() -> tuple[str, ...]:
-    base = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-pthread", "-shared", "-fPIC")
-    # AVX2 + FMA where the CPU has them (every x86-64 CPU pigpt has met); the plain-C path gives the same bits.
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        return base + ("-mavx2", "-mfma")
-    return base
+ISAS = ("avx512", "avx2", "plain")
+
+
+def best_isa() -> str:
+    """The widest vectors this CPU runs (torch's own detection): avx512, avx2 (with FMA), or plain C."""
+    return {"AVX512": "avx512", "AVX2": "avx2"}.get(torch.backends.cpu.get_cpu_capability(), "plain")
+
+
+def _flags(isa: str, torch_openmp: bool = True) -> tuple[str, ...]:
+    # -fno-trapping-math: exception flags only (lets floorf vectorise); no flag that may change a value
+    base = ("-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-pthread", "-shared",
+            "-fPIC")
+    # Every build gives the same bits (one FMA chain per output, whatever the vector width); wider is faster.
+    return base + {"avx512": ("-mavx2", "-mfma", "-mavx512f"), "avx2": ("-mavx2", "-mfma"), "plain": ()}[isa] + (
+        _torch_openmp() if torch_openmp else ())
+
+
+def _torch_openmp() -> tuple[str, ...]:
+    """Link flags that make the kernels' parallel regions run on torch's own OpenMP runtime where torch ships a
+    private copy (a wheel's libgomp-<hash>.so.1, or libiomp5): with two runtimes in one process, each one's idle
+    threads spin while the other's work, and a decode step alternates between them dozens of times (measured on
+    a 16-core Xeon with torch's CUDA wheel: invariant decode at 0.08x the default, against 0.77x at 2 threads).
+    Nothing where torch's runtime is the system's libgomp.so.1 (the one -fopenmp links)."""
+    try:
+        with open("/proc/self/maps") as f:
+            found = {line.split()[-1] for line in f if any(n in line for n in ("libgomp", "libiomp", "libomp"))}
+    except OSError:
+        return ()
+    torch_dir = os.path.dirname(torch.__file__)
+    own = sorted(p for p in found if p.startswith(torch_dir) or "torch" in p)
+    if not own or os.path.basename(own[0]) == "libgomp.so.1":
+        return ()
+    # listed before the sources, so it comes first among the library's dependencies (-fopenmp's own -lgomp is
+    # added after them): GOMP_* bind to torch's copy; the system's, loaded too, stays idle
+    return (own[0],)
 
 
 @functools.lru_cache(maxsize=None)
-def load():
-    """The compiled kernels (ctypes.CDLL); raises InvariantError where they can't be built."""
+def load(isa: str | None = None):
+    """The compiled kernels (ctypes.CDLL) for `isa` (default: this CPU's best); raises InvariantError where they
+    can't be built."""
+    isa = isa or best_isa()
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
         raise InvariantError("the batch-invariant mode needs a C compiler to build its kernels: install gcc (or set CC)")
     src = resources.files(__package__).joinpath("csrc", "invariant.c").read_bytes()
+    flags = _flags(isa)
     try:
-        lib, _ = cbuild.load(cbuild.Recipe("pigpt_invariant", (("invariant.c", src),), cc, _flags()),
+        lib, _ = cbuild.load(cbuild.Recipe(f"pigpt_invariant_{isa}", (("invariant.c", src),), cc, flags),
                              "the batch-invariant kernels")
     except cbuild.BuildError as e:
-        raise InvariantError(f"could not build the batch-invariant kernels ({e})") from None
+        if flags == _flags(isa, torch_openmp=False):
+            raise InvariantError(f"could not build the batch-invariant kernels ({e})") from None
+        try:  # linking against torch's OpenMP copy failed: the system's runtime, slower beside torch's
+            lib, _ = cbuild.load(cbuild.Recipe(f"pigpt_invariant_{isa}", (("invariant.c", src),), cc,
+                                               _flags(isa, torch_openmp=False)), "the batch-invariant kernels")
+        except cbuild.BuildError as e2:
+            raise InvariantError(f"could not build the batch-invariant kernels ({e2})") from None
     lib.pgi_linear.argtypes = [_P, _I64, _I64, _I64, _P, _I64, _P, _P, _I64, ctypes.c_int, ctypes.c_int]
     lib.pgi_act.argtypes = [_P, _P, _I64, ctypes.c_int, ctypes.c_int]
     lib.pgi_layernorm.argtypes = [_P, _I64, _I64, _I64, _P, _P, ctypes.c_float, _P, ctypes.c_int]
@@ -84,20 +122,21 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def panels(w_kn: torch.Tensor) -> torch.Tensor:
-    """A [K, N] weight as the kernels read it: panels (ceil(N / 16), K, 16), N zero-padded."""
+def panels(w_kn: torch.Tensor, lib=None) -> torch.Tensor:
+    """A [K, N] weight as the kernels read it: panels (ceil(N / NR), K, NR), N zero-padded; NR is two vectors of
+    the build (16 floats for AVX2, 32 for AVX-512)."""
     K, N = w_kn.shape
-    nr = load().pgi_panel_width()
+    nr = (lib or load()).pgi_panel_width()
     Np = -(-N // nr) * nr
     w = F.pad(w_kn.detach().float(), (0, Np - N))
     return w.view(K, Np // nr, nr).transpose(0, 1).contiguous()
 
 
-def _linear_fwd(x2: torch.Tensor, wp: torch.Tensor, N: int, bias, act: int) -> torch.Tensor:
+def _linear_fwd(x2: torch.Tensor, wp: torch.Tensor, N: int, bias, act: int, lib=None) -> torch.Tensor:
     M, K = x2.shape
     y = torch.empty(M, N)
     if M:
-        load().pgi_linear(x2.data_ptr(), M, K, x2.stride(0), wp.data_ptr(), N,
+        (lib or load()).pgi_linear(x2.data_ptr(), M, K, x2.stride(0), wp.data_ptr(), N,
                           None if bias is None else bias.data_ptr(), y.data_ptr(), N, act, _threads())
     return y
 

@@ -94,8 +94,9 @@ PRESETS = {
     # Stage 3, the default: stage 2 continued with the questions read more often: WordNet's sentences once, its
     # kind questions 4 and its 207 superlative questions 256 times an epoch (at 16 they were not remembered:
     # docs/training.md), and the standard library's code answers 4 times (with the questions alone, code
-    # answers fell from 62% to 44%); 450 steps of cosine decay, then 100 at the floor lr.
-    "default": dict(init=STAGE2, batch_size=16, max_steps=550, lr_decay_steps=450, lr=1e-3, warmup_steps=20,
+    # answers fell from 62% to 44%); 450 steps of cosine decay, then 300 at the floor lr (oceans named in 6% of
+    # rollouts after 100 of them, 16% after 300: docs/training.md).
+    "default": dict(init=STAGE2, batch_size=16, max_steps=750, lr_decay_steps=450, lr=1e-3, warmup_steps=20,
                     eval_interval=50, dtype="bfloat16", save_dtype="float16", wordnet_repeats="1,4,256",
                     code_repeats=4),
     # GPT-2 small's shape (124M), for a GPU.

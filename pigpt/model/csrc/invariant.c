@@ -8,7 +8,9 @@
  *   decide which chains run side by side.
  * - No -ffast-math, and -ffp-contract=off: the compiler may neither reassociate nor fuse on its own.
  * - Reductions over a row (layer norm, attention) run in a fixed order that depends on the row's length only.
- * - Elementwise functions (GELU, exp) are computed by one function here, used by every path.
+ * - Elementwise functions (GELU, exp) are computed by one function here, used by every path, from +, *, fmaf
+ *   and bit operations only: vectorised or not, the same bits (libm's scalar calls would be slow, and a vector
+ *   libm may round differently from the scalar one).
  */
 #include <math.h>
 #include <stdint.h>
@@ -16,26 +18,35 @@
 #include <string.h>
 #include <omp.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#define VW 16
+typedef __m512 vec;
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VSTORE(p, a) _mm512_storeu_ps(p, a)
+#define VSET1(x) _mm512_set1_ps(x)
+#define VZERO() _mm512_setzero_ps()
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define VW 8
 typedef __m256 vec;
 #define VLOAD(p) _mm256_loadu_ps(p)
 #define VSTORE(p, a) _mm256_storeu_ps(p, a)
 #define VSET1(x) _mm256_set1_ps(x)
 #define VZERO() _mm256_setzero_ps()
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define VADD(a, b) _mm256_add_ps(a, b)
 #else
-typedef struct { float f[8]; } vec;
+#define VW 8
+typedef struct { float f[VW]; } vec;
 static inline vec VLOAD(const float *p) { vec r; memcpy(r.f, p, sizeof r.f); return r; }
 static inline void VSTORE(float *p, vec a) { memcpy(p, a.f, sizeof a.f); }
-static inline vec VSET1(float x) { vec r; for (int i = 0; i < 8; i++) r.f[i] = x; return r; }
+static inline vec VSET1(float x) { vec r; for (int i = 0; i < VW; i++) r.f[i] = x; return r; }
 static inline vec VZERO(void) { return VSET1(0.0f); }
-static inline vec VFMA(vec a, vec b, vec c) { for (int i = 0; i < 8; i++) c.f[i] = fmaf(a.f[i], b.f[i], c.f[i]); return c; }
-static inline vec VADD(vec a, vec b) { for (int i = 0; i < 8; i++) a.f[i] += b.f[i]; return a; }
+static inline vec VFMA(vec a, vec b, vec c) { for (int i = 0; i < VW; i++) c.f[i] = fmaf(a.f[i], b.f[i], c.f[i]); return c; }
 #endif
 
-#define NR 16 /* columns per weight panel: two 8-float vectors */
+#define NR (2 * VW) /* columns per weight panel: two vectors */
 #define MR 6  /* rows per tile: 12 accumulators */
 #define MC 96 /* rows per task: a multiple of MR */
 #define PG 4  /* panels per task */
@@ -45,15 +56,49 @@ enum { ACT_NONE = 0, ACT_GELU_TANH = 1, ACT_GELU_ERF = 2, ACT_RELU = 3 };
 int pgi_version(void) { return 1; }
 int pgi_panel_width(void) { return NR; }
 
-static inline float act_one(float v, int act) {
+/* exp(x) from +, *, fmaf and bit operations only (Cephes' expf: range reduction by ln 2, a degree-6 polynomial,
+ * scaling by 2^n; ~1 ulp), so that the compiler may vectorise it without changing a bit, unlike libm's expf. */
+static inline float exp_fixed(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = floorf(fmaf(x, 1.44269504088896341f, 0.5f));
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* GPT-2's GELU, 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))), with tanh(u) = 1 - 2 / (exp(2u) + 1) (u clamped
+ * to +-10, where tanh rounds to +-1 anyway). */
+static inline float gelu_tanh(float v) {
+    float u = 0.7978845608028654f * (v + 0.044715f * (v * v * v));
+    u = u < -10.0f ? -10.0f : (u > 10.0f ? 10.0f : u);
+    float t = 1.0f - 2.0f / (exp_fixed(2.0f * u) + 1.0f);
+    return 0.5f * v * (1.0f + t);
+}
+
+/* y[i] = act(y[i]), i < n: one loop per activation, each vectorisable */
+static void act_inplace(float *y, int64_t n, int act) {
     switch (act) {
-    case ACT_GELU_TANH: {
-        float inner = 0.7978845608028654f * (v + 0.044715f * (v * v * v));
-        return 0.5f * v * (1.0f + tanhf(inner));
-    }
-    case ACT_GELU_ERF: return 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
-    case ACT_RELU: return v > 0.0f ? v : 0.0f;
-    default: return v;
+    case ACT_GELU_TANH:
+        for (int64_t i = 0; i < n; i++) y[i] = gelu_tanh(y[i]);
+        break;
+    case ACT_GELU_ERF:
+        for (int64_t i = 0; i < n; i++) y[i] = 0.5f * y[i] * (1.0f + erff(y[i] * 0.7071067811865476f));
+        break;
+    case ACT_RELU:
+        for (int64_t i = 0; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+        break;
+    default:
+        break;
     }
 }
 
@@ -64,7 +109,7 @@ static inline __attribute__((always_inline)) void tile(int mr, const float *x, i
     vec acc[MR][2];
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = VZERO();
     for (int64_t k = 0; k < K; k++) {
-        vec w0 = VLOAD(wp + k * NR), w1 = VLOAD(wp + k * NR + 8);
+        vec w0 = VLOAD(wp + k * NR), w1 = VLOAD(wp + k * NR + VW);
         for (int r = 0; r < mr; r++) {
             vec xv = VSET1(x[r * ldx + k]);
             acc[r][0] = VFMA(xv, w0, acc[r][0]);
@@ -75,12 +120,10 @@ static inline __attribute__((always_inline)) void tile(int mr, const float *x, i
     int64_t nn = N - n0 < NR ? N - n0 : NR;
     for (int r = 0; r < mr; r++) {
         VSTORE(buf, acc[r][0]);
-        VSTORE(buf + 8, acc[r][1]);
+        VSTORE(buf + VW, acc[r][1]);
         float *out = y + r * ldy + n0;
-        for (int64_t j = 0; j < nn; j++) {
-            float v = bias ? buf[j] + bias[n0 + j] : buf[j];
-            out[j] = act ? act_one(v, act) : v;
-        }
+        for (int64_t j = 0; j < nn; j++) out[j] = bias ? buf[j] + bias[n0 + j] : buf[j];
+        act_inplace(out, nn, act);
     }
 }
 
@@ -96,19 +139,17 @@ static inline void row_panels(const float *x, int64_t K, const float *wp, int64_
             if (p < np) {
                 const float *w = wp + p * pstride + k * NR;
                 acc[p][0] = VFMA(xv, VLOAD(w), acc[p][0]);
-                acc[p][1] = VFMA(xv, VLOAD(w + 8), acc[p][1]);
+                acc[p][1] = VFMA(xv, VLOAD(w + VW), acc[p][1]);
             }
         }
     }
     for (int p = 0; p < np; p++) {
         float buf[NR];
         VSTORE(buf, acc[p][0]);
-        VSTORE(buf + 8, acc[p][1]);
+        VSTORE(buf + VW, acc[p][1]);
         int64_t c0 = n0 + p * NR, nn = N - c0 < NR ? N - c0 : NR;
-        for (int64_t j = 0; j < nn; j++) {
-            float v = bias ? buf[j] + bias[c0 + j] : buf[j];
-            y[c0 + j] = act ? act_one(v, act) : v;
-        }
+        for (int64_t j = 0; j < nn; j++) y[c0 + j] = bias ? buf[j] + bias[c0 + j] : buf[j];
+        act_inplace(y + c0, nn, act);
     }
 }
 
@@ -149,8 +190,13 @@ void pgi_linear(const float *x, int64_t M, int64_t K, int64_t ldx, const float *
 
 /* y = act(x) elementwise, n values (the activation of a product whose pre-activation autograd keeps). */
 void pgi_act(const float *x, float *y, int64_t n, int act, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) y[i] = act_one(x[i], act);
+    int64_t chunk = 4096, chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t a = c * chunk, len = n - a < chunk ? n - a : chunk;
+        memcpy(y + a, x + a, sizeof(float) * len);
+        act_inplace(y + a, len, act);
+    }
 }
 
 /* A row's sum in a fixed order: eight strided partial sums (element i into lane i % 8), then a fixed tree. */
@@ -230,7 +276,7 @@ void pgi_attention(const float *q, int64_t qb, int64_t qh, int64_t qt, int64_t B
             for (int64_t d = 0; d < hs; d++) acc[d] = 0.0f;
             for (int64_t j = 0; j < n; j++) {
                 const float *vj = j < na ? pvr + (a0 + j) * ps : v + b * kb + h * kh + (lo + j - na) * ks;
-                float w = expf(s[j] - mx);
+                float w = exp_fixed(s[j] - mx);
                 l += w;
                 for (int64_t d = 0; d < hs; d++) acc[d] = fmaf(w, vj[d], acc[d]);
             }
