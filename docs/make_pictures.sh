@@ -8,7 +8,7 @@ $S "The function returns" --max-new-tokens 1 --seed 0 --plot docs/img/distributi
 $S "Which is the largest ocean? The" --max-new-tokens 1 --seed 0 --plot docs/img/ocean.png
 $S "The function returns" --compare-temperatures 0.01,1,100 --plot docs/img/softmax.png
 $S "Which is the largest ocean?" --max-new-tokens 8 --seed 0 --plot docs/img/steps.png
-$S "Which is the largest ocean?" -n 8 --max-new-tokens 6 --seed 0 --tree docs/img/branching.png
+$S "Which is the largest ocean?" -n 8 --max-new-tokens 6 --seed 0 --temperature 0.8 --top-p 0.95 --tree docs/img/branching.png
 $S "The function returns" --compare-temperatures 0.5,1,1.5 --plot docs/img/temperature.png
 $S "The function returns" --compare-top-k 1,3,50 --plot docs/img/top-k.png
 $S "The function returns" --compare-top-p 0.5,0.8,0.95 --plot docs/img/top-p.png

@@ -71,17 +71,18 @@ def test_what_counts_as_naming_an_ocean_and_as_a_line_of_python():
 
 def test_the_shipped_model_answers_a_request_for_code_with_code():
     """docs/training.md's figure: 16 rollouts of "Can you give me some Python code?" at temperature 1, seeds 0-15,
-    12 of them hold a line of Python (issue 22's target: half); a rollout or two may fall the other way on
-    another CPU's rounding."""
+    10 of them hold a line of Python; the test asks for issue 22's target, half, since a rollout or two may fall
+    the other way on another CPU's rounding."""
     share, texts = quality.code_share(GPT.from_pretrained(DEFAULT))
-    assert share >= 10 / 16, texts
+    assert share >= 8 / 16, texts
 
 
 def test_the_shipped_model_answers_the_ocean_question_with_oceans():
     """docs/training.md's figures: 64 rollouts of "Which is the largest ocean?" at temperature 1 name an ocean in
-    4 (the Pacific in 2), and after "... ocean? The" " Pacific" is the likeliest token, the other oceans near."""
+    10 (16%; the Pacific in 3), and after "... ocean? The" " Pacific" is the likeliest token (12.5%), the other
+    oceans near. The bound leaves a rollout or two to another CPU's rounding."""
     gpt = GPT.from_pretrained(DEFAULT)
     shares = quality.answer_shares(gpt)
-    assert shares["ocean"] >= 3 / 64 and shares["counts"].get("Pacific", 0) >= 1, shares["counts"]
+    assert shares["ocean"] >= 7 / 64 and shares["counts"].get("Pacific", 0) >= 1, shares["counts"]
     top = dict(quality.next_token_probs(gpt, quality.OCEAN_QUESTION + " The", k=8))
     assert next(iter(top)) == " Pacific" and {" Atlantic", " Indian"} <= set(top) and sum(top.values()) < 1, top
