@@ -26,8 +26,8 @@ def test_bench_rl_times_both_trainers_and_counts_their_completions(tmp_path, cap
     out, png = tmp_path / "rl.json", tmp_path / "rl.png"
     rows = bench_rl.main(["--prompts", "2", "--generations", "2", "--new-tokens", "3", "--layers", "1",
                           "--width", "16", "--heads", "1", "--repeats", "1", "--threads", "1", "--out", str(out),
-                          "--png", str(png)])
-    assert [r["engine"] for r in rows] == ["TRL", "pigpt"]
+                          "--png", str(png), "--variant"])
+    assert [r["engine"] for r in rows] == ["TRL", "pigpt", "pigpt --no-batch-invariant"]
     for r in rows:
         assert r["completions_per_step"] == [4] and r["completions_ok"]  # 2 prompts x 2, every timed step
         assert len(r["seconds"]) == 1 and r["median_s"] > 0 and r["peak_mb"] > 0
@@ -35,5 +35,7 @@ def test_bench_rl_times_both_trainers_and_counts_their_completions(tmp_path, cap
         assert 1 <= r["mean_completion_tokens"] <= 3
     assert rows[0]["speedup_vs_trl"] == 1.0 and rows[1]["speedup_vs_trl"] > 0
     data = json.loads(out.read_text())
-    assert data["meta"]["prompts"] == 2 and len(data["rows"]) == 2 and png.stat().st_size > 0
-    assert "| pigpt |" in capsys.readouterr().out
+    assert data["meta"]["prompts"] == 2 and len(data["rows"]) == 3 and png.stat().st_size > 0
+    assert data["meta"]["invariant_vs_default"] > 0
+    printed = capsys.readouterr().out
+    assert "| pigpt |" in printed and "runs at" in printed and "--no-batch-invariant" in printed

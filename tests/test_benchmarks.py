@@ -19,6 +19,17 @@ bench_generate = load_script("benchmarks/bench_generate.py")
 bench_linear = load_script("benchmarks/bench_linear.py")
 bench_sampling = load_script("benchmarks/bench_sampling.py")
 train_step = load_script("benchmarks/train_step.py")
+bench_invariant = load_script("benchmarks/bench_invariant.py")
+
+
+def test_bench_invariant_times_both_modes_and_checks_the_bits(tmp_path, capsys):
+    out, png = tmp_path / "inv.json", tmp_path / "inv.png"
+    rows = bench_invariant.main(["--models", "shipped", "--new-tokens", "2", "--repeats", "1", "--threads", "1",
+                                 "--out", str(out), "--png", str(png)])
+    assert [r["case"] for r in rows] == list(bench_invariant.CASES)
+    assert all(r["same_bits"] and r["ratio"] > 0 and r["default_tok_s"] > 0 for r in rows)
+    assert len(json.loads(out.read_text())["rows"]) == 3 and png.stat().st_size > 0
+    assert "invariant / default" in capsys.readouterr().out
 
 
 def test_bench_linear_prints_a_row_per_dtype_and_row_count(monkeypatch, capsys):
