@@ -388,12 +388,14 @@ def test_sampling_params_check_the_rules_with_the_kernels_wording():
 
 
 # -- generate, score -------------------------------------------------------------------------------------------
-def hf_transition_scores(hf, prompt, tokens, **kw):
+def hf_transition_scores(hf, prompt, tokens, logits=None, **kw):
     """compute_transition_scores(normalize_logits=True) of `tokens`, teacher-forced, with scores processed by
-    transformers' own chain (hf_chain: generate()'s order)."""
+    transformers' own chain (hf_chain: generate()'s order); `logits` (len(tokens), V): another forward's instead
+    of hf's own."""
     seq = torch.tensor([prompt + tokens])
-    with torch.no_grad():
-        logits = hf(seq).logits[0, len(prompt) - 1: -1]
+    if logits is None:
+        with torch.no_grad():
+            logits = hf(seq).logits[0, len(prompt) - 1: -1]
     scores = tuple(hf_chain(logits[t:t + 1], ids=seq[:, :len(prompt) + t], prompt_len=len(prompt), **kw)
                    for t in range(len(tokens)))
     # float64: its log_softmax runs over a strided dim of the stacked scores, which torch's CPU kernel sums
@@ -420,6 +422,15 @@ def test_generate_logprobs_match_transition_scores_and_score_is_on_policy(shippe
     flat = [r for g in rollouts for r in g]
     for p, r in zip(flat_p, flat):
         ref = hf_transition_scores(hf, p, r.tokens, **kw)
+        off = ((torch.tensor(r.logprobs) - ref).abs() > 1e-4).nonzero()[:, 0]
+        # A token whose probability sits on a rule's cut (eta's min(eta, sqrt(eta) exp(-H)), say) can be kept by
+        # one forward and cut by the other: the two models' logits differ by ~1e-5 (test_model's parity). At
+        # such a step transformers' chain, run on pigpt's own logits, must give pigpt's log-prob.
+        assert off.numel() <= 1, (off, r.logprobs, ref)
+        if off.numel():
+            with torch.no_grad():
+                own = gpt(torch.tensor([p + r.tokens]))[0, len(p) - 1: -1].float()
+            ref = hf_transition_scores(hf, p, r.tokens, logits=own, **kw)
         torch.testing.assert_close(torch.tensor(r.logprobs), ref, atol=1e-4, rtol=0)
     completions = [r.tokens for r in flat]
     scored, keep = score(gpt, flat_p, completions, params, return_keep=True)
@@ -427,7 +438,7 @@ def test_generate_logprobs_match_transition_scores_and_score_is_on_policy(shippe
     with torch.enable_grad():
         scored_grad = score(gpt, flat_p, completions, params, grad=True)
     # float32 rounding between the decode path and a full forward (docs/policy.md: up to 3e-5 on the shipped
-    # model; issue 25 is about making it 0): 1e-5 plus 1e-5 relative
+    # model): 1e-5 plus 1e-5 relative; batch-invariant, the two are equal bit for bit (test_batch_invariant.py)
     for r, s, sg in zip(flat, scored, scored_grad):
         torch.testing.assert_close(s, torch.tensor(r.logprobs), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(sg.detach(), torch.tensor(r.logprobs), atol=1e-5, rtol=1e-5)

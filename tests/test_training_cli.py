@@ -144,7 +144,7 @@ def test_a_short_run_under_a_long_preset_gets_a_shorter_warmup(tmp_path):
         return lm.resolve_config(train.build_parser().parse_args(list(flags)), None, tmp_path)
 
     assert resolve("--max-steps", "10").warmup_steps == 1
-    assert resolve().warmup_steps == 20 and resolve().max_steps == 550  # the shipped recipe, unchanged
+    assert resolve().warmup_steps == 20 and resolve().max_steps == 750  # the shipped recipe, unchanged
     assert resolve("--preset", "stdlib", "--max-steps", "20").warmup_steps == 2
     with pytest.raises(TrainError, match="--warmup-steps 30 must be within"):
         resolve("--max-steps", "20", "--warmup-steps", "30")
