@@ -13,7 +13,6 @@ import torch
 
 from pigpt.kernels import token_logprobs
 from pigpt.kernels.reference import logprob_at
-from pigpt.model import invariant
 from pigpt.model.head import fused_head
 
 from .params import SamplingParams
@@ -170,10 +169,8 @@ def _head_logprobs(h, w, y, model, history, row, step, params, keep):
             g.mul_(torch.where(seen, torch.where(x < 0, pen, 1.0 / pen), 1.0))
         return lp, kp
 
-    logits_fn = None
-    if getattr(model, "batch_invariant", False):  # the decode steps' head, so that the logits are theirs
-        panels = model.invariant_head_panels()
-        logits_fn = lambda hr: invariant.linear(hr, w.t(), None, panels)  # noqa: E731
+    # batch-invariant: the model's own head, whose logits are then the decode steps' bit for bit
+    logits_fn = model.lm_head if getattr(model, "batch_invariant", False) else None
     return fused_head(h, w, y, chunk_fn, dtype=torch.float32, chunk=GRAD_CHUNK, logits_fn=logits_fn)
 
 

@@ -31,8 +31,7 @@ from pigpt.decoding import SamplingParams, score
 from pigpt.decoding.params import check_sampling, flag
 from pigpt.decoding.prompts import check_prompts
 from pigpt.kernels import MAX_SEED
-from pigpt.model import invariant
-from pigpt.model import GPT
+from pigpt.model import GPT, invariant
 from pigpt.model.checkpoint import atomic_write
 from pigpt.model.textform import for_model, unescape
 from pigpt.training import dist, optim
@@ -273,14 +272,12 @@ def _encode(gpt: GPT, prompts: list[str], cfg: RLConfig, path: str) -> list[list
 def _batch_invariant(cfg: RLConfig, gpt, ref) -> None:
     """The policy and its reference run batch-invariant (model/invariant.py): the trainer's log-probs are then the
     sampler's bit for bit (mismatch 0.0). Default: wherever the mode runs (float32 on the CPU)."""
-    on = cfg.batch_invariant
-    if on is None:
-        on = gpt.device.type == "cpu"
+    if cfg.batch_invariant is None:
         try:
             invariant.check(gpt)
         except invariant.InvariantError:
-            on = False
-    if not on:
+            return
+    elif not cfg.batch_invariant:
         return
     for model in (gpt, ref):
         if model is not None:
