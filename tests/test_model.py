@@ -340,6 +340,70 @@ def test_from_pretrained_dtype_and_device(tiny_checkpoint):
     assert gpt.dtype == torch.bfloat16 and gpt.device.type == "cpu" and not gpt.training
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loading_into_a_precision_equals_casting_after(tiny_checkpoint, dtype):
+    """Each tensor is converted (and quantized) as it is read: the same model as loading float32 and then
+    casting and quantizing it whole."""
+    path, _ = tiny_checkpoint
+    ref = GPT.from_pretrained(path).to(dtype)
+    direct = GPT.from_pretrained(path, dtype=dtype)
+    for (n, a), (m, b) in zip(ref.state_dict().items(), direct.state_dict().items()):
+        assert n == m and a.dtype == b.dtype == dtype and torch.equal(a, b), n
+    ref.quantize("int8")
+    q = GPT.from_pretrained(path, dtype=dtype, quantize="int8")
+    assert q.quantized == "int8" and not any(p.requires_grad for p in q.parameters())
+    sa, sb = ref.state_dict(), q.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(m.weight is None for m in q.modules() if hasattr(m, "qweight") and m.qweight is not None)
+
+
+def test_truncated_and_garbled_safetensors_are_clear_errors(tmp_path, tiny_checkpoint):
+    import shutil
+
+    path, _ = tiny_checkpoint
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(path / name, tmp_path / name)
+    data = (path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="offsets don't match|truncated"):
+        GPT.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_loading_holds_one_copy_of_the_model(tmp_path):
+    """Peak memory of a load, in a fresh process: the model in its target precision plus about one tensor of
+    the file's, not the file and the model (2x) as when the whole state dict was read first."""
+    import subprocess
+    import sys
+
+    hf = make_hf_model(n_layer=8, n_head=8, n_embd=512, vocab_size=50257, n_positions=64)
+    hf.save_pretrained(tmp_path)
+    f32 = sum(p.numel() for p in hf.parameters()) * 4 / 2**20  # MB of the file's weights (wte counted once)
+    wte = hf.transformer.wte.weight.numel() * 4 / 2**20
+    del hf
+    code = (
+        "import resource, sys, torch\n"
+        "from pigpt.model import GPT\n"
+        "def hwm():\n"
+        "    return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024\n"
+        "torch.zeros(1) @ torch.zeros(1)\n"
+        "GPT  # imported\n"
+        "base = hwm()\n"
+        "m = GPT.from_pretrained(sys.argv[1], dtype=sys.argv[2], quantize=None if sys.argv[3] == '-' else sys.argv[3])\n"
+        "print(hwm() - base)\n")
+    for dtype, quantize, model_mb in (("float32", "-", f32), ("bfloat16", "-", f32 / 2),
+                                      ("float32", "int8", f32 / 4 + wte)):  # int8 + float wte + int8 head
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path), dtype, quantize], capture_output=True,
+                             text=True, check=True)
+        grew = float(out.stdout.split()[-1])
+        # the model; converting, one buffer for the largest tensor in the file's precision (wte); slack for the
+        # allocator (reading the whole file first, as before, took 2x the float32 model)
+        bound = 1.25 * (model_mb + (wte if dtype != "float32" else 0)) + 16
+        assert grew < bound, (dtype, quantize, grew, bound)
+
+
 # -- tokenizer ------------------------------------------------------------------------------------------------
 def test_tokenizer_offline(monkeypatch):
     def no_network(*args, **kwargs):

@@ -157,19 +157,127 @@ def _weight_files(directory: Path) -> list[Path]:
     )
 
 
-def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
 
-            return load_file(str(file))
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{file}: could not read the weights ({type(e).__name__}: {e})") from None
+
+class _Tensors:
+    """A checkpoint's tensors by name, read one at a time. A .safetensors file is read tensor by tensor into
+    memory of our own (its 8-byte header length, a JSON header, then the raw little-endian data), so that a load
+    holds the model in its target precision plus one tensor of the file's: never the whole file as well, which a
+    memory map would leave resident as it is read, nor a second copy of the model. .bin files go through
+    torch.load(weights_only=True, mmap=True) where their format allows."""
+
+    def __init__(self, files: list[Path]):
+        self._where = {}  # key -> (file, (dtype, shape, start, end)) or (file, tensor)
+        self._scratch = torch.empty(0, dtype=torch.uint8)
+        for file in files:
+            try:
+                if file.suffix == ".safetensors":
+                    for k, entry in _safetensors_index(file).items():
+                        self._where[k] = (file, entry)
+                else:
+                    try:
+                        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+                    except RuntimeError:  # the legacy (pre-zip) format can't be mapped
+                        state = torch.load(file, map_location="cpu", weights_only=True)
+                    for k, t in state.items():
+                        self._where[k] = (file, t)
+            except CheckpointError:
+                raise
+            except Exception as e:
+                raise CheckpointError(f"{file}: could not read the weights ({type(e).__name__}: {e})") from None
+
+    def keys(self):
+        return self._where.keys()
+
+    def reserve(self, dtype: torch.dtype) -> None:
+        """The scratch buffer at its final size up front (the largest tensor), so that it is never reallocated."""
+        sizes = [src[3] - src[2] for _, src in self._where.values() if not isinstance(src, torch.Tensor)]
+        if sizes and self._scratch.numel() < max(sizes):
+            self._scratch = torch.empty(max(sizes), dtype=torch.uint8)
+
+    def shape(self, key) -> tuple[int, ...]:
+        src = self._where[key][1]
+        return tuple(src.shape) if isinstance(src, torch.Tensor) else src[1]
+
+    def get(self, key, dtype: torch.dtype, keep: bool = True) -> tuple[torch.Tensor, bool]:
+        """(the tensor, whether it is memory of its own). Read straight into a tensor of its own when the file
+        stores `dtype` and the caller keeps it; else into one scratch buffer reused for every tensor (the caller
+        converts or quantizes it): memory freed tensor by tensor would fragment the heap and stay resident."""
+        file, src = self._where[key]
+        if isinstance(src, torch.Tensor):
+            return src, False
+        stored, shape, begin, end = src
+        if stored == dtype and keep:
+            out = torch.empty(shape, dtype=dtype)
+            buf = out.view(-1).view(torch.uint8)
+        else:
+            if self._scratch.numel() < end - begin:
+                self._scratch = torch.empty(0, dtype=torch.uint8)  # free the old one before the larger
+                self._scratch = torch.empty(end - begin, dtype=torch.uint8)
+            buf = self._scratch[: end - begin]
+            out = buf.view(stored).view(shape)
+        try:
+            with open(file, "rb") as f:
+                f.seek(begin)
+                n = f.readinto(buf.numpy()) if end > begin else 0
+        except OSError as e:
+            raise CheckpointError(f"{file}: could not read tensor {key} ({e})") from None
+        if n != end - begin:
+            raise CheckpointError(f"{file}: ends inside tensor {key}; the file is truncated, download it again")
+        return out, stored == dtype and keep
+
+
+def _safetensors_index(file: Path) -> dict:
+    """{key: (dtype, shape, start, end)} from a .safetensors header, offsets absolute and checked."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= size - 8:
+            raise CheckpointError(f"{file}: not a safetensors file (bad header length)")
+        header = json.loads(f.read(n))
+    out = {}
+    for k, e in header.items():
+        if k == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(e.get("dtype"))
+        if dtype is None:
+            raise CheckpointError(f"{file}: tensor {k} has dtype {e.get('dtype')!r}, which pigpt does not read")
+        shape, (a, b) = tuple(e["shape"]), e["data_offsets"]
+        numel = 1
+        for d in shape:
+            numel *= d
+        if b - a != numel * dtype.itemsize or not 0 <= a <= b <= size - 8 - n:
+            raise CheckpointError(f"{file}: tensor {k}'s offsets don't match its shape or the file's size")
+        out[k] = (dtype, shape, 8 + n + a, 8 + n + b)
+    return out
+
+
+class _SkipRandomInit(torch.overrides.TorchFunctionMode):
+    """Random initialisation skipped while a model is built on the meta device to be loaded into: its weights
+    are about to be read from the file, and torch's meta kernel for normal_ imports ~145 MB of modules
+    (sympy, mpmath) on first use, which a load would otherwise hold for the life of the process."""
+
+    SKIPPED = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_, torch.nn.init.uniform_,
+               torch.nn.init.trunc_normal_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.SKIPPED:
+            t = args[0] if args else kwargs.get("tensor")
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
 
 
 # -- loading -------------------------------------------------------------------------------------------------
-def load_pretrained(cls, name_or_path, device=None, dtype=None):
+def load_pretrained(cls, name_or_path, device=None, dtype=None, quantize=None):
+    """The model in `dtype` (default float32) on `device`, its linear layers quantized as they are read when
+    `quantize` names a mode: each tensor goes from the file straight into its final form (peak memory: the
+    model as it will be, plus one tensor of the file's)."""
     directory = resolve(name_or_path)
     config_file = directory / "config.json"
     if not config_file.exists():
@@ -179,47 +287,57 @@ def load_pretrained(cls, name_or_path, device=None, dtype=None):
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_file}: not valid JSON ({e})") from None
     config = config_from_hf(hf, str(directory))
+    source = _Tensors(_weight_files(directory))
 
-    state = {}
-    for file in _weight_files(directory):
-        state.update(_read_tensors(file))
-
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipRandomInit():
         model = cls(config)
-    expected = {k: p for k, p in model.state_dict().items()}
-    tensors = {}
-    for key, t in state.items():
+    expected = dict(model.state_dict())
+    names = {}  # our name -> the checkpoint's key
+    for key in source.keys():
         if key.endswith(_IGNORED_SUFFIXES):
             continue
-        name = key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
-        tensors[name] = t
-    head = tensors.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(tensors))
+        names[key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key] = key
+    head = names.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(names))
     if missing:
         raise CheckpointError(
             f"{directory}: the checkpoint lacks {len(missing)} tensor(s) a GPT-2 with this config needs, "
             f"e.g. {missing[:5]}"
         )
-    unexpected = sorted(set(tensors) - set(expected))
+    unexpected = sorted(set(names) - set(expected))
     if unexpected:
         raise CheckpointError(
             f"{directory}: the checkpoint has tensors this GPT-2 config does not use, e.g. {unexpected[:5]}; "
             "is config.json the one that belongs to these weights?"
         )
     for name, p in expected.items():
-        if tuple(tensors[name].shape) != tuple(p.shape):
+        if source.shape(names[name]) != tuple(p.shape):
             raise CheckpointError(
-                f"{directory}: tensor {name} has shape {tuple(tensors[name].shape)}, but config.json implies "
+                f"{directory}: tensor {name} has shape {source.shape(names[name])}, but config.json implies "
                 f"{tuple(p.shape)}; the weights and config.json don't match"
             )
-    wte = tensors["transformer.wte.weight"]
-    if head is not None and (head.shape != wte.shape or not torch.equal(head.to(wte.dtype), wte)):
+    if head is not None and source.shape(head) != source.shape(names["transformer.wte.weight"]):
         raise CheckpointError(f"{directory}: lm_head.weight differs from transformer.wte.weight; GPT-2 ties them")
 
     dtype = _parse_dtype(dtype) if dtype is not None else torch.float32
-    model = model.to_empty(device=device or "cpu")
-    model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=False)
-    model.to(dtype=dtype)
+    device = torch.device(device or "cpu")
+    source.reserve(dtype)
+    with torch.no_grad():
+        for name in expected:
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            quantized = quantize and attr == "weight" and hasattr(module, "quantize_")
+            t, own = source.get(names[name], dtype, keep=not quantized)
+            if quantized:
+                module.quantize_(t.to(device, dtype))  # int8 from the weight as the float model would hold it
+                continue
+            converted = t.to(device, dtype)
+            # memory of our own, not a view of a mapped file or of the scratch buffer
+            t = converted if (own or converted.data_ptr() != t.data_ptr()) else t.clone()
+            del converted
+            setattr(module, attr, torch.nn.Parameter(t.contiguous(), requires_grad=True))
+        if head is not None and not torch.equal(source.get(head, dtype)[0].to(dtype), model.transformer.wte.weight):
+            raise CheckpointError(f"{directory}: lm_head.weight differs from transformer.wte.weight; GPT-2 ties them")
     model.text_form = TextForm(hf.get(CONFIG_KEY) or "plain").name  # what textform.for_model(model) reads
     return model.eval()
 

@@ -94,8 +94,13 @@ class Conv1D(nn.Module):
         self.invariant = False  # GPT.batch_invariant sets it
         self._panels = packed.DerivedWeight()  # the batch-invariant kernels' copy of the weight
 
-    def quantize_(self) -> None:
-        q, scale = quant.quantize_rows(self.weight.t())  # per output channel: rows of [out, in]
+    def quantize_(self, weight: torch.Tensor | None = None) -> None:
+        """int8 from `weight` [in, out] (default: this layer's own; from_pretrained passes each as it reads it,
+        so that the float weight is never a parameter)."""
+        if weight is None and self.qweight is not None:  # already int8
+            return
+        w = self.weight if weight is None else weight
+        q, scale = quant.quantize_rows(w.t())  # per output channel: rows of [out, in]
         self.qweight, self.qscale = q, quant.scale_bits(scale)
         self.register_parameter("weight", None)
         self._packed.clear()
@@ -482,7 +487,7 @@ class GPT(nn.Module):
             quant.check_mode(quantize)
         if batch_invariant and quantize is not None:
             raise invariant.InvariantError("batch_invariant=True needs float32 weights: drop quantize=")
-        model = load_pretrained(cls, name_or_path, device=device, dtype=dtype)
+        model = load_pretrained(cls, name_or_path, device=device, dtype=dtype, quantize=quantize)
         if batch_invariant:
             model.batch_invariant = True
         return model.quantize(quantize) if quantize is not None else model

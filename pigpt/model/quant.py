@@ -70,10 +70,22 @@ def quantize(model, mode: str = "int8"):
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric int8 of a [rows, cols] float weight: (q int8 [rows, cols], scale float32 [rows]),
     w ~ q * scale[:, None]. An all-zero row gets scale 0 (and q 0)."""
-    w = w.detach().float()
-    scale = w.abs().amax(dim=1) / 127.0
-    q = torch.round(w / scale.clamp(min=torch.finfo(torch.float32).tiny)[:, None]).clamp_(-127, 127)
-    return q.to(torch.int8).contiguous(), scale.contiguous()
+    w = w.detach()
+    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    scale = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
+    # in chunks of rows, through one buffer: a whole wte's float temporaries would be ~3 copies of it, and
+    # temporaries freed chunk by chunk fragment the heap (both stay resident after a load)
+    step = max(1, min(w.shape[0], (1 << 20) // max(1, w.shape[1])))
+    buf = torch.empty(step, w.shape[1], dtype=torch.float32, device=w.device)
+    for i in range(0, w.shape[0], step):
+        c, b, s = w[i:i + step], buf[: min(step, w.shape[0] - i)], scale[i:i + step]
+        b.copy_(c)
+        torch.amax(b.abs_(), dim=1, out=s)
+        s.div_(127.0)
+        b.copy_(c)
+        b.div_(s.clamp(min=torch.finfo(torch.float32).tiny)[:, None]).round_().clamp_(-127, 127)
+        q[i:i + step].copy_(b)
+    return q, scale
 
 
 def scale_bits(scale: torch.Tensor) -> torch.Tensor:
