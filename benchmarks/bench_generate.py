@@ -1,9 +1,11 @@
-"""pigpt's generate / beam_search against transformers' generate (and llama.cpp), same random GPT-2 small.
+"""pigpt's generate / beam_search against transformers' generate (and llama.cpp), same random GPT-2 weights.
 
     python benchmarks/bench_generate.py                   # the full run: 16-token prompt, 128 new tokens
     python benchmarks/bench_generate.py --quick           # a smaller run while developing
     python benchmarks/bench_generate.py --bf16            # also both libraries in bfloat16
     python benchmarks/bench_generate.py --quantize int8   # also pigpt's int8 weights (llama.cpp: q8_0)
+    python benchmarks/bench_generate.py --size xl         # GPT-2 XL's shape (1.5B): small, medium, large, xl
+    python benchmarks/bench_generate.py --load two        # also each engine with two busy processes beside it
     LLAMA_CPP_DIR=/path/to/llama.cpp python benchmarks/bench_generate.py --cases greedy,n8 --bf16 --quantize int8
 
 Cases: greedy batch 1; sampling batch 1; n = 8 and n = 64 rollouts of one prompt (temperature 1, no
@@ -21,10 +23,17 @@ then T tokens, one timed window, like a generate call), n rollouts with `llama-b
 (the prompt shared by the n sequences, as pigpt's rollouts share its KV). llama.cpp draws no tokens
 (it feeds random ones), so its figures leave out the sampler; beam search has no llama.cpp column.
 
-Every engine runs in a process of its own (its peak RSS is its own, reported in MB), one process per
-case and precision; their runs are interleaved (pigpt, transformers, llama.cpp, pigpt, ...) so that a
+Every engine runs in a process of its own (its peak RSS is its own, reported in MB, and for the Python
+engines also less what `import torch` had made resident before the model was loaded: torch's own cost,
+which llama.cpp doesn't pay), one process per case and precision; each engine loads the checkpoint straight
+into the precision it runs in; their runs are interleaved (pigpt, transformers, llama.cpp, pigpt, ...) so that a
 noisy neighbour on a shared machine slows all of them, and each ratio is the median of the per-round
 ratios. Writes a JSON of every run and a PNG (--out, --png).
+
+--load one|two|job (a comma list) times every engine a second time in each round with other processes busy
+(benchmarking.LOADS: one or two spinning processes, or a second 2-thread torch job), started before and killed
+after that run, and reports each engine's slowdown: the median over rounds of its loaded / quiet time. On 2
+cores, two busy processes leave a fair share of about half the CPU: 2x.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ CASES = {  # name: (label, kind, rows)
 }
 GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0"}  # llama.cpp's nearest equivalent
 BYTES_PER_WEIGHT = {"float32": 4, "bfloat16": 2, "int8": 1}  # int8: scales not counted
+SIZES = {"small": (12, 768, 12), "medium": (24, 1024, 16), "large": (36, 1280, 20), "xl": (48, 1600, 25)}
 
 
 def parse_args(argv=None):
@@ -64,10 +74,14 @@ def parse_args(argv=None):
     ap.add_argument("--bf16", action="store_true", help="also a bfloat16 row for each case")
     ap.add_argument("--quantize", choices=["int8"], help="also a row with pigpt's quantized weights")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
+    ap.add_argument("--load", default="", help="comma list of loads to also time each engine under (one, two, "
+                    "job: see benchmarking.LOADS)")
     ap.add_argument("--baseline", metavar="DIR", help="also time pigpt from another checkout (e.g. a git worktree "
                     "of an older commit with this worker protocol), interleaved in the same rounds: "
                     "the 'pigpt / baseline' column says whether a change made a case slower")
     ap.add_argument("--quick", action="store_true", help="32 new tokens, 1 repeat: a quick check")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small",
+                    help="random weights in the shape of GPT-2 small (124M), medium, large or xl (1.5B)")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer, width-64 model: checks that the script runs")
     harness.add_output_args(ap, "bench_generate")
     # The engine processes are this script again, told which engine to serve (internal).
@@ -76,22 +90,27 @@ def parse_args(argv=None):
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    bad = [x for x in args.load.split(",") if x and x not in harness.LOADS]
+    if bad:
+        ap.error(f"--load {','.join(bad)}: unknown; use a comma list of {', '.join(harness.LOADS)}")
     if args.quick:
         args.new_tokens, args.repeats = 32, 1
     return args
 
 
 # -- the model -----------------------------------------------------------------------------------------
-def save_model(directory: Path, tiny: bool = False) -> int:
-    """Random GPT-2 small (124M; --tiny: 2 layers of width 64) saved by transformers, the weights every
-    engine loads. Returns the bytes of float32 weights a decode step reads (all but the position table,
+def save_model(directory: Path, tiny: bool = False, size: str = "small") -> int:
+    """Random GPT-2 weights of `size`'s shape (--tiny: 2 layers of width 64) saved by transformers, the weights
+    every engine loads. Returns the bytes of float32 weights a decode step reads (all but the position table,
     of which a step reads one row)."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # a bar per save / load would bury the table
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_head=4, n_embd=64) if tiny else GPT2Config()
+    n_layer, n_embd, n_head = SIZES[size]
+    cfg = GPT2Config(n_layer=2, n_head=4, n_embd=64) if tiny else GPT2Config(n_layer=n_layer, n_embd=n_embd,
+                                                                              n_head=n_head)
     hf = GPT2LMHeadModel(cfg).eval()
     hf.save_pretrained(directory)
     return sum(p.numel() * p.element_size() for n, p in hf.named_parameters() if "wpe" not in n)
@@ -111,12 +130,9 @@ def pigpt_has_int8() -> bool:
 def load_pigpt(model_dir, precision):
     from pigpt.model import GPT
 
-    gpt = GPT.from_pretrained(model_dir).eval()
-    if precision == "bfloat16":
-        gpt = gpt.to(torch.bfloat16)
-    elif precision == "int8":
-        gpt = gpt.quantize("int8") or gpt  # in place or a new model, either way
-    return gpt
+    if precision == "int8":
+        return GPT.from_pretrained(model_dir, quantize="int8")
+    return GPT.from_pretrained(model_dir, dtype=precision)
 
 
 def load_transformers(model_dir, precision):
@@ -124,9 +140,8 @@ def load_transformers(model_dir, precision):
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    hf = GPT2LMHeadModel.from_pretrained(model_dir).eval()
-    if precision == "bfloat16":
-        hf = hf.to(torch.bfloat16)
+    dtype = getattr(torch, precision)
+    hf = GPT2LMHeadModel.from_pretrained(model_dir, dtype=dtype).to(dtype).eval()  # .to: releases before `dtype=`
     hf.generation_config.eos_token_id = None  # never stop early: every run makes the same number of tokens
     hf.generation_config.pad_token_id = 50256
     return hf
@@ -294,10 +309,16 @@ def bench_row(key, precision, args, model_dir, peer, ggufs):
                 llama_peaks.append(peak)
                 return seconds
             fns["llama.cpp"] = run_llama
+        loads = [x for x in args.load.split(",") if x]
+        for name in loads:  # each engine again with the load running: its twin "engine @ load"
+            for engine in list(ENGINES) + ["baseline"]:
+                if engine in fns and "@" not in engine:
+                    fns[f"{engine} @ {name}"] = lambda f=fns[engine], name=name: _loaded(f, name)
         res = harness.interleave(fns, args.repeats)  # every engine has warmed itself up
         for engine, w in workers.items():
-            row["engines"][engine] = {**{k: v for k, v in w.hello.items() if k.startswith("rss")},
-                                      "peak_mb": w.close()["peak_mb"]}
+            e = row["engines"][engine] = {**{k: v for k, v in w.hello.items() if k.startswith("rss")},
+                                          "peak_mb": w.close()["peak_mb"]}
+            e["peak_less_imports_mb"] = e["peak_mb"] - e["rss_imports_mb"]  # what import torch had made resident
         if llama_peaks:
             row["engines"]["llama.cpp"] = {"peak_mb": max(llama_peaks), "gguf": GGUF_TYPE[precision]}
     finally:
@@ -311,14 +332,26 @@ def bench_row(key, precision, args, model_dir, peer, ggufs):
         e["seconds"] = res.times[engine]
         e["tok_s"] = row["tokens"] / res.median(engine)
         e["ms_step"] = 1000 * res.median(engine) / T
+    row["slowdown"] = {name: {engine: res.ratio(engine, f"{engine} @ {name}") for engine in ENGINES
+                              if f"{engine} @ {name}" in fns} for name in loads}
+    row["loaded_tok_s"] = {name: {engine: row["tokens"] / res.median(f"{engine} @ {name}") for engine in ENGINES
+                                  if f"{engine} @ {name}" in fns} for name in loads}
     row["ratios"] = {f"pigpt/{other}": res.ratio("pigpt", other) if "pigpt" in fns and other in fns else math.nan
                      for other in ("transformers", "llama.cpp")}
+    e = row["engines"]
+    row["memory_vs_llama.cpp"] = (e["pigpt"]["peak_less_imports_mb"] / e["llama.cpp"]["peak_mb"]
+                                  if "peak_mb" in e["llama.cpp"] and "peak_mb" in e["pigpt"] else math.nan)
     if "baseline" in fns:
         b = row["engines"]["baseline"]
         b.update(seconds=res.times["baseline"], tok_s=row["tokens"] / res.median("baseline"),
                  ms_step=1000 * res.median("baseline") / T, checkout=str(args.baseline))
         row["ratios"]["pigpt/baseline"] = res.ratio("pigpt", "baseline")
     return row
+
+
+def _loaded(fn, name):
+    with harness.load(name):
+        return fn()
 
 
 def row_summary(row) -> str:
@@ -341,11 +374,24 @@ def print_table(rows):
         e = r["engines"]
         body.append([r["label"], r["precision"], *(f(e[x].get("tok_s")) for x in ENGINES),
                      *(f(r["ratios"][k], ".2f", suffix="x") for k in ("pigpt/transformers", "pigpt/llama.cpp")),
-                     trio(r, "ms_step", ".1f"), trio(r, "peak_mb", ".0f")])
+                     trio(r, "ms_step", ".1f"), trio(r, "peak_mb", ".0f"),
+                     " / ".join(f(e[x].get("peak_less_imports_mb"), ".0f") for x in ("transformers", "pigpt")),
+                     f(r.get("memory_vs_llama.cpp"), ".2f", suffix="x")])
     print(harness.markdown_table(
         ["case", "precision", "transformers tok/s", "pigpt tok/s", "llama.cpp tok/s", "pigpt / transformers",
-         "pigpt / llama.cpp", "ms/step (transformers / pigpt / llama.cpp)", "peak RSS MB (same order)"],
-        body, "ll" + "r" * 7))
+         "pigpt / llama.cpp", "ms/step (transformers / pigpt / llama.cpp)", "peak RSS MB (same order)",
+         "peak less import torch MB (transformers / pigpt)", "pigpt's (less import) / llama.cpp's peak"],
+        body, "ll" + "r" * 9))
+    loaded = [(r, name) for r in rows for name in r.get("slowdown", {})]
+    if loaded:
+        print()
+        print(harness.markdown_table(
+            ["case", "precision", "load", "tok/s loaded (transformers / pigpt / llama.cpp)",
+             "slowdown: loaded / quiet time (same order)"],
+            [[r["label"], r["precision"], harness.LOADS[name][0],
+              " / ".join(f(r["loaded_tok_s"][name].get(e)) for e in ENGINES),
+              " / ".join(f(r["slowdown"][name].get(e), ".2f", suffix="x") for e in ENGINES)] for r, name in loaded],
+            "lllrr"))
     notes = {(e, r["engines"][e]["note"]) for r in rows for e in ENGINES if "note" in r["engines"][e]}
     for engine, note in sorted(notes):
         print(f"  {engine}: {note}")
@@ -389,7 +435,7 @@ def plot(rows, path, meta):
         harness.bar_chart(None, groups, {e: [r["engines"][e].get(key, math.nan) for r in rows] for e in ENGINES},
                           ylabel, ax=ax)
     load = meta["loadavg"][0]
-    fig.suptitle(f"generate, random GPT-2 {'tiny' if meta.get('tiny') else 'small'}, prompt {meta['prompt_len']}, "
+    fig.suptitle(f"generate, random GPT-2 {'tiny' if meta.get('tiny') else meta.get('size', 'small')}, prompt {meta['prompt_len']}, "
                  f"{meta['new_tokens']} new tokens, {meta['threads']} threads, median of {meta['repeats']}, "
                  f"load average {load:.1f} ({meta['cpu']})", fontsize=8)
     return harness.save_figure(fig, path)
@@ -403,14 +449,14 @@ def main(argv=None):
     precisions = ["float32"] + (["bfloat16"] if args.bf16 else []) + (["int8"] if args.quantize else [])
     peer = LlamaCpp.from_env(args.threads)
     meta = harness.environment(prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
-                               tiny=args.tiny, llama_cpp=peer and {"dir": str(peer.root), "version": peer.version()})
-    print(f"torch {meta['torch']}, {meta['threads']} threads, {meta['cpu']} x {meta['cpu_count']}, load average "
+                               tiny=args.tiny, size=args.size, llama_cpp=peer and {"dir": str(peer.root), "version": peer.version()})
+    print(f"GPT-2 {'tiny' if args.tiny else args.size} (random weights); torch {meta['torch']}, {meta['threads']} threads, {meta['cpu']} x {meta['cpu_count']}, load average "
           f"{meta['loadavg'][0]:.1f}; prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, median of "
           f"{args.repeats}" + (f"; llama.cpp {meta['llama_cpp']['version']}" if peer else ""), flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        weight_bytes = save_model(model_dir, args.tiny)
+        weight_bytes = save_model(model_dir, args.tiny, args.size)
         ggufs = {p: peer.convert(model_dir, p, Path(tmp)) for p in precisions} if peer else {}
         for key in args.cases.split(","):
             for precision in precisions:

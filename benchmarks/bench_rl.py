@@ -362,6 +362,8 @@ def parse_args(argv=None):
     ap.add_argument("--trl-defaults", action="store_true",
                     help="also TRL with its CPU defaults (bf16 autocast, gradient checkpointing, dropout on)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler over one more pigpt step")
+    ap.add_argument("--load", default="", help="comma list of loads (one, two, job: benchmarking.LOADS) to also "
+                    "time each engine's step under, in the same rounds: each engine's slowdown, loaded / quiet")
     ap.add_argument("--variant", action="store_true",
                     help="also pigpt with --no-batch-invariant (its default kernels; pigpt's GRPO runs "
                          "batch-invariant by default): the mode's cost, in the same run")
@@ -369,7 +371,16 @@ def parse_args(argv=None):
     ap.add_argument("--worker", choices=list(ENGINES), help=argparse.SUPPRESS)
     ap.add_argument("--prompts-file", help=argparse.SUPPRESS)
     ap.add_argument("--work-dir", help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    bad = [x for x in a.load.split(",") if x and x not in harness.LOADS]
+    if bad:
+        ap.error(f"--load {','.join(bad)}: unknown; use a comma list of {', '.join(harness.LOADS)}")
+    return a
+
+
+def _loaded_step(step, k, name) -> float:
+    with harness.load(name):
+        return step(k, loaded=name)
 
 
 def main(argv=None) -> list[dict]:
@@ -399,7 +410,9 @@ def main(argv=None) -> list[dict]:
             ["pigpt-variant"] if a.variant else [])
         shared = ["--prompts", a.prompts, "--generations", a.generations, "--new-tokens", a.new_tokens,
                   "--beta", a.beta, "--lr", a.lr, "--threads", a.threads, "--warmup", a.warmup,
-                  "--repeats", a.repeats, "--model", model_dir, "--prompts-file", prompts_file, "--work-dir", tmp]
+                  # every round steps each engine once quiet and once under each --load: TRL's max_steps
+                  "--repeats", a.repeats + (a.warmup + a.repeats) * len([x for x in a.load.split(",") if x]),
+                  "--model", model_dir, "--prompts-file", prompts_file, "--work-dir", tmp]
         env = {**os.environ, "TQDM_DISABLE": "1"}  # no weight-loading progress bars from the workers
         replies = {k: [] for k in kinds}
         with contextlib.ExitStack() as stack:
@@ -408,22 +421,32 @@ def main(argv=None) -> list[dict]:
             workers = {k: stack.enter_context(harness.Worker([__file__, "--worker", k, *map(str, shared)], env=env))
                        for k in kinds}
 
-            def step(k):
-                replies[k].append(workers[k].request(op="step"))
+            def step(k, loaded=None):
+                replies[k].append({**workers[k].request(op="step"), "loaded": loaded})
                 return replies[k][-1]["seconds"]  # timed in the worker: no IPC in it
 
-            res = harness.interleave({k: (lambda k=k: step(k)) for k in kinds}, repeats=a.repeats, warmup=a.warmup)
+            fns = {k: (lambda k=k: step(k)) for k in kinds}
+            loads = [x for x in a.load.split(",") if x]
+            for name in loads:  # each engine's step again with the load running ("engine @ load")
+                for k in kinds:
+                    fns[f"{k} @ {name}"] = lambda k=k, name=name: _loaded_step(step, k, name)
+            res = harness.interleave(fns, repeats=a.repeats, warmup=a.warmup)
             if a.profile:
                 meta["pigpt_profile"] = workers["pigpt"].request(op="profile")
             peaks = {k: w.close().get("peak_mb") for k, w in workers.items()}
         meta["loadavg_end"] = os.getloadavg()
 
     rows = []
+    quiet = {k: [r for r in replies[k] if not r.get("loaded")][a.warmup:] for k in kinds}
     for k in kinds:
-        rows.append(row_of(ENGINES[k], replies[k][a.warmup:], per_step, peaks[k]))
+        rows.append(row_of(ENGINES[k], quiet[k], per_step, peaks[k]))
         rows[-1]["speedup_vs_trl"] = res.ratio(k, "trl")
+        rows[-1]["slowdown"] = {name: res.ratio(k, f"{k} @ {name}") for name in loads}
     print()
     print_table(rows)
+    for name in loads:
+        print(f"with {harness.LOADS[name][0]} beside it, a step took (median of loaded / quiet per round): "
+              + ", ".join(f"{r['engine']} {r['slowdown'][name]:.2f}x" for r in rows))
     if a.variant:
         meta["invariant_vs_default"] = res.ratio("pigpt", "pigpt-variant")
         print(f"pigpt's step batch-invariant (its default) runs at {meta['invariant_vs_default']:.2f}x the speed of "

@@ -16,6 +16,7 @@ another process (`Worker`, `run_measured`), so that its peak memory is its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -168,6 +169,39 @@ def interleave(fns: dict[str, Callable[[], float | None] | None], repeats: int, 
                 res.times[name].append(t)
                 res.cpu[name].append(c)
     return res
+
+
+# -- other processes on the machine ----------------------------------------------------------------------
+LOADS = {  # name: (what it is, the programs it starts)
+    "one": ("one busy process (one core)", ["while True: pass"]),
+    "two": ("two busy processes (both cores of 2)", ["while True: pass"] * 2),
+    "job": ("a second 2-thread torch job", [
+        "import torch\ntorch.set_num_threads(2)\na = torch.randn(512, 512)\nprint('ready', flush=True)\n"
+        "while True:\n    a = torch.tanh(a @ a)"]),
+}
+
+
+@contextlib.contextmanager
+def load(name: str | None):
+    """Other processes keeping the CPU busy while the block runs (LOADS; None: nothing). They are started, and
+    have begun their work, before the block; killed after it."""
+    if not name:
+        yield
+        return
+    if name not in LOADS:
+        raise ValueError(f"unknown load {name!r}; use one of {sorted(LOADS)}")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True) for code in LOADS[name][1]]
+    try:
+        for p, code in zip(procs, LOADS[name][1]):
+            if "ready" in code:
+                p.stdout.readline()  # torch imported, the loop about to start
+        time.sleep(0.2)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 # -- memory --------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def test_bench_rl_times_both_trainers_and_counts_their_completions(tmp_path, cap
     out, png = tmp_path / "rl.json", tmp_path / "rl.png"
     rows = bench_rl.main(["--prompts", "2", "--generations", "2", "--new-tokens", "3", "--layers", "1",
                           "--width", "16", "--heads", "1", "--repeats", "1", "--threads", "1", "--out", str(out),
-                          "--png", str(png), "--variant"])
+                          "--png", str(png), "--variant", "--load", "one"])
     assert [r["engine"] for r in rows] == ["TRL", "pigpt", "pigpt --no-batch-invariant"]
     for r in rows:
         assert r["completions_per_step"] == [4] and r["completions_ok"]  # 2 prompts x 2, every timed step
@@ -39,3 +39,5 @@ def test_bench_rl_times_both_trainers_and_counts_their_completions(tmp_path, cap
     assert data["meta"]["invariant_vs_default"] > 0
     printed = capsys.readouterr().out
     assert "| pigpt |" in printed and "runs at" in printed and "--no-batch-invariant" in printed
+    # --load: each step timed again beside a busy process, the quiet figures kept apart
+    assert all(r["slowdown"]["one"] > 0 for r in rows) and "one busy process (one core)" in printed

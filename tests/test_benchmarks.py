@@ -127,6 +127,24 @@ def test_bench_generate_baseline_checkout(tmp_path, monkeypatch, capsys):
     assert "| sampling n = 8 | float32 |" in capsys.readouterr().out.split("pigpt / baseline")[1]
 
 
+def test_bench_generate_under_load(tmp_path, monkeypatch, capsys):
+    """--load: every engine timed again with busy processes beside it, in the same rounds."""
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    (row,) = _tiny_generate(tmp_path, "--cases", "greedy", "--load", "two")
+    assert set(row["slowdown"]["two"]) == {"pigpt", "transformers"}
+    assert all(v > 0 for v in row["slowdown"]["two"].values()) and row["loaded_tok_s"]["two"]["pigpt"] > 0
+    assert "two busy processes" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_generate.parse_args(["--load", "three"])
+
+
+def test_bench_generate_sizes_and_memory_less_imports(tmp_path):
+    assert bench_generate.SIZES["xl"] == (48, 1600, 25)  # GPT-2 XL: 48 layers of width 1600, 25 heads
+    (row,) = _tiny_generate(tmp_path, "--cases", "greedy", "--no-hf")
+    e = row["engines"]["pigpt"]
+    assert 0 < e["peak_less_imports_mb"] < e["peak_mb"]
+
+
 def test_bench_generate_against_transformers(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     rows = _tiny_generate(tmp_path, "--cases", "greedy")

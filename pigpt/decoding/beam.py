@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from pigpt.threads import Governor
+
 from .engine import decode_one_token, prefill
 from .params import SamplingParams
 from .processors import apply_processors
@@ -227,52 +229,54 @@ def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer,
                    improvable=torch.ones(B, 1, dtype=torch.bool, device=device))
     items = torch.arange(B, device=device)  # original prompt index of each batch item
     out = _select_items(st, torch.arange(B, device=device))  # final hypotheses, filled as prompts finish
-    for t in range(T):
-        if t > 0:
-            logits = decode_one_token(model, st.run["tok"][:, :, t - 1].reshape(-1), cache)
-        raw = F.log_softmax(logits, dim=-1)  # (B*nb, V)
-        history = hist[:, : P + t] if hist is not None else None
-        proc = apply_processors(raw, params, history, t, stop_ids)
-        if on_step is not None:
-            on_step(BeamStep(t, items.repeat_interleave(nb), torch.arange(nb, device=device).repeat(len(items)),
-                             logits, proc, st.run["tok"][:, :, :t].flatten(0, 1), st.run_score.reshape(-1)))
-        total = proc.view(-1, nb, V) + st.run_score[:, :, None]
-        topk_lp, topk_idx = torch.topk(total.view(-1, nb * V), k=K)  # (B, K)
-        src, ids = topk_idx // V, topk_idx % V  # the beam each candidate extends, its token
-        cand = {k: _gather_beams(v, src) for k, v in st.run.items()}  # (B, K, T)
-        cand["tok"][:, :, t] = ids
-        cand["lp"][:, :, t] = proc.view(-1, nb * V).gather(1, topk_idx)
-        cand["mlp"][:, :, t] = raw.view(-1, nb * V).gather(1, topk_idx)
-        cand["src"][:, :, t] = src
-        stops = torch.isin(ids, stop_t) if stop_ids else torch.zeros_like(ids, dtype=torch.bool)
-        if strings is not None:
-            stops |= _string_hits(strings, src, ids, nb, t + 1)
-        ends = torch.ones_like(stops) if t + 1 >= T else stops  # the length cap ends every candidate
-        run_src = _next_running(st, topk_lp, cand, src, ends, nb)
-        _update_finished(st, topk_lp, cand, ends, stops, top_nb, nb, t, lp, early_stopping)
-        _update_improvable(st, t + 1, T, lp, early_stopping)
-        done = _items_done(st, ends, early_stopping)  # (B,)
-        if t + 1 == T or bool(done.all()):
-            break
-        if bool(done.any()):
-            # A finished prompt's hypotheses can no longer change (transformers keeps stepping it, adding
-            # -1e9 to whatever it would add): store them and drop its beams from the batch.
-            finished = torch.nonzero(done)[:, 0]
-            _store(out, st, finished, items[finished])
-            keep = torch.nonzero(~done)[:, 0]
-            st = _select_items(st, keep)
-            items, run_src = items[keep], run_src[keep]
-            rows = (run_src + keep[:, None] * nb).view(-1)  # (B'*nb,) old flat row each new beam continues
-            cache = cache.select(rows)
-        else:
-            rows = (run_src + torch.arange(len(items), device=device)[:, None] * nb).view(-1)
-            cache.reorder_(rows)
-        if hist is not None:
-            hist = hist.index_select(0, rows)
-            hist[:, P + t] = st.run["tok"][:, :, t].reshape(-1)
-        if strings is not None:
-            strings.reorder(rows.tolist(), st.run["tok"][:, :, t].reshape(-1).tolist(), t + 1)
-    _store(out, st, torch.arange(len(items), device=device), items)
+    with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/threads.py)
+        for t in range(T):
+            governor.tick()
+            if t > 0:
+                logits = decode_one_token(model, st.run["tok"][:, :, t - 1].reshape(-1), cache)
+            raw = F.log_softmax(logits, dim=-1)  # (B*nb, V)
+            history = hist[:, : P + t] if hist is not None else None
+            proc = apply_processors(raw, params, history, t, stop_ids)
+            if on_step is not None:
+                on_step(BeamStep(t, items.repeat_interleave(nb), torch.arange(nb, device=device).repeat(len(items)),
+                                 logits, proc, st.run["tok"][:, :, :t].flatten(0, 1), st.run_score.reshape(-1)))
+            total = proc.view(-1, nb, V) + st.run_score[:, :, None]
+            topk_lp, topk_idx = torch.topk(total.view(-1, nb * V), k=K)  # (B, K)
+            src, ids = topk_idx // V, topk_idx % V  # the beam each candidate extends, its token
+            cand = {k: _gather_beams(v, src) for k, v in st.run.items()}  # (B, K, T)
+            cand["tok"][:, :, t] = ids
+            cand["lp"][:, :, t] = proc.view(-1, nb * V).gather(1, topk_idx)
+            cand["mlp"][:, :, t] = raw.view(-1, nb * V).gather(1, topk_idx)
+            cand["src"][:, :, t] = src
+            stops = torch.isin(ids, stop_t) if stop_ids else torch.zeros_like(ids, dtype=torch.bool)
+            if strings is not None:
+                stops |= _string_hits(strings, src, ids, nb, t + 1)
+            ends = torch.ones_like(stops) if t + 1 >= T else stops  # the length cap ends every candidate
+            run_src = _next_running(st, topk_lp, cand, src, ends, nb)
+            _update_finished(st, topk_lp, cand, ends, stops, top_nb, nb, t, lp, early_stopping)
+            _update_improvable(st, t + 1, T, lp, early_stopping)
+            done = _items_done(st, ends, early_stopping)  # (B,)
+            if t + 1 == T or bool(done.all()):
+                break
+            if bool(done.any()):
+                # A finished prompt's hypotheses can no longer change (transformers keeps stepping it, adding
+                # -1e9 to whatever it would add): store them and drop its beams from the batch.
+                finished = torch.nonzero(done)[:, 0]
+                _store(out, st, finished, items[finished])
+                keep = torch.nonzero(~done)[:, 0]
+                st = _select_items(st, keep)
+                items, run_src = items[keep], run_src[keep]
+                rows = (run_src + keep[:, None] * nb).view(-1)  # (B'*nb,) old flat row each new beam continues
+                cache = cache.select(rows)
+            else:
+                rows = (run_src + torch.arange(len(items), device=device)[:, None] * nb).view(-1)
+                cache.reorder_(rows)
+            if hist is not None:
+                hist = hist.index_select(0, rows)
+                hist[:, P + t] = st.run["tok"][:, :, t].reshape(-1)
+            if strings is not None:
+                strings.reorder(rows.tolist(), st.run["tok"][:, :, t].reshape(-1).tolist(), t + 1)
+        _store(out, st, torch.arange(len(items), device=device), items)
     return out
 
 

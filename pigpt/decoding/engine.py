@@ -26,6 +26,7 @@ import torch
 
 from pigpt.kernels import sample_from_logits
 from pigpt.kernels.reference import logprob_at
+from pigpt.threads import Governor
 
 from .params import SamplingParams
 from .processors import apply_processors
@@ -163,25 +164,27 @@ def steps(model, prompts, params: SamplingParams, seeds, stop_ids, tokenizer=Non
     stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device) if stop_ids else None
     strings = (StopStrings(stop_strings(model, params.stop), len(seeds), params.min_new_tokens, tokenizer)
                if params.stop else None)
-    for t in range(T):
-        if t > 0:
-            logits = decode_one_token(model, live.tok, live.cache)  # (B, V)
-        history = live.hist[:, : P + t] if live.hist is not None else None
-        tok, lp, mlp, scores = sample_one_token(logits, params, history, t, stop_ids, live.seeds, backend)
-        live.push(tok, P + t)
-        stopped = _stopped(tok, stop_t, strings, live.rows_host, t)  # (B,) bool on device
-        finished = torch.ones_like(stopped) if t == T - 1 else stopped
-        yield Step(t, live.rows, tok, lp, mlp, finished, stopped,
-                   logits if distributions else None, scores if distributions else None)
-        if t == T - 1 or (stop_t is None and strings is None):
-            continue
-        done = stopped.tolist() if strings is not None or bool(stopped.any()) else None  # the one host sync
-        if done is None or not any(done):
-            continue
-        keep_host = [i for i, d in enumerate(done) if not d]
-        if not keep_host:
-            return
-        live.keep(keep_host)
+    with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/threads.py)
+        for t in range(T):
+            governor.tick()
+            if t > 0:
+                logits = decode_one_token(model, live.tok, live.cache)  # (B, V)
+            history = live.hist[:, : P + t] if live.hist is not None else None
+            tok, lp, mlp, scores = sample_one_token(logits, params, history, t, stop_ids, live.seeds, backend)
+            live.push(tok, P + t)
+            stopped = _stopped(tok, stop_t, strings, live.rows_host, t)  # (B,) bool on device
+            finished = torch.ones_like(stopped) if t == T - 1 else stopped
+            yield Step(t, live.rows, tok, lp, mlp, finished, stopped,
+                       logits if distributions else None, scores if distributions else None)
+            if t == T - 1 or (stop_t is None and strings is None):
+                continue
+            done = stopped.tolist() if strings is not None or bool(stopped.any()) else None  # the one host sync
+            if done is None or not any(done):
+                continue
+            keep_host = [i for i, d in enumerate(done) if not d]
+            if not keep_host:
+                return
+            live.keep(keep_host)
 
 
 def _stopped(tok, stop_t, strings, alive_host, t) -> torch.Tensor:

@@ -34,6 +34,7 @@ from pigpt.kernels import MAX_SEED
 from pigpt.model import GPT, invariant
 from pigpt.model.checkpoint import atomic_write
 from pigpt.model.textform import for_model, unescape
+from pigpt.threads import Governor
 from pigpt.training import dist, optim
 from pigpt.training.run import LOG_FILE, Run, TrainError, execute, given_flags, need, read_log
 from pigpt.training.run import resolve_config as resolve
@@ -343,6 +344,11 @@ def _rollouts(run: GRPORun, rows, params, prompts, ids, extras, where: str):
 
 
 def rl_step(run: GRPORun) -> dict:
+    with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/threads.py)
+        return _rl_step(run, governor)
+
+
+def _rl_step(run: GRPORun, governor: Governor) -> dict:
     cfg, d, gpt = run.cfg, run.d, run.gpt
     G = cfg.num_generations
     batch = batch_prompts(len(run.prompts), cfg.prompts_per_step, run.step, cfg.seed)
@@ -362,6 +368,7 @@ def rl_step(run: GRPORun) -> dict:
     rb.set_advantages(adv)
 
     t1 = time.perf_counter()
+    governor.tick()
     prompts = [run.prompt_ids[i] for i in mine for _ in range(G)]
     completions = [r.tokens for r in rb.raw]
     T = max(len(c) for c in completions)
@@ -381,6 +388,7 @@ def rl_step(run: GRPORun) -> dict:
     share, n_items = _shares(cfg, d, mask)
     metrics_all = []
     for it in range(cfg.num_iterations):
+        governor.tick()
         if it > 0:
             logps = _stack_grad(run.policy(prompts, completions, params, keep=keep), T)
         loss, metrics = grpo_loss(logps, behaviour if cfg.num_iterations > 1 else None, ref_logps, adv, mask,

@@ -1,0 +1,102 @@
+"""pigpt/threads.py: fewer threads while other processes hold the cores, back to the job's own count after."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pigpt import threads
+
+
+@pytest.fixture
+def fake_proc(monkeypatch):
+    """A machine of 4 cores whose /proc readings the test writes: (machine busy s, our own s) at each time."""
+    clock = {"t": 100.0, "busy": 0.0, "mine": 0.0}
+    monkeypatch.setattr(threads, "_cores", lambda: 4)
+    monkeypatch.setattr(threads, "_busy_seconds", lambda: (clock["busy"], clock["mine"]))
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads, "_recent", None)
+    monkeypatch.delenv("PIGPT_THREADS", raising=False)
+
+    def advance(seconds, others, mine):
+        clock["t"] += seconds
+        clock["busy"] += (others + mine) * seconds
+        clock["mine"] += mine * seconds
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield advance
+    torch.set_num_threads(before)
+
+
+def test_threads_follow_the_other_processes_load_and_come_back(fake_proc):
+    with threads.Governor() as g:
+        assert g.tick() == 4
+        fake_proc(0.1, others=2.0, mine=2.0)
+        assert g.tick() == 4  # not INTERVAL yet: no reading
+        fake_proc(0.2, others=2.0, mine=2.0)
+        assert g.tick() == 2 == torch.get_num_threads()  # two cores taken: two left
+        fake_proc(0.3, others=3.6, mine=0.4)
+        assert g.tick() == 1  # never below one
+        fake_proc(0.3, others=0.2, mine=1.0)
+        assert g.tick() == 4  # the others stopped: the job's own count again, never more
+        fake_proc(0.3, others=1.4, mine=2.6)
+        assert g.tick() == 3  # 2.6 cores left rounds to 3
+    assert torch.get_num_threads() == 4 and g.changes == 4
+
+
+def test_a_nested_job_defers_and_the_next_job_starts_from_the_last_reading(fake_proc):
+    with threads.Governor() as outer:
+        fake_proc(0.3, others=3.0, mine=1.0)
+        assert outer.tick() == 1
+        with threads.Governor() as inner:  # a GRPO step's rollouts
+            fake_proc(0.3, others=0.0, mine=4.0)
+            assert inner.tick() == 4  # the outer one's decision, from the outer one's cap
+        assert torch.get_num_threads() == 4  # the inner exit restored nothing of its own
+        fake_proc(0.3, others=3.0, mine=1.0)
+        outer.tick()
+    assert torch.get_num_threads() == 4
+    fake_proc(0.5, others=3.0, mine=0.0)
+    with threads.Governor():  # within REMEMBER of the last reading: starts at its count
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 4
+    fake_proc(threads.REMEMBER + 1, others=3.0, mine=0.0)
+    with threads.Governor():  # an old reading: starts at full width and looks again
+        assert torch.get_num_threads() == 4
+
+
+def test_fixed_turns_it_off(fake_proc, monkeypatch):
+    monkeypatch.setenv("PIGPT_THREADS", "fixed")
+    with threads.Governor() as g:
+        fake_proc(0.5, others=4.0, mine=0.0)
+        assert g.tick() == 4
+
+
+def test_on_this_machine_busy_processes_take_threads_away():
+    """Real /proc readings: one busy process per core but one makes the governor drop to fewer threads, and
+    after they stop it goes back."""
+    cores = threads._cores()
+    if cores is None or cores < 2:
+        pytest.skip("needs /proc/stat describing this process's cores, and at least two of them")
+    before = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        with threads.Governor(interval=0.1) as g:
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end and g.tick() == cores:
+                time.sleep(0.02)
+            assert torch.get_num_threads() < cores
+            for h in hogs:
+                h.kill()
+                h.wait()
+            end = time.monotonic() + 3
+            while time.monotonic() < end and g.tick() < cores:
+                time.sleep(0.02)
+            assert torch.get_num_threads() == cores
+    finally:
+        for h in hogs:
+            h.kill()
+        torch.set_num_threads(before)
