@@ -172,12 +172,13 @@ def interleave(fns: dict[str, Callable[[], float | None] | None], repeats: int, 
 
 
 # -- other processes on the machine ----------------------------------------------------------------------
+_SPIN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass"  # ends with its parent
 LOADS = {  # name: (what it is, the programs it starts)
-    "one": ("one busy process (one core)", ["while True: pass"]),
-    "two": ("two busy processes (both cores of 2)", ["while True: pass"] * 2),
+    "one": ("one busy process (one core)", [_SPIN]),
+    "two": ("two busy processes (both cores of 2)", [_SPIN] * 2),
     "job": ("a second 2-thread torch job", [
-        "import torch\ntorch.set_num_threads(2)\na = torch.randn(512, 512)\nprint('ready', flush=True)\n"
-        "while True:\n    a = torch.tanh(a @ a)"]),
+        "import os, torch\nparent = os.getppid()\ntorch.set_num_threads(2)\na = torch.randn(512, 512)\n"
+        "print('ready', flush=True)\nwhile os.getppid() == parent:\n    a = torch.tanh(a @ a)"]),
 }
 
 
