@@ -1,4 +1,4 @@
-"""pigpt/threads.py: fewer threads while other processes hold the cores, back to the job's own count after."""
+"""pigpt/model/threads.py: fewer threads while other processes hold the cores, back to the job's own count after."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from pigpt import threads
+from pigpt.model import threads
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from pigpt.threads import Governor
+from pigpt.model.threads import Governor
 
 from .engine import decode_one_token, prefill
 from .params import SamplingParams
@@ -229,7 +229,7 @@ def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer,
                    improvable=torch.ones(B, 1, dtype=torch.bool, device=device))
     items = torch.arange(B, device=device)  # original prompt index of each batch item
     out = _select_items(st, torch.arange(B, device=device))  # final hypotheses, filled as prompts finish
-    with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/threads.py)
+    with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/model/threads.py)
         for t in range(T):
             governor.tick()
             if t > 0:

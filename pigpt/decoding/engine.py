@@ -26,7 +26,7 @@ import torch
 
 from pigpt.kernels import sample_from_logits
 from pigpt.kernels.reference import logprob_at
-from pigpt.threads import Governor
+from pigpt.model.threads import Governor
 
 from .params import SamplingParams
 from .processors import apply_processors
@@ -164,7 +164,7 @@ def steps(model, prompts, params: SamplingParams, seeds, stop_ids, tokenizer=Non
     stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device) if stop_ids else None
     strings = (StopStrings(stop_strings(model, params.stop), len(seeds), params.min_new_tokens, tokenizer)
                if params.stop else None)
-    with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/threads.py)
+    with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/model/threads.py)
         for t in range(T):
             governor.tick()
             if t > 0:

@@ -34,7 +34,7 @@ from pigpt.kernels import MAX_SEED
 from pigpt.model import GPT, invariant
 from pigpt.model.checkpoint import atomic_write
 from pigpt.model.textform import for_model, unescape
-from pigpt.threads import Governor
+from pigpt.model.threads import Governor
 from pigpt.training import dist, optim
 from pigpt.training.run import LOG_FILE, Run, TrainError, execute, given_flags, need, read_log
 from pigpt.training.run import resolve_config as resolve
@@ -344,7 +344,7 @@ def _rollouts(run: GRPORun, rows, params, prompts, ids, extras, where: str):
 
 
 def rl_step(run: GRPORun) -> dict:
-    with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/threads.py)
+    with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/model/threads.py)
         return _rl_step(run, governor)
 
 
