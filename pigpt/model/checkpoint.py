@@ -192,12 +192,6 @@ class _Tensors:
     def keys(self):
         return self._where.keys()
 
-    def reserve(self, dtype: torch.dtype) -> None:
-        """The scratch buffer at its final size up front (the largest tensor), so that it is never reallocated."""
-        sizes = [src[3] - src[2] for _, src in self._where.values() if not isinstance(src, torch.Tensor)]
-        if sizes and self._scratch.numel() < max(sizes):
-            self._scratch = torch.empty(max(sizes), dtype=torch.uint8)
-
     def shape(self, key) -> tuple[int, ...]:
         src = self._where[key][1]
         return tuple(src.shape) if isinstance(src, torch.Tensor) else src[1]
@@ -214,9 +208,9 @@ class _Tensors:
             out = torch.empty(shape, dtype=dtype)
             buf = out.view(-1).view(torch.uint8)
         else:
-            if self._scratch.numel() < end - begin:
-                self._scratch = torch.empty(0, dtype=torch.uint8)  # free the old one before the larger
-                self._scratch = torch.empty(end - begin, dtype=torch.uint8)
+            if self._scratch.numel() < end - begin:  # once, at the largest tensor's size: never reallocated
+                self._scratch = torch.empty(max(e[3] - e[2] for _, e in self._where.values()
+                                                if not isinstance(e, torch.Tensor)), dtype=torch.uint8)
             buf = self._scratch[: end - begin]
             out = buf.view(stored).view(shape)
         try:
@@ -321,7 +315,6 @@ def load_pretrained(cls, name_or_path, device=None, dtype=None, quantize=None):
 
     dtype = _parse_dtype(dtype) if dtype is not None else torch.float32
     device = torch.device(device or "cpu")
-    source.reserve(dtype)
     with torch.no_grad():
         for name in expected:
             module_name, _, attr = name.rpartition(".")

@@ -34,10 +34,6 @@ _active = None  # the governor in charge now (one per process: nested ones defer
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def enabled() -> bool:
-    return os.environ.get("PIGPT_THREADS", "auto") != "fixed" and _cores() is not None
-
-
 def _cores() -> int | None:
     """This process's CPUs, when /proc/stat describes exactly those (else None: the reading would mislead)."""
     try:
@@ -73,7 +69,7 @@ class Governor:
 
     def __init__(self, interval: float = INTERVAL):
         self.interval = interval
-        self.cores = _cores() if enabled() else None
+        self.cores = _cores() if os.environ.get("PIGPT_THREADS", "auto") != "fixed" else None
         self.cap = torch.get_num_threads()
         self.changes = 0  # how many times the count changed (tests, benchmarks)
         self._last = None
