@@ -510,17 +510,18 @@ KERNEL_CONFIGS = [
 
 
 def test_cpu_kernels_build_where_they_can():
-    """On x86 with AVX-512 and gcc the kernels must build (a failed build would silently mean the slow path);
-    PIGPT_CPU_KERNELS=0 turns them off."""
+    """On x86 with AVX-512 or AVX2 and gcc the kernels must build (a failed build would silently mean the slow
+    path), the build meant for the CPU (its vector width); PIGPT_CPU_KERNELS=0 turns them off."""
     import os
     import shutil
 
     from pigpt.model import cpu_decode
 
-    capable = torch.backends.cpu.get_cpu_capability() == "AVX512" and shutil.which("gcc")
+    capable = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX2") and shutil.which("gcc")
     if capable and os.environ.get("PIGPT_CPU_KERNELS", "1") != "0":
         assert cpu_decode.load() is not None, cpu_decode.status()
         assert cpu_decode.status().startswith("loaded from")
+        assert cpu_decode.load().pigpt_vector_width() == {"AVX512": 16, "AVX2": 8}[cpu_decode.isa()]
     os.environ["PIGPT_CPU_KERNELS"], old = "0", os.environ.get("PIGPT_CPU_KERNELS")
     try:
         cpu_decode.load.cache_clear()

@@ -38,20 +38,31 @@ import torch
 
 from . import cbuild, packed
 
-# Rows (batch x 1 token) the kernels run, by weight type: up to where they beat the torch path in wall time on a
-# quiet machine (tests run them at these: tests/test_model.py, tests/test_quant.py). Measured 2026-11-29 on the
-# 2-vCPU AMD EPYC (Zen 4, avx512_bf16), GPT-2 small, 2 threads, kernels on / off interleaved in one process
-# (benchmarks/bench_linear.py --decode --force-kernels, median of 7-9): float32 1 row 2.62x, 2 rows 1.12x, 4 rows
-# 1.11x, 8 rows 0.82x; bfloat16 (pair-blocked weights) 1.44x, 1.58x, 1.63x, 1.81x; int8 ~2x at every row count up
-# to 8 (against torch's _weight_int8pack_mm). bfloat16 on a CPU without avx512_bf16 reads the [K, N] weights
-# widened to float32, which lost to oneDNN at 8 rows (0.79x; 1.26x, 1.49x, 1.12x at 1, 2, 4): MAX_ROWS_BF16_WIDEN.
-MAX_ROWS = {"float32": 4, "bfloat16": 8, "int8": 8}
-MAX_ROWS_BF16_WIDEN = 4
+# Rows (batch x 1 token) the kernels run, by build and weight type: up to where they beat the torch path in wall
+# time on a quiet machine (tests run them at these: tests/test_model.py, tests/test_quant.py), measured with
+# benchmarks/bench_linear.py --decode --force-kernels (GPT-2 small, 2 threads, kernels on / off interleaved in one
+# process, median of 7-9).
+# AVX512, 2026-11-29, the 2-vCPU AMD EPYC (Zen 4, avx512_bf16): float32 1 row 2.62x, 2 rows 1.12x, 4 rows 1.11x,
+# 8 rows 0.82x; bfloat16 (pair-blocked weights) 1.44x, 1.58x, 1.63x, 1.81x; int8 ~2x at every row count up to 8
+# (against torch's _weight_int8pack_mm, on the float path before NK_Q8). bfloat16 on a CPU without avx512_bf16
+# reads the [K, N] weights widened to float32, which lost to oneDNN at 8 rows (0.79x; 1.26x, 1.49x, 1.12x at 1,
+# 2, 4): the second limit.
+# AVX2, 2026-12-04, the 2-vCPU AMD EPYC (Zen 3, no AVX-512): float32 1.39x, 1.36x, 1.27x, 1.08x; bfloat16 (widened;
+# torch has no fast bfloat16 product there) 15x, 28x, 38x, 44x; int8 (NK_Q8) 2.33x, 2.76x, 2.93x, 2.29x.
+_LIMITS = {"AVX512": ({"float32": 4, "bfloat16": 8, "int8": 8}, 4),
+           "AVX2": ({"float32": 8, "bfloat16": 8, "int8": 8}, 8)}
+MAX_ROWS, MAX_ROWS_BF16_WIDEN = _LIMITS[torch.backends.cpu.get_cpu_capability() if
+                                        torch.backends.cpu.get_cpu_capability() in _LIMITS else "AVX512"]
+
+# int8 weights multiply activations quantized per block of 32 in integers (layout NK_Q8); False: the float path
+# (int8 widened to float32 against float32 activations; NK), which tests compare it with.
+INT8_DOTS = True
 
 # -- the interface: a mirror of csrc/decode.h, checked against the compiled library's own report at load --------
 F32, BF16, I8 = 0, 1, 2  # value types
-KN, NK, PAIRS = 0, 1, 2  # weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head; int8
-# copies), or bfloat16 pair-blocked [N/64, K/2, 64, 2] copies of Conv1D weights (`pair_blocked`)
+KN, NK, PAIRS, NK_Q8 = 0, 1, 2, 3  # weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head;
+# int8 copies), bfloat16 pair-blocked [N/64, K/2, 64, 2] copies of Conv1D weights (`pair_blocked`), or int8
+# [out, in] on integer dot products against activations quantized per block of 32 (Q8_TILE in csrc/decode.c)
 ACT_NONE, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU = 0, 1, 2, 3
 ACTIVATIONS = {"gelu_new": ACT_GELU_TANH, "gelu_pytorch_tanh": ACT_GELU_TANH, "gelu_fast": ACT_GELU_TANH,
                "gelu": ACT_GELU_ERF, "relu": ACT_RELU}
@@ -96,7 +107,7 @@ def python_interface() -> dict[str, int]:
         out[f"sizeof({s})"] = ctypes.sizeof(struct)
         for name, _ in struct._fields_:
             out[f"{s}.{name}"], out[f"sizeof({s}.{name})"] = getattr(struct, name).offset, getattr(struct, name).size
-    return out | dict(F32=F32, BF16=BF16, I8=I8, KN=KN, NK=NK, PAIRS=PAIRS, ACT_NONE=ACT_NONE,
+    return out | dict(F32=F32, BF16=BF16, I8=I8, KN=KN, NK=NK, PAIRS=PAIRS, NK_Q8=NK_Q8, ACT_NONE=ACT_NONE,
                       ACT_GELU_TANH=ACT_GELU_TANH, ACT_GELU_ERF=ACT_GELU_ERF, ACT_RELU=ACT_RELU,
                       PHASES_PER_LAYER=PHASES_PER_LAYER, MAX_PHASES=MAX_PHASES)
 
@@ -117,7 +128,9 @@ def interface_mismatch(c: dict[str, int], py: dict[str, int]) -> str | None:
 
 
 # -- building and loading -----------------------------------------------------------------------------------
-_FLAGS = ("-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-pthread", "-shared", "-fPIC")
+_BASE_FLAGS = ("-O3", "-fopenmp", "-pthread", "-shared", "-fPIC")
+# one source, two builds (csrc/decode.c's vector layer): which one this CPU runs, by torch's own detection
+ISA_FLAGS = {"AVX512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma"), "AVX2": ("-mavx2", "-mfma")}
 _SOURCES = ("decode.c", "decode.h")  # in csrc/, shipped as package data (pyproject.toml)
 _status = "not loaded yet"
 
@@ -128,13 +141,21 @@ def status() -> str:
     return _status
 
 
-def recipe() -> cbuild.Recipe | None:
-    """What `load()` builds: the sources in csrc/ with the system's C compiler; None without one."""
+def isa() -> str | None:
+    """The build this CPU runs: 'AVX512', 'AVX2' (with FMA), or None (no kernels: the torch path)."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return cap if cap in ISA_FLAGS else None
+
+
+def recipe(build: str | None = None) -> cbuild.Recipe | None:
+    """What `load()` builds for `build` (default: this CPU's, `isa()`): the sources in csrc/ with the system's
+    C compiler; None without one."""
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
         return None
     csrc = resources.files(__package__).joinpath("csrc")
-    return cbuild.Recipe("pigpt_cpu_decode", tuple((n, csrc.joinpath(n).read_bytes()) for n in _SOURCES), cc, _FLAGS)
+    flags = _BASE_FLAGS + ISA_FLAGS[build or isa() or "AVX512"]
+    return cbuild.Recipe("pigpt_cpu_decode", tuple((n, csrc.joinpath(n).read_bytes()) for n in _SOURCES), cc, flags)
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,8 +169,8 @@ def load():
     if os.name != "posix":
         _status = "the kernels are built and loaded on POSIX systems only"
         return None
-    if torch.backends.cpu.get_cpu_capability() != "AVX512":
-        _status = f"this CPU has no AVX-512 (torch reports {torch.backends.cpu.get_cpu_capability()})"
+    if isa() is None:
+        _status = f"this CPU has neither AVX-512 nor AVX2 (torch reports {torch.backends.cpu.get_cpu_capability()})"
         return None
     if (r := recipe()) is None:
         _status = "no C compiler found (set CC, or install gcc)"
@@ -177,6 +198,7 @@ def load():
     lib.pigpt_work_floats.argtypes = [ctypes.c_int, _I64, _I64, _I64, ctypes.c_int]
     lib.pigpt_work_floats.restype = _I64
     lib.pigpt_has_avx512bf16.restype = ctypes.c_int
+    lib.pigpt_vector_width.restype = ctypes.c_int
     _status = f"loaded from {path}"
     if len(runtimes := _openmp_runtimes()) > 1:  # torch's build uses another OpenMP than gcc's libgomp
         _status += f"; its OpenMP pool is not torch's (both loaded: {', '.join(sorted(runtimes))}), so steps are slower"
@@ -225,6 +247,7 @@ class Plan:
         self.sources = []  # (weight, its version) for each copy made
         self.grads = packed.grads_seen()  # fused optimizers update weights without bumping their versions
         self.dot = has_avx512bf16()
+        self.int8_layout = NK_Q8 if INT8_DOTS else NK
         self.pairs = gpt.dtype == torch.bfloat16 and self.dot
         self.ptype = _TYPES[gpt.dtype]
         layers = (Layer * cfg.n_layer)()
@@ -240,7 +263,7 @@ class Plan:
         q = gpt.lm_head_qweight
         if q is not None:  # the int8 copy of wte, [V, C]
             scale = gpt.lm_head_qscale.view(torch.float32)
-            self.head = Linear(self._t(q), self._t(scale), None, q.shape[1], q.shape[0], I8, NK, 0)
+            self.head = Linear(self._t(q), self._t(scale), None, q.shape[1], q.shape[0], I8, self.int8_layout, 0)
         elif self.pairs:  # wte^T [C, V] pair-blocked: ~1.25x wte's own rows at 1 row (54 -> 67 GB/s, measured)
             w = tr.wte.weight
             self.sources.append((w, w._version))
@@ -273,7 +296,7 @@ class Plan:
         b = self._t(conv.bias)
         if conv.qweight is not None:  # [out, in] int8 and its float32 scales
             q = conv.qweight
-            return Linear(self._t(q), self._t(conv.scales()), b, q.shape[1], q.shape[0], I8, NK, act)
+            return Linear(self._t(q), self._t(conv.scales()), b, q.shape[1], q.shape[0], I8, self.int8_layout, act)
         w = conv.weight  # [in, out]
         if self.pairs:
             self.sources.append((w, w._version))
@@ -344,7 +367,7 @@ def decode(plan: Plan, x: torch.Tensor, cache, desc: Cache) -> torch.Tensor:
 def head(plan: Plan, x: torch.Tensor) -> torch.Tensor:
     """Logits (M, V) float32 for final hidden states x (M, C) float32."""
     out = torch.empty(x.shape[0], plan.head.N)
-    xb = torch.empty(x.numel() + x.shape[0], dtype=torch.bfloat16)  # rows padded to even K (PAIRS)
+    xb = torch.empty(x.shape[0] * (x.shape[1] + 64), dtype=torch.bfloat16)  # x prepared (PAIRS, NK_Q8)
     load().pigpt_linear(ctypes.byref(plan.head), plan.ptype, x.data_ptr(), x.shape[0], out.data_ptr(),
                         torch.get_num_threads(), xb.data_ptr(), int(plan.dot))
     return out

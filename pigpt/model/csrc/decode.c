@@ -19,63 +19,177 @@ typedef float f32_t;
 typedef uint16_t bf16_t;
 typedef int8_t i8_t;
 
-static inline __mmask16 tail(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
-
+/* -- vectors of VW float32 lanes --------------------------------------------------------------------------
+   The same source builds twice (cpu_decode.py picks the build by the CPU): with AVX-512 (VW = 16, tails by mask
+   registers) and with AVX2 + FMA (VW = 8; a tail `vm` is its lane count, read and written through a masked
+   load or a small copy). Everything below the layer is written once against v_* and the ld_/store helpers. */
+#if defined(__AVX512F__)
+#define VW 16
+#define BF16_DOTS 1 /* avx512_bf16 tiles (PAIRS layout, the bfloat16 head), used where the CPU has them */
+typedef __m512 vf;
+typedef __mmask16 vm;
+static inline vm tail(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+#define v_zero _mm512_setzero_ps
+#define v_set1 _mm512_set1_ps
+#define v_loadu _mm512_loadu_ps
+#define v_storeu _mm512_storeu_ps
+#define v_add _mm512_add_ps
+#define v_sub _mm512_sub_ps
+#define v_mul _mm512_mul_ps
+#define v_div _mm512_div_ps
+#define v_max _mm512_max_ps
+#define v_fmadd _mm512_fmadd_ps
+#define v_fnmadd _mm512_fnmadd_ps
+#define v_abs _mm512_abs_ps
+#define v_sum _mm512_reduce_add_ps
+static inline vf v_load_m(const float* p, vm m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline void v_store_m(float* p, vm m, vf v) { _mm512_mask_storeu_ps(p, m, v); }
+static inline vf v_sub_m(vm m, vf a, vf b) { return _mm512_maskz_sub_ps(m, a, b); }  /* 0 outside m */
+static inline vf v_keep_m(vm m, vf a) { return _mm512_maskz_mov_ps(m, a); }
+static inline vf v_neg_where_negative(vf e, vf z) {  /* -e where z < 0 */
+  return _mm512_mask_sub_ps(e, _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps(), e);
+}
+static inline vf v_round(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf v_scale2(vf p, vf n) { return _mm512_scalef_ps(p, n); }  /* p 2^n */
+#define EXP_MIN -104.0f /* scalef reaches 2^-150 and below, to 0 */
 /* 16 values of type T as float32; _m: the lanes of mask m (others 0) */
-static inline __m512 ld_f32(const void* p) { return _mm512_loadu_ps(p); }
-static inline __m512 ld_bf16(const void* p) {
+static inline vf ld_f32(const void* p) { return _mm512_loadu_ps(p); }
+static inline vf ld_bf16(const void* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p)), 16));
 }
-static inline __m512 ld_i8(const void* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))); }
-static inline __m512 ld_f32_m(const void* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-static inline __m512 ld_bf16_m(const void* p, __mmask16 m) {
+static inline vf ld_i8(const void* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))); }
+static inline vf ld_f32_m(const void* p, vm m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline vf ld_bf16_m(const void* p, vm m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
-static inline __m512 ld_i8_m(const void* p, __mmask16 m) {
+static inline vf ld_i8_m(const void* p, vm m) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
 }
-static inline __m512 load(const void* p, int64_t i, int type, __mmask16 m) {  /* float32 or bfloat16 */
+static inline void st_bf16_m(uint16_t* p, vm m, __m512i u) {  /* the high halves of u's lanes */
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+}
+#define v_i _mm512_castps_si512
+#define vi_and _mm512_and_si512
+#define vi_add _mm512_add_epi32
+#define vi_srli _mm512_srli_epi32
+#define vi_set1 _mm512_set1_epi32
+#else /* AVX2 + FMA */
+#define VW 8
+#define BF16_DOTS 0
+typedef __m256 vf;
+typedef int vm; /* lanes 0 .. vm-1 */
+static inline vm tail(int64_t n) { return n >= 8 ? 8 : (int)n; }
+#define v_zero _mm256_setzero_ps
+#define v_set1 _mm256_set1_ps
+#define v_loadu _mm256_loadu_ps
+#define v_storeu _mm256_storeu_ps
+#define v_add _mm256_add_ps
+#define v_sub _mm256_sub_ps
+#define v_mul _mm256_mul_ps
+#define v_div _mm256_div_ps
+#define v_max _mm256_max_ps
+#define v_fmadd _mm256_fmadd_ps
+#define v_fnmadd _mm256_fnmadd_ps
+static inline __m256i lanes(vm m) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+static inline vf v_abs(vf x) { return _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+static inline float v_sum(vf v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+static inline vf v_load_m(const float* p, vm m) { return m == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes(m)); }
+static inline void v_store_m(float* p, vm m, vf v) {
+  if (m == 8) _mm256_storeu_ps(p, v);
+  else _mm256_maskstore_ps(p, lanes(m), v);
+}
+static inline vf v_keep_m(vm m, vf a) { return m == 8 ? a : _mm256_and_ps(a, _mm256_castsi256_ps(lanes(m))); }
+static inline vf v_sub_m(vm m, vf a, vf b) { return v_keep_m(m, _mm256_sub_ps(a, b)); }
+static inline vf v_neg_where_negative(vf e, vf z) {  /* e >= 0 here: take z's sign */
+  return _mm256_or_ps(e, _mm256_and_ps(z, _mm256_set1_ps(-0.0f)));
+}
+static inline vf v_round(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf v_scale2(vf p, vf n) {  /* p 2^n for integral n in [-126, 127], through the exponent bits */
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#define EXP_MIN -87.0f /* keeps 2^n a normal float32; e^-87 ~ 1.6e-38 */
+static inline vf ld_f32(const void* p) { return _mm256_loadu_ps(p); }
+static inline vf ld_bf16(const void* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p)), 16));
+}
+static inline vf ld_i8(const void* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p))); }
+static inline vf ld_f32_m(const void* p, vm m) { return v_load_m(p, m); }
+static inline vf ld_bf16_m(const void* p, vm m) {  /* a tail: through a zeroed copy, never reading past it */
+  if (m == 8) return ld_bf16(p);
+  uint16_t t[8] = {0};
+  memcpy(t, p, (size_t)m * 2);
+  return ld_bf16(t);
+}
+static inline vf ld_i8_m(const void* p, vm m) {
+  if (m == 8) return ld_i8(p);
+  int8_t t[8] = {0};
+  memcpy(t, p, (size_t)m);
+  return ld_i8(t);
+}
+static inline void st_bf16_m(uint16_t* p, vm m, __m256i u) {  /* the high halves of u's lanes */
+  u = _mm256_srli_epi32(u, 16);
+  __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+  if (m == 8) _mm_storeu_si128((__m128i*)p, h);
+  else {
+    uint16_t t[8];
+    _mm_storeu_si128((__m128i*)t, h);
+    memcpy(p, t, (size_t)m * 2);
+  }
+}
+#define v_i _mm256_castps_si256
+#define vi_and _mm256_and_si256
+#define vi_add _mm256_add_epi32
+#define vi_srli _mm256_srli_epi32
+#define vi_set1 _mm256_set1_epi32
+#endif
+
+static inline vf load(const void* p, int64_t i, int type, vm m) {  /* float32 or bfloat16 */
   return type == F32 ? ld_f32_m((const float*)p + i, m) : ld_bf16_m((const uint16_t*)p + i, m);
 }
-static inline void store(void* p, int64_t i, int type, __m512 v, __mmask16 m) {
-  if (type == F32) { _mm512_mask_storeu_ps((float*)p + i, m, v); return; }
-  __m512i u = _mm512_castps_si512(v);  /* round to nearest even, as torch's float -> bfloat16 */
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-  _mm256_mask_storeu_epi16((uint16_t*)p + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+static inline void store(void* p, int64_t i, int type, vf v, vm m) {
+  if (type == F32) { v_store_m((float*)p + i, m, v); return; }
+  __typeof__(v_i(v)) u = v_i(v);  /* round to nearest even, as torch's float -> bfloat16 */
+  __typeof__(u) lsb = vi_and(vi_srli(u, 16), vi_set1(1));
+  u = vi_add(u, vi_add(lsb, vi_set1(0x7fff)));
+  st_bf16_m((uint16_t*)p + i, m, u);
 }
 
-static inline __m512 exp512(__m512 x) {  /* e^x to ~2e-7 relative: 2^n e^r, |r| <= ln2/2, degree-7 Taylor */
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 5040);
+static inline vf vexp(vf x) {  /* e^x to ~2e-7 relative: 2^n e^r, |r| <= ln2/2, degree-7 Taylor */
+  x = v_max(x, v_set1(EXP_MIN));
+#if VW == 8
+  x = _mm256_min_ps(x, v_set1(88.0f));  /* 2^n stays finite: e^88 ~ 1.7e38 */
+#endif
+  vf n = v_round(v_mul(x, v_set1(1.44269504088896341f)));
+  vf r = v_fnmadd(n, v_set1(0.693145751953125f), x);
+  r = v_fnmadd(n, v_set1(1.428606765330187e-06f), r);
+  vf p = v_set1(1.0f / 5040);
   const float c[7] = {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
-  for (int i = 0; i < 7; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[i]));
-  return _mm512_scalef_ps(p, n);
+  for (int i = 0; i < 7; i++) p = v_fmadd(p, r, v_set1(c[i]));
+  return v_scale2(p, n);
 }
 
-static inline __m512 activate(__m512 v, int act) {
+static inline vf activate(vf v, int act) {
   if (act == ACT_GELU_TANH) {  /* 0.5 v (1 + tanh u) = v (1 - 1 / (1 + e^2u)), u = sqrt(2/pi) (v + 0.044715 v^3) */
-    __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
-                             _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), v), _mm512_mul_ps(v, v), v));
-    __m512 d = _mm512_add_ps(exp512(_mm512_add_ps(u, u)), _mm512_set1_ps(1.0f));
-    return _mm512_mul_ps(v, _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(1.0f), d)));
+    vf u = v_mul(v_set1(0.7978845608028654f), v_fmadd(v_mul(v_set1(0.044715f), v), v_mul(v, v), v));
+    vf d = v_add(vexp(v_add(u, u)), v_set1(1.0f));
+    return v_mul(v, v_sub(v_set1(1.0f), v_div(v_set1(1.0f), d)));
   }
   if (act == ACT_GELU_ERF) {  /* 0.5 v (1 + erf(v / sqrt 2)), erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7) */
-    __m512 z = _mm512_mul_ps(v, _mm512_set1_ps(0.7071067811865476f)), a = _mm512_abs_ps(z);
-    __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
-    __m512 p = _mm512_set1_ps(1.061405429f);
+    vf z = v_mul(v, v_set1(0.7071067811865476f)), a = v_abs(z);
+    vf t = v_div(v_set1(1.0f), v_fmadd(a, v_set1(0.3275911f), v_set1(1.0f)));
+    vf p = v_set1(1.061405429f);
     const float c[4] = {-1.453152027f, 1.421413741f, -0.284496736f, 0.254829592f};
-    for (int i = 0; i < 4; i++) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c[i]));
-    __m512 e = _mm512_fnmadd_ps(_mm512_mul_ps(p, t), exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a)),
-                                _mm512_set1_ps(1.0f));  /* erf |z| */
-    e = _mm512_mask_sub_ps(e, _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps(), e);
-    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    for (int i = 0; i < 4; i++) p = v_fmadd(p, t, v_set1(c[i]));
+    vf e = v_fnmadd(v_mul(p, t), vexp(v_mul(v_sub(v_zero(), a), a)), v_set1(1.0f));  /* erf |z| */
+    e = v_neg_where_negative(e, z);
+    return v_mul(v_mul(v_set1(0.5f), v), v_add(v_set1(1.0f), e));
   }
-  if (act == ACT_RELU) return _mm512_max_ps(v, _mm512_setzero_ps());
+  if (act == ACT_RELU) return v_max(v, v_zero());
   return v;
 }
 
@@ -88,36 +202,36 @@ static inline __m512 activate(__m512 v, int act) {
 #define PF_BYTES 4096
 
 #define KN_TILE(T, R, V)                                                                                   \
-  static void kn_##T##_##R##_##V(const Linear* L, const float* x, int M, int64_t n0, __mmask16 mlast,     \
+  static void kn_##T##_##R##_##V(const Linear* L, const float* x, int M, int64_t n0, vm mlast,     \
                                  float* out) {                                                             \
     const int64_t es = sizeof(T##_t), K = L->K, N = L->N;                                                  \
-    __m512 acc[R][V];                                                                                      \
+    vf acc[R][V];                                                                                      \
     const float* xr[R];                                                                                    \
     for (int i = 0; i < R; i++) {                                                                          \
       xr[i] = x + (int64_t)(i < M ? i : M - 1) * K;                                                        \
-      for (int j = 0; j < V; j++) acc[i][j] = _mm512_setzero_ps();                                         \
+      for (int j = 0; j < V; j++) acc[i][j] = v_zero();                                         \
     }                                                                                                      \
     const char* row = (const char*)L->w + n0 * es;                                                         \
     for (int64_t k = 0; k < K; k++, row += N * es) {                                                       \
       if (k + PF_ROWS < K)                                                                                 \
-        for (int b = 0; b < 16 * V * es; b += 64) _mm_prefetch(row + PF_ROWS * N * es + b, _MM_HINT_T0);  \
-      __m512 w[V];                                                                                         \
-      for (int j = 0; j < V - 1; j++) w[j] = ld_##T(row + 16 * j * es);                                    \
-      w[V - 1] = ld_##T##_m(row + 16 * (V - 1) * es, mlast);                                               \
+        for (int b = 0; b < VW * V * es; b += 64) _mm_prefetch(row + PF_ROWS * N * es + b, _MM_HINT_T0);  \
+      vf w[V];                                                                                         \
+      for (int j = 0; j < V - 1; j++) w[j] = ld_##T(row + VW * j * es);                                    \
+      w[V - 1] = ld_##T##_m(row + VW * (V - 1) * es, mlast);                                               \
       for (int i = 0; i < R; i++) {                                                                        \
-        __m512 a = _mm512_set1_ps(xr[i][k]);                                                               \
-        for (int j = 0; j < V; j++) acc[i][j] = _mm512_fmadd_ps(a, w[j], acc[i][j]);                       \
+        vf a = v_set1(xr[i][k]);                                                               \
+        for (int j = 0; j < V; j++) acc[i][j] = v_fmadd(a, w[j], acc[i][j]);                       \
       }                                                                                                    \
     }                                                                                                      \
     for (int i = 0; i < R; i++)                                                                            \
-      for (int j = 0; j < V; j++) _mm512_storeu_ps(out + i * 256 + 16 * j, acc[i][j]);                     \
+      for (int j = 0; j < V; j++) v_storeu(out + i * 256 + VW * j, acc[i][j]);                     \
   }
 #define KN_ALL(T) KN_TILE(T, 1, 16) KN_TILE(T, 1, 8) KN_TILE(T, 1, 4) KN_TILE(T, 1, 2) KN_TILE(T, 1, 1) \
   KN_TILE(T, 2, 8) KN_TILE(T, 2, 4) KN_TILE(T, 2, 2) KN_TILE(T, 2, 1) KN_TILE(T, 4, 4) KN_TILE(T, 4, 2)  \
   KN_TILE(T, 4, 1) KN_TILE(T, 8, 2) KN_TILE(T, 8, 1)
 KN_ALL(f32)
 KN_ALL(bf16)
-typedef void (*kn_fn)(const Linear*, const float*, int, int64_t, __mmask16, float*);
+typedef void (*kn_fn)(const Linear*, const float*, int, int64_t, vm, float*);
 #define KN_TABLE(T)                                                                                         \
   {{0, kn_##T##_1_1, kn_##T##_1_2, 0, kn_##T##_1_4, 0, 0, 0, kn_##T##_1_8, 0, 0, 0, 0, 0, 0, 0, kn_##T##_1_16}, \
    {0, kn_##T##_2_1, kn_##T##_2_2, 0, kn_##T##_2_4, 0, 0, 0, kn_##T##_2_8},                                 \
@@ -127,35 +241,35 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
 
 #define NK_TILE(T, R, NB)                                                                                  \
   static void nk_##T##_##R##_##NB(const Linear* L, const float* x, int M, int64_t n0, float* out) {       \
-    const int64_t es = sizeof(T##_t), K = L->K, K16 = K & ~(int64_t)15;                                    \
-    __m512 acc[R][NB];                                                                                     \
+    const int64_t es = sizeof(T##_t), K = L->K, KV = K & ~(int64_t)(VW - 1);                                    \
+    vf acc[R][NB];                                                                                     \
     const float* xr[R];                                                                                    \
     for (int i = 0; i < R; i++) {                                                                          \
       xr[i] = x + (int64_t)(i < M ? i : M - 1) * K;                                                        \
-      for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();                                        \
+      for (int j = 0; j < NB; j++) acc[i][j] = v_zero();                                        \
     }                                                                                                      \
     const char* wb = (const char*)L->w + n0 * K * es;                                                      \
-    for (int64_t k = 0; k < K16; k += 16) {                                                                \
+    for (int64_t k = 0; k < KV; k += VW) {                                                                \
       if (k * es % 64 == 0)                                                                                \
         for (int j = 0; j < NB; j++) _mm_prefetch(wb + (j * K + k) * es + PF_BYTES, _MM_HINT_T0);         \
-      __m512 w[NB];                                                                                        \
+      vf w[NB];                                                                                        \
       for (int j = 0; j < NB; j++) w[j] = ld_##T(wb + (j * K + k) * es);                                   \
       for (int i = 0; i < R; i++) {                                                                        \
-        __m512 a = _mm512_loadu_ps(xr[i] + k);                                                             \
-        for (int j = 0; j < NB; j++) acc[i][j] = _mm512_fmadd_ps(a, w[j], acc[i][j]);                      \
+        vf a = v_loadu(xr[i] + k);                                                             \
+        for (int j = 0; j < NB; j++) acc[i][j] = v_fmadd(a, w[j], acc[i][j]);                      \
       }                                                                                                    \
     }                                                                                                      \
-    if (K16 < K) {                                                                                         \
-      __mmask16 m = tail(K - K16);                                                                         \
-      __m512 w[NB];                                                                                        \
-      for (int j = 0; j < NB; j++) w[j] = ld_##T##_m(wb + (j * K + K16) * es, m);                          \
+    if (KV < K) {                                                                                         \
+      vm m = tail(K - KV);                                                                         \
+      vf w[NB];                                                                                        \
+      for (int j = 0; j < NB; j++) w[j] = ld_##T##_m(wb + (j * K + KV) * es, m);                          \
       for (int i = 0; i < R; i++) {                                                                        \
-        __m512 a = _mm512_maskz_loadu_ps(m, xr[i] + K16);                                                  \
-        for (int j = 0; j < NB; j++) acc[i][j] = _mm512_fmadd_ps(a, w[j], acc[i][j]);                      \
+        vf a = v_load_m(xr[i] + KV, m);                                                  \
+        for (int j = 0; j < NB; j++) acc[i][j] = v_fmadd(a, w[j], acc[i][j]);                      \
       }                                                                                                    \
     }                                                                                                      \
     for (int i = 0; i < R; i++)                                                                            \
-      for (int j = 0; j < NB; j++) out[i * 256 + j] = _mm512_reduce_add_ps(acc[i][j]);                     \
+      for (int j = 0; j < NB; j++) out[i * 256 + j] = v_sum(acc[i][j]);                     \
   }
 #define NK_ALL(T) NK_TILE(T, 1, 8) NK_TILE(T, 1, 1) NK_TILE(T, 2, 4) NK_TILE(T, 2, 1) NK_TILE(T, 4, 4) \
   NK_TILE(T, 4, 1) NK_TILE(T, 8, 2) NK_TILE(T, 8, 1)
@@ -167,6 +281,101 @@ typedef void (*nk_fn)(const Linear*, const float*, int, int64_t, float*);
                      {nk_##T##_8_1, nk_##T##_8_2}}
 static const nk_fn NK_TILES[3][4][2] = {NK_TABLE(f32), NK_TABLE(bf16), NK_TABLE(i8)}; /* [type][log2 R][whole] */
 
+/* -- int8 weights on integer dot products (layout NK_Q8) ---------------------------------------------------
+   The activations are quantized as llama.cpp's q8_0 does: per block of 32, d = max |x| / 127 and q = x / d
+   rounded to nearest even (x * (1/d) in float32), once per product; each block's dot product with a row of int8
+   weights is then exact in 32-bit integers, and only the sum over blocks (d times each block's integer sum) runs in
+   float32. Per 32 weights that is a load, two sign flips, vpmaddubsw, vpmaddwd, a conversion and an FMA, against
+   four widen-convert-FMA rounds on the float path (NK tiles of i8). vpmaddubsw multiplies unsigned by signed bytes,
+   so |q| meets the weights with q's sign moved onto them: |q| <= 127 and |w| <= 127 (quant.py clamps), so no pair
+   of products saturates 16 bits. Written in 256-bit AVX2 for both builds: the same instructions, hence the same
+   bits, on every machine. x rows of K become int8 rows of Kq = K rounded up to 32 (zero-padded), followed by the
+   rows' float32 block scales (Kq / 32 each). */
+static inline float sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+static inline int64_t q8_width(int64_t K) { return (K + 31) & ~(int64_t)31; }
+
+static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
+  const int64_t Kq = q8_width(K), nb = Kq / 32;
+  float* d = (float*)(q + M * Kq);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int m = 0; m < M; m++)
+    for (int64_t b = 0; b < nb; b++) {
+      float t[32];
+      const float* xs = x + m * K + b * 32;
+      if (b * 32 + 32 > K) {  /* the last block of a row: through a zeroed copy */
+        memset(t, 0, sizeof t);
+        memcpy(t, xs, (size_t)(K - b * 32) * sizeof(float));
+        xs = t;
+      }
+      __m256 v[4], amax = _mm256_setzero_ps();
+      for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(xs + 8 * i);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+      }
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_max_ss(h, _mm_movehdup_ps(h));
+      const float dd = _mm_cvtss_f32(h) / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+      __m256i r[4];
+      for (int i = 0; i < 4; i++)  /* the default rounding mode: to nearest even */
+        r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
+      __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+      _mm256_storeu_si256((__m256i*)(q + m * Kq + b * 32), _mm256_permutevar8x32_epi32(p, order));
+      d[m * nb + b] = dd;
+    }
+}
+
+#define Q8_TILE(R, NB)                                                                                     \
+  static void q8_##R##_##NB(const Linear* L, const int8_t* q, const float* d, int M, int64_t n0,          \
+                            float* out) {                                                                  \
+    const int64_t K = L->K, Kq = q8_width(K), nb = Kq / 32;                                                \
+    __m256 acc[R][NB];                                                                                     \
+    const int8_t* qr[R];                                                                                   \
+    const float* dr[R];                                                                                    \
+    for (int i = 0; i < R; i++) {                                                                          \
+      qr[i] = q + (int64_t)(i < M ? i : M - 1) * Kq;                                                       \
+      dr[i] = d + (int64_t)(i < M ? i : M - 1) * nb;                                                       \
+      for (int j = 0; j < NB; j++) acc[i][j] = _mm256_setzero_ps();                                        \
+    }                                                                                                      \
+    const int8_t* wb = (const int8_t*)L->w + n0 * K;                                                       \
+    const __m256i ones = _mm256_set1_epi16(1);                                                             \
+    for (int64_t b = 0; b < nb; b++) {                                                                     \
+      const int64_t k = b * 32;                                                                            \
+      __m256i w[NB];                                                                                       \
+      if (k + 32 <= K) {                                                                                   \
+        if (!(b & 1))                                                                                      \
+          for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, _MM_HINT_T0); \
+        for (int j = 0; j < NB; j++) w[j] = _mm256_loadu_si256((const __m256i*)(wb + j * K + k));          \
+      } else {                                                                                             \
+        for (int j = 0; j < NB; j++) {                                                                     \
+          int8_t t[32] = {0};                                                                              \
+          memcpy(t, wb + j * K + k, (size_t)(K - k));                                                      \
+          w[j] = _mm256_loadu_si256((const __m256i*)t);                                                    \
+        }                                                                                                  \
+      }                                                                                                    \
+      for (int i = 0; i < R; i++) {                                                                        \
+        __m256i qi = _mm256_loadu_si256((const __m256i*)(qr[i] + k)), ai = _mm256_sign_epi8(qi, qi);       \
+        __m256 di = _mm256_set1_ps(dr[i][b]);                                                              \
+        for (int j = 0; j < NB; j++) {                                                                     \
+          __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(ai, _mm256_sign_epi8(w[j], qi)), ones);       \
+          acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), di, acc[i][j]);                               \
+        }                                                                                                  \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int i = 0; i < R; i++)                                                                            \
+      for (int j = 0; j < NB; j++) out[i * 256 + j] = sum8(acc[i][j]);                                     \
+  }
+Q8_TILE(1, 8) Q8_TILE(1, 1) Q8_TILE(2, 4) Q8_TILE(2, 1) Q8_TILE(4, 2) Q8_TILE(4, 1) Q8_TILE(8, 1)
+typedef void (*q8_fn)(const Linear*, const int8_t*, const float*, int, int64_t, float*);
+static const q8_fn Q8_TILES[4][2] = {{q8_1_1, q8_1_8}, {q8_2_1, q8_2_4}, {q8_4_1, q8_4_2}, {q8_8_1, q8_8_1}};
+static const int Q8_NB[4] = {8, 4, 2, 1};
+
+#if BF16_DOTS
 /* bfloat16 NK weights on CPUs with avx512_bf16 (the LM head of a bfloat16 model): x rounded to bfloat16 once
    (xb, as torch's bfloat16 path rounds it), then one dot-product instruction per 32 weights instead of
    a load, a widening and an FMA per 16. */
@@ -244,18 +453,29 @@ static void round_rows(const float* x, int M, int64_t K, uint16_t* xb) {  /* row
   }
 }
 
+#endif
+
+/* A product's input in the form its weights need: PAIRS, x rounded to bfloat16 (rows padded to even K); NK_Q8,
+   x quantized (quantize_rows). */
+static void prepare(const Linear* L, const float* x, int M, uint16_t* xb) {
+#if BF16_DOTS
+  if (L->layout == PAIRS) round_rows(x, M, L->K, xb);
+#endif
+  if (L->layout == NK_Q8) quantize_rows(x, M, L->K, (int8_t*)xb);
+}
+
 /* y[i, n0 + j] for tile results out[i, j] (row stride 256): scale, bias, then act or the residual add */
 static void finish(const Linear* L, int ptype, const float* out, int r, int64_t n0, int64_t cols, float* y,
                    int64_t ldy, int mode) {
   for (int i = 0; i < r; i++)
-    for (int64_t j = 0; j < cols; j += 16) {
-      __mmask16 m = tail(cols - j);
-      __m512 v = _mm512_maskz_loadu_ps(m, out + i * 256 + j);
-      if (L->scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, L->scale + n0 + j));
-      if (L->bias) v = _mm512_add_ps(v, load(L->bias, n0 + j, ptype, m));
+    for (int64_t j = 0; j < cols; j += VW) {
+      vm m = tail(cols - j);
+      vf v = v_load_m(out + i * 256 + j, m);
+      if (L->scale) v = v_mul(v, v_load_m(L->scale + n0 + j, m));
+      if (L->bias) v = v_add(v, load(L->bias, n0 + j, ptype, m));
       float* dst = y + i * ldy + n0 + j;
-      v = mode == ADD ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst)) : activate(v, L->act);
-      _mm512_mask_storeu_ps(dst, m, v);
+      v = mode == ADD ? v_add(v, v_load_m(dst, m)) : activate(v, L->act);
+      v_store_m(dst, m, v);
     }
 }
 
@@ -268,6 +488,7 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
   int R = M == 1 ? 1 : M == 2 ? 2 : M <= 4 ? 4 : 8, lg = R == 1 ? 0 : R == 2 ? 1 : R == 4 ? 2 : 3;
   const int64_t K = L->K, N = L->N;
   float out[8 * 256] __attribute__((aligned(64)));
+#if BF16_DOTS
   if (L->layout == PAIRS) {
     const int64_t Kp = (K + 1) & ~(int64_t)1;
     for (int64_t n0 = n_begin; n0 < n_end; n0 += 64) {
@@ -278,21 +499,26 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
         finish(L, ptype, out, r, n0, cols, y + m0 * N, N, mode);
       }
     }
-  } else if (L->layout == KN) {  /* tiles of up to 16 * 16 / R columns, halving towards the end of the range */
+  } else
+#endif
+  if (L->layout == KN) {  /* tiles of up to VW * 16 / R columns, halving towards the end of the range */
     for (int64_t n0 = n_begin; n0 < n_end;) {
-      int64_t vecs = (n_end - n0 + 15) / 16;
+      int64_t vecs = (n_end - n0 + VW - 1) / VW;
       int V = 16 / R;
       while (V > vecs) V >>= 1;
-      int64_t cols = n0 + 16 * V <= n_end ? 16 * V : n_end - n0;
+      int64_t cols = n0 + VW * V <= n_end ? VW * V : n_end - n0;
       for (int m0 = 0; m0 < M; m0 += R) {
         int r = M - m0 < R ? M - m0 : R;
-        KN_TILES[L->wtype][lg][V](L, x + m0 * K, r, n0, tail(cols - 16 * (V - 1)), out);
+        KN_TILES[L->wtype][lg][V](L, x + m0 * K, r, n0, tail(cols - VW * (V - 1)), out);
         finish(L, ptype, out, r, n0, cols, y + m0 * N, N, mode);
       }
       n0 += cols;
     }
-  } else {  /* groups of NB rows of W, up to 256 outputs of `out` at a time */
-    int NB = R == 1 ? 8 : R == 8 ? 2 : 4;
+  } else {  /* NK, NK_Q8: groups of NB rows of W, up to 256 outputs of `out` at a time */
+    int q8 = L->layout == NK_Q8, NB = q8 ? Q8_NB[lg] : R == 1 ? 8 : R == 8 ? 2 : 4;
+    const int64_t Kq = q8_width(K);
+    const int8_t* qx = (const int8_t*)xb;  /* NK_Q8: x quantized (quantize_rows) */
+    const float* qd = q8 ? (const float*)(qx + M * Kq) : NULL;
     for (int64_t n0 = n_begin; n0 < n_end;) {
       int64_t cols = n_end - n0 < 256 ? n_end - n0 : 256;
       for (int m0 = 0; m0 < M; m0 += R) {
@@ -300,7 +526,10 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
         for (int64_t c = 0; c < cols;) {
           float part[8 * 256] __attribute__((aligned(64)));
           int whole = c + NB <= cols, nb = whole ? NB : 1;
-          if (xb) DP_TILES[lg][whole](L, xb + m0 * K, r, n0 + c, part);  /* bfloat16 x: bfloat16 weights */
+          if (q8) Q8_TILES[lg][whole](L, qx + m0 * Kq, qd + m0 * Kq / 32, r, n0 + c, part);
+#if BF16_DOTS
+          else if (xb) DP_TILES[lg][whole](L, xb + m0 * K, r, n0 + c, part);  /* bfloat16 x: bfloat16 weights */
+#endif
           else NK_TILES[L->wtype][lg][whole](L, x + m0 * K, r, n0 + c, part);
           for (int i = 0; i < r; i++)
             for (int j = 0; j < nb; j++) out[i * 256 + c + j] = part[i * 256 + j];
@@ -315,42 +544,42 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
 
 /* -- layer norm, attention ------------------------------------------------------------------------- */
 static void layer_norm(const float* x, const void* w, const void* b, int ptype, int64_t C, float eps, float* y) {
-  __m512 s = _mm512_setzero_ps(), q = _mm512_setzero_ps();
-  for (int64_t i = 0; i < C; i += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail(C - i), x + i));
-  __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(s) / C);
-  for (int64_t i = 0; i < C; i += 16) {
-    __mmask16 m = tail(C - i);
-    __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), mean);
-    q = _mm512_fmadd_ps(d, d, q);
+  vf s = v_zero(), q = v_zero();
+  for (int64_t i = 0; i < C; i += VW) s = v_add(s, v_load_m(x + i, tail(C - i)));
+  vf mean = v_set1(v_sum(s) / C);
+  for (int64_t i = 0; i < C; i += VW) {
+    vm m = tail(C - i);
+    vf d = v_sub_m(m, v_load_m(x + i, m), mean);
+    q = v_fmadd(d, d, q);
   }
-  __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(q) / C + eps));
-  for (int64_t i = 0; i < C; i += 16) {
-    __mmask16 m = tail(C - i);
-    __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mean), rstd);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(d, load(w, i, ptype, m), load(b, i, ptype, m)));
+  vf rstd = v_set1(1.0f / sqrtf(v_sum(q) / C + eps));
+  for (int64_t i = 0; i < C; i += VW) {
+    vm m = tail(C - i);
+    vf d = v_mul(v_sub(v_load_m(x + i, m), mean), rstd);
+    v_store_m(y + i, m, v_fmadd(d, load(w, i, ptype, m), load(b, i, ptype, m)));
   }
 }
 
 /* sc[s] = scale * q.k_s for n keys of width hs; returns max(mx, max_s sc[s]) */
 static float scores(const float* q, const void* k, int type, int64_t n, int hs, float scale, float* sc, float mx) {
   for (int64_t s = 0; s < n; s++) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int d = 0; d < hs; d += 16) {
-      __mmask16 m = tail(hs - d);
-      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + d), load(k, s * hs + d, type, m), acc);
+    vf acc = v_zero();
+    for (int d = 0; d < hs; d += VW) {
+      vm m = tail(hs - d);
+      acc = v_fmadd(v_load_m(q + d, m), load(k, s * hs + d, type, m), acc);
     }
-    sc[s] = _mm512_reduce_add_ps(acc) * scale;
+    sc[s] = v_sum(acc) * scale;
     mx = sc[s] > mx ? sc[s] : mx;
   }
   return mx;
 }
 
 static void weighted_sum(const float* p, const void* v, int type, int64_t n, int hs, float* out) {  /* out += */
-  for (int d = 0; d < hs; d += 16) {
-    __mmask16 m = tail(hs - d);
-    __m512 acc = _mm512_maskz_loadu_ps(m, out + d);
-    for (int64_t s = 0; s < n; s++) acc = _mm512_fmadd_ps(_mm512_set1_ps(p[s]), load(v, s * hs + d, type, m), acc);
-    _mm512_mask_storeu_ps(out + d, m, acc);
+  for (int d = 0; d < hs; d += VW) {
+    vm m = tail(hs - d);
+    vf acc = v_load_m(out + d, m);
+    for (int64_t s = 0; s < n; s++) acc = v_fmadd(v_set1(p[s]), load(v, s * hs + d, type, m), acc);
+    v_store_m(out + d, m, acc);
   }
 }
 
@@ -362,10 +591,10 @@ static void attend(const Cache* c, int64_t l, int64_t b, int64_t h, int hs, floa
   int64_t es = type == F32 ? 4 : 2;
   char* kb = (char*)c->k + (l * c->layer + b * c->row + h * c->head) * es;
   char* vb = (char*)c->v + (l * c->layer + b * c->row + h * c->head) * es;
-  for (int d = 0; d < hs; d += 16) {
-    __mmask16 m = tail(hs - d);
-    store(kb, c->pos * hs + d, type, _mm512_maskz_loadu_ps(m, qkv + C + h * hs + d), m);
-    store(vb, c->pos * hs + d, type, _mm512_maskz_loadu_ps(m, qkv + 2 * C + h * hs + d), m);
+  for (int d = 0; d < hs; d += VW) {
+    vm m = tail(hs - d);
+    store(kb, c->pos * hs + d, type, v_load_m(qkv + C + h * hs + d, m), m);
+    store(vb, c->pos * hs + d, type, v_load_m(qkv + 2 * C + h * hs + d, m), m);
   }
   int64_t s0 = c->start ? c->start[b] : 0, n_own = c->pos + 1 - s0, n_pre = 0;
   const char *pkb = 0, *pvb = 0;
@@ -378,14 +607,14 @@ static void attend(const Cache* c, int64_t l, int64_t b, int64_t h, int hs, floa
   const float* q = qkv + h * hs;
   float mx = n_pre ? scores(q, pkb, type, n_pre, hs, scale, sc, -INFINITY) : -INFINITY;
   mx = scores(q, kb + s0 * hs * es, type, n_own, hs, scale, sc + n_pre, mx);
-  __m512 sum = _mm512_setzero_ps(), vmx = _mm512_set1_ps(mx);
-  for (int64_t s = 0; s < n_pre + n_own; s += 16) {
-    __mmask16 m = tail(n_pre + n_own - s);
-    __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + s), vmx)));
-    _mm512_mask_storeu_ps(sc + s, m, e);
-    sum = _mm512_add_ps(sum, e);
+  vf sum = v_zero(), vmx = v_set1(mx);
+  for (int64_t s = 0; s < n_pre + n_own; s += VW) {
+    vm m = tail(n_pre + n_own - s);
+    vf e = v_keep_m(m, vexp(v_sub(v_load_m(sc + s, m), vmx)));
+    v_store_m(sc + s, m, e);
+    sum = v_add(sum, e);
   }
-  float inv = 1.0f / _mm512_reduce_add_ps(sum);
+  float inv = 1.0f / v_sum(sum);
   for (int64_t s = 0; s < n_pre + n_own; s++) sc[s] *= inv;
   memset(out, 0, hs * sizeof(float));
   if (n_pre) weighted_sum(sc, pvb, type, n_pre, hs, out);
@@ -456,7 +685,7 @@ static int64_t count_tiles(const Job* j, int p) {
    once per layer norm it needs (`*normed` remembers which), attention scores (S + 16), and a PAIRS product's input
    rounded to bfloat16 (M x (inner + 2) halves), once per phase (`*rounded`). */
 static int64_t per_thread(int64_t M, int64_t C, int64_t inner, int64_t S) {
-  return M * C + S + 16 + M * ((inner > C ? inner : C) + 2) / 2 + 16;
+  return M * C + S + 16 + M * ((inner > C ? inner : C) + 64) / 2 + 16;
 }
 
 static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* rounded) {
@@ -493,12 +722,13 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* ro
     return;
   }
   const float* in = kind == QKV || kind == FC ? a : kind == PROJ ? att : hid;  /* final: its phase is done */
-  if (lin->layout == PAIRS && *rounded != p) {
-    round_rows(in, (int)M, lin->K, xb);
+  const int prepared = lin->layout == PAIRS || lin->layout == NK_Q8;
+  if (prepared && *rounded != p) {
+    prepare(lin, in, (int)M, xb);
     *rounded = p;
   }
   tile_range(lin, tiles[p], i, &n0, &n1);
-  linear_cols(lin, P, in, lin->layout == PAIRS ? xb : NULL, (int)M, kind == QKV ? qkv : kind == FC ? hid : x,
+  linear_cols(lin, P, in, prepared ? xb : NULL, (int)M, kind == QKV ? qkv : kind == FC ? hid : x,
               kind == PROJ || kind == PROJ2 ? ADD : STORE, n0, n1);
 }
 
@@ -548,7 +778,7 @@ static const InterfaceEntry INTERFACE[] = {
     SIZE(Layer) LAYER_FIELDS(FIELD_Layer)
     SIZE(Cache) CACHE_FIELDS(FIELD_Cache)
     SIZE(Model) MODEL_FIELDS(FIELD_Model)
-    VALUE(F32) VALUE(BF16) VALUE(I8) VALUE(KN) VALUE(NK) VALUE(PAIRS)
+    VALUE(F32) VALUE(BF16) VALUE(I8) VALUE(KN) VALUE(NK) VALUE(PAIRS) VALUE(NK_Q8)
     VALUE(ACT_NONE) VALUE(ACT_GELU_TANH) VALUE(ACT_GELU_ERF) VALUE(ACT_RELU)
     VALUE(PHASES_PER_LAYER) VALUE(MAX_PHASES)
 };
@@ -573,16 +803,20 @@ int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, 
 
 int pigpt_has_avx512bf16(void) {  /* whether PAIRS weights (and the bfloat16 head's dot products) run here */
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16");
+  return BF16_DOTS && __builtin_cpu_supports("avx512bf16");
 }
 
-/* y (M, N) = x (M, K) W^T + b for one linear (the LM head). xb: room for M * (K + 1) bfloat16 values. dot: use
+int pigpt_vector_width(void) { return VW; }  /* 16: the AVX-512 build; 8: the AVX2 build */
+
+/* y (M, N) = x (M, K) W^T + b for one linear (the LM head). xb: room for M * (K + 64) bfloat16 values. dot: use
    avx512_bf16 dot products for bfloat16 weights (the caller checked pigpt_has_avx512bf16; PAIRS needs them). */
 void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb, int dot) {
-  int dp = dot && L->wtype == BF16 && L->layout != KN;
-  if (dp && L->layout == PAIRS) round_rows(x, M, L->K, xb);
+  int dp = BF16_DOTS && dot && L->wtype == BF16 && L->layout != KN;
+  if (L->layout == NK_Q8 || L->layout == PAIRS) prepare(L, x, M, xb);
+#if BF16_DOTS
   else if (dp) round_bf16(x, (int64_t)M * L->K, xb);
-  Job j = {LINEAR, M, nthreads, 1, NULL, NULL, NULL, NULL, 0, L, ptype, x, dp ? xb : NULL, y};
+#endif
+  Job j = {LINEAR, M, nthreads, 1, NULL, NULL, NULL, NULL, 0, L, ptype, x, dp || L->layout == NK_Q8 ? xb : NULL, y};
   run(&j);
 }
 

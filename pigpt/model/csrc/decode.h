@@ -11,9 +11,10 @@
 #include <stdint.h>
 
 enum { F32 = 0, BF16 = 1, I8 = 2 };  /* value types */
-/* weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head; int8 copies), or bfloat16 pair-blocked
-   [N/64, K/2, 64, 2] copies of Conv1D weights (see PB_TILE in decode.c) */
-enum { KN = 0, NK = 1, PAIRS = 2 };
+/* weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head; int8 copies), bfloat16 pair-blocked
+   [N/64, K/2, 64, 2] copies of Conv1D weights (see PB_TILE in decode.c), or int8 [out, in] multiplied in integers
+   against activations quantized per block of 32 (see Q8_TILE) */
+enum { KN = 0, NK = 1, PAIRS = 2, NK_Q8 = 3 };
 enum { ACT_NONE = 0, ACT_GELU_TANH = 1, ACT_GELU_ERF = 2, ACT_RELU = 3 };
 /* the phases of one block in a decode step; a step has n_layer * PHASES_PER_LAYER + 1 (ln_f) <= MAX_PHASES */
 enum { QKV, ATTN, PROJ, FC, PROJ2, PHASES_PER_LAYER };
@@ -72,6 +73,7 @@ int pigpt_interface(const InterfaceEntry** entries);  /* the table; returns its 
 int64_t pigpt_work_floats(int M, int64_t C, int64_t inner, int64_t S, int nthreads);
 int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads);
 int pigpt_has_avx512bf16(void);
+int pigpt_vector_width(void);
 void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb, int dot);
 int64_t pigpt_hugepages(const void* p, int64_t bytes);
 
