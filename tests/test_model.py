@@ -218,8 +218,12 @@ def test_packed_weights_match_the_plain_path(activation, dtype):
         for block in gpt.transformer.h:
             block.mlp.c_fc.weight.mul_(20)
     gpt = gpt.to(dtype)
-    idx = torch.randint(0, 97, (3, 9), generator=torch.Generator().manual_seed(1))
+    idx = torch.randint(0, 97, (8, 9), generator=torch.Generator().manual_seed(1))  # >= PREFILL_PACK_ROWS rows
+    assert idx.numel() >= packed.PREFILL_PACK_ROWS
     with torch.no_grad():
+        gpt(idx[:3])  # a short float32 prompt is prefilled without making copies for it
+        assert (gpt.transformer.h[0].mlp.c_fc._packed.value is not None) == (dtype != torch.float32 and
+                                                                             packed.available(dtype))
         fast = gpt(idx).float()
         blocked = gpt.transformer.h[0].mlp.c_fc._packed.value is not None
         assert blocked == packed.available(dtype)  # the blocked path ran exactly where it can

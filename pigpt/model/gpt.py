@@ -119,6 +119,9 @@ class Conv1D(nn.Module):
         if self.use_packed and packed.preferred(x, w):
             return packed.linear(x, self._packed.get(w, lambda w: packed.reorder(w.t())), self.bias, act)
         shape = x.shape[:-1] + (w.shape[1],)
+        if packed.widened(w):
+            y = torch.addmm(self.bias.float(), x.reshape(-1, x.shape[-1]).float(), w.float()).to(w.dtype).view(shape)
+            return _ACTIVATIONS[act](y) if act else y
         y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), w).view(shape)
         return _ACTIVATIONS[act](y) if act else y
 
@@ -336,6 +339,8 @@ class GPT(nn.Module):
                                 self._head_packed if self._packed_weights else None)
         if self._packed_weights and packed.preferred(x, w):
             return packed.linear(x, self._head_packed.get(w, packed.reorder), None)  # wte is [V, C] already
+        if packed.widened(w):
+            return F.linear(x.float(), w.float()).to(w.dtype)
         if ((torch.is_grad_enabled() and w.requires_grad) or not packed.settled(w) or w.dtype != torch.float32
                 or w.device.type != "cpu"):
             return F.linear(x, w)  # training (or a step pending), GPUs, and CPU dtypes oneDNN doesn't take

@@ -41,6 +41,14 @@ def available(dtype: torch.dtype) -> bool:
         return False
 
 
+def widened(w: torch.Tensor) -> bool:
+    """Whether products with `w` should run in float32: a bfloat16 weight on a CPU where oneDNN has no bfloat16
+    kernels (AVX2 only). There torch's bfloat16 addmm took 64 ms for one 16-row GPT-2 small product and a
+    bfloat16 prefill of 16 tokens 3.8 s (2-core EPYC, Zen 3; measured), where widening x and w to float32 first
+    takes a few ms: the same products of bfloat16 inputs, accumulated in float32 either way."""
+    return w.dtype == torch.bfloat16 and w.device.type == "cpu" and not available(torch.bfloat16)
+
+
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Inference on CPU in a dtype oneDNN handles: no autograd through the blocked copy, no gradient pending
     on the weight (`settled`), and no autocast (the op doesn't cast its input to the autocast dtype as
@@ -55,11 +63,21 @@ def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     )
 
 
+# A float32 prompt of fewer tokens than this is prefilled on the weights as they are, without making blocked
+# copies for it: they would double the resident weights (GPT-2 small: +340 MB over 498) to save ~30 ms once per
+# prompt (bench_linear.py, 16 rows, AVX2 EPYC: plain 78 ms, packed 47 ms, for all 49 products).
+PREFILL_PACK_ROWS = 64
+
+
 def preferred(x: torch.Tensor, w: torch.Tensor) -> bool:
     """The model's dispatch rule: the blocked path where it is usable and faster, i.e. at more than one row
     of x, or in bfloat16 at any row count; one float32 row stays on MKL's matrix-vector product
-    (benchmarks/bench_linear.py: 0.89x packed there)."""
-    return (x.numel() // x.shape[-1] > 1 or w.dtype != torch.float32) and usable(x, w)
+    (benchmarks/bench_linear.py: 0.89x packed there), and so does a float32 prefill of fewer than
+    PREFILL_PACK_ROWS tokens (x of shape (B, T, C), T > 1)."""
+    rows = x.numel() // x.shape[-1]
+    if w.dtype == torch.float32 and (rows == 1 or (x.dim() == 3 and x.shape[1] > 1 and rows < PREFILL_PACK_ROWS)):
+        return False
+    return usable(x, w)
 
 
 def reorder(w_out_in: torch.Tensor) -> torch.Tensor:
