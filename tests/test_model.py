@@ -390,22 +390,24 @@ def test_loading_holds_one_copy_of_the_model(tmp_path):
     code = (
         "import resource, sys, torch\n"
         "from pigpt.model import GPT\n"
-        "def hwm():\n"
-        "    return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024\n"
+        "def vm(key):\n"
+        "    return [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key)][0] / 1024\n"
         "torch.zeros(1) @ torch.zeros(1)\n"
         "GPT  # imported\n"
-        "base = hwm()\n"
+        "base, rss = vm('VmHWM'), vm('VmRSS')\n"
         "m = GPT.from_pretrained(sys.argv[1], dtype=sys.argv[2], quantize=None if sys.argv[3] == '-' else sys.argv[3])\n"
-        "print(hwm() - base)\n")
+        "print(vm('VmHWM') - base, vm('VmRSS') - rss)\n")
     for dtype, quantize, model_mb in (("float32", "-", f32), ("bfloat16", "-", f32 / 2),
                                       ("float32", "int8", f32 / 4 + wte)):  # int8 + float wte + int8 head
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path), dtype, quantize], capture_output=True,
                              text=True, check=True)
-        grew = float(out.stdout.split()[-1])
+        grew, kept = map(float, out.stdout.split()[-2:])
         # the model; converting, one buffer for the largest tensor in the file's precision (wte); slack for the
         # allocator (reading the whole file first, as before, took 2x the float32 model)
         bound = 1.25 * (model_mb + (wte if dtype != "float32" else 0)) + 16
         assert grew < bound, (dtype, quantize, grew, bound)
+        if quantize == "int8":  # what stays resident: int8 weights and head, no float wte (GPT.embed reads int8)
+            assert kept < 1.25 * f32 / 4 + 16, kept
 
 
 # -- tokenizer ------------------------------------------------------------------------------------------------

@@ -33,15 +33,17 @@ def _gpt(seed=0, wte_scale=5.0, **cfg):
 
 
 def _dequantized(q: GPT) -> tuple[GPT, torch.Tensor]:
-    """A float32 model computing exactly what int8 `q` means: its linears hold q * scale; and the head's
-    dequantized weight [V, C] (the embedding keeps the float wte, as the quantized model does)."""
+    """A float32 model computing exactly what int8 `q` means: its linears hold q * scale, and its wte the
+    dequantized int8 copy (which the quantized model's embedding reads); and that copy as the head's weight
+    [V, C]."""
     ref = GPT(q.config).eval()
     state = {k: v for k, v in q.state_dict().items() if "qweight" not in k and "qscale" not in k}
     for name, m in q.named_modules():
         if isinstance(m, Conv1D):
             state[name + ".weight"] = (m.qweight.float() * m.scales()[:, None]).t()
-    ref.load_state_dict({k: v.float() for k, v in state.items()})
     head = q.lm_head_qweight.float() * q.lm_head_qscale.view(torch.float32)[:, None]
+    state["transformer.wte.weight"] = head
+    ref.load_state_dict({k: v.float() for k, v in state.items()})
     return ref, head
 
 
@@ -64,10 +66,15 @@ def test_quantize_replaces_weights_and_keeps_scales_exact_under_to():
     assert gpt.quantize("int8") is gpt and gpt.quantized == "int8"
     conv = gpt.transformer.h[0].mlp.c_fc
     assert conv.weight is None and conv.qweight.dtype == torch.int8 and conv.qweight.shape == (256, 64)
+    assert gpt.transformer.wte.weight.numel() == 0  # the embedding reads the int8 copy: no float wte is kept
+    idx = torch.tensor([[0, 7, 499]])
+    rows = gpt.lm_head_qweight[idx].float() * gpt.lm_head_qscale.view(torch.float32)[idx][..., None]
+    assert torch.equal(gpt.embed(idx), rows) and gpt.embed(idx).dtype == torch.float32
     assert gpt.num_params(non_embedding=False) == before  # int8 weights count as parameters too
     scales = conv.scales().clone()
     gpt.to(torch.bfloat16)  # activations in bfloat16; the int8 weights and their float32 scales stay as they are
     assert conv.qweight.dtype == torch.int8 and torch.equal(conv.scales(), scales)
+    assert gpt.embed(idx).dtype == torch.bfloat16 and torch.equal(gpt.embed(idx), rows.to(torch.bfloat16))
     assert gpt.dtype == torch.bfloat16 and gpt.quantize("int8") is gpt  # again: a no-op
 
 
@@ -286,6 +293,11 @@ def test_rollouts_and_ragged_batches_equal_one_by_one_runs(low):
         rows = 2  # torch's bfloat16 products (oneDNN) round 4 rows differently from 1: sampled tokens drift
     n = 2
     prompts = PROMPTS[: rows // n]  # kernels: int8 3 prompts x 2 = 6 rows, bfloat16 2 prompts x 2
+    if gpt.quantized and gpt.cpu_kernels:
+        # a lone 1-token prompt is prefilled by a decode step, in the kernels (activations quantized per block of
+        # 32), but in a batch by torch's path with the others (activations rounded to bfloat16): that difference
+        # (~5e-3 in a log-prob) can move a sampled token, unlike the other paths' rounding (~1e-3)
+        prompts = [p for p in prompts if len(p) > 1]
     params = SamplingParams(temperature=0.9, top_k=40, max_new_tokens=8, n=n, seed=11)
     together = generate(gpt, prompts, params)
     for p, group in zip(prompts, together):

@@ -10,15 +10,19 @@ with software prefetch in the weight streams; a second call runs the LM head (be
 --decode measures both paths).
 
 Activations stay float32 throughout, whatever the weights are stored in (float32, bfloat16, or int8 with
-one float32 scale per output channel); only a bfloat16 model's products on CPUs with avx512_bf16 (the blocks'
-pair-blocked copies and the LM head) read their input rounded to bfloat16, as torch's path does. The KV cache
-is float32 or bfloat16, as the model's dtype makes it. So a bfloat16 model's decode step here is slightly
-*more* precise than its torch path (which rounds every activation, the residual stream included, to
+one float32 scale per output channel), with two exceptions. A bfloat16 model's products on CPUs with avx512_bf16
+(the blocks' pair-blocked copies and the LM head) read their input rounded to bfloat16, as torch's path does.
+An int8 model's products quantize their input per block of 32 (llama.cpp's q8_0 scheme) and multiply in
+integers (layout NK_Q8; INT8_DOTS = False keeps the float path, int8 widened against float32 activations). The
+KV cache is float32 or bfloat16, as the model's dtype makes it. So a bfloat16 model's decode step here is
+slightly *more* precise than its torch path (which rounds every activation, the residual stream included, to
 bfloat16): logits agree to bfloat16 rounding, not bit for bit.
 
 The kernels (csrc/decode.c; the interface in csrc/decode.h, mirrored below in ctypes and checked against the
-library's own report when it loads) need x86-64 with AVX-512 (F, BW, VL) and a C compiler with OpenMP (gcc). They
-are built once per machine into a per-user cache ($PIGPT_CACHE/lib, else ~/.cache/pigpt/lib; model/cbuild.py
+library's own report when it loads) need x86-64 with AVX-512 (F, BW, VL) or AVX2 with FMA, and a C compiler with
+OpenMP (gcc). One source builds for either (a vector layer of 16 or 8 float32 lanes; `isa()` picks the build by
+torch's own CPU detection); the int8 integer products are the same AVX2 instructions in both, so the same bits.
+They are built once per machine into a per-user cache ($PIGPT_CACHE/lib, else ~/.cache/pigpt/lib; model/cbuild.py
 says what makes a cached copy trusted) and run on torch.get_num_threads() threads of torch's own OpenMP pool
 (the caller's thread included), which claim tiles of work rather than splitting it up front.
 Anywhere else, with PIGPT_CPU_KERNELS=0, if the build fails (one line on stderr says why) or if the C and Python

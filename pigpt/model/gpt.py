@@ -225,7 +225,8 @@ class GPT(nn.Module):
         self._head_t = packed.DerivedWeight()  # [C, V] for one-row float32: x @ W beats F.linear's [V, C] here
         self._head_packed = packed.DerivedWeight()
         self._packed_weights = True
-        # quantize(): the LM head's int8 copy of wte ([V, C] and per-row scales as int32 bits); wte stays float
+        # quantize(): the int8 copy of wte ([V, C] and per-row scales as int32 bits) that the LM head and the
+        # embedding lookup read; wte itself is then emptied
         self.register_buffer("lm_head_qweight", None)
         self.register_buffer("lm_head_qscale", None)
         self._cpu_kernels = True
@@ -253,6 +254,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         n += sum(m.qweight.numel() for m in self.modules() if isinstance(m, Conv1D) and m.qweight is not None)
+        n += self.lm_head_qweight.numel() if self.lm_head_qweight is not None else 0  # wte's place
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     @property
@@ -294,7 +296,7 @@ class GPT(nn.Module):
             desc = cpu_decode.cache_desc(cache)
             if desc is not None:
                 pos, _ = cache.prepare(1, cfg.block_size)  # (1,) or (B, 1); checks the cache has room
-                x = (self.transformer.wte(idx) + self.transformer.wpe(pos)).float().reshape(B, cfg.n_embd)
+                x = (self.embed(idx) + self.transformer.wpe(pos)).float().reshape(B, cfg.n_embd)
                 cpu_decode.decode(plan, x, cache, desc)
                 cache.advance(1)
                 return x.view(B, 1, cfg.n_embd)
@@ -311,7 +313,7 @@ class GPT(nn.Module):
             if T > 1:  # prefill: validate once; decode steps stay free of host syncs
                 self._check_tokens(idx)
             pos, mask = cache.prepare(T, cfg.block_size)  # (T,) or (B, T); None or (B, 1, T, S)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.embed(idx) + self.transformer.wpe(pos)  # (B, T, C)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, cache, mask)
@@ -320,6 +322,14 @@ class GPT(nn.Module):
         if self._batch_invariant:
             return invariant.layer_norm(x, self.transformer.ln_f)
         return self.transformer.ln_f(x)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, T, C) in the model's dtype: rows of wte, or for an int8 model rows of its int8
+        copy times their scales (as llama.cpp's q8_0 models read their token embeddings)."""
+        if self.lm_head_qweight is None:
+            return self.transformer.wte(idx)
+        scale = self.lm_head_qscale.view(torch.float32)[idx]  # (B, T)
+        return (self.lm_head_qweight[idx].float() * scale[..., None]).to(self.dtype)
 
     def lm_head(self, x):
         """Tied output projection: x @ wte.T (the int8 copy of wte when quantized). Logits in the model's dtype,
@@ -444,8 +454,12 @@ class GPT(nn.Module):
             for m in self.modules():
                 if isinstance(m, Conv1D):
                     m.quantize_()
-            q, scale = quant.quantize_rows(self.transformer.wte.weight)  # rows of wte: the head's outputs
+            wte = self.transformer.wte
+            q, scale = quant.quantize_rows(wte.weight)  # rows of wte: the head's outputs
             self.lm_head_qweight, self.lm_head_qscale = q, quant.scale_bits(scale)
+            # embed() reads the rows of the int8 copy from now on: keeping the float wte too would hold ~4x
+            # the int8 model's head in memory again (GPT-2 small: 154 MB). An empty wte keeps the model's dtype.
+            wte.weight = nn.Parameter(wte.weight.new_empty(0), requires_grad=False)
         self.requires_grad_(False)
         self.clear_weight_caches()
         return self.eval()

@@ -1,13 +1,16 @@
 """int8 weights: `GPT.quantize("int8")`, or `GPT.from_pretrained(path, quantize="int8")`.
 
 Each linear layer's weight becomes int8 with one float32 scale per output channel (symmetric, round to
-nearest: w ~ q * scale, scale = max |w| of the channel / 127); the LM head gets an int8 copy of wte, while
-the embedding lookup keeps reading the float wte. Biases, layer norms and activations stay float (the
+nearest: w ~ q * scale, scale = max |w| of the channel / 127); wte becomes an int8 copy with one scale per
+row, which the LM head multiplies by and the embedding lookup reads rows of (`GPT.embed`; no float wte is
+kept, as llama.cpp's q8_0 models keep none). Biases, layer norms and activations stay float (the
 model's dtype: float32, or bfloat16 after `.to(torch.bfloat16)`). A decode step reads ~125 MB of weights
 instead of ~495 MB (GPT-2 small, float32).
 
-Where the products run: the CPU decode kernels (model/cpu_decode.py: float32 activations, the int8 rows
-converted in registers) for up to 8 rows; otherwise torch's `_weight_int8pack_mm` (activations rounded to
+Where the products run: the CPU decode kernels (model/cpu_decode.py) for up to 8 rows, where each product's
+input is quantized per block of 32 as llama.cpp's q8_0 does (d = max |x| / 127, q = round(x / d)) and multiplied
+by the int8 weights in integers (vpmaddubsw on AVX2; one FMA per block of 32 applies d; cpu_decode.INT8_DOTS =
+False keeps the earlier float path, int8 rows converted in registers against float32 activations); otherwise torch's `_weight_int8pack_mm` (activations rounded to
 bfloat16, its only vectorised input type) up to DEQUANT_ROWS rows, and above that oneDNN's bfloat16 GEMM
 on a blocked bfloat16 copy of the dequantized weight, built on first use (like the float models' blocked
 copies: `gpt.packed_weights = False` drops it, and then each call dequantizes). Products of many rows are
