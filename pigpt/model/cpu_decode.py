@@ -368,6 +368,21 @@ def decode(plan: Plan, x: torch.Tensor, cache, desc: Cache) -> torch.Tensor:
     return x
 
 
+def linear(x: torch.Tensor, w: torch.Tensor, layout: int, scale: torch.Tensor | None = None,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """One product in the kernels, for any number of rows (tiles of up to 8): y (M, N) float32 = x (M, K) float32
+    times `w` in `layout` (KN: [K, N]; NK, NK_Q8: [N, K], int8 with its float32 `scale` [N]), plus `bias` [N]
+    (float32 or bfloat16). The torch path's int8 products run here where the kernels load (model/quant.py)."""
+    M, K = x.shape
+    N = w.shape[1] if layout == KN else w.shape[0]
+    lin = Linear(w.data_ptr(), _ptr(scale), _ptr(bias), K, N, _TYPES[w.dtype], layout, 0)
+    out = torch.empty(M, N)
+    xb = torch.empty(M * (K + 64), dtype=torch.bfloat16)  # x prepared (NK_Q8)
+    load().pigpt_linear(ctypes.byref(lin), _TYPES[bias.dtype] if bias is not None else F32, x.data_ptr(), M,
+                        out.data_ptr(), torch.get_num_threads(), xb.data_ptr(), 0)
+    return out
+
+
 def head(plan: Plan, x: torch.Tensor) -> torch.Tensor:
     """Logits (M, V) float32 for final hidden states x (M, C) float32."""
     out = torch.empty(x.shape[0], plan.head.N)

@@ -90,6 +90,7 @@ class Conv1D(nn.Module):
         self.register_buffer("qweight", None)
         self.register_buffer("qscale", None)
         self.use_packed = True  # GPT.packed_weights sets it
+        self.use_kernels = True  # GPT.cpu_kernels sets it: int8 products in the CPU kernels (quant.linear)
         self._packed = packed.DerivedWeight()
         self.invariant = False  # GPT.batch_invariant sets it
         self._panels = packed.DerivedWeight()  # the batch-invariant kernels' copy of the weight
@@ -113,7 +114,8 @@ class Conv1D(nn.Module):
             w = self.weight
             return invariant.linear(x, w, self.bias, self._panels.get(w, invariant.panels), act)
         if self.qweight is not None:
-            y = quant.linear(x, self.qweight, self.scales(), self.bias, self._packed if self.use_packed else None)
+            y = quant.linear(x, self.qweight, self.scales(), self.bias, self._packed if self.use_packed else None,
+                             self.use_kernels)
             return _ACTIVATIONS[act](y) if act else y
         w = self.weight
         if self.use_packed and packed.preferred(x, w):
@@ -346,7 +348,7 @@ class GPT(nn.Module):
         x = x.to(w.dtype)
         if self.lm_head_qweight is not None:
             return quant.linear(x, self.lm_head_qweight, self.lm_head_qscale.view(torch.float32), None,
-                                self._head_packed if self._packed_weights else None)
+                                self._head_packed if self._packed_weights else None, self._cpu_kernels)
         if self._packed_weights and packed.preferred(x, w):
             return packed.linear(x, self._head_packed.get(w, packed.reorder), None)  # wte is [V, C] already
         if packed.widened(w):
@@ -388,13 +390,17 @@ class GPT(nn.Module):
     @property
     def cpu_kernels(self) -> bool:
         """Whether CPU decode steps of a few rows (cpu_decode.MAX_ROWS; and the LM head at those rows) run in
-        the C kernels of model/cpu_decode.py where they can be built (else the torch path runs)."""
+        the C kernels of model/cpu_decode.py where they can be built, and an int8 model's other products too
+        (quant.linear); else the torch path runs."""
         return self._cpu_kernels
 
     @cpu_kernels.setter
     def cpu_kernels(self, on: bool) -> None:
         self._cpu_kernels = bool(on)
         self._cpu_plan = None
+        for m in self.modules():
+            if isinstance(m, Conv1D):
+                m.use_kernels = self._cpu_kernels
 
     @property
     def batch_invariant(self) -> bool:

@@ -53,7 +53,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import packed
+from . import cpu_decode, packed
 
 MODES = ("int8",)
 DEQUANT_ROWS = 32  # more rows than this: a dense bfloat16 product on the dequantized weight (measured)
@@ -98,11 +98,21 @@ def scale_bits(scale: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-           dense: packed.DerivedWeight | None = None) -> torch.Tensor:
-    """x @ (q * scale[:, None]).T + bias with torch's CPU kernels, for x [..., in], q int8 [out, in],
-    scale float32 [out]; the result in x's dtype. `dense`: where to keep a oneDNN-blocked bfloat16 copy of
-    the dequantized weight for products of more than DEQUANT_ROWS rows (None: dequantize for each call)."""
+           dense: packed.DerivedWeight | None = None, kernels: bool = False) -> torch.Tensor:
+    """x @ (q * scale[:, None]).T + bias for x [..., in], q int8 [out, in], scale float32 [out]; the result in
+    x's dtype. With `kernels` (the model's cpu_kernels) and where the CPU decode kernels load, the product runs
+    there on integer dot products (cpu_decode.linear, NK_Q8), as decode steps do, up to DEQUANT_ROWS rows or at
+    any row count where oneDNN has no bfloat16 GEMM (AVX2: there torch's bfloat16 products of a 16-token
+    prefill took 66 ms, the kernels ~15). Otherwise torch's CPU kernels; `dense`: where to keep a
+    oneDNN-blocked bfloat16 copy of the dequantized weight for products of more than DEQUANT_ROWS rows (None:
+    dequantize for each call)."""
     shape, dtype = x.shape[:-1] + (q.shape[0],), x.dtype
+    rows = x.numel() // x.shape[-1]
+    if (kernels and cpu_decode.INT8_DOTS and q.device.type == "cpu" and q.is_contiguous() and x.numel()
+            and (rows <= DEQUANT_ROWS or not packed.available(torch.bfloat16)) and cpu_decode.load() is not None):
+        y = cpu_decode.linear(x.reshape(-1, x.shape[-1]).float().contiguous(), q, cpu_decode.NK_Q8,
+                              scale.contiguous(), None if bias is None else bias.contiguous())
+        return y.to(dtype).view(shape)
     x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
     # torch's int8 kernel reads 16 columns at a time with aligned loads: it needs in % 16 == 0 and an
     # aligned x (it crashes otherwise); up to DEQUANT_ROWS rows it is the faster one
