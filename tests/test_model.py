@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_hf_model, save_hf_checkpoint
 
-from pigpt.model import GPT, CheckpointError, GPTConfig, get_tokenizer, packed
+from pigpt.model import GPT, CheckpointError, GPTConfig, checkpoint, get_tokenizer, packed
 from pigpt.model.gpt import _ACTIVATIONS
 
 TOL = 1e-4  # float32, max abs difference of logits
@@ -398,16 +398,18 @@ def test_loading_holds_one_copy_of_the_model(tmp_path):
         "m = GPT.from_pretrained(sys.argv[1], dtype=sys.argv[2], quantize=None if sys.argv[3] == '-' else sys.argv[3])\n"
         "print(vm('VmHWM') - base, vm('VmRSS') - rss)\n")
     for dtype, quantize, model_mb in (("float32", "-", f32), ("bfloat16", "-", f32 / 2),
-                                      ("float32", "int8", f32 / 4 + wte)):  # int8 + float wte + int8 head
+                                      ("float32", "int8", f32 / 4), ("bfloat16", "int8", f32 / 4)):
         out = subprocess.run([sys.executable, "-c", code, str(tmp_path), dtype, quantize], capture_output=True,
                              text=True, check=True)
         grew, kept = map(float, out.stdout.split()[-2:])
-        # the model; converting, one buffer for the largest tensor in the file's precision (wte); slack for the
-        # allocator (reading the whole file first, as before, took 2x the float32 model)
-        bound = 1.25 * (model_mb + (wte if dtype != "float32" else 0)) + 16
+        # the model; converting or quantizing, a chunk of rows (checkpoint.CHUNK_BYTES) and the largest linear
+        # weight in the file's precision; slack for the allocator (reading the whole file first, as before, took 2x
+        # the float32 model; converting wte whole, the model and wte)
+        bound = 1.25 * model_mb + (checkpoint.CHUNK_BYTES >> 20) + 16 + (wte / 2 if quantize != "-" else 0)
         assert grew < bound, (dtype, quantize, grew, bound)
-        if quantize == "int8":  # what stays resident: int8 weights and head, no float wte (GPT.embed reads int8)
-            assert kept < 1.25 * f32 / 4 + 16, kept
+        if quantize == "int8":  # what stays resident: int8 weights and head, no float wte (GPT.embed reads int8);
+            # the allocator keeps 15-50 MB of freed temporaries resident, varying from run to run (measured)
+            assert kept < f32 / 4 + wte / 2 + 16, kept
 
 
 # -- tokenizer ------------------------------------------------------------------------------------------------

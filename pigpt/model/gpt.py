@@ -451,8 +451,6 @@ class GPT(nn.Module):
         """In place: int8 weights with per-output-channel scales for every linear layer and an int8 copy of wte
         for the LM head (model/quant.py); returns the model. Inference only from then on."""
         quant.check_mode(mode)
-        if self.quantized == mode:
-            return self
         if self._batch_invariant:
             raise invariant.InvariantError("this model runs batch-invariant, which needs float32 weights: set "
                                            "model.batch_invariant = False before quantize()")
@@ -460,15 +458,25 @@ class GPT(nn.Module):
             for m in self.modules():
                 if isinstance(m, Conv1D):
                     m.quantize_()
-            wte = self.transformer.wte
-            q, scale = quant.quantize_rows(wte.weight)  # rows of wte: the head's outputs
-            self.lm_head_qweight, self.lm_head_qscale = q, quant.scale_bits(scale)
-            # embed() reads the rows of the int8 copy from now on: keeping the float wte too would hold ~4x
-            # the int8 model's head in memory again (GPT-2 small: 154 MB). An empty wte keeps the model's dtype.
-            wte.weight = nn.Parameter(wte.weight.new_empty(0), requires_grad=False)
+            if self.lm_head_qweight is None:  # else done already (again, or by from_pretrained as it read wte)
+                w = self.transformer.wte.weight
+                self.quantize_embedding_([(slice(0, len(w)), w)], w.device, w.dtype)
         self.requires_grad_(False)
         self.clear_weight_caches()
         return self.eval()
+
+    def quantize_embedding_(self, chunks, device, dtype) -> None:
+        """wte's int8 copy (one scale per row: the head's outputs) from `chunks`, (row slice, rows of wte in the
+        model's dtype) pairs covering it; then wte is emptied. embed() reads the rows of the int8 copy from then
+        on: keeping the float wte too would hold ~4x the int8 model's head again (GPT-2 small: 154 MB). The
+        empty wte keeps the model's dtype and device."""
+        V, C = self.config.vocab_size, self.config.n_embd
+        q = torch.empty(V, C, dtype=torch.int8, device=device)
+        scale = torch.empty(V, dtype=torch.float32, device=device)
+        for rows, w in chunks:
+            quant.quantize_rows(w.to(device), out=(q[rows], scale[rows]))
+        self.lm_head_qweight, self.lm_head_qscale = q, quant.scale_bits(scale)
+        self.transformer.wte.weight = nn.Parameter(torch.empty(0, dtype=dtype, device=device), requires_grad=False)
 
     def train(self, mode: bool = True):
         if mode and self.quantized:

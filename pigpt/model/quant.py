@@ -70,12 +70,13 @@ def quantize(model, mode: str = "int8"):
     return model.quantize(mode)
 
 
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(w: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric int8 of a [rows, cols] float weight: (q int8 [rows, cols], scale float32 [rows]),
-    w ~ q * scale[:, None]. An all-zero row gets scale 0 (and q 0)."""
+    w ~ q * scale[:, None], written into `out` if given. An all-zero row gets scale 0 (and q 0)."""
     w = w.detach()
-    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
-    scale = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
+    q, scale = out if out is not None else (torch.empty(w.shape, dtype=torch.int8, device=w.device),
+                                            torch.empty(w.shape[0], dtype=torch.float32, device=w.device))
     # in chunks of rows, through one buffer: a whole wte's float temporaries would be ~3 copies of it, and
     # temporaries freed chunk by chunk fragment the heap (both stay resident after a load)
     step = max(1, min(w.shape[0], (1 << 20) // max(1, w.shape[1])))
