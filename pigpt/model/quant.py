@@ -19,12 +19,18 @@ took ~2x oneDNN's bfloat16 GEMM (64 rows, measured).
 
 Quality against float32 on 8,192 tokens of stdlib docstrings (64 windows of 128 tokens; greedy: 100 8-token
 prompts from the same text, 32 new tokens each; benchmarks/quant_quality.py [--decode]), through the decode
-kernels (token by token, float32 activations) and through torch's path (full forwards, where the int8
-products round activations to bfloat16):
+kernels (token by token) and through torch's path (full forwards, where the int8 products round activations to
+bfloat16). Quantizing the activations (the integer path) costs about what the int8 weights do again: mean KL
+2.1e-4 -> 3.7e-4 on the shipped model; reading the embedding from the int8 copy instead of a float wte moves
+it by less (2.8e-4 -> 3.7e-4 with integer products). The rows below the shipped model's are from before both:
 
     model                      path         perplexity           mean KL   max |d log p|   same     identical
                                             float32 -> int8      (nats)    at the text's   argmax   greedy runs
-    pigpt/model/default (shipped)    kernels      97.38 -> 97.41       7.2e-5    0.117           99.4%    88/100
+    pigpt/model/default (shipped; 2026-12-04, the AVX2 build; the first row is what runs by default):
+      integer dot products, int8 embedding     125.85 -> 125.90     3.7e-4    0.270           98.6%    84/100
+      float path (INT8_DOTS off), int8 embed   125.85 -> 125.87     2.1e-4    0.243           99.1%    89/100
+      integer dot products, float32 wte        125.85 -> 125.87     2.8e-4    0.187           98.7%    82/100
+    earlier shipped model      kernels      97.38 -> 97.41       7.2e-5    0.117           99.4%    88/100
       6 x 256, 1600 steps
     first default recipe run   kernels      244.80 -> 244.93     1.5e-5    0.036           99.6%    92/100
       (not shipped)            torch path   244.80 -> 244.90     6.1e-5    0.053           99.0%    90/100
