@@ -54,9 +54,7 @@ from . import cbuild, packed
 # AVX2, 2026-12-04, the 2-vCPU AMD EPYC (Zen 3, no AVX-512): float32 1.39x, 1.36x, 1.27x, 1.08x; bfloat16 (widened;
 # torch has no fast bfloat16 product there) 15x, 28x, 38x, 44x; int8 (NK_Q8) 2.33x, 2.76x, 2.93x, 2.29x.
 _LIMITS = {"AVX512": ({"float32": 4, "bfloat16": 8, "int8": 8}, 4),
-           "AVX2": ({"float32": 8, "bfloat16": 8, "int8": 8}, 8)}
-MAX_ROWS, MAX_ROWS_BF16_WIDEN = _LIMITS[torch.backends.cpu.get_cpu_capability() if
-                                        torch.backends.cpu.get_cpu_capability() in _LIMITS else "AVX512"]
+           "AVX2": ({"float32": 8, "bfloat16": 8, "int8": 8}, 8)}  # MAX_ROWS, MAX_ROWS_BF16_WIDEN: below, by isa()
 
 # int8 weights multiply activations quantized per block of 32 in integers (layout NK_Q8); False: the float path
 # (int8 widened to float32 against float32 activations; NK), which tests compare it with.
@@ -151,14 +149,17 @@ def isa() -> str | None:
     return cap if cap in ISA_FLAGS else None
 
 
-def recipe(build: str | None = None) -> cbuild.Recipe | None:
-    """What `load()` builds for `build` (default: this CPU's, `isa()`): the sources in csrc/ with the system's
-    C compiler; None without one."""
+MAX_ROWS, MAX_ROWS_BF16_WIDEN = _LIMITS[isa() or "AVX512"]
+
+
+def recipe() -> cbuild.Recipe | None:
+    """What `load()` builds for this CPU's build (`isa()`): the sources in csrc/ with the system's C compiler;
+    None without one."""
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
         return None
     csrc = resources.files(__package__).joinpath("csrc")
-    flags = _BASE_FLAGS + ISA_FLAGS[build or isa() or "AVX512"]
+    flags = _BASE_FLAGS + ISA_FLAGS[isa() or "AVX512"]
     return cbuild.Recipe("pigpt_cpu_decode", tuple((n, csrc.joinpath(n).read_bytes()) for n in _SOURCES), cc, flags)
 
 

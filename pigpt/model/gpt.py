@@ -121,10 +121,11 @@ class Conv1D(nn.Module):
         if self.use_packed and packed.preferred(x, w):
             return packed.linear(x, self._packed.get(w, lambda w: packed.reorder(w.t())), self.bias, act)
         shape = x.shape[:-1] + (w.shape[1],)
+        x2 = x.reshape(-1, x.shape[-1])
         if packed.widened(w):
-            y = torch.addmm(self.bias.float(), x.reshape(-1, x.shape[-1]).float(), w.float()).to(w.dtype).view(shape)
-            return _ACTIVATIONS[act](y) if act else y
-        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), w).view(shape)
+            y = torch.addmm(self.bias.float(), x2.float(), w.float()).to(w.dtype).view(shape)
+        else:
+            y = torch.addmm(self.bias, x2, w).view(shape)
         return _ACTIVATIONS[act](y) if act else y
 
 

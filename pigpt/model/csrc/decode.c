@@ -23,6 +23,12 @@ typedef int8_t i8_t;
    The same source builds twice (cpu_decode.py picks the build by the CPU): with AVX-512 (VW = 16, tails by mask
    registers) and with AVX2 + FMA (VW = 8; a tail `vm` is its lane count, read and written through a masked
    load or a small copy). Everything below the layer is written once against v_* and the ld_/store helpers. */
+static inline float sum8(__m256 v) {  /* both builds: the AVX2 build's v_sum, and the int8 products' */
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
 #if defined(__AVX512F__)
 #define VW 16
 #define BF16_DOTS 1 /* avx512_bf16 tiles (PAIRS layout, the bfloat16 head), used where the CPU has them */
@@ -90,14 +96,14 @@ static inline vm tail(int64_t n) { return n >= 8 ? 8 : (int)n; }
 #define v_max _mm256_max_ps
 #define v_fmadd _mm256_fmadd_ps
 #define v_fnmadd _mm256_fnmadd_ps
-static inline __m256i lanes(vm m) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
-static inline vf v_abs(vf x) { return _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
-static inline float v_sum(vf v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+static inline __m256i lanes(vm m) {  /* the mask of lanes 0 .. m-1 */
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-static inline vf v_load_m(const float* p, vm m) { return m == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes(m)); }
+static inline vf v_abs(vf x) { return _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+#define v_sum sum8
+static inline vf v_load_m(const float* p, vm m) {
+  return m == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes(m));
+}
 static inline void v_store_m(float* p, vm m, vf v) {
   if (m == 8) _mm256_storeu_ps(p, v);
   else _mm256_maskstore_ps(p, lanes(m), v);
@@ -291,11 +297,6 @@ static const nk_fn NK_TILES[3][4][2] = {NK_TABLE(f32), NK_TABLE(bf16), NK_TABLE(
    of products saturates 16 bits. Written in 256-bit AVX2 for both builds: the same instructions, hence the same
    bits, on every machine. x rows of K become int8 rows of Kq = K rounded up to 32 (zero-padded), followed by the
    rows' float32 block scales (Kq / 32 each). */
-static inline float sum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
 static inline int64_t q8_width(int64_t K) { return (K + 31) & ~(int64_t)31; }
 
 static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
