@@ -374,20 +374,19 @@ def linear(x: torch.Tensor, w: torch.Tensor, layout: int, scale: torch.Tensor | 
     """One product in the kernels, for any number of rows (tiles of up to 8): y (M, N) float32 = x (M, K) float32
     times `w` in `layout` (KN: [K, N]; NK, NK_Q8: [N, K], int8 with its float32 `scale` [N]), plus `bias` [N]
     (float32 or bfloat16). The torch path's int8 products run here where the kernels load (model/quant.py)."""
-    M, K = x.shape
     N = w.shape[1] if layout == KN else w.shape[0]
-    lin = Linear(w.data_ptr(), _ptr(scale), _ptr(bias), K, N, _TYPES[w.dtype], layout, 0)
-    out = torch.empty(M, N)
-    xb = torch.empty(M * (K + 64), dtype=torch.bfloat16)  # x prepared (NK_Q8)
-    load().pigpt_linear(ctypes.byref(lin), _TYPES[bias.dtype] if bias is not None else F32, x.data_ptr(), M,
-                        out.data_ptr(), torch.get_num_threads(), xb.data_ptr(), 0)
-    return out
+    lin = Linear(w.data_ptr(), _ptr(scale), _ptr(bias), x.shape[1], N, _TYPES[w.dtype], layout, 0)
+    return _product(lin, _TYPES[bias.dtype] if bias is not None else F32, x, False)
 
 
 def head(plan: Plan, x: torch.Tensor) -> torch.Tensor:
     """Logits (M, V) float32 for final hidden states x (M, C) float32."""
-    out = torch.empty(x.shape[0], plan.head.N)
+    return _product(plan.head, plan.ptype, x, plan.dot)
+
+
+def _product(lin: Linear, ptype: int, x: torch.Tensor, dot: bool) -> torch.Tensor:
+    out = torch.empty(x.shape[0], lin.N)
     xb = torch.empty(x.shape[0] * (x.shape[1] + 64), dtype=torch.bfloat16)  # x prepared (PAIRS, NK_Q8)
-    load().pigpt_linear(ctypes.byref(plan.head), plan.ptype, x.data_ptr(), x.shape[0], out.data_ptr(),
-                        torch.get_num_threads(), xb.data_ptr(), int(plan.dot))
+    load().pigpt_linear(ctypes.byref(lin), ptype, x.data_ptr(), x.shape[0], out.data_ptr(), torch.get_num_threads(),
+                        xb.data_ptr(), int(dot))
     return out
