@@ -5,6 +5,7 @@ with --decode the whole step (the CPU decode kernels against the torch path).
     python benchmarks/bench_linear.py --rows 1,8 --dtypes float32
     python benchmarks/bench_linear.py --decode          # float32, bfloat16, int8; rows 1, 2, 4, 8
     python benchmarks/bench_linear.py --decode --force-kernels --threads 1   # the kernels past their row limit
+    python benchmarks/bench_linear.py --many-rows [--width 1600]   # prompt-sized products: kernels vs torch
 
 Times the 48 block projections (12 x c_attn, attn.c_proj, c_fc, mlp.c_proj) and the tied LM head of a
 decode step for M rows (one token each: M = n rollouts or beams), with random GPT-2 small-shaped weights:
@@ -22,6 +23,11 @@ per step (wall and this process's CPU time), the weight bytes read per step over
 median per-round speed-up. Rows above cpu_decode.MAX_ROWS run the torch path either way, unless
 --force-kernels lifts the limits to 8 (how the limits were chosen: wall-time speed-up at 2 threads on a quiet
 machine; see cpu_decode.MAX_ROWS).
+
+--many-rows times one block's four products at prompt-sized row counts (default 9 .. 256) on GPT-2 small's widths
+(--width 1600: XL's), through the kernels (cpu_decode.linear: kn_many_rows) and through the torch path the model
+takes without them (float32: MKL's addmm on the [in, out] weight; bfloat16: widened to float32 where oneDNN has
+no bfloat16 GEMM, else F.linear), interleaved; cpu_decode.MANY_ROWS comes from its speed-ups.
 """
 
 from __future__ import annotations
@@ -50,8 +56,11 @@ def parse_args():
     ap.add_argument("--decode", action="store_true", help="whole decode steps: CPU kernels vs torch path")
     ap.add_argument("--steps", type=int, default=16, help="--decode: decode steps per timed run")
     ap.add_argument("--force-kernels", action="store_true", help="--decode: the kernels at every row count")
+    ap.add_argument("--many-rows", action="store_true", help="prompt-sized products: kernels vs torch path")
+    ap.add_argument("--width", type=int, default=768, help="--many-rows: n_embd (768 small, 1600 XL)")
     args = ap.parse_args()
-    args.rows = args.rows or ("1,2,4,8" if args.decode else "1,2,4,8,16,64")
+    args.rows = args.rows or ("1,2,4,8" if args.decode else "9,16,32,64,128,256" if args.many_rows
+                              else "1,2,4,8,16,64")
     args.dtypes = args.dtypes or ("float32,bfloat16,int8" if args.decode else "float32,bfloat16")
     return args
 
@@ -174,11 +183,57 @@ def main_decode(args):
                   f"| {nbytes / wall[True] / 1e6:.1f} | {ratio:.2f}x{note} |", flush=True)
 
 
+def main_many_rows(args):
+    from pigpt.model import cpu_decode
+
+    if cpu_decode.load() is None:
+        print(f"no CPU kernels here: {cpu_decode.status()}")
+        return
+    C = args.width
+    shapes = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one block's products of width {C} at "
+          f"prompt-sized row counts, kernels (kn_many_rows) vs torch path, median of {args.repeats} interleaved runs; "
+          f"MANY_ROWS here: {cpu_decode.MANY_ROWS or 'none'}")
+    print("\n| dtype | rows | torch path ms | kernels ms | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for name in args.dtypes.split(","):
+        dtype = getattr(torch, name)
+        g = torch.Generator().manual_seed(0)
+        ws = [((torch.randn(k, n, generator=g) * 0.02).to(dtype), torch.zeros(n, dtype=dtype)) for k, n in shapes]
+        widen = packed.widened(ws[0][0])
+
+        def torch_path(xs):
+            for (w, b), x in zip(ws, xs):
+                if dtype == torch.float32:
+                    torch.addmm(b, x, w)
+                elif widen:
+                    torch.addmm(b.float(), x.float(), w.float()).to(dtype)
+                else:
+                    F.linear(x, w.t(), b)
+
+        def kernels(xs):
+            for (w, b), x in zip(ws, xs):
+                cpu_decode.linear(x.float(), w, cpu_decode.KN, None, b).to(dtype)
+
+        for M in (int(r) for r in args.rows.split(",")):
+            xs = [torch.randn(M, k, generator=g).to(dtype) for k, _ in shapes]
+            torch_path(xs), kernels(xs)  # warm-up
+            t_torch, t_kern = [], []
+            for _ in range(args.repeats):
+                t_torch.append(timed(torch_path, xs))
+                t_kern.append(timed(kernels, xs))
+            ratio = statistics.median(a / b for a, b in zip(t_torch, t_kern))
+            print(f"| {name}{' (widened)' if widen else ''} | {M} | {1e3 * statistics.median(t_torch):.2f} | "
+                  f"{1e3 * statistics.median(t_kern):.2f} | {ratio:.2f}x |", flush=True)
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     if args.decode:
         return main_decode(args)
+    if args.many_rows:
+        return main_many_rows(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPT-2 small decode-step linears "
           f"(48 block projections + LM head), median of {args.repeats} interleaved runs")
     print("\n| dtype | rows | plain ms | packed ms | packed speed-up |")

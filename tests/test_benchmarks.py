@@ -46,6 +46,22 @@ def test_bench_linear_prints_a_row_per_dtype_and_row_count(monkeypatch, capsys):
     assert len(measured) >= 2 and all(r.rstrip().endswith("x |") for r in measured)  # a measured speed-up in each
 
 
+def test_bench_linear_many_rows_times_the_kernels_against_the_torch_path(monkeypatch, capsys):
+    from pigpt.model import cpu_decode
+
+    monkeypatch.setattr(sys, "argv", ["bench_linear.py", "--many-rows", "--rows", "9,20", "--width", "64",
+                                      "--repeats", "1", "--threads", "1"])
+    bench_linear.main()
+    out = capsys.readouterr().out
+    if cpu_decode.load() is None:
+        assert "no CPU kernels here" in out
+        return
+    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| float") or line.startswith("| bfloat")]
+    assert [(d.split()[0], r.strip()) for d, r in rows] == [("float32", "9"), ("float32", "20"), ("bfloat16", "9"),
+                                                            ("bfloat16", "20")]
+    assert all(line.rstrip().endswith("x |") for line in out.splitlines() if line.startswith("| float"))
+
+
 # -- the harness -----------------------------------------------------------------------------------------
 def test_interleave_runs_rounds_in_order_and_takes_self_reported_times():
     calls = []

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import make_hf_model, save_hf_checkpoint
 
 from pigpt.model import GPT, CheckpointError, GPTConfig, checkpoint, get_tokenizer, packed
@@ -290,6 +291,7 @@ def test_importing_pigpt_leaves_other_optimizers_alone():
         importlib.import_module(m.name)
     assert not torch_optimizer._global_optimizer_pre_hooks and not torch_optimizer._global_optimizer_post_hooks
     gpt = _tiny_gpt()
+    gpt.cpu_kernels = False  # the kernels read the weights in place; the torch path's blocked copies are caches
     with torch.no_grad():
         gpt(torch.randint(0, 97, (3, 1)))  # pigpt's caches built: its weights are watched now
     other = torch.nn.Linear(4, 4)
@@ -605,6 +607,65 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
         assert _max_diff(a.float(), b.float()) <= tol
         if dtype == torch.bfloat16:
             assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", ["none", "gelu_new", "gelu", "relu"])
+def test_kernels_products_of_many_rows(dtype, act):
+    """Products of more rows than a decode step's on [in, out] weights (kn_many_rows: panels of W copied into cache,
+    blocks of 64 rows of W, tiles of rows over them) against float64, over row counts past every tile and block
+    boundary, odd widths and a K shorter than a block: to float32 rounding of each product."""
+    from pigpt.model import cpu_decode
+
+    if cpu_decode.load() is None:
+        pytest.skip(cpu_decode.status())
+    code = cpu_decode.ACT_NONE if act == "none" else cpu_decode.ACTIVATIONS[act]
+    fn = {"none": lambda y: y, "gelu_new": lambda y: F.gelu(y, approximate="tanh"), "gelu": F.gelu, "relu": F.relu}[act]
+    g = torch.Generator().manual_seed(0)
+    for K, N, M in [(5, 1000, 40), (45, 77, 9), (64, 300, 13), (100, 17, 100), (130, 529, 23), (768, 2304, 16)]:
+        w = (torch.randn(K, N, generator=g) / K**0.5).to(dtype)
+        b = torch.randn(N, generator=g).to(dtype)
+        x = torch.randn(M, K, generator=g)
+        y = cpu_decode.linear(x, w, cpu_decode.KN, None, b, code)
+        ref = fn(x.double() @ w.double() + b.double())
+        assert y.shape == (M, N) and y.dtype == torch.float32
+        assert _max_diff(y.double(), ref) <= 2e-6 * (1 + ref.abs().max().item()), (K, N, M)
+        if act == "none":  # rows are independent: each row as it comes out alone through the decode tiles
+            lone = torch.cat([cpu_decode.linear(x[i:i + 1], w, cpu_decode.KN, None, b) for i in range(M)])
+            assert _max_diff(y, lone) <= 2e-6 * (1 + ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_products_run_in_the_kernels_where_they_take_them(dtype, monkeypatch):
+    """With MANY_ROWS set (this build's limits, or forced here where the build has none), a prompt's products run
+    in the kernels and give the torch path's logits; with gradients needed, or past the limit, torch's path runs."""
+    from pigpt.model import cpu_decode
+
+    if cpu_decode.load() is None:
+        pytest.skip(cpu_decode.status())
+    monkeypatch.setattr(cpu_decode, "MANY_ROWS", {"float32": 64, "bfloat16": 128})
+    ran = []
+    many = cpu_decode.many_rows
+    monkeypatch.setattr(cpu_decode, "many_rows", lambda *a: ran.append(y := many(*a)) or y)
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(**KERNEL_CONFIGS[2])).eval().to(dtype)
+    idx = torch.randint(0, 500, (2, 12))
+    with torch.no_grad():
+        fast = gpt(idx)
+        assert len(ran) == 8 and all(y is not None for y in ran)  # 4 products x 2 layers, 24 rows each
+        gpt.cpu_kernels = False
+        plain = gpt(idx)
+        gpt.cpu_kernels = True
+    assert _max_diff(fast.float(), plain.float()) <= (1e-4 if dtype == torch.float32 else 0.15)
+    ran.clear()
+    monkeypatch.setattr(cpu_decode, "MANY_ROWS", {"float32": 16, "bfloat16": 16})
+    with torch.no_grad():
+        gpt(idx)
+    assert ran and all(y is None for y in ran)  # 24 rows: past the limit
+    ran.clear()
+    gpt.float().train()
+    gpt(idx[:, :4]).sum().backward()  # training: gradients needed
+    assert ran and all(y is None for y in ran)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -7,7 +7,8 @@ and the matrix-vector products leave bandwidth unused on these short, strided we
 call runs all blocks for a few rows (MAX_ROWS; one token each): layer norms, products with bias, GELU and
 residual fused into their epilogues, this step's keys and values written into the cache, and attention,
 with software prefetch in the weight streams; a second call runs the LM head (benchmarks/bench_linear.py
---decode measures both paths).
+--decode measures both paths). Products of more rows (a prompt's prefill, scoring) run here too, up to MANY_ROWS
+rows where that beats torch's path (`many_rows`; on AVX2 float32 and bfloat16 prefills take ~0.6x the time).
 
 Activations stay float32 throughout, whatever the weights are stored in (float32, bfloat16, or int8 with
 one float32 scale per output channel), with two exceptions. A bfloat16 model's products on CPUs with avx512_bf16
@@ -150,6 +151,18 @@ def isa() -> str | None:
 
 
 MAX_ROWS, MAX_ROWS_BF16_WIDEN = _LIMITS[isa() or "AVX512"]
+
+# Products of a float model's Conv1D weights ([in, out], layout KN) in the kernels outside decode steps (a prompt's
+# prefill, scoring, decode steps of more rows than MAX_ROWS), up to these many rows; more rows than 8 run
+# kn_many_rows (csrc/decode.c: a panel of W copied row by row into cache, then tiles of rows over it). Set where
+# it beats torch's path on a quiet machine (benchmarks/bench_linear.py --many-rows: GPT-2 small and XL block
+# products, 2 threads, median of 5), and only there.
+# AVX2, 2026-12-05, the 2-vCPU AMD EPYC (Zen 3): float32 against MKL's addmm (the path below PREFILL_PACK_ROWS)
+# 1.29x / 1.27x / 1.10x / 1.14x at 9 / 16 / 32 / 64 rows (small), 1.32x / 1.13x / 1.21x at 16 / 32 / 64 (XL),
+# 0.94x at 128; bfloat16 against widening to float32 (packed.widened: no oneDNN bfloat16 here) 2.5x / 2.2x /
+# 1.65x / 1.38x / 1.24x at 9 / 16 / 32 / 64 / 128 rows (small), 5.5x / 3.4x / 2.6x at 16 / 32 / 64 (XL), 0.96x at 256.
+# AVX512: not measured yet (no such machine since); there MKL and oneDNN's AVX-512 and avx512_bf16 paths run.
+MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128}}.get(isa() or "", {})
 
 
 def recipe() -> cbuild.Recipe | None:
@@ -370,13 +383,31 @@ def decode(plan: Plan, x: torch.Tensor, cache, desc: Cache) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, layout: int, scale: torch.Tensor | None = None,
-           bias: torch.Tensor | None = None) -> torch.Tensor:
-    """One product in the kernels, for any number of rows (tiles of up to 8): y (M, N) float32 = x (M, K) float32
-    times `w` in `layout` (KN: [K, N]; NK, NK_Q8: [N, K], int8 with its float32 `scale` [N]), plus `bias` [N]
-    (float32 or bfloat16). The torch path's int8 products run here where the kernels load (model/quant.py)."""
+           bias: torch.Tensor | None = None, act: int = ACT_NONE) -> torch.Tensor:
+    """One product in the kernels, for any number of rows: y (M, N) float32 = act(x (M, K) float32 times `w` in
+    `layout` (KN: [K, N]; NK, NK_Q8: [N, K], int8 with its float32 `scale` [N]) plus `bias` [N] (float32 or
+    bfloat16)). Up to 8 rows in the decode tiles; more rows on KN weights in the panel product (kn_many_rows in
+    csrc/decode.c). The torch path's int8 products run here where the kernels load (model/quant.py), and so do
+    products of float models up to MANY_ROWS rows (`many_rows`)."""
     N = w.shape[1] if layout == KN else w.shape[0]
-    lin = Linear(w.data_ptr(), _ptr(scale), _ptr(bias), x.shape[1], N, _TYPES[w.dtype], layout, 0)
+    lin = Linear(w.data_ptr(), _ptr(scale), _ptr(bias), x.shape[1], N, _TYPES[w.dtype], layout, act)
     return _product(lin, _TYPES[bias.dtype] if bias is not None else F32, x, False)
+
+
+def many_rows(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, act: str | None) -> torch.Tensor | None:
+    """act(x @ w + bias) for a Conv1D's [in, out] float weight `w` in the kernels, where they take it: inference on
+    the CPU (no gradient needed, no autocast), at most MANY_ROWS rows for w's dtype on this build; else None (the
+    torch path runs). The result in x's dtype."""
+    rows = x.numel() // x.shape[-1]
+    limit = MANY_ROWS.get(str(w.dtype).removeprefix("torch."), 0)
+    if (not 0 < rows <= limit or x.dtype != w.dtype or w.device.type != "cpu" or not w.is_contiguous()
+            or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+            or torch.is_autocast_enabled("cpu") or (act is not None and act not in ACTIVATIONS)
+            or (bias is not None and bias.dtype != w.dtype) or load() is None):
+        return None
+    y = linear(x.reshape(rows, x.shape[-1]).float().contiguous(), w, KN, None, bias,
+               ACTIVATIONS[act] if act else ACT_NONE)
+    return y.to(x.dtype).view(x.shape[:-1] + (w.shape[1],))
 
 
 def head(plan: Plan, x: torch.Tensor) -> torch.Tensor:

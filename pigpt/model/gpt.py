@@ -118,6 +118,8 @@ class Conv1D(nn.Module):
                              self.use_kernels)
             return _ACTIVATIONS[act](y) if act else y
         w = self.weight
+        if self.use_kernels and (y := cpu_decode.many_rows(x, w, self.bias, act)) is not None:
+            return y
         if self.use_packed and packed.preferred(x, w):
             return packed.linear(x, self._packed.get(w, lambda w: packed.reorder(w.t())), self.bias, act)
         shape = x.shape[:-1] + (w.shape[1],)
@@ -392,7 +394,8 @@ class GPT(nn.Module):
     def cpu_kernels(self) -> bool:
         """Whether CPU decode steps of a few rows (cpu_decode.MAX_ROWS; and the LM head at those rows) run in
         the C kernels of model/cpu_decode.py where they can be built, and an int8 model's other products too
-        (quant.linear); else the torch path runs."""
+        (quant.linear), and a float model's products of up to cpu_decode.MANY_ROWS rows outside decode steps (a
+        prompt's prefill) where those are faster; else the torch path runs."""
         return self._cpu_kernels
 
     @cpu_kernels.setter

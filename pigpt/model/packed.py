@@ -45,7 +45,9 @@ def widened(w: torch.Tensor) -> bool:
     """Whether products with `w` should run in float32: a bfloat16 weight on a CPU where oneDNN has no bfloat16
     kernels (AVX2 only). There torch's bfloat16 addmm took 64 ms for one 16-row GPT-2 small product and a
     bfloat16 prefill of 16 tokens 3.8 s (2-core EPYC, Zen 3; measured), where widening x and w to float32 first
-    takes a few ms: the same products of bfloat16 inputs, accumulated in float32 either way."""
+    takes a few ms: the same products of bfloat16 inputs, accumulated in float32 either way. (Where the CPU
+    kernels load, products of up to cpu_decode.MANY_ROWS rows run there instead, widening each weight once into
+    cache rather than into a float32 copy of it: 2-5x faster.)"""
     return w.dtype == torch.bfloat16 and w.device.type == "cpu" and not available(torch.bfloat16)
 
 

@@ -202,8 +202,12 @@ static inline vf activate(vf v, int act) {
 /* -- products for up to 8 rows ------------------------------------------------------------------------
    Weights stream from memory once a step. The hardware prefetcher alone leaves these short, strided streams
    at ~60% of the bandwidth (measured), so the loops prefetch PF_ROWS rows (KN) / PF_BYTES bytes (NK) ahead.
-   A tile is R rows of x against 16V output columns (KN) or NB output rows (NK); R*V, R*NB <= 16 keeps every
-   accumulator in a register. Rows past M repeat row M-1; their results are dropped. */
+   A tile is R rows of x against VW*V output columns (KN) or NB output rows (NK), sized per build so that the
+   accumulators, the weights they share and the broadcast x fit the registers: AVX-512 has 32, R*V, R*NB <= 16;
+   AVX2 has 16, and tiles sized as for AVX-512 spilled accumulators and weights to the stack on every k (gcc 12,
+   objdump), so there R*V, R*NB <= 8 (KN at R = 1 keeps V = 16, 512-byte reads of each row of W: V = 8 was no
+   faster), and 8 rows run as two tiles of 4 over the same columns (kn 8 x 1 read half a
+   cache line of each row of W per tile). Rows past M repeat row M-1; their results are dropped. */
 #define PF_ROWS 16
 #define PF_BYTES 4096
 
@@ -232,17 +236,33 @@ static inline vf activate(vf v, int act) {
     for (int i = 0; i < R; i++)                                                                            \
       for (int j = 0; j < V; j++) v_storeu(out + i * 256 + VW * j, acc[i][j]);                     \
   }
+#if VW == 16
+static const int KN_V[4] = {16, 8, 4, 2};
+#define KN_R 8
+#define KN_LG 3
 #define KN_ALL(T) KN_TILE(T, 1, 16) KN_TILE(T, 1, 8) KN_TILE(T, 1, 4) KN_TILE(T, 1, 2) KN_TILE(T, 1, 1) \
   KN_TILE(T, 2, 8) KN_TILE(T, 2, 4) KN_TILE(T, 2, 2) KN_TILE(T, 2, 1) KN_TILE(T, 4, 4) KN_TILE(T, 4, 2)  \
   KN_TILE(T, 4, 1) KN_TILE(T, 8, 2) KN_TILE(T, 8, 1)
-KN_ALL(f32)
-KN_ALL(bf16)
-typedef void (*kn_fn)(const Linear*, const float*, int, int64_t, vm, float*);
 #define KN_TABLE(T)                                                                                         \
   {{0, kn_##T##_1_1, kn_##T##_1_2, 0, kn_##T##_1_4, 0, 0, 0, kn_##T##_1_8, 0, 0, 0, 0, 0, 0, 0, kn_##T##_1_16}, \
    {0, kn_##T##_2_1, kn_##T##_2_2, 0, kn_##T##_2_4, 0, 0, 0, kn_##T##_2_8},                                 \
    {0, kn_##T##_4_1, kn_##T##_4_2, 0, kn_##T##_4_4},                                                        \
    {0, kn_##T##_8_1, kn_##T##_8_2}}
+#else
+static const int KN_V[4] = {16, 4, 2, 1};
+#define KN_R 4
+#define KN_LG 2
+#define KN_ALL(T) KN_TILE(T, 1, 16) KN_TILE(T, 1, 8) KN_TILE(T, 1, 4) KN_TILE(T, 1, 2) KN_TILE(T, 1, 1) KN_TILE(T, 2, 4) \
+  KN_TILE(T, 2, 2) KN_TILE(T, 2, 1) KN_TILE(T, 4, 2) KN_TILE(T, 4, 1) KN_TILE(T, 8, 1)
+#define KN_TABLE(T)                                                                                         \
+  {{0, kn_##T##_1_1, kn_##T##_1_2, 0, kn_##T##_1_4, 0, 0, 0, kn_##T##_1_8, 0, 0, 0, 0, 0, 0, 0, kn_##T##_1_16}, \
+   {0, kn_##T##_2_1, kn_##T##_2_2, 0, kn_##T##_2_4},                                                        \
+   {0, kn_##T##_4_1, kn_##T##_4_2},                                                                         \
+   {0, kn_##T##_8_1}}
+#endif
+KN_ALL(f32)
+KN_ALL(bf16)
+typedef void (*kn_fn)(const Linear*, const float*, int, int64_t, vm, float*);
 static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [type][log2 R][V] */
 
 #define NK_TILE(T, R, NB)                                                                                  \
@@ -277,14 +297,23 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
     for (int i = 0; i < R; i++)                                                                            \
       for (int j = 0; j < NB; j++) out[i * 256 + j] = v_sum(acc[i][j]);                     \
   }
+#if VW == 16
+static const int NK_NB[4] = {8, 4, 4, 2};
 #define NK_ALL(T) NK_TILE(T, 1, 8) NK_TILE(T, 1, 1) NK_TILE(T, 2, 4) NK_TILE(T, 2, 1) NK_TILE(T, 4, 4) \
   NK_TILE(T, 4, 1) NK_TILE(T, 8, 2) NK_TILE(T, 8, 1)
+#define NK_TABLE(T) {{nk_##T##_1_1, nk_##T##_1_8}, {nk_##T##_2_1, nk_##T##_2_4}, {nk_##T##_4_1, nk_##T##_4_4}, \
+                     {nk_##T##_8_1, nk_##T##_8_2}}
+#else
+static const int NK_NB[4] = {4, 4, 2, 1};
+#define NK_ALL(T) NK_TILE(T, 1, 4) NK_TILE(T, 1, 1) NK_TILE(T, 2, 4) NK_TILE(T, 2, 1) NK_TILE(T, 4, 2) \
+  NK_TILE(T, 4, 1) NK_TILE(T, 8, 1)
+#define NK_TABLE(T) {{nk_##T##_1_1, nk_##T##_1_4}, {nk_##T##_2_1, nk_##T##_2_4}, {nk_##T##_4_1, nk_##T##_4_2}, \
+                     {nk_##T##_8_1, nk_##T##_8_1}}
+#endif
 NK_ALL(f32)
 NK_ALL(bf16)
 NK_ALL(i8)
 typedef void (*nk_fn)(const Linear*, const float*, int, int64_t, float*);
-#define NK_TABLE(T) {{nk_##T##_1_1, nk_##T##_1_8}, {nk_##T##_2_1, nk_##T##_2_4}, {nk_##T##_4_1, nk_##T##_4_4}, \
-                     {nk_##T##_8_1, nk_##T##_8_2}}
 static const nk_fn NK_TILES[3][4][2] = {NK_TABLE(f32), NK_TABLE(bf16), NK_TABLE(i8)}; /* [type][log2 R][whole] */
 
 /* -- int8 weights on integer dot products (layout NK_Q8) ---------------------------------------------------
@@ -371,10 +400,16 @@ static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
     for (int i = 0; i < R; i++)                                                                            \
       for (int j = 0; j < NB; j++) out[i * 256 + j] = sum8(acc[i][j]);                                     \
   }
-Q8_TILE(1, 8) Q8_TILE(1, 1) Q8_TILE(2, 4) Q8_TILE(2, 1) Q8_TILE(4, 2) Q8_TILE(4, 1) Q8_TILE(8, 1)
 typedef void (*q8_fn)(const Linear*, const int8_t*, const float*, int, int64_t, float*);
+#if VW == 16
+Q8_TILE(1, 8) Q8_TILE(1, 1) Q8_TILE(2, 4) Q8_TILE(2, 1) Q8_TILE(4, 2) Q8_TILE(4, 1) Q8_TILE(8, 1)
 static const q8_fn Q8_TILES[4][2] = {{q8_1_1, q8_1_8}, {q8_2_1, q8_2_4}, {q8_4_1, q8_4_2}, {q8_8_1, q8_8_1}};
 static const int Q8_NB[4] = {8, 4, 2, 1};
+#else
+Q8_TILE(1, 4) Q8_TILE(1, 1) Q8_TILE(2, 2) Q8_TILE(2, 1) Q8_TILE(4, 2) Q8_TILE(4, 1) Q8_TILE(8, 1)
+static const q8_fn Q8_TILES[4][2] = {{q8_1_1, q8_1_4}, {q8_2_1, q8_2_2}, {q8_4_1, q8_4_2}, {q8_8_1, q8_8_1}};
+static const int Q8_NB[4] = {4, 2, 2, 1};
+#endif
 
 #if BF16_DOTS
 /* bfloat16 NK weights on CPUs with avx512_bf16 (the LM head of a bfloat16 model): x rounded to bfloat16 once
@@ -503,9 +538,10 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
   } else
 #endif
   if (L->layout == KN) {  /* tiles of up to VW * 16 / R columns, halving towards the end of the range */
+    if (R > KN_R) R = KN_R, lg = KN_LG;
     for (int64_t n0 = n_begin; n0 < n_end;) {
       int64_t vecs = (n_end - n0 + VW - 1) / VW;
-      int V = 16 / R;
+      int V = KN_V[lg];
       while (V > vecs) V >>= 1;
       int64_t cols = n0 + VW * V <= n_end ? VW * V : n_end - n0;
       for (int m0 = 0; m0 < M; m0 += R) {
@@ -516,7 +552,7 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
       n0 += cols;
     }
   } else {  /* NK, NK_Q8: groups of NB rows of W, up to 256 outputs of `out` at a time */
-    int q8 = L->layout == NK_Q8, NB = q8 ? Q8_NB[lg] : R == 1 ? 8 : R == 8 ? 2 : 4;
+    int q8 = L->layout == NK_Q8, NB = q8 ? Q8_NB[lg] : NK_NB[lg];
     const int64_t Kq = q8_width(K);
     const int8_t* qx = (const int8_t*)xb;  /* NK_Q8: x quantized (quantize_rows) */
     const float* qd = q8 ? (const float*)(qx + M * Kq) : NULL;
@@ -540,6 +576,88 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
       }
       n0 += cols;
     }
+  }
+}
+
+/* -- products of many rows on [K, N] weights (a prompt's prefill, through cpu_decode.linear) -----------------
+   The tiles above serve a decode step: they read W once for up to 8 rows, down its columns, one line per row of W
+   per tile (rows of W lie N floats apart, beyond what the hardware prefetchers follow), and at many rows their FMAs
+   wait on those reads. Here a thread copies GK rows of W, its columns only, into a panel of groups of GW columns
+   that stays in L1/L2 (row after row of W: a stream the prefetchers follow; bfloat16 widened once, there), and
+   every tile of GR rows of x then runs over the panel; y accumulates across the blocks of GK and gets bias and
+   activation at the end. Each output sums over k in order, as the tiles above do. */
+#define GK 64
+#define GCOLS 256
+#if VW == 16
+#define GR 8
+#else
+#define GR 6
+#endif
+#define GV 2
+#define GW (GV * VW)
+#define GPF 4 /* rows of W ahead that the copy prefetches */
+
+static void kn_pack(const Linear* L, int64_t k0, int64_t kk, int64_t c0, int64_t cols, float* panel) {
+  const int64_t N = L->N, es = L->wtype == BF16 ? 2 : 4;
+  for (int64_t k = 0; k < kk; k++) {
+    const char* src = (const char*)L->w + ((k0 + k) * N + c0) * es;
+    if (k0 + k + GPF < L->K)
+      for (int64_t b = 0; b < cols * es; b += 64) _mm_prefetch(src + GPF * N * es + b, _MM_HINT_T0);
+    for (int64_t c = 0; c < cols; c += VW) {
+      vm m = tail(cols - c);
+      vf v = L->wtype == BF16 ? (cols - c >= VW ? ld_bf16(src + c * es) : ld_bf16_m(src + c * es, m))
+                              : (cols - c >= VW ? ld_f32(src + c * es) : ld_f32_m(src + c * es, m));
+      v_storeu(panel + (c / GW * GK + k) * GW + c % GW, v);
+    }
+    for (int64_t c = (cols + VW - 1) / VW * VW; c % GW; c += VW)  /* the last group's columns past N: zeros */
+      v_storeu(panel + (c / GW * GK + k) * GW + c % GW, v_zero());
+  }
+}
+
+static void kn_many_rows(const Linear* L, int ptype, const float* x, int M, float* y, int64_t n_begin,
+                         int64_t n_end) {
+  const int64_t K = L->K, N = L->N;
+  float panel[GCOLS / GW * GK * GW] __attribute__((aligned(64)));
+  for (int64_t c0 = n_begin; c0 < n_end; c0 += GCOLS) {
+    const int64_t cols = n_end - c0 < GCOLS ? n_end - c0 : GCOLS, groups = (cols + GW - 1) / GW;
+    for (int64_t k0 = 0; k0 < K; k0 += GK) {
+      const int64_t kk = K - k0 < GK ? K - k0 : GK;
+      kn_pack(L, k0, kk, c0, cols, panel);
+      for (int m0 = 0; m0 < M; m0 += GR) {
+        const int r = M - m0 < GR ? M - m0 : GR;
+        const float* xr[GR];
+        for (int i = 0; i < GR; i++) xr[i] = x + (int64_t)(m0 + (i < r ? i : r - 1)) * K + k0;
+        for (int64_t g = 0; g < groups; g++) {
+          float* yg = y + m0 * N + c0 + g * GW;
+          const int64_t gc = cols - g * GW;  /* this group's columns: GW, or fewer in the last */
+          vf acc[GR][GV];
+          for (int i = 0; i < GR; i++)
+            for (int j = 0; j < GV; j++)
+              acc[i][j] = k0 == 0 || i >= r || gc <= j * VW ? v_zero() : v_load_m(yg + i * N + j * VW, tail(gc - j * VW));
+          const float* p = panel + g * GK * GW;
+          for (int64_t k = 0; k < kk; k++, p += GW) {
+            vf w[GV];
+            for (int j = 0; j < GV; j++) w[j] = v_loadu(p + j * VW);
+            for (int i = 0; i < GR; i++) {
+              vf a = v_set1(xr[i][k]);
+              for (int j = 0; j < GV; j++) acc[i][j] = v_fmadd(a, w[j], acc[i][j]);
+            }
+          }
+          for (int i = 0; i < r; i++)
+            for (int j = 0; j < GV; j++)
+              if (gc > j * VW) v_store_m(yg + i * N + j * VW, tail(gc - j * VW), acc[i][j]);
+        }
+      }
+    }
+    for (int m = 0; m < M; m++)  /* the epilogue: scale, bias, activation */
+      for (int64_t c = 0; c < cols; c += VW) {
+        vm mk = tail(cols - c);
+        float* d = y + m * N + c0 + c;
+        vf v = v_load_m(d, mk);
+        if (L->scale) v = v_mul(v, v_load_m(L->scale + c0 + c, mk));
+        if (L->bias) v = v_add(v, load(L->bias, c0 + c, ptype, mk));
+        v_store_m(d, mk, activate(v, L->act));
+      }
   }
 }
 
@@ -693,7 +811,8 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* ro
   int64_t n0, n1;
   if (j->kind == LINEAR) {
     tile_range(j->L, tiles[p], i, &n0, &n1);
-    linear_cols(j->L, j->ptype, j->lx, j->lxb, j->M, j->ly, STORE, n0, n1);
+    if (j->L->layout == KN && j->M > 8) kn_many_rows(j->L, j->ptype, j->lx, j->M, j->ly, n0, n1);
+    else linear_cols(j->L, j->ptype, j->lx, j->lxb, j->M, j->ly, STORE, n0, n1);
     return;
   }
   const Model* md = j->md;
