@@ -205,9 +205,10 @@ static inline vf activate(vf v, int act) {
    A tile is R rows of x against VW*V output columns (KN) or NB output rows (NK), sized per build so that the
    accumulators, the weights they share and the broadcast x fit the registers: AVX-512 has 32, R*V, R*NB <= 16;
    AVX2 has 16, and tiles sized as for AVX-512 spilled accumulators and weights to the stack on every k (gcc 12,
-   objdump), so there R*V, R*NB <= 8 (KN at R = 1 keeps V = 16, 512-byte reads of each row of W: V = 8 was no
-   faster), and 8 rows run as two tiles of 4 over the same columns (kn 8 x 1 read half a
-   cache line of each row of W per tile). Rows past M repeat row M-1; their results are dropped. */
+   objdump), so there R*V, R*NB <= 8, except that KN at R = 1 keeps V = 16 (512-byte reads of each row of W; V = 8
+   and reads of 256 columns with the sums in L1 were no faster), and 8 rows run as two KN tiles of 4 over the same
+   columns (an 8 x 1 tile reads half a cache line of each row of W). Rows past M repeat row M-1; their results are
+   dropped. */
 #define PF_ROWS 16
 #define PF_BYTES 4096
 
@@ -253,12 +254,12 @@ static const int KN_V[4] = {16, 4, 2, 1};
 #define KN_R 4
 #define KN_LG 2
 #define KN_ALL(T) KN_TILE(T, 1, 16) KN_TILE(T, 1, 8) KN_TILE(T, 1, 4) KN_TILE(T, 1, 2) KN_TILE(T, 1, 1) KN_TILE(T, 2, 4) \
-  KN_TILE(T, 2, 2) KN_TILE(T, 2, 1) KN_TILE(T, 4, 2) KN_TILE(T, 4, 1) KN_TILE(T, 8, 1)
+  KN_TILE(T, 2, 2) KN_TILE(T, 2, 1) KN_TILE(T, 4, 2) KN_TILE(T, 4, 1)
 #define KN_TABLE(T)                                                                                         \
   {{0, kn_##T##_1_1, kn_##T##_1_2, 0, kn_##T##_1_4, 0, 0, 0, kn_##T##_1_8, 0, 0, 0, 0, 0, 0, 0, kn_##T##_1_16}, \
    {0, kn_##T##_2_1, kn_##T##_2_2, 0, kn_##T##_2_4},                                                        \
    {0, kn_##T##_4_1, kn_##T##_4_2},                                                                         \
-   {0, kn_##T##_8_1}}
+   {0}} /* 8 rows: two tiles of 4 (KN_R) */
 #endif
 KN_ALL(f32)
 KN_ALL(bf16)
