@@ -155,12 +155,12 @@ MAX_ROWS, MAX_ROWS_BF16_WIDEN = _LIMITS[isa() or "AVX512"]
 # Products of a float model's Conv1D weights ([in, out], layout KN) in the kernels outside decode steps (a prompt's
 # prefill, scoring, decode steps of more rows than MAX_ROWS), up to these many rows; more rows than 8 run
 # kn_many_rows (csrc/decode.c: a panel of W copied row by row into cache, then tiles of rows over it). Set where
-# it beats torch's path on a quiet machine (benchmarks/bench_linear.py --many-rows: GPT-2 small and XL block
-# products, 2 threads, median of 5), and only there.
+# it beats torch's path on a quiet machine (benchmarks/bench_linear.py --many-rows [--width 1600]: one block's
+# products of GPT-2 small's / XL's widths, 2 threads, median of 7 interleaved runs), and only there.
 # AVX2, 2026-12-05, the 2-vCPU AMD EPYC (Zen 3): float32 against MKL's addmm (the path below PREFILL_PACK_ROWS)
-# 1.29x / 1.27x / 1.10x / 1.14x at 9 / 16 / 32 / 64 rows (small), 1.32x / 1.13x / 1.21x at 16 / 32 / 64 (XL),
-# 0.94x at 128; bfloat16 against widening to float32 (packed.widened: no oneDNN bfloat16 here) 2.5x / 2.2x /
-# 1.65x / 1.38x / 1.24x at 9 / 16 / 32 / 64 / 128 rows (small), 5.5x / 3.4x / 2.6x at 16 / 32 / 64 (XL), 0.96x at 256.
+# 1.24x / 1.19x / 1.18x / 1.03x at 9 / 16 / 32 / 64 rows (small), 1.50x / 1.32x / 1.15x / 1.08x (XL), 0.96x / 0.99x
+# at 128; bfloat16 against widening to float32 (packed.widened: no oneDNN bfloat16 here) 1.85x / 1.92x / 1.46x /
+# 1.25x / 1.05x at 9 / 16 / 32 / 64 / 128 rows (small), 5.65x / 4.76x / 3.16x / 2.34x / 1.61x (XL).
 # AVX512: not measured yet (no such machine since); there MKL and oneDNN's AVX-512 and avx512_bf16 paths run.
 MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128}}.get(isa() or "", {})
 
