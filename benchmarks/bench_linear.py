@@ -107,6 +107,17 @@ def timed(fn, xs):
     return time.perf_counter() - t0
 
 
+def interleaved(ref, fast, xs, repeats: int) -> tuple[float, float, float]:
+    """One warm-up call each, then `repeats` rounds of ref, fast: (median ref s, median fast s, median ratio)."""
+    ref(xs), fast(xs)
+    t_ref, t_fast = [], []
+    for _ in range(repeats):
+        t_ref.append(timed(ref, xs))
+        t_fast.append(timed(fast, xs))
+    ratio = statistics.median(a / b for a, b in zip(t_ref, t_fast))
+    return statistics.median(t_ref), statistics.median(t_fast), ratio
+
+
 def decode_model(dtype: str):
     from pigpt.model import GPT, GPTConfig
 
@@ -217,14 +228,9 @@ def main_many_rows(args):
 
         for M in (int(r) for r in args.rows.split(",")):
             xs = [torch.randn(M, k, generator=g).to(dtype) for k, _ in shapes]
-            torch_path(xs), kernels(xs)  # warm-up
-            t_torch, t_kern = [], []
-            for _ in range(args.repeats):
-                t_torch.append(timed(torch_path, xs))
-                t_kern.append(timed(kernels, xs))
-            ratio = statistics.median(a / b for a, b in zip(t_torch, t_kern))
-            print(f"| {name}{' (widened)' if widen else ''} | {M} | {1e3 * statistics.median(t_torch):.2f} | "
-                  f"{1e3 * statistics.median(t_kern):.2f} | {ratio:.2f}x |", flush=True)
+            t_torch, t_kern, ratio = interleaved(torch_path, kernels, xs, args.repeats)
+            print(f"| {name}{' (widened)' if widen else ''} | {M} | {1e3 * t_torch:.2f} | {1e3 * t_kern:.2f} | "
+                  f"{ratio:.2f}x |", flush=True)
 
 
 def main():
@@ -247,14 +253,8 @@ def main():
         for M in (int(r) for r in args.rows.split(",")):
             g = torch.Generator().manual_seed(M)
             xs = {k: torch.randn(M, k, generator=g).to(dtype) for k in (768, 3072)}
-            plain(xs), fast(xs)  # warm-up
-            t_plain, t_fast = [], []
-            for _ in range(args.repeats):
-                t_plain.append(timed(plain, xs))
-                t_fast.append(timed(fast, xs))
-            ratio = statistics.median(a / b for a, b in zip(t_plain, t_fast))
-            print(f"| {name} | {M} | {1e3 * statistics.median(t_plain):.1f} | {1e3 * statistics.median(t_fast):.1f} "
-                  f"| {ratio:.2f}x |", flush=True)
+            t_plain, t_fast, ratio = interleaved(plain, fast, xs, args.repeats)
+            print(f"| {name} | {M} | {1e3 * t_plain:.1f} | {1e3 * t_fast:.1f} | {ratio:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

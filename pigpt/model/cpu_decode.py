@@ -417,7 +417,8 @@ def head(plan: Plan, x: torch.Tensor) -> torch.Tensor:
 
 def _product(lin: Linear, ptype: int, x: torch.Tensor, dot: bool) -> torch.Tensor:
     out = torch.empty(x.shape[0], lin.N)
-    xb = torch.empty(x.shape[0] * (x.shape[1] + 64), dtype=torch.bfloat16)  # x prepared (PAIRS, NK_Q8)
+    prepared = lin.layout in (PAIRS, NK_Q8) or dot  # x rounded to bfloat16 or quantized first; KN reads x as is
+    xb = torch.empty(x.shape[0] * (x.shape[1] + 64) if prepared else 0, dtype=torch.bfloat16)
     load().pigpt_linear(ctypes.byref(lin), ptype, x.data_ptr(), x.shape[0], out.data_ptr(), torch.get_num_threads(),
                         xb.data_ptr(), int(dot))
     return out
