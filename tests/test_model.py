@@ -514,8 +514,9 @@ KERNEL_CONFIGS = [
     dict(n_layer=2, n_head=4, n_embd=64, vocab_size=500, block_size=32, n_inner=100,
          scale_attn_by_inverse_layer_idx=True),
     dict(n_layer=2, n_head=2, n_embd=48, vocab_size=300, block_size=32, activation="relu"),
-    # odd widths: bfloat16's pair-blocked weights pad K to even and N to a multiple of 64
-    dict(n_layer=2, n_head=3, n_embd=45, vocab_size=97, block_size=32, n_inner=77),
+    # odd widths: bfloat16's pair-blocked weights pad K to even and N to a multiple of 64; the split products'
+    # tiles of 128 rows of W end in a part tile of 21 rows (mlp.c_proj: K = 277), and every row of columns in a tail
+    dict(n_layer=2, n_head=3, n_embd=45, vocab_size=97, block_size=32, n_inner=277),
 ]
 
 
@@ -666,6 +667,37 @@ def test_prefill_products_run_in_the_kernels_where_they_take_them(dtype, monkeyp
     gpt.float().train()
     gpt(idx[:, :4]).sum().backward()  # training: gradients needed
     assert ran and all(y is None for y in ran)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernels_give_the_same_bits_on_any_number_of_threads(dtype):
+    """A decode step's sums don't depend on which thread ran what: the split products' partials (tiles of 128 rows
+    of W, a K of 384 or 277 here: 3 tiles) are added in tile order, whoever finished last. Logits at 1, 2 and 3
+    threads, for 1, 3 and 8 rows, are the same bits."""
+    from pigpt.model import cpu_decode
+
+    if cpu_decode.load() is None:
+        pytest.skip(cpu_decode.status())
+    threads = torch.get_num_threads()
+    for cfg in (KERNEL_CONFIGS[1], KERNEL_CONFIGS[4]):
+        torch.manual_seed(0)
+        gpt = GPT(GPTConfig(**cfg)).eval().to(dtype)
+        idx = torch.randint(0, cfg["vocab_size"], (8, 6))
+        with torch.no_grad():
+            limit = gpt._plan_for(1).max_rows  # steps of more rows run the torch path
+        for rows in [r for r in (1, 3, 8) if r <= limit]:
+            outs = []
+            try:
+                for n in (1, 2, 3):
+                    torch.set_num_threads(n)
+                    with torch.no_grad():
+                        cache = gpt.new_cache(rows, 8)
+                        gpt(idx[:rows, :5], cache)
+                        outs.append(gpt(idx[:rows, 5:], cache))
+            finally:
+                torch.set_num_threads(threads)
+            assert gpt._cpu_plan, cpu_decode.status()
+            assert all(torch.equal(outs[0], o) for o in outs[1:]), (cfg, rows)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

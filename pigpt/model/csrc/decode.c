@@ -208,9 +208,14 @@ static inline vf activate(vf v, int act) {
    objdump), so there R*V, R*NB <= 8, except that KN at R = 1 keeps V = 16 (512-byte reads of each row of W; V = 8
    and reads of 256 columns with the sums in L1 were no faster), and 8 rows run as two KN tiles of 4 over the same
    columns (an 8 x 1 tile reads half a cache line of each row of W). Rows past M repeat row M-1; their results are
-   dropped. */
+   dropped. A decode step's KN products run as split products instead (below); these column tiles serve the LM head
+   (NK) and single products of a few rows (`pigpt_linear`).
+   NK_PF_ONE_ROW: an NK tile of one row of float32 weights prefetches too. On the Zen 3 EPYC (AVX2) the prefetchers
+   alone stream its rows faster (GPT-2 small's head at one row 5.9 -> 4.7 ms; at 4 and 8 rows prefetch still wins,
+   6.6 vs 7.6 ms); AVX-512 builds keep the prefetch they were measured with. */
 #define PF_ROWS 16
 #define PF_BYTES 4096
+#define NK_PF_ONE_ROW (VW == 16)
 
 #define KN_TILE(T, R, V)                                                                                   \
   static void kn_##T##_##R##_##V(const Linear* L, const float* x, int M, int64_t n0, vm mlast,     \
@@ -266,6 +271,91 @@ KN_ALL(bf16)
 typedef void (*kn_fn)(const Linear*, const float*, int, int64_t, vm, float*);
 static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [type][log2 R][V] */
 
+/* -- split products: a decode step's products of 1 .. SPLIT_ROWS rows on [K, N] weights --------------------------
+   Column tiles read W down a column range: a short run of each row of W, then a jump of N values, a pattern the
+   hardware prefetchers follow only in part (software prefetch helps, and still GPT-2 small's 48 block products at
+   one row streamed at ~28 GB/s with 2 MB pages and ~20 GB/s with 4 KB pages on the 2-vCPU EPYC). Here a tile is
+   SPLIT_K whole rows of W instead: one contiguous stretch, which the prefetchers stream at the read bandwidth (~36 GB/s
+   there, either page size; no software prefetch, which only slowed it). The tile adds x[:, k0:k1] W[k0:k1, :] into
+   a buffer of its own (the partial sums stay in L1/L2), and the thread that finishes a phase's last tile adds the
+   partials in tile order, then bias and activation or the residual (`split_reduce`). The tiles depend on K alone,
+   so a step's sums are the same whichever thread runs which tile. U rows of W per pass share each load and store
+   of the partial sums; R rows of x, U broadcasts each, fit the 16 AVX2 registers beside them. Rows past M repeat
+   row M-1; their sums are never read. A decode step of GPT-2 small's blocks (2 threads, the 2-vCPU EPYC, kernels
+   with column tiles -> split, one run each): float32 1 row ~14.5 -> ~11 ms, 2 rows 23 -> 16, 4 rows 31 -> 22, 8 rows
+   40 -> 33 (head included from 2 rows); bfloat16 (widened) 1 row 13.3 -> 11.5, 4 rows 25 -> 17, 8 rows 35 -> 26-34. */
+#define SPLIT_K 128
+#define SPLIT_ROWS 8
+
+#define KS_TILE(T, R, U)                                                                                   \
+  static void ks_##T##_##R(const Linear* L, const float* x, int M, int64_t k0, int64_t k1, float* part) {  \
+    const int64_t es = sizeof(T##_t), K = L->K, N = L->N, NV = N / VW * VW;                              \
+    const vm mt = tail(N - NV);                                                                            \
+    memset(part, 0, sizeof(float) * R * N);                                                                \
+    for (int64_t k = k0; k < k1; k += U) {                                                                 \
+      const char* w[U];                                                                                    \
+      vf a[R][U];                                                                                          \
+      for (int u = 0; u < U; u++) {  /* past k1: the last row again, times zero */                        \
+        w[u] = (const char*)L->w + (k + u < k1 ? k + u : k1 - 1) * N * es;                                 \
+        for (int i = 0; i < R; i++)                                                                        \
+          a[i][u] = k + u < k1 ? v_set1(x[(int64_t)(i < M ? i : M - 1) * K + k + u]) : v_zero();           \
+      }                                                                                                    \
+      for (int64_t j = 0; j < NV; j += VW) {                                                               \
+        vf wv[U];                                                                                          \
+        for (int u = 0; u < U; u++) wv[u] = ld_##T(w[u] + j * es);                                         \
+        for (int i = 0; i < R; i++) {                                                                      \
+          vf s = v_loadu(part + i * N + j);                                                                \
+          for (int u = 0; u < U; u++) s = v_fmadd(a[i][u], wv[u], s);                                      \
+          v_storeu(part + i * N + j, s);                                                                   \
+        }                                                                                                  \
+      }                                                                                                    \
+      if (NV < N) {                                                                                        \
+        vf wv[U];                                                                                          \
+        for (int u = 0; u < U; u++) wv[u] = ld_##T##_m(w[u] + NV * es, mt);                                \
+        for (int i = 0; i < R; i++) {                                                                      \
+          vf s = v_load_m(part + i * N + NV, mt);                                                          \
+          for (int u = 0; u < U; u++) s = v_fmadd(a[i][u], wv[u], s);                                      \
+          v_store_m(part + i * N + NV, mt, s);                                                             \
+        }                                                                                                  \
+      }                                                                                                    \
+    }                                                                                                      \
+  }
+#define KS_ALL(T) KS_TILE(T, 1, 4) KS_TILE(T, 2, 4) KS_TILE(T, 4, 2)
+KS_ALL(f32)
+KS_ALL(bf16)
+typedef void (*ks_fn)(const Linear*, const float*, int, int64_t, int64_t, float*);
+static const ks_fn KS_TILES[2][3] = {{ks_f32_1, ks_f32_2, ks_f32_4}, {ks_bf16_1, ks_bf16_2, ks_bf16_4}}; /* R 1, 2, 4 */
+
+static int split_rows(int M) { return M == 1 ? 1 : M == 2 ? 2 : M <= 4 ? 4 : 8; }  /* the tile's R: rows of each partial */
+static int is_split(const Linear* L, int M) { return L->layout == KN && M <= SPLIT_ROWS; }
+static int64_t split_tiles(int64_t K) { return (K + SPLIT_K - 1) / SPLIT_K; }
+
+static void split_tile(const Linear* L, const float* x, int M, int64_t i, float* parts) {
+  const int R = split_rows(M);
+  const int64_t k0 = i * SPLIT_K, k1 = k0 + SPLIT_K < L->K ? k0 + SPLIT_K : L->K;
+  float* part = parts + i * R * L->N;
+  if (R == 8) {  /* two passes of 4 rows, the second over the tile's rows of W in cache (an 8 x 1 tile: ~1.5x slower) */
+    KS_TILES[L->wtype][2](L, x, 4, k0, k1, part);
+    KS_TILES[L->wtype][2](L, x + 4 * L->K, M - 4, k0, k1, part + 4 * L->N);
+  } else KS_TILES[L->wtype][R == 1 ? 0 : R == 2 ? 1 : 2](L, x, M, k0, k1, part);
+}
+
+/* y = act(sum of the partials + b), or y += sum + b: the tiles' partials added in tile order */
+static void split_reduce(const Linear* L, int ptype, const float* parts, int M, float* y, int mode) {
+  const int64_t N = L->N, tiles = split_tiles(L->K), stride = split_rows(M) * N;
+  for (int i = 0; i < M; i++)
+    for (int64_t j = 0; j < N; j += VW) {
+      vm m = tail(N - j);
+      const float* p = parts + i * N + j;
+      vf v = v_load_m(p, m);
+      for (int64_t t = 1; t < tiles; t++) v = v_add(v, v_load_m(p + t * stride, m));
+      if (L->bias) v = v_add(v, load(L->bias, j, ptype, m));
+      float* dst = y + i * N + j;
+      v = mode == ADD ? v_add(v, v_load_m(dst, m)) : activate(v, L->act);
+      v_store_m(dst, m, v);
+    }
+}
+
 #define NK_TILE(T, R, NB)                                                                                  \
   static void nk_##T##_##R##_##NB(const Linear* L, const float* x, int M, int64_t n0, float* out) {       \
     const int64_t es = sizeof(T##_t), K = L->K, KV = K & ~(int64_t)(VW - 1);                                    \
@@ -277,7 +367,7 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
     }                                                                                                      \
     const char* wb = (const char*)L->w + n0 * K * es;                                                      \
     for (int64_t k = 0; k < KV; k += VW) {                                                                \
-      if (k * es % 64 == 0)                                                                                \
+      if ((NK_PF_ONE_ROW || R > 1 || es < 4) && k * es % 64 == 0)                                                                        \
         for (int j = 0; j < NB; j++) _mm_prefetch(wb + (j * K + k) * es + PF_BYTES, _MM_HINT_T0);         \
       vf w[NB];                                                                                        \
       for (int j = 0; j < NB; j++) w[j] = ld_##T(wb + (j * K + k) * es);                                   \
@@ -775,6 +865,7 @@ typedef struct {
 } Job;
 
 static int32_t next_tile[MAX_PHASES], done_tiles[MAX_PHASES], tiles[MAX_PHASES];  /* per phase of the job */
+static int32_t reduces[MAX_PHASES];  /* 1 where the phase ends with split_reduce: done_tiles then counts to tiles + 1 */
 static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time (ctypes drops the GIL) */
 
 static int64_t tile_count(int64_t n, int nt) {  /* ~256-wide tiles, but >= 3 per thread where n allows */
@@ -787,18 +878,19 @@ static void tile_range(const Linear* L, int64_t tiles, int64_t i, int64_t* n0, i
   *n1 = i + 1 == tiles ? n : (i + 1) * n / tiles / align * align;
 }
 
+static const Linear* phase_linear(const Layer* ly, int p) {  /* the product of phase p (not ATTN) */
+  int kind = p % PHASES_PER_LAYER;
+  return kind == QKV ? &ly->qkv : kind == PROJ ? &ly->proj : kind == FC ? &ly->fc : &ly->proj2;
+}
+
 static int64_t count_tiles(const Job* j, int p) {
   if (j->kind == LINEAR) return tile_count(j->L->N, j->nthreads);
   const Model* md = j->md;
   if (p == md->L * PHASES_PER_LAYER) return j->M;  /* ln_f, a row a tile */
   const Layer* ly = md->layers + p / PHASES_PER_LAYER;
-  switch (p % PHASES_PER_LAYER) {
-    case QKV: return tile_count(ly->qkv.N, j->nthreads);
-    case ATTN: return (int64_t)j->M * md->nh;
-    case PROJ: return tile_count(ly->proj.N, j->nthreads);
-    case FC: return tile_count(ly->fc.N, j->nthreads);
-    default: return tile_count(ly->proj2.N, j->nthreads);
-  }
+  if (p % PHASES_PER_LAYER == ATTN) return (int64_t)j->M * md->nh;
+  const Linear* lin = phase_linear(ly, p);
+  return is_split(lin, j->M) ? split_tiles(lin->K) : tile_count(lin->N, j->nthreads);
 }
 
 /* Thread t's private buffers in `work` (per_thread floats each): its layer norm of x (M x C), which it computes
@@ -806,6 +898,13 @@ static int64_t count_tiles(const Job* j, int p) {
    rounded to bfloat16 (M x (inner + 2) halves), once per phase (`*rounded`). */
 static int64_t per_thread(int64_t M, int64_t C, int64_t inner, int64_t S) {
   return M * C + S + 16 + M * ((inner > C ? inner : C) + 64) / 2 + 16;
+}
+
+/* The split products' partial sums (shared, after the threads' buffers): room for the largest phase's. */
+static int64_t split_floats(int64_t M, int64_t C, int64_t inner) {
+  if (M > SPLIT_ROWS) return 0;
+  const int64_t wide = 3 * C > inner ? 3 * C : inner, a = split_tiles(C) * wide, b = split_tiles(inner) * C;
+  return split_rows((int)M) * (a > b ? a : b);
 }
 
 static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* rounded) {
@@ -836,13 +935,17 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* ro
                  a + m * C);
     *normed = p;
   }
-  const Linear* lin = kind == QKV ? &ly->qkv : kind == PROJ ? &ly->proj : kind == FC ? &ly->fc : &ly->proj2;
   if (kind == ATTN) {
     attend(j->c, p / PHASES_PER_LAYER, i / H, i % H, hs, ly->attn_scale, qkv + i / H * 3 * C, C,
            att + i / H * C + i % H * hs, sc);
     return;
   }
+  const Linear* lin = phase_linear(ly, p);
   const float* in = kind == QKV || kind == FC ? a : kind == PROJ ? att : hid;  /* final: its phase is done */
+  if (reduces[p]) {
+    split_tile(lin, in, (int)M, i, hid + M * inner + j->nthreads * per_thread(M, C, inner, j->S));
+    return;
+  }
   const int prepared = lin->layout == PAIRS || lin->layout == NK_Q8;
   if (prepared && *rounded != p) {
     prepare(lin, in, (int)M, xb);
@@ -853,8 +956,19 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* ro
               kind == PROJ || kind == PROJ2 ? ADD : STORE, n0, n1);
 }
 
-static void wait_phase(int p) {  /* until every tile of phase p is done */
-  for (int i = 0; __atomic_load_n(&done_tiles[p], __ATOMIC_ACQUIRE) < tiles[p]; i++) {
+/* The end of a split phase, run by the thread that finished its last tile: the partials into the phase's output. */
+static void reduce_phase(const Job* j, int p) {
+  const Model* md = j->md;
+  const int64_t M = j->M, C = md->C, inner = md->layers[0].fc.N;
+  const Layer* ly = md->layers + p / PHASES_PER_LAYER;
+  const int kind = p % PHASES_PER_LAYER;
+  float *qkv = j->work, *hid = qkv + 4 * M * C, *parts = hid + M * inner + j->nthreads * per_thread(M, C, inner, j->S);
+  split_reduce(phase_linear(ly, p), md->ptype, parts, (int)M, kind == QKV ? qkv : kind == FC ? hid : j->x,
+               kind == PROJ || kind == PROJ2 ? ADD : STORE);
+}
+
+static void wait_phase(int p) {  /* until every tile of phase p is done (and its partials added) */
+  for (int i = 0; __atomic_load_n(&done_tiles[p], __ATOMIC_ACQUIRE) < tiles[p] + reduces[p]; i++) {
     if (i < SPINS) _mm_pause();
     else sched_yield();
   }
@@ -866,7 +980,10 @@ static void run_job(const Job* j, int t) {  /* a late thread finds the tiles tak
     if (p) wait_phase(p - 1);
     for (int32_t i; (i = __atomic_fetch_add(&next_tile[p], 1, __ATOMIC_ACQ_REL)) < tiles[p];) {
       run_tile(j, p, i, t, &normed, &rounded);
-      __atomic_add_fetch(&done_tiles[p], 1, __ATOMIC_RELEASE);
+      if (__atomic_add_fetch(&done_tiles[p], 1, __ATOMIC_ACQ_REL) == tiles[p] && reduces[p]) {  /* the last tile */
+        reduce_phase(j, p);
+        __atomic_add_fetch(&done_tiles[p], 1, __ATOMIC_RELEASE);
+      }
     }
   }
 }
@@ -877,6 +994,8 @@ static void run(Job* j) {
   for (int p = 0; p < j->nphases; p++) {
     next_tile[p] = done_tiles[p] = 0;
     tiles[p] = (int32_t)count_tiles(j, p);
+    reduces[p] = j->kind == DECODE && p < j->md->L * PHASES_PER_LAYER && p % PHASES_PER_LAYER != ATTN &&
+                 is_split(phase_linear(j->md->layers + p / PHASES_PER_LAYER, p), j->M);
   }
 #pragma omp parallel num_threads(j->nthreads)
   run_job(j, omp_get_thread_num());
@@ -912,7 +1031,7 @@ int pigpt_interface(const InterfaceEntry** entries) {
 /* All blocks, then ln_f, for M rows of one token: x (M, C) holds the embeddings in and the final hidden states
    out. work: pigpt_work_floats(M, C, inner, S, nthreads) floats (S: the most keys any row attends to). */
 int64_t pigpt_work_floats(int M, int64_t C, int64_t inner, int64_t S, int nthreads) {  /* the size of `work` */
-  return M * (5 * C + inner) + nthreads * per_thread(M, C, inner, S);
+  return M * (5 * C + inner) + nthreads * per_thread(M, C, inner, S) + split_floats(M, C, inner);
 }
 
 int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads) {
