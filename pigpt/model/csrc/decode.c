@@ -272,20 +272,23 @@ typedef void (*kn_fn)(const Linear*, const float*, int, int64_t, vm, float*);
 static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [type][log2 R][V] */
 
 /* -- split products: a decode step's products of 1 .. SPLIT_ROWS rows on [K, N] weights --------------------------
-   Column tiles read W down a column range: a short run of each row of W, then a jump of N values, a pattern the
-   hardware prefetchers follow only in part (software prefetch helps, and still GPT-2 small's 48 block products at
-   one row streamed at ~28 GB/s with 2 MB pages and ~20 GB/s with 4 KB pages on the 2-vCPU EPYC). Here a tile is
-   SPLIT_K whole rows of W instead: one contiguous stretch, which the prefetchers stream at the read bandwidth (~36 GB/s
-   there, either page size; no software prefetch, which only slowed it). The tile adds x[:, k0:k1] W[k0:k1, :] into
-   a buffer of its own (the partial sums stay in L1/L2), and the thread that finishes a phase's last tile adds the
-   partials in tile order, then bias and activation or the residual (`split_reduce`). The tiles depend on K alone,
-   so a step's sums are the same whichever thread runs which tile. U rows of W per pass share each load and store
-   of the partial sums; R rows of x, U broadcasts each, fit the 16 AVX2 registers beside them. Rows past M repeat
-   row M-1; their sums are never read. A decode step of GPT-2 small's blocks (2 threads, the 2-vCPU EPYC, kernels
-   with column tiles -> split, one run each): float32 1 row ~14.5 -> ~11 ms, 2 rows 23 -> 16, 4 rows 31 -> 22, 8 rows
-   40 -> 33 (head included from 2 rows); bfloat16 (widened) 1 row 13.3 -> 11.5, 4 rows 25 -> 17, 8 rows 35 -> 26-34. */
+   Column tiles read W down a column range: a short run of each row of W, then a jump of N values, which the hardware
+   prefetchers follow only in part. Here a tile is SPLIT_K whole rows of W instead, one contiguous stretch. It adds
+   x[:, k0:k1] W[k0:k1, :] into a buffer of its own (the partial sums stay in L1/L2), and the thread that finishes a
+   phase's last tile adds the partials in tile order, then bias and activation or the residual (`split_reduce`). The
+   tiles depend on K alone, so a step's sums are the same whichever thread runs which tile, and on any number of
+   threads. U rows of W a pass share each load and store of the partial sums; R rows of x, U broadcasts each, fit the
+   16 AVX2 registers beside them (bfloat16 at one row: U = 8, spilling the broadcasts, ~8% faster than 4). Rows past
+   M repeat row M-1; their sums are never read. Software prefetch, KS_PF rows ahead, helps bfloat16 and only slowed
+   float32.
+   Measured on the 2-vCPU EPYC (Zen 3), 2 threads: GPT-2 small's 48 block products at one row streamed float32 at
+   ~28 GB/s in column tiles with 2 MB pages (~20 with 4 KB pages), ~36 GB/s split (either page size). Decode steps
+   of its blocks, column tiles -> split: float32 1 row ~14.5 -> ~11 ms, 2 rows 23 -> 16, 4 rows 31 -> 22, 8 rows 40 ->
+   33 (LM head included from 2 rows); bfloat16 (widened) 1 row 7.6 -> 5.8 ms (1 thread 10.8 -> 8.3), 4 rows 25 -> 17,
+   8 rows 35 -> 26-34. */
 #define SPLIT_K 128
 #define SPLIT_ROWS 8
+#define KS_PF 8
 
 #define KS_TILE(T, R, U)                                                                                   \
   static void ks_##T##_##R(const Linear* L, const float* x, int M, int64_t k0, int64_t k1, float* part) {  \
@@ -302,6 +305,7 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
       }                                                                                                    \
       for (int64_t j = 0; j < NV; j += VW) {                                                               \
         vf wv[U];                                                                                          \
+        if (es == 2) for (int u = 0; u < U; u++) _mm_prefetch(w[u] + (j + KS_PF * N) * es, _MM_HINT_T0);  \
         for (int u = 0; u < U; u++) wv[u] = ld_##T(w[u] + j * es);                                         \
         for (int i = 0; i < R; i++) {                                                                      \
           vf s = v_loadu(part + i * N + j);                                                                \
@@ -320,9 +324,7 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
       }                                                                                                    \
     }                                                                                                      \
   }
-#define KS_ALL(T) KS_TILE(T, 1, 4) KS_TILE(T, 2, 4) KS_TILE(T, 4, 2)
-KS_ALL(f32)
-KS_ALL(bf16)
+KS_TILE(f32, 1, 4) KS_TILE(f32, 2, 4) KS_TILE(f32, 4, 2) KS_TILE(bf16, 1, 8) KS_TILE(bf16, 2, 4) KS_TILE(bf16, 4, 2)
 typedef void (*ks_fn)(const Linear*, const float*, int, int64_t, int64_t, float*);
 static const ks_fn KS_TILES[2][3] = {{ks_f32_1, ks_f32_2, ks_f32_4}, {ks_bf16_1, ks_bf16_2, ks_bf16_4}}; /* R 1, 2, 4 */
 
@@ -406,6 +408,7 @@ NK_ALL(bf16)
 NK_ALL(i8)
 typedef void (*nk_fn)(const Linear*, const float*, int, int64_t, float*);
 static const nk_fn NK_TILES[3][4][2] = {NK_TABLE(f32), NK_TABLE(bf16), NK_TABLE(i8)}; /* [type][log2 R][whole] */
+
 
 /* -- int8 weights on integer dot products (layout NK_Q8) ---------------------------------------------------
    The activations are quantized as llama.cpp's q8_0 does: per block of 32, d = max |x| / 127 and q = x / d
