@@ -156,7 +156,10 @@ def test_bandit_with_the_advantage_sign_flipped_does_not_learn(policy_dir, tmp_p
     assert after < before, (before, after)
 
 
-def test_resume_draws_and_learns_what_the_uninterrupted_run_did(policy_dir, prompts_file, tmp_path):
+def test_resume_draws_and_learns_what_the_uninterrupted_run_did(policy_dir, prompts_file, tmp_path, monkeypatch):
+    # the same bits need the same thread count at every step: torch's products split by it (on AVX-512 its
+    # GEMMs do), and on a busy machine pigpt's thread governor (model/threads.py) would follow the load
+    monkeypatch.setenv("PIGPT_THREADS", "fixed")
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     common = ("--beta", 0.04, "--ckpt-interval", 1, *RL)
     train.main(rl_args(policy_dir, prompts_file, straight, "--max-steps", 4, *common))
