@@ -129,8 +129,8 @@ def test_fake_q8_is_q8_0():
     assert torch.equal(fake_q8(torch.zeros(2, 40)), torch.zeros(2, 40))  # an all-zero block: d = 0, no NaN
 
 
-@pytest.mark.parametrize("path", ["kernels-dots", "kernels-float", "torch"])
-def test_int8_model_is_the_float_model_with_dequantized_weights(path, monkeypatch):
+@pytest.mark.parametrize("path", ["kernels-dots", "kernels-dots-avx2", "kernels-float", "torch"])
+def test_int8_model_is_the_float_model_with_dequantized_weights(path, monkeypatch, request):
     """Decode steps (and the full forward) of the int8 model against a float32 model holding q * scale, whose
     linear inputs (and the head's) are what the path multiplies: equal to float rounding (1e-4) in the kernels,
     whose integer dot products take activations quantized per block of 32 (`fake_q8` on the reference) or, with
@@ -139,7 +139,11 @@ def test_int8_model_is_the_float_model_with_dequantized_weights(path, monkeypatc
     kernels = path != "torch"
     if kernels and not KERNELS:
         pytest.skip(cpu_decode.status())
-    monkeypatch.setattr(cpu_decode, "INT8_DOTS", path == "kernels-dots")
+    monkeypatch.setattr(cpu_decode, "INT8_DOTS", path.startswith("kernels-dots"))
+    if kernels:  # kernels-dots: VNNI's tiles where the CPU has them; kernels-dots-avx2: the AVX2 tiles everywhere
+        request.addfinalizer(lambda vnni=cpu_decode.int8_vnni(): cpu_decode.int8_vnni(vnni))
+        cpu_decode.int8_vnni(path != "kernels-dots-avx2")
+    path = "kernels-dots" if path == "kernels-dots-avx2" else path
     q = _gpt(seed=3).quantize("int8")
     q.cpu_kernels = kernels
     ref, head = _dequantized(q)
@@ -174,14 +178,27 @@ def test_int8_model_is_the_float_model_with_dequantized_weights(path, monkeypatc
             assert (steps[0] - want[0, -8:]).abs().max() > 1e-3
 
 
+@pytest.fixture(params=["vnni", "avx2"])
+def int8_tiles(request):
+    """The integer tiles an int8 product runs on: AVX-512 VNNI's (where the CPU has avx512_vnni) or the AVX2 ones
+    (every x86 CPU with the kernels; on a VNNI CPU, by turning VNNI off)."""
+    if cpu_decode.load() is None:
+        pytest.skip(cpu_decode.status())
+    before = cpu_decode.int8_vnni()
+    if cpu_decode.int8_vnni(request.param == "vnni") != (request.param == "vnni"):
+        pytest.skip("this CPU has no avx512_vnni (or runs the AVX2 build): the AVX2 tiles are tested")
+    yield request.param
+    cpu_decode.int8_vnni(before)
+
+
 @needs_kernels
-@pytest.mark.parametrize("K,N", [(768, 600), (100, 77), (31, 5), (64, 300), (33, 17)])
-def test_integer_dot_products_against_their_float_mirror(K, N):
+@pytest.mark.parametrize("K,N", [(768, 600), (100, 77), (31, 5), (64, 300), (33, 17), (96, 9)])
+def test_integer_dot_products_against_their_float_mirror(K, N, int8_tiles):
     """One int8 product (the LM head's entry point) on the integer path at every row count 1-8 (each tile shape
-    and its tails: K not a multiple of 32, N not of the row group), against float64 sums of the quantized
-    activations times the dequantized weights (fake_q8): 1e-6 relative. Outlier channels (x20) make each block's
-    scale differ. Against float32 activations the products differ by ~0.5% of their largest: the cost of
-    quantizing activations, which model/quant.py states on real text."""
+    and its tails: K not a multiple of 32 or of 64, N not of the row group), on either tile set, against float64
+    sums of the quantized activations times the dequantized weights (fake_q8): 1e-6 relative. Outlier channels
+    (x20) make each block's scale differ. Against float32 activations the products differ by ~0.5% of their
+    largest: the cost of quantizing activations, which model/quant.py states on real text."""
     import ctypes
 
     gen = torch.Generator().manual_seed(K * N)

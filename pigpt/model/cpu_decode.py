@@ -217,6 +217,7 @@ def load():
     lib.pigpt_work_floats.restype = _I64
     lib.pigpt_has_avx512bf16.restype = ctypes.c_int
     lib.pigpt_vector_width.restype = ctypes.c_int
+    lib.pigpt_int8_vnni.argtypes, lib.pigpt_int8_vnni.restype = [ctypes.c_int], ctypes.c_int
     _status = f"loaded from {path}"
     if len(runtimes := _openmp_runtimes()) > 1:  # torch's build uses another OpenMP than gcc's libgomp
         _status += f"; its OpenMP pool is not torch's (both loaded: {', '.join(sorted(runtimes))}), so steps are slower"
@@ -227,6 +228,12 @@ def has_avx512bf16() -> bool:
     """Whether this CPU has avx512_bf16 dot products: then a bfloat16 model's weights are read pair-blocked and
     its LM head by dot products; without them, widened to float32 (tests turn them off to run that path)."""
     return bool(load().pigpt_has_avx512bf16())
+
+
+def int8_vnni(on: bool | None = None) -> bool:
+    """Whether int8 products run on AVX-512 VNNI dot products (where the CPU has avx512_vnni; else on the AVX2
+    integer tiles). `on` turns them off or back on, for the whole process: tests and benchmarks compare both."""
+    return bool(load().pigpt_int8_vnni(-1 if on is None else int(on)))
 
 
 def _openmp_runtimes() -> set[str]:

@@ -422,17 +422,19 @@ static const nk_fn NK_TILES[3][4][2] = {NK_TABLE(f32), NK_TABLE(bf16), NK_TABLE(
    float32. Per 32 weights that is a load, two sign flips, vpmaddubsw, vpmaddwd, a conversion and an FMA, against
    four widen-convert-FMA rounds on the float path (NK tiles of i8). vpmaddubsw multiplies unsigned by signed bytes,
    so |q| meets the weights with q's sign moved onto them: |q| <= 127 and |w| <= 127 (quant.py clamps), so no pair
-   of products saturates 16 bits. Written in 256-bit AVX2 for both builds: the same instructions, hence the same
-   bits, on every machine. x rows of K become int8 rows of Kq = K rounded up to 32 (zero-padded), followed by the
-   rows' float32 block scales (Kq / 32 each). */
+   of products saturates 16 bits. Written in 256-bit AVX2 for both builds (the same bits on every machine without
+   VNNI); on CPUs with AVX-512 VNNI the Q8V tiles below run instead. x rows of K become int8 rows of Kq = K rounded
+   up to 32 (zero-padded), followed by the rows' float32 block scales (Kq / 32 each), then one float32 a row: the
+   VNNI tiles' correction c. */
 static inline int64_t q8_width(int64_t K) { return (K + 31) & ~(int64_t)31; }
 
 static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
   const int64_t Kq = q8_width(K), nb = Kq / 32;
-  float* d = (float*)(q + M * Kq);
+  float *d = (float*)(q + M * Kq), *corr = d + M * nb;
   const __m256 sign = _mm256_set1_ps(-0.0f);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  for (int m = 0; m < M; m++)
+  for (int m = 0; m < M; m++) {
+    float cm = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
       float t[32];
       const float* xs = x + m * K + b * 32;
@@ -456,12 +458,16 @@ static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
       __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
       _mm256_storeu_si256((__m256i*)(q + m * Kq + b * 32), _mm256_permutevar8x32_epi32(p, order));
       d[m * nb + b] = dd;
+      __m256i sq = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+      cm += dd * sum8(_mm256_cvtepi32_ps(sq));  /* the block's sum of q: exact in float32 (|sum| <= 4064) */
     }
+    corr[m] = 128.0f * cm;
+  }
 }
 
 #define Q8_TILE(R, NB)                                                                                     \
-  static void q8_##R##_##NB(const Linear* L, const int8_t* q, const float* d, int M, int64_t n0,          \
-                            float* out) {                                                                  \
+  static void q8_##R##_##NB(const Linear* L, const int8_t* q, const float* d, const float* c, int M,      \
+                            int64_t n0, float* out) {                                                      \
     const int64_t K = L->K, Kq = q8_width(K), nb = Kq / 32;                                                \
     __m256 acc[R][NB];                                                                                     \
     const int8_t* qr[R];                                                                                   \
@@ -499,16 +505,75 @@ static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
     for (int i = 0; i < R; i++)                                                                            \
       for (int j = 0; j < NB; j++) out[i * 256 + j] = sum8(acc[i][j]);                                     \
   }
-typedef void (*q8_fn)(const Linear*, const int8_t*, const float*, int, int64_t, float*);
+typedef void (*q8_fn)(const Linear*, const int8_t*, const float*, const float*, int, int64_t, float*);
 #if VW == 16
 Q8_TILE(1, 8) Q8_TILE(1, 1) Q8_TILE(2, 4) Q8_TILE(2, 1) Q8_TILE(4, 2) Q8_TILE(4, 1) Q8_TILE(8, 1)
 static const q8_fn Q8_TILES[4][2] = {{q8_1_1, q8_1_8}, {q8_2_1, q8_2_4}, {q8_4_1, q8_4_2}, {q8_8_1, q8_8_1}};
 static const int Q8_NB[4] = {8, 4, 2, 1};
+
+/* The same products with AVX-512 VNNI (vpdpbusd: 64 byte products summed in fours into 16 int32 lanes, one
+   instruction), 64 weights (two blocks) a vector. vpdpbusd multiplies unsigned by signed bytes; rather than move
+   q's sign onto every weight (a masked negation per vector of W per row of x), the weights get 128 added (w ^ 0x80:
+   1 .. 255, once per vector of W, shared by the R rows) and q stays signed: sum (w + 128) q = sum w q + 128 sum q,
+   whose second term summed over blocks (c = 128 sum_b d_b sum q, once per row in quantize_rows) comes off at the
+   end. Per 64 weights and row: vpdpbusd, a conversion and an FMA (the AVX2 tiles: ten instructions). Each block's
+   integer sum is the same; the float sums over blocks run in another order, so the bits differ from the AVX2
+   tiles' (by float rounding; tests hold both to the same reference). */
+#define Q8V_TILE(R, NB)                                                                                    \
+  __attribute__((target("avx512vnni"))) static void q8v_##R##_##NB(                                        \
+      const Linear* L, const int8_t* q, const float* d, const float* c, int M, int64_t n0, float* out) {  \
+    const int64_t K = L->K, Kq = q8_width(K);                                                              \
+    __m512 acc[R][NB];                                                                                     \
+    const int8_t* qr[R];                                                                                   \
+    const float* dr[R];                                                                                    \
+    for (int i = 0; i < R; i++) {                                                                          \
+      qr[i] = q + (int64_t)(i < M ? i : M - 1) * Kq;                                                       \
+      dr[i] = d + (int64_t)(i < M ? i : M - 1) * (Kq / 32);                                                \
+      for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();                                        \
+    }                                                                                                      \
+    const int8_t* wb = (const int8_t*)L->w + n0 * K;                                                       \
+    const __m512i flip = _mm512_set1_epi8((char)0x80);                                                     \
+    const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);              \
+    for (int64_t k = 0; k < Kq; k += 64) {                                                                 \
+      __m512i w[NB];                                                                                       \
+      const int whole = Kq - k >= 64;                                                                      \
+      if (k + 64 <= K) {                                                                                   \
+        for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, _MM_HINT_T0);  \
+        for (int j = 0; j < NB; j++)                                                                       \
+          w[j] = _mm512_xor_si512(_mm512_loadu_si512((const void*)(wb + j * K + k)), flip);               \
+      } else {  /* past K: w = 0 (+128) against q = 0 (the padding of Kq, or masked off) */                \
+        const __mmask64 mw = ((__mmask64)1 << (K - k)) - 1;                                                \
+        for (int j = 0; j < NB; j++) w[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mw, wb + j * K + k), flip); \
+      }                                                                                                    \
+      for (int i = 0; i < R; i++) {                                                                        \
+        __m512i qi = _mm512_maskz_loadu_epi8(whole ? ~(__mmask64)0 : 0xffffffffull, qr[i] + k);            \
+        __m512 di = _mm512_permutexvar_ps(                                                                 \
+            halves, _mm512_castps128_ps512(_mm_maskz_loadu_ps(whole ? 3 : 1, dr[i] + k / 32)));            \
+        for (int j = 0; j < NB; j++)                                                                       \
+          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[j], qi)), \
+                                      di, acc[i][j]);                                                      \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int i = 0; i < R; i++)                                                                            \
+      for (int j = 0; j < NB; j++) out[i * 256 + j] = _mm512_reduce_add_ps(acc[i][j]) - c[i < M ? i : M - 1]; \
+  }
+Q8V_TILE(1, 8) Q8V_TILE(1, 1) Q8V_TILE(2, 4) Q8V_TILE(2, 1) Q8V_TILE(4, 2) Q8V_TILE(4, 1) Q8V_TILE(8, 1)
+static const q8_fn Q8V_TILES[4][2] = {{q8v_1_1, q8v_1_8}, {q8v_2_1, q8v_2_4}, {q8v_4_1, q8v_4_2}, {q8v_8_1, q8v_8_1}};
 #else
 Q8_TILE(1, 4) Q8_TILE(1, 1) Q8_TILE(2, 2) Q8_TILE(2, 1) Q8_TILE(4, 2) Q8_TILE(4, 1) Q8_TILE(8, 1)
 static const q8_fn Q8_TILES[4][2] = {{q8_1_1, q8_1_4}, {q8_2_1, q8_2_2}, {q8_4_1, q8_4_2}, {q8_8_1, q8_8_1}};
 static const int Q8_NB[4] = {4, 2, 2, 1};
 #endif
+
+/* Whether the int8 products run on the VNNI tiles: where the CPU has avx512_vnni (the AVX-512 build), unless
+   pigpt_int8_vnni(0) turned them off (tests and benchmarks run both paths on one machine). */
+static int q8_vnni = -1;
+int pigpt_int8_vnni(int on) {
+  __builtin_cpu_init();
+  if (on >= 0) q8_vnni = VW == 16 && on && __builtin_cpu_supports("avx512vnni");
+  else if (q8_vnni < 0) q8_vnni = VW == 16 && __builtin_cpu_supports("avx512vnni");
+  return q8_vnni;
+}
 
 #if BF16_DOTS
 /* bfloat16 NK weights on CPUs with avx512_bf16 (the LM head of a bfloat16 model): x rounded to bfloat16 once
@@ -662,7 +727,14 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
         for (int64_t c = 0; c < cols;) {
           float part[8 * 256] __attribute__((aligned(64)));
           int whole = c + NB <= cols, nb = whole ? NB : 1;
-          if (q8) Q8_TILES[lg][whole](L, qx + m0 * Kq, qd + m0 * Kq / 32, r, n0 + c, part);
+          if (q8) {
+            const float *qdm = qd + m0 * Kq / 32, *qc = qd + M * Kq / 32 + m0;  /* after the scales: corrections */
+#if VW == 16
+            if (q8_vnni > 0) Q8V_TILES[lg][whole](L, qx + m0 * Kq, qdm, qc, r, n0 + c, part);
+            else
+#endif
+              Q8_TILES[lg][whole](L, qx + m0 * Kq, qdm, qc, r, n0 + c, part);
+          }
 #if BF16_DOTS
           else if (xb) DP_TILES[lg][whole](L, xb + m0 * K, r, n0 + c, part);  /* bfloat16 x: bfloat16 weights */
 #endif
@@ -1045,6 +1117,7 @@ int64_t pigpt_work_floats(int M, int64_t C, int64_t inner, int64_t S, int nthrea
 int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads) {
   Job j = {DECODE, M, nthreads, md->L * PHASES_PER_LAYER + 1, x, md, c, work, S, NULL, md->ptype, NULL, NULL, NULL};
   if (j.nphases > MAX_PHASES) return -1;
+  if (q8_vnni < 0) pigpt_int8_vnni(-1);
   run(&j);
   return 0;
 }
@@ -1060,6 +1133,7 @@ int pigpt_vector_width(void) { return VW; }  /* 16: the AVX-512 build; 8: the AV
    avx512_bf16 dot products for bfloat16 weights (the caller checked pigpt_has_avx512bf16; PAIRS needs them). */
 void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb, int dot) {
   int dp = BF16_DOTS && dot && L->wtype == BF16 && L->layout != KN;
+  if (q8_vnni < 0) pigpt_int8_vnni(-1);
   if (L->layout == NK_Q8 || L->layout == PAIRS) prepare(L, x, M, xb);
 #if BF16_DOTS
   else if (dp) round_bf16(x, (int64_t)M * L->K, xb);

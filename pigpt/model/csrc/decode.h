@@ -74,6 +74,7 @@ int64_t pigpt_work_floats(int M, int64_t C, int64_t inner, int64_t S, int nthrea
 int pigpt_decode(float* x, int M, const Model* md, const Cache* c, float* work, int64_t S, int nthreads);
 int pigpt_has_avx512bf16(void);
 int pigpt_vector_width(void);
+int pigpt_int8_vnni(int on);  /* -1: ask; 0/1: turn the int8 VNNI tiles off/on (on only where the CPU has them) */
 void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb, int dot);
 int64_t pigpt_hugepages(const void* p, int64_t bytes);
 
