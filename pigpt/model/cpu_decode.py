@@ -52,9 +52,12 @@ from . import cbuild, packed
 # (against torch's _weight_int8pack_mm, on the float path before NK_Q8). bfloat16 on a CPU without avx512_bf16
 # reads the [K, N] weights widened to float32, which lost to oneDNN at 8 rows (0.79x; 1.26x, 1.49x, 1.12x at 1,
 # 2, 4): the second limit.
+# AVX512, 2026-12-05, the same kind of machine, split products (csrc/decode.c) with 8 rows of W a pass: float32 1.73x,
+# 1.72x, 1.10x, 1.02x against oneDNN's prepacked products, which also keep a blocked second copy of every weight
+# (+500 MB for GPT-2 small): float32 now runs 8 rows here too.
 # AVX2, 2026-12-04, the 2-vCPU AMD EPYC (Zen 3, no AVX-512): float32 1.39x, 1.36x, 1.27x, 1.08x; bfloat16 (widened;
 # torch has no fast bfloat16 product there) 15x, 28x, 38x, 44x; int8 (NK_Q8) 2.33x, 2.76x, 2.93x, 2.29x.
-_LIMITS = {"AVX512": ({"float32": 4, "bfloat16": 8, "int8": 8}, 4),
+_LIMITS = {"AVX512": ({"float32": 8, "bfloat16": 8, "int8": 8}, 4),
            "AVX2": ({"float32": 8, "bfloat16": 8, "int8": 8}, 8)}  # MAX_ROWS, MAX_ROWS_BF16_WIDEN: below, by isa()
 
 # int8 weights multiply activations quantized per block of 32 in integers (layout NK_Q8); False: the float path
@@ -161,8 +164,14 @@ MAX_ROWS, MAX_ROWS_BF16_WIDEN = _LIMITS[isa() or "AVX512"]
 # 1.24x / 1.19x / 1.18x / 1.03x at 9 / 16 / 32 / 64 rows (small), 1.50x / 1.32x / 1.15x / 1.08x (XL), 0.96x / 0.99x
 # at 128; bfloat16 against widening to float32 (packed.widened: no oneDNN bfloat16 here) 1.85x / 1.92x / 1.46x /
 # 1.25x / 1.05x at 9 / 16 / 32 / 64 / 128 rows (small), 5.65x / 4.76x / 3.16x / 2.34x / 1.61x (XL).
-# AVX512: not measured yet (no such machine since); there MKL and oneDNN's AVX-512 and avx512_bf16 paths run.
-MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128}}.get(isa() or "", {})
+# AVX512, 2026-12-05, the 2-vCPU AMD EPYC (Zen 4, avx512_bf16), small: float32 1.20x / 1.65x / 1.39x / 1.23x /
+# 1.11x / 1.03x at 9 / 16 / 32 / 64 / 128 / 256 rows. bfloat16 against oneDNN's avx512_bf16 products on blocked
+# copies: 0.75x / 0.82x / 0.69x / 0.57x at 9 / 16 / 32 / 64 rows. Those copies are a second copy of every block
+# weight (+170 MB for GPT-2 small, whose bfloat16 weights are 249 MB), made on the first prompt and kept, to save
+# ~4 ms per 16-token prompt; so bfloat16 prompts of up to 64 tokens run here anyway (the trade PREFILL_PACK_ROWS
+# makes for float32).
+MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128},
+             "AVX512": {"float32": 128, "bfloat16": 64}}.get(isa() or "", {})
 
 
 def recipe() -> cbuild.Recipe | None:

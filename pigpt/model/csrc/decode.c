@@ -324,7 +324,14 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
       }                                                                                                    \
     }                                                                                                      \
   }
-KS_TILE(f32, 1, 4) KS_TILE(f32, 2, 4) KS_TILE(f32, 4, 2) KS_TILE(bf16, 1, 8) KS_TILE(bf16, 2, 4) KS_TILE(bf16, 4, 2)
+#if VW == 16  /* 32 registers: float32 takes 8 rows of W a pass at every R (Zen 4, 2 threads, GPT-2 small's blocks at
+                 1 / 2 / 4 / 8 rows: U = 4, 4, 2, 2 (the AVX2 sizes) 11.1 / 12.7 / 20.4 / 28.1 ms, U = 8 ~10.9 / ~11.4 /
+                 ~14 / ~20; U = 16 no faster). Each output still sums over k in order: the same bits at any U. */
+KS_TILE(f32, 1, 8) KS_TILE(f32, 2, 8) KS_TILE(f32, 4, 8)
+#else
+KS_TILE(f32, 1, 4) KS_TILE(f32, 2, 4) KS_TILE(f32, 4, 2)
+#endif
+KS_TILE(bf16, 1, 8) KS_TILE(bf16, 2, 4) KS_TILE(bf16, 4, 2)
 typedef void (*ks_fn)(const Linear*, const float*, int, int64_t, int64_t, float*);
 static const ks_fn KS_TILES[2][3] = {{ks_f32_1, ks_f32_2, ks_f32_4}, {ks_bf16_1, ks_bf16_2, ks_bf16_4}}; /* R 1, 2, 4 */
 
