@@ -664,6 +664,13 @@ def test_prefill_products_run_in_the_kernels_where_they_take_them(dtype, monkeyp
     with torch.no_grad():
         gpt(idx)
     assert ran and all(y is None for y in ran)  # 24 rows: past the limit
+    monkeypatch.setattr(cpu_decode, "MANY_ROWS", {"float32": 64, "bfloat16": 128})
+    for step_rows, ran_here in (({}, True), ({"float32": 0, "bfloat16": 0}, False)):  # STEP_ROWS: decode steps only
+        monkeypatch.setattr(cpu_decode, "STEP_ROWS", step_rows)
+        ran.clear()
+        with torch.no_grad():  # a decode step of 24 rows, one token each: past MAX_ROWS, so the blocks' Conv1Ds run
+            gpt(idx[:, -1:].repeat(12, 1), gpt.new_cache(24, 4))
+        assert len(ran) == 8 and all((y is not None) == ran_here for y in ran)
     ran.clear()
     gpt.float().train()
     gpt(idx[:, :4]).sum().backward()  # training: gradients needed

@@ -172,6 +172,10 @@ MAX_ROWS, MAX_ROWS_BF16_WIDEN = _LIMITS[isa() or "AVX512"]
 # makes for float32).
 MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128},
              "AVX512": {"float32": 128, "bfloat16": 64}}.get(isa() or "", {})
+# ... except in decode steps of more rows than MAX_ROWS (n rollouts, beams: one token a row), which run every step:
+# there bfloat16 stays on oneDNN's blocked copies where it beats the kernels (AVX512: n = 64 rollouts of GPT-2
+# small 0.78x of llama.cpp with the kernels' 64-row products, measured 2026-12-05).
+STEP_ROWS = {"AVX512": {"bfloat16": 0}}.get(isa() or "", {})
 
 
 def recipe() -> cbuild.Recipe | None:
@@ -415,7 +419,10 @@ def many_rows(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, act: 
     the CPU (no gradient needed, no autocast), at most MANY_ROWS rows for w's dtype on this build; else None (the
     torch path runs). The result in x's dtype."""
     rows = x.numel() // x.shape[-1]
-    limit = MANY_ROWS.get(str(w.dtype).removeprefix("torch."), 0)
+    dtype = str(w.dtype).removeprefix("torch.")
+    limit = MANY_ROWS.get(dtype, 0)
+    if x.dim() == 3 and x.shape[1] == 1:  # a decode step's rows
+        limit = min(limit, STEP_ROWS.get(dtype, limit))
     if (not 0 < rows <= limit or x.dtype != w.dtype or w.device.type != "cpu" or not w.is_contiguous()
             or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
             or torch.is_autocast_enabled("cpu") or (act is not None and act not in ACTIVATIONS)
