@@ -68,7 +68,8 @@ INT8_DOTS = True
 F32, BF16, I8 = 0, 1, 2  # value types
 KN, NK, PAIRS, NK_Q8 = 0, 1, 2, 3  # weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head;
 # int8 copies), bfloat16 pair-blocked [N/64, K/2, 64, 2] copies of Conv1D weights (`pair_blocked`), or int8
-# [out, in] on integer dot products against activations quantized per block of 32 (Q8_TILE in csrc/decode.c)
+# [out, in] on integer dot products against activations quantized per block of 32 (Q8_TILE, with VNNI Q8V_TILE,
+# in csrc/decode.c)
 ACT_NONE, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU = 0, 1, 2, 3
 ACTIVATIONS = {"gelu_new": ACT_GELU_TANH, "gelu_pytorch_tanh": ACT_GELU_TANH, "gelu_fast": ACT_GELU_TANH,
                "gelu": ACT_GELU_ERF, "relu": ACT_RELU}

@@ -10,8 +10,9 @@ instead of ~495 MB (GPT-2 small, float32).
 Where the products run: the CPU decode kernels (model/cpu_decode.py), for decode steps of up to 8 rows and,
 through `linear`, every other product where they load; there each product's input is quantized per block of 32 as
 llama.cpp's q8_0 does (d = max |x| / 127, q = round(x / d)) and multiplied by the int8 weights in integers
-(vpmaddubsw on AVX2; one FMA per block of 32 applies d; cpu_decode.INT8_DOTS = False keeps the earlier float
-path, int8 rows converted in registers against float32 activations). Otherwise torch's `_weight_int8pack_mm`
+(vpmaddubsw on AVX2, vpdpbusd where the CPU has AVX-512 VNNI; one FMA per block of 32 applies d;
+cpu_decode.INT8_DOTS = False keeps the earlier float path, int8 rows converted in registers against float32
+activations). Otherwise torch's `_weight_int8pack_mm`
 (activations rounded to bfloat16, its only vectorised input type) up to DEQUANT_ROWS rows, and above that
 oneDNN's bfloat16 GEMM on a blocked bfloat16 copy of the dequantized weight, built on first use (like the float
 models' blocked copies: `gpt.packed_weights = False` drops it, and then each call dequantizes). Products of many rows are
