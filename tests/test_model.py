@@ -546,20 +546,23 @@ def test_cpu_kernels_build_where_they_can():
         cpu_decode.load.cache_clear()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "bfloat16-widened"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "bfloat16-widened", "bfloat16-unpacked"])
 @pytest.mark.parametrize("cfg", KERNEL_CONFIGS, ids=["tiny", "exact-gelu", "inner-and-layer-scale", "relu", "odd-widths"])
 def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
     """Decode steps through the kernels against the torch path of the same model: a lone row, a ragged
     left-padded batch, and rows sharing their prompts' KV (SharedPrefixKVCache) through a beam reorder.
     float32 to 1e-5; bfloat16 to its rounding (the kernels keep the residual stream and attention in float32,
     torch rounds every activation). bfloat16-widened: as on CPUs without avx512_bf16 (weights widened to
-    float32 in registers, no pair-blocked copies), whatever this CPU has."""
+    float32 in registers, no pair-blocked copies), whatever this CPU has. bfloat16-unpacked: packed_weights off,
+    so no pair-blocked copies; with avx512_bf16, dot products on the weights as they are (KN_DOTS)."""
     from pigpt.model import cpu_decode
 
     if cpu_decode.load() is None:
         pytest.skip(cpu_decode.status())
     if dtype == "bfloat16-widened":
         monkeypatch.setattr(cpu_decode, "has_avx512bf16", lambda: False)
+    unpacked = dtype == "bfloat16-unpacked"
+    if isinstance(dtype, str):
         dtype = torch.bfloat16
     calls = []
     decode = cpu_decode.decode
@@ -572,6 +575,7 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
             if name.endswith("bias"):
                 p.normal_(0, 0.05)
     gpt = gpt.to(dtype)
+    gpt.packed_weights = not unpacked
     V, rows = cfg["vocab_size"], cpu_decode.MAX_ROWS[str(dtype).removeprefix("torch.")]
     if dtype == torch.bfloat16 and not cpu_decode.has_avx512bf16():
         rows = cpu_decode.MAX_ROWS_BF16_WIDEN
@@ -601,7 +605,9 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
         return out
 
     fast, calls_fast = run(True), len(calls)
-    assert gpt._cpu_plan.pairs == (dtype == torch.bfloat16 and cpu_decode.has_avx512bf16())  # the layout meant
+    dots = dtype == torch.bfloat16 and cpu_decode.has_avx512bf16()
+    assert gpt._cpu_plan.pairs == (dots and not unpacked)  # the layout meant
+    assert (gpt._cpu_plan.layers[0].fc.layout == cpu_decode.KN_DOTS) == (dots and unpacked)
     plain = run(False)
     assert calls_fast == 18 and len(calls) == calls_fast  # every decode step ran in the kernels, and only then
     for a, b in zip(fast, plain):
@@ -677,7 +683,7 @@ def test_prefill_products_run_in_the_kernels_where_they_take_them(dtype, monkeyp
     assert ran and all(y is None for y in ran)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, "bfloat16-unpacked"])
 def test_cpu_kernels_give_the_same_bits_on_any_number_of_threads(dtype):
     """A decode step's sums don't depend on which thread ran what: the split products' partials (tiles of 128 rows
     of W, a K of 384 or 277 here: 3 tiles) are added in tile order, whoever finished last. Logits at 1, 2 and 3
@@ -687,9 +693,12 @@ def test_cpu_kernels_give_the_same_bits_on_any_number_of_threads(dtype):
     if cpu_decode.load() is None:
         pytest.skip(cpu_decode.status())
     threads = torch.get_num_threads()
+    unpacked = dtype == "bfloat16-unpacked"  # packed_weights off: KN_DOTS where the CPU has avx512_bf16
+    dtype = torch.bfloat16 if unpacked else dtype
     for cfg in (KERNEL_CONFIGS[1], KERNEL_CONFIGS[4]):
         torch.manual_seed(0)
         gpt = GPT(GPTConfig(**cfg)).eval().to(dtype)
+        gpt.packed_weights = not unpacked
         idx = torch.randint(0, cfg["vocab_size"], (8, 6))
         with torch.no_grad():
             limit = gpt._plan_for(1).max_rows  # steps of more rows run the torch path

@@ -66,7 +66,7 @@ INT8_DOTS = True
 
 # -- the interface: a mirror of csrc/decode.h, checked against the compiled library's own report at load --------
 F32, BF16, I8 = 0, 1, 2  # value types
-KN, NK, PAIRS, NK_Q8 = 0, 1, 2, 3  # weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head;
+KN, NK, PAIRS, NK_Q8, KN_DOTS = 0, 1, 2, 3, 4  # weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head;
 # int8 copies), bfloat16 pair-blocked [N/64, K/2, 64, 2] copies of Conv1D weights (`pair_blocked`), or int8
 # [out, in] on integer dot products against activations quantized per block of 32 (Q8_TILE, with VNNI Q8V_TILE,
 # in csrc/decode.c)
@@ -114,7 +114,8 @@ def python_interface() -> dict[str, int]:
         out[f"sizeof({s})"] = ctypes.sizeof(struct)
         for name, _ in struct._fields_:
             out[f"{s}.{name}"], out[f"sizeof({s}.{name})"] = getattr(struct, name).offset, getattr(struct, name).size
-    return out | dict(F32=F32, BF16=BF16, I8=I8, KN=KN, NK=NK, PAIRS=PAIRS, NK_Q8=NK_Q8, ACT_NONE=ACT_NONE,
+    return out | dict(F32=F32, BF16=BF16, I8=I8, KN=KN, NK=NK, PAIRS=PAIRS, NK_Q8=NK_Q8, KN_DOTS=KN_DOTS,
+                      ACT_NONE=ACT_NONE,
                       ACT_GELU_TANH=ACT_GELU_TANH, ACT_GELU_ERF=ACT_GELU_ERF, ACT_RELU=ACT_RELU,
                       PHASES_PER_LAYER=PHASES_PER_LAYER, MAX_PHASES=MAX_PHASES)
 
@@ -276,9 +277,10 @@ def pair_blocked(w: torch.Tensor) -> torch.Tensor:
 class Plan:
     """The model's weights as the kernels see them: pointers to its own tensors, built once and valid while no
     parameter moves to new storage (GPT drops its plan on .to(), quantize() and clear_weight_caches()). Holds
-    references to the tensors so that the pointers stay valid. A bfloat16 model's block weights are read from
-    pair-blocked copies where the CPU has avx512_bf16 (a second copy of them in memory, ~170 MB for GPT-2 small);
-    `fresh()` says whether the weights they copy are unchanged since."""
+    references to the tensors so that the pointers stay valid. A bfloat16 model's block weights and head are read
+    from pair-blocked copies where the CPU has avx512_bf16 (a second copy of them in memory, ~250 MB for GPT-2
+    small), unless the model's packed_weights is off: then by dot products on the weights as they are (KN_DOTS,
+    slower); `fresh()` says whether the weights the copies are made from are unchanged since."""
 
     def __init__(self, gpt):
         cfg, tr = gpt.config, gpt.transformer
@@ -287,7 +289,7 @@ class Plan:
         self.grads = packed.grads_seen()  # fused optimizers update weights without bumping their versions
         self.dot = has_avx512bf16()
         self.int8_layout = NK_Q8 if INT8_DOTS else NK
-        self.pairs = gpt.dtype == torch.bfloat16 and self.dot
+        self.pairs = gpt.dtype == torch.bfloat16 and self.dot and gpt.packed_weights
         self.ptype = _TYPES[gpt.dtype]
         layers = (Layer * cfg.n_layer)()
         for i, block in enumerate(tr.h):
@@ -312,7 +314,7 @@ class Plan:
             w = tr.wte.weight
             self.head = Linear(self._t(w), None, None, w.shape[1], w.shape[0], _TYPES[w.dtype], NK, 0)
         self.max_rows = MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")]
-        if gpt.dtype == torch.bfloat16 and not gpt.quantized and not self.pairs:
+        if gpt.dtype == torch.bfloat16 and not gpt.quantized and not self.dot:
             self.max_rows = MAX_ROWS_BF16_WIDEN
         self.work = torch.empty(0)
         # copies made while a gradient is pending serve this call only: a fused step may still change their
@@ -341,6 +343,8 @@ class Plan:
             self.sources.append((w, w._version))
             packed.watch(w)
             return Linear(self._t(pair_blocked(w)), None, b, w.shape[0], w.shape[1], BF16, PAIRS, act)
+        if self.dot and w.dtype == torch.bfloat16:  # dot products on W as it is (no copy: packed_weights off)
+            return Linear(self._t(w), None, b, w.shape[0], w.shape[1], BF16, KN_DOTS, act)
         return Linear(self._t(w), None, b, w.shape[0], w.shape[1], _TYPES[w.dtype], KN, act)
 
     def __reduce__(self):  # pointers: deep copies and pickles of a model start without a plan

@@ -365,8 +365,11 @@ class GPT(nn.Module):
 
     @property
     def packed_weights(self) -> bool:
-        """Whether CPU inference keeps oneDNN-blocked copies of the weights (faster at more than one row,
-        a second copy of each weight in memory). Set it False to save the memory."""
+        """Whether CPU inference keeps copies of the weights in faster layouts: oneDNN-blocked copies for the
+        torch path (faster at more than one row), and for a bfloat16 model on a CPU with avx512_bf16 the decode
+        kernels' pair-blocked copies (decode steps of GPT-2 small ~1.2x faster at one row, ~1.8x at 8; measured
+        on Zen 4). Each is a second copy of the weight in memory; set it False to save the memory (a bfloat16
+        GPT-2 small: ~560 MB -> ~330 MB less torch's own)."""
         return self._packed_weights
 
     @packed_weights.setter
