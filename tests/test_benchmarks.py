@@ -131,6 +131,15 @@ def _tiny_generate(tmp_path, *extra):
     return rows
 
 
+def test_bench_generate_without_weight_copies(tmp_path, capsys):
+    """--no-copies: pigpt's worker runs with packed_weights off, and the run says so."""
+    rows = _tiny_generate(tmp_path, "--no-copies", "--no-hf", "--bf16", "--cases", "greedy")
+    assert [r["precision"] for r in rows] == ["float32", "bfloat16"]
+    assert all(r["engines"]["pigpt"]["tok_s"] > 0 for r in rows)
+    assert json.loads((tmp_path / "g.json").read_text())["meta"]["no_copies"] is True
+    assert "without weight copies" in capsys.readouterr().out
+
+
 def test_bench_generate_baseline_checkout(tmp_path, monkeypatch, capsys):
     """--baseline DIR times another checkout's pigpt in the same rounds (here this checkout: a ratio near 1
     would be noise, so only its presence and sense are checked)."""
