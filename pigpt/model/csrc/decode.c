@@ -212,9 +212,25 @@ static inline vf activate(vf v, int act) {
    (NK) and single products of a few rows (`pigpt_linear`).
    NK_PF_ONE_ROW: an NK tile of one row of float32 weights prefetches too. On the Zen 3 EPYC (AVX2) the prefetchers
    alone stream its rows faster (GPT-2 small's head at one row 5.9 -> 4.7 ms; at 4 and 8 rows prefetch still wins,
-   6.6 vs 7.6 ms); AVX-512 builds keep the prefetch they were measured with. */
+   6.6 vs 7.6 ms); AVX-512 builds keep the prefetch they were measured with.
+   PF_HINT, PF_BYTES: on the AVX-512 EPYC (Zen 4) prefetches into L2 (prefetcht1), 8 KB ahead, against into L1
+   (prefetcht0) 4 KB ahead: GPT-2 small's int8 decode step at one row 6.6 -> 4.3 ms (1.57x; the int8 tiles consume a
+   line in a few instructions, and prefetches into L1 held its few miss buffers), float32 8 rows 1.10x, bfloat16 8
+   rows 1.12x, float32 one row unchanged; 4 KB ahead into L2: int8 0.79x of 8 KB; 16 KB: the same (in-process A/B of
+   two builds, quiet machine, median of 5 rounds). bfloat16's pair-blocked tiles: 1.07x at one row, 1.08x at 8,
+   but 0.86x at 2 (where 4 KB ahead into L2 won 1.13x and lost 0.88-0.95x at 1 and 8 rows); one setting for all. KS_PF_F32: float32 split products prefetch too (into L2):
+   1.08x / 1.10x / 1.19x at 1 / 4 / 8 rows, where prefetch into L1 had only slowed them (Zen 3). The AVX2 build keeps
+   what was measured on Zen 3. */
 #define PF_ROWS 16
+#if VW == 16
+#define PF_BYTES 8192
+#define PF_HINT _MM_HINT_T1
+#define KS_PF_F32 1
+#else
 #define PF_BYTES 4096
+#define PF_HINT _MM_HINT_T0
+#define KS_PF_F32 0
+#endif
 #define NK_PF_ONE_ROW (VW == 16)
 
 #define KN_TILE(T, R, V)                                                                                   \
@@ -230,7 +246,7 @@ static inline vf activate(vf v, int act) {
     const char* row = (const char*)L->w + n0 * es;                                                         \
     for (int64_t k = 0; k < K; k++, row += N * es) {                                                       \
       if (k + PF_ROWS < K)                                                                                 \
-        for (int b = 0; b < VW * V * es; b += 64) _mm_prefetch(row + PF_ROWS * N * es + b, _MM_HINT_T0);  \
+        for (int b = 0; b < VW * V * es; b += 64) _mm_prefetch(row + PF_ROWS * N * es + b, PF_HINT);  \
       vf w[V];                                                                                         \
       for (int j = 0; j < V - 1; j++) w[j] = ld_##T(row + VW * j * es);                                    \
       w[V - 1] = ld_##T##_m(row + VW * (V - 1) * es, mlast);                                               \
@@ -279,8 +295,8 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
    tiles depend on K alone, so a step's sums are the same whichever thread runs which tile, and on any number of
    threads. U rows of W a pass share each load and store of the partial sums; R rows of x, U broadcasts each, fit the
    16 AVX2 registers beside them (bfloat16 at one row: U = 8, spilling the broadcasts, ~8% faster than 4). Rows past
-   M repeat row M-1; their sums are never read. Software prefetch, KS_PF rows ahead, helps bfloat16 and only slowed
-   float32.
+   M repeat row M-1; their sums are never read. Software prefetch, KS_PF rows ahead, helps bfloat16, and float32
+   where it goes to L2 (KS_PF_F32).
    Measured on the 2-vCPU EPYC (Zen 3), 2 threads: GPT-2 small's 48 block products at one row streamed float32 at
    ~28 GB/s in column tiles with 2 MB pages (~20 with 4 KB pages), ~36 GB/s split (either page size). Decode steps
    of its blocks, column tiles -> split: float32 1 row ~14.5 -> ~11 ms, 2 rows 23 -> 16, 4 rows 31 -> 22, 8 rows 40 ->
@@ -305,7 +321,7 @@ static const kn_fn KN_TILES[2][4][17] = {KN_TABLE(f32), KN_TABLE(bf16)}; /* [typ
       }                                                                                                    \
       for (int64_t j = 0; j < NV; j += VW) {                                                               \
         vf wv[U];                                                                                          \
-        if (es == 2) for (int u = 0; u < U; u++) _mm_prefetch(w[u] + (j + KS_PF * N) * es, _MM_HINT_T0);  \
+        if (es == 2 || KS_PF_F32) for (int u = 0; u < U; u++) _mm_prefetch(w[u] + (j + KS_PF * N) * es, PF_HINT);  \
         for (int u = 0; u < U; u++) wv[u] = ld_##T(w[u] + j * es);                                         \
         for (int i = 0; i < R; i++) {                                                                      \
           vf s = v_loadu(part + i * N + j);                                                                \
@@ -393,7 +409,7 @@ static void split_reduce(const Linear* L, int ptype, const float* parts, int M, 
     const char* wb = (const char*)L->w + n0 * K * es;                                                      \
     for (int64_t k = 0; k < KV; k += VW) {                                                                \
       if ((NK_PF_ONE_ROW || R > 1 || es < 4) && k * es % 64 == 0)                                                                        \
-        for (int j = 0; j < NB; j++) _mm_prefetch(wb + (j * K + k) * es + PF_BYTES, _MM_HINT_T0);         \
+        for (int j = 0; j < NB; j++) _mm_prefetch(wb + (j * K + k) * es + PF_BYTES, PF_HINT);         \
       vf w[NB];                                                                                        \
       for (int j = 0; j < NB; j++) w[j] = ld_##T(wb + (j * K + k) * es);                                   \
       for (int i = 0; i < R; i++) {                                                                        \
@@ -502,7 +518,7 @@ static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
       __m256i w[NB];                                                                                       \
       if (k + 32 <= K) {                                                                                   \
         if (!(b & 1))                                                                                      \
-          for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, _MM_HINT_T0); \
+          for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, PF_HINT); \
         for (int j = 0; j < NB; j++) w[j] = _mm256_loadu_si256((const __m256i*)(wb + j * K + k));          \
       } else {                                                                                             \
         for (int j = 0; j < NB; j++) {                                                                     \
@@ -556,7 +572,7 @@ static const int Q8_NB[4] = {8, 4, 2, 1};
       __m512i w[NB];                                                                                       \
       const int whole = Kq - k >= 64;                                                                      \
       if (k + 64 <= K) {                                                                                   \
-        for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, _MM_HINT_T0);  \
+        for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, PF_HINT);  \
         for (int j = 0; j < NB; j++)                                                                       \
           w[j] = _mm512_xor_si512(_mm512_loadu_si512((const void*)(wb + j * K + k)), flip);               \
       } else {  /* past K: w = 0 (+128) against q = 0 (the padding of Kq, or masked off) */                \
@@ -610,7 +626,7 @@ int pigpt_int8_vnni(int on) {
     const uint16_t* wb = (const uint16_t*)L->w + n0 * K;                                                   \
     for (int64_t k = 0; k < K; k += 32) {                                                                  \
       __mmask32 m = k < K32 ? 0xffffffffu : (__mmask32)((1ull << (K - k)) - 1);                           \
-      for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, _MM_HINT_T0);   \
+      for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, PF_HINT);   \
       __m512i w[NB];                                                                                       \
       for (int j = 0; j < NB; j++) w[j] = _mm512_maskz_loadu_epi16(m, wb + j * K + k);                     \
       for (int i = 0; i < R; i++) {                                                                        \
@@ -642,7 +658,7 @@ static const dp_fn DP_TILES[4][2] = {{dp_1_1, dp_1_8}, {dp_2_1, dp_2_4}, {dp_4_1
     }                                                                                                      \
     const uint16_t* wb = (const uint16_t*)L->w + n0 * Kp; /* block n0 / 64 */                              \
     for (int64_t k = 0; k < Kp; k += 2, wb += 128) {                                                       \
-      for (int b = 0; b < 256; b += 64) _mm_prefetch((const char*)wb + PF_BYTES + b, _MM_HINT_T0);        \
+      for (int b = 0; b < 256; b += 64) _mm_prefetch((const char*)wb + PF_BYTES + b, PF_HINT);        \
       __m512i w[4];                                                                                        \
       for (int j = 0; j < 4; j++) w[j] = _mm512_loadu_si512(wb + 32 * j);                                  \
       for (int i = 0; i < R; i++) {                                                                        \
@@ -692,8 +708,8 @@ static const uint16_t KSD_PAIRS[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37,
         const __mmask16 m1 = whole ? 0xffff : N - j > 16 ? tail(N - j - 16) : 0;                          \
         __m512i p[U][2];                                                                                   \
         for (int u = 0; u < U; u++) {                                                                      \
-          _mm_prefetch((const char*)(w0[u] + j + KS_PF * N), _MM_HINT_T0);                                \
-          _mm_prefetch((const char*)(w1[u] + j + KS_PF * N), _MM_HINT_T0);                                \
+          _mm_prefetch((const char*)(w0[u] + j + KS_PF * N), PF_HINT);                                \
+          _mm_prefetch((const char*)(w1[u] + j + KS_PF * N), PF_HINT);                                \
           __m512i A = _mm512_maskz_loadu_epi16(mw, w0[u] + j), B = _mm512_maskz_loadu_epi16(mw, w1[u] + j); \
           p[u][0] = _mm512_permutex2var_epi16(A, lo, B);                                                   \
           p[u][1] = _mm512_permutex2var_epi16(A, hi, B);                                                   \
@@ -860,7 +876,7 @@ static void kn_pack(const Linear* L, int64_t k0, int64_t kk, int64_t c0, int64_t
   for (int64_t k = 0; k < kk; k++) {
     const char* src = (const char*)L->w + ((k0 + k) * N + c0) * es;
     if (k0 + k + GPF < L->K)
-      for (int64_t b = 0; b < cols * es; b += 64) _mm_prefetch(src + GPF * N * es + b, _MM_HINT_T0);
+      for (int64_t b = 0; b < cols * es; b += 64) _mm_prefetch(src + GPF * N * es + b, PF_HINT);
     for (int64_t c = 0; c < cols; c += VW) {
       vm m = tail(cols - c);
       vf v = L->wtype == BF16 ? (cols - c >= VW ? ld_bf16(src + c * es) : ld_bf16_m(src + c * es, m))
