@@ -66,10 +66,11 @@ INT8_DOTS = True
 
 # -- the interface: a mirror of csrc/decode.h, checked against the compiled library's own report at load --------
 F32, BF16, I8 = 0, 1, 2  # value types
-KN, NK, PAIRS, NK_Q8, KN_DOTS = 0, 1, 2, 3, 4  # weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head;
-# int8 copies), bfloat16 pair-blocked [N/64, K/2, 64, 2] copies of Conv1D weights (`pair_blocked`), or int8
-# [out, in] on integer dot products against activations quantized per block of 32 (Q8_TILE, with VNNI Q8V_TILE,
-# in csrc/decode.c)
+# weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head; int8 copies), bfloat16 pair-blocked
+# [N/64, K/2, 64, 2] copies of Conv1D weights (`pair_blocked`), int8 [out, in] on integer dot products against
+# activations quantized per block of 32 (Q8_TILE, with VNNI Q8V_TILE, in csrc/decode.c), or bfloat16 [in, out]
+# read by avx512_bf16 dot products without a copy (KSD_TILE; packed_weights off)
+KN, NK, PAIRS, NK_Q8, KN_DOTS = 0, 1, 2, 3, 4
 ACT_NONE, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU = 0, 1, 2, 3
 ACTIVATIONS = {"gelu_new": ACT_GELU_TANH, "gelu_pytorch_tanh": ACT_GELU_TANH, "gelu_fast": ACT_GELU_TANH,
                "gelu": ACT_GELU_ERF, "relu": ACT_RELU}
