@@ -213,14 +213,14 @@ static inline vf activate(vf v, int act) {
    NK_PF_ONE_ROW: an NK tile of one row of float32 weights prefetches too. On the Zen 3 EPYC (AVX2) the prefetchers
    alone stream its rows faster (GPT-2 small's head at one row 5.9 -> 4.7 ms; at 4 and 8 rows prefetch still wins,
    6.6 vs 7.6 ms); AVX-512 builds keep the prefetch they were measured with.
-   PF_HINT, PF_BYTES: on the AVX-512 EPYC (Zen 4) prefetches into L2 (prefetcht1), 8 KB ahead, against into L1
-   (prefetcht0) 4 KB ahead: GPT-2 small's int8 decode step at one row 6.6 -> 4.3 ms (1.57x; the int8 tiles consume a
-   line in a few instructions, and prefetches into L1 held its few miss buffers), float32 8 rows 1.10x, bfloat16 8
-   rows 1.12x, float32 one row unchanged; 4 KB ahead into L2: int8 0.79x of 8 KB; 16 KB: the same (in-process A/B of
-   two builds, quiet machine, median of 5 rounds). bfloat16's pair-blocked tiles: 1.07x at one row, 1.08x at 8,
-   but 0.86x at 2 (where 4 KB ahead into L2 won 1.13x and lost 0.88-0.95x at 1 and 8 rows); one setting for all. KS_PF_F32: float32 split products prefetch too (into L2):
-   1.08x / 1.10x / 1.19x at 1 / 4 / 8 rows, where prefetch into L1 had only slowed them (Zen 3). The AVX2 build keeps
-   what was measured on Zen 3. */
+   PF_HINT, PF_BYTES: on the AVX-512 EPYC (Zen 4) prefetches go into L2 (prefetcht1), 8 KB ahead, rather than into
+   L1 (prefetcht0) 4 KB ahead. In-process A/B of two builds, GPT-2 small's decode steps, median of 5 rounds: int8
+   1.52x / 1.69x / 1.26x / 0.99x at 1 / 2 / 4 / 8 rows (6.5 -> 4.4 ms at one row: the int8 tiles use up a line in a
+   few instructions, and prefetches into L1 held its few miss buffers); 4 KB ahead into L2: 0.79x of 8 KB; 16 KB:
+   the same. bfloat16's pair-blocked tiles 1.07x at one row and 1.08x at 8, but 0.86x at 2 (where 4 KB ahead into
+   L2 won 1.13x and lost 0.88-0.95x at 1 and 8 rows); one setting for all. KS_PF_F32: float32 split products
+   prefetch too, into L2 (with it, float32 steps 1.12x-1.27x at 1-8 rows), where prefetch into L1 had only slowed
+   them (Zen 3). The AVX2 build keeps what was measured on Zen 3. */
 #define PF_ROWS 16
 #if VW == 16
 #define PF_BYTES 8192
@@ -1125,18 +1125,14 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* ro
   }
   const Linear* lin = phase_linear(ly, p);
   const float* in = kind == QKV || kind == FC ? a : kind == PROJ ? att : hid;  /* final: its phase is done */
-  if (reduces[p]) {
-    if (lin->layout == KN_DOTS && *rounded != p) {
-      prepare(lin, in, (int)M, xb);
-      *rounded = p;
-    }
-    split_tile(lin, in, xb, (int)M, i, hid + M * inner + j->nthreads * per_thread(M, C, inner, j->S));
-    return;
-  }
-  const int prepared = lin->layout == PAIRS || lin->layout == NK_Q8;
+  const int prepared = lin->layout == PAIRS || lin->layout == NK_Q8 || lin->layout == KN_DOTS;
   if (prepared && *rounded != p) {
     prepare(lin, in, (int)M, xb);
     *rounded = p;
+  }
+  if (reduces[p]) {
+    split_tile(lin, in, xb, (int)M, i, hid + M * inner + j->nthreads * per_thread(M, C, inner, j->S));
+    return;
   }
   tile_range(lin, tiles[p], i, &n0, &n1);
   linear_cols(lin, P, in, prepared ? xb : NULL, (int)M, kind == QKV ? qkv : kind == FC ? hid : x,
