@@ -650,6 +650,29 @@ def test_kernels_products_of_many_rows(dtype, act):
             assert _max_diff(y, lone) <= 2e-6 * (1 + ref.abs().max().item())
 
 
+def test_bfloat16_head_dot_products_over_awkward_shapes():
+    """The bfloat16 [V, C] head on avx512_bf16 dot products (DP tiles: unmasked whole steps of 32, a masked tail)
+    and on its pair-blocked copy (PB tiles), against float64 of x rounded to bfloat16, at every tile height (1 .. 8
+    rows), widths around 32 and vocabularies past and short of a row group and a 256-column block: to float32
+    rounding of each sum."""
+    from pigpt.model import cpu_decode
+
+    if cpu_decode.load() is None or not cpu_decode.has_avx512bf16():
+        pytest.skip("needs the kernels on a CPU with avx512_bf16: " + cpu_decode.status())
+    g = torch.Generator().manual_seed(0)
+    for K, N in [(31, 5), (32, 300), (33, 17), (64, 257), (100, 9), (768, 515)]:
+        w = (torch.randn(N, K, generator=g) / K**0.5).to(torch.bfloat16)  # [V, C], as wte
+        blocked = cpu_decode.pair_blocked(w.t())
+        for M in range(1, 9):
+            x = torch.randn(M, K, generator=g)
+            ref = x.to(torch.bfloat16).double() @ w.double().t()
+            bound = 2e-6 * (1 + ref.abs().max().item())
+            for layout, t in ((cpu_decode.NK, w), (cpu_decode.PAIRS, blocked)):
+                lin = cpu_decode.Linear(t.data_ptr(), None, None, K, N, cpu_decode.BF16, layout, 0)
+                y = cpu_decode._product(lin, cpu_decode.F32, x, True)
+                assert _max_diff(y.double(), ref) <= bound, (K, N, M, layout)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_prefill_products_run_in_the_kernels_where_they_take_them(dtype, monkeypatch):
     """With MANY_ROWS set (this build's limits, or forced here where the build has none), a prompt's products run
