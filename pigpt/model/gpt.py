@@ -367,9 +367,10 @@ class GPT(nn.Module):
     def packed_weights(self) -> bool:
         """Whether CPU inference keeps copies of the weights in faster layouts: oneDNN-blocked copies for the
         torch path (faster at more than one row), and for a bfloat16 model on a CPU with avx512_bf16 the decode
-        kernels' pair-blocked copies (GPT-2 small's tokens/s through generate 1.25x at one row, 1.7x at 8 rows;
-        measured on Zen 4). Each is a second copy of the weight in memory; set it False to save the memory (a
-        bfloat16 GPT-2 small at one row: peak 623 -> 318 MB less torch's own; bench_generate.py --no-copies)."""
+        kernels' pair-blocked copies (GPT-2 small's decode steps 1.12x faster at one row, level at 2 and 4, 1.3x
+        at 8 rows; measured on Zen 4). Each is a second copy of the weight in memory; set it False to save the
+        memory (a bfloat16 GPT-2 small at one row: peak 623 -> 318 MB less torch's own; bench_generate.py
+        --no-copies)."""
         return self._packed_weights
 
     @packed_weights.setter
