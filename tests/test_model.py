@@ -625,6 +625,37 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernels_read_the_blocks_only_for_a_decode_step(dtype):
+    """A job whose steps all have more rows than the kernels' decode steps take (n rollouts past MAX_ROWS) uses the
+    plan only for its prompt's last-token logits: the blocks (a bfloat16 model's pair-blocked copies) are not made.
+    The first step the kernels decode makes them, and the logits are those of a model that made them up front."""
+    from pigpt.decoding import SamplingParams, generate
+    from pigpt.model import cpu_decode
+
+    if cpu_decode.load() is None:
+        pytest.skip(cpu_decode.status())
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(**KERNEL_CONFIGS[0])).eval().to(dtype)
+    with torch.no_grad():
+        rows = gpt._plan_for(1).max_rows + 1
+    sp = SamplingParams(temperature=1.0, max_new_tokens=3, n=rows, seed=0, stop_token_ids=())
+    first = generate(gpt, [[3, 5, 7]], sp)
+    plan = gpt._cpu_plan
+    assert plan and plan._model is None and len(plan.sources) == (1 if plan.pairs else 0)  # the head's copy, if any
+    lone = generate(gpt, [[3, 5, 7]], SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=()))
+    assert gpt._cpu_plan is plan and plan._model is not None  # built by the first kernel step, in the same plan
+    assert len(plan.sources) == (1 + 4 * gpt.config.n_layer if plan.pairs else 0)
+    up_front = GPT(GPTConfig(**KERNEL_CONFIGS[0])).eval().to(dtype)
+    up_front.load_state_dict(gpt.state_dict())
+    with torch.no_grad():
+        assert up_front._plan_for(1).model  # the blocks first, then the jobs
+    same = generate(up_front, [[3, 5, 7]], sp)
+    assert [(r.tokens, r.logprobs) for r in same[0]] == [(r.tokens, r.logprobs) for r in first[0]]
+    again = generate(up_front, [[3, 5, 7]], SamplingParams(temperature=0.0, max_new_tokens=4, stop_token_ids=()))
+    assert [(r.tokens, r.logprobs) for r in again[0]] == [(r.tokens, r.logprobs) for r in lone[0]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("act", ["none", "gelu_new", "gelu", "relu"])
 def test_kernels_products_of_many_rows(dtype, act):
     """Products of more rows than a decode step's on [in, out] weights (kn_many_rows: panels of W copied into cache,

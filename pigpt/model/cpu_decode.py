@@ -37,6 +37,7 @@ import functools
 import os
 import shutil
 import sys
+import weakref
 from importlib import resources
 
 import torch
@@ -284,7 +285,7 @@ class Plan:
     slower); `fresh()` says whether the weights the copies are made from are unchanged since."""
 
     def __init__(self, gpt):
-        cfg, tr = gpt.config, gpt.transformer
+        tr = gpt.transformer
         self.keep = []  # the tensors behind every pointer
         self.sources = []  # (weight, its version) for each copy made
         self.grads = packed.grads_seen()  # fused optimizers update weights without bumping their versions
@@ -292,16 +293,8 @@ class Plan:
         self.int8_layout = NK_Q8 if INT8_DOTS else NK
         self.pairs = gpt.dtype == torch.bfloat16 and self.dot and gpt.packed_weights
         self.ptype = _TYPES[gpt.dtype]
-        layers = (Layer * cfg.n_layer)()
-        for i, block in enumerate(tr.h):
-            layers[i] = Layer(*(self._t(p) for p in (block.ln_1.weight, block.ln_1.bias, block.ln_2.weight,
-                                                     block.ln_2.bias)),
-                              self._linear(block.attn.c_attn), self._linear(block.attn.c_proj),
-                              self._linear(block.mlp.c_fc, ACTIVATIONS[cfg.activation]),
-                              self._linear(block.mlp.c_proj), block.attn.scale)
-        self.layers = layers
-        self.model = Model(cfg.n_layer, cfg.n_embd, cfg.n_head, self.ptype, cfg.layer_norm_epsilon,
-                           ctypes.addressof(layers), self._t(tr.ln_f.weight), self._t(tr.ln_f.bias))
+        self._gpt = weakref.ref(gpt)  # the blocks are read on the first decode step (`model`)
+        self._model = self._layers = None
         q = gpt.lm_head_qweight
         if q is not None:  # the int8 copy of wte, [V, C]
             scale = gpt.lm_head_qscale.view(torch.float32)
@@ -320,10 +313,46 @@ class Plan:
         self.work = torch.empty(0)
         # copies made while a gradient is pending serve this call only: a fused step may still change their
         # sources without a trace (packed.watch)
-        self.pending = not all(packed.settled(w) for w, _ in self.sources)
-        for t in self.keep:  # the weights (biases and norms are too small to matter)
+        self.pending, self._kept = False, 0
+        self._settle(0)
+
+    def _settle(self, first: int) -> None:
+        """After sources[first:] and keep[...] were added: note a pending gradient; 2 MB pages for the weights."""
+        self.pending = self.pending or not all(packed.settled(w) for w, _ in self.sources[first:])
+        for t in self.keep[self._kept:]:  # (biases and norms: too small to matter)
             if t.numel() * t.element_size() >= 1 << 20:
                 load().pigpt_hugepages(t.data_ptr(), t.numel() * t.element_size())
+        self._kept = len(self.keep)
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            self._build_blocks()
+        return self._model
+
+    @property
+    def layers(self):
+        if self._model is None:
+            self._build_blocks()
+        return self._layers
+
+    def _build_blocks(self) -> None:
+        """The blocks and ln_f for `decode`, made on the first decode step, not with the plan: a job whose steps all
+        have more rows than max_rows (n = 64 rollouts, 16 beams) uses the plan only for its prompt's last-token
+        logits, and a bfloat16 model's pair-blocked block copies (170 MB for GPT-2 small) would sit unused."""
+        gpt, first = self._gpt(), len(self.sources)
+        cfg, tr = gpt.config, gpt.transformer
+        layers = (Layer * cfg.n_layer)()
+        for i, block in enumerate(tr.h):
+            layers[i] = Layer(*(self._t(p) for p in (block.ln_1.weight, block.ln_1.bias, block.ln_2.weight,
+                                                     block.ln_2.bias)),
+                              self._linear(block.attn.c_attn), self._linear(block.attn.c_proj),
+                              self._linear(block.mlp.c_fc, ACTIVATIONS[cfg.activation]),
+                              self._linear(block.mlp.c_proj), block.attn.scale)
+        self._layers = layers
+        self._model = Model(cfg.n_layer, cfg.n_embd, cfg.n_head, self.ptype, cfg.layer_norm_epsilon,
+                            ctypes.addressof(layers), self._t(tr.ln_f.weight), self._t(tr.ln_f.bias))
+        self._settle(first)
 
     def _t(self, t: torch.Tensor):
         self.keep.append(t.detach())
