@@ -146,6 +146,7 @@ def test_int8_model_is_the_float_model_with_dequantized_weights(path, monkeypatc
     path = "kernels-dots" if path == "kernels-dots-avx2" else path
     q = _gpt(seed=3).quantize("int8")
     q.cpu_kernels = kernels
+    q.kv_dtype = torch.float32  # keys and values as computed: this test is about the products (kv_dtype's: below)
     ref, head = _dequantized(q)
     tol = 1e-4 if kernels else 0.15
     idx = torch.randint(0, 500, (3, 20), generator=torch.Generator().manual_seed(0))
@@ -176,6 +177,35 @@ def test_int8_model_is_the_float_model_with_dequantized_weights(path, monkeypatc
             assert (q(one) - fake_q8(ref.hidden(one)) @ head.t()).abs().max() <= tol
         if path == "kernels-dots":  # activations really were quantized
             assert (steps[0] - want[0, -8:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch"])
+def test_an_int8_model_keeps_its_kv_cache_in_bfloat16(kernels):
+    """GPT.kv_dtype: bfloat16 by default for an int8 model (float ones: their own dtype), float32 on request. A
+    prompt and 8 decode steps, through the kernels and through torch's path (which attends over a prompt in
+    float32 and over a step's keys in bfloat16), against the same path with a float32 cache: moved by the keys'
+    and values' rounding only (max 0.03 here), and really moved."""
+    if kernels and not KERNELS:
+        pytest.skip(cpu_decode.status())
+    q = _gpt(seed=3).quantize("int8")
+    assert q.kv_dtype == torch.bfloat16 and q.new_cache(2, 8).k.dtype == torch.bfloat16
+    assert _gpt(seed=3).kv_dtype == torch.float32 and _gpt(seed=3).to(torch.bfloat16).kv_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="kv_dtype torch.float16"):
+        q.kv_dtype = torch.float16
+    q.cpu_kernels = kernels
+    idx = torch.randint(0, 500, (3, 20), generator=torch.Generator().manual_seed(0))
+
+    def logits(kv):
+        q.kv_dtype = kv
+        cache = q.new_cache(3, 20, pad=[0, 4, 9])
+        assert cache.k.dtype == kv
+        with torch.no_grad():
+            return torch.cat([q(idx[:, :12], cache)] + [q(idx[:, t:t + 1], cache) for t in range(12, 20)], 1)
+
+    d = (logits(torch.bfloat16) - logits(torch.float32)).abs()
+    print(d[:, :12].max(), d[:, 12:].max())
+    assert 1e-3 < d[:, :12].max() <= 0.1  # the prompt, over its keys as stored
+    assert 1e-3 < d[:, 12:].max() <= 0.1  # the steps
 
 
 @pytest.fixture(params=["vnni", "avx2"])

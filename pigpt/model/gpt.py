@@ -149,8 +149,18 @@ class CausalSelfAttention(nn.Module):
         q, k, v = rearrange(self.c_attn(x), "b t (three nh hs) -> three b nh t hs", three=3, nh=self.n_head)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S_used, hs)
+            if k.dtype != q.dtype:  # a cache kept in fewer bits than the activations (GPT.kv_dtype)
+                if q.shape[2] > 1:  # a prompt, once: its attention in the activations' precision
+                    k, v = k.to(q.dtype), v.to(q.dtype)
+                else:  # a step: in the cache's, rather than a widened copy of every key each step
+                    y = self.forward_one(q.to(k.dtype), k, v, cache, mask)
+                    return self.resid_dropout(self.c_proj(y.to(x.dtype)))
         if self.invariant:  # keys in position order from the first real one: the mask is implied
             return self.resid_dropout(self.c_proj(invariant.attention(q, k, v, self.scale, cache, self.layer_idx)))
+        return self.resid_dropout(self.c_proj(self.forward_one(q, k, v, cache, mask)))
+
+    def forward_one(self, q, k, v, cache, mask):
+        """Attention of q (B, nh, T, hs) over k, v (B, nh, S, hs), all in one dtype; (B, T, C)."""
         if isinstance(cache, SharedPrefixKVCache):  # rows' own keys here, their prompt's inside the cache
             y = cache.attend(self.layer_idx, q, k, v, self.scale)
         elif cache is not None and q.shape[2] == 1 and q.shape[0] >= 16 and q.device.type == "cpu":
@@ -163,8 +173,7 @@ class CausalSelfAttention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 scale=self.scale,
             )  # (B, nh, T, hs)
-        y = rearrange(y, "b nh t hs -> b t (nh hs)")
-        return self.resid_dropout(self.c_proj(y))
+        return rearrange(y, "b nh t hs -> b t (nh hs)")
 
 
 def _one_query_attention(q, k, v, mask, scale):
@@ -230,6 +239,7 @@ class GPT(nn.Module):
         self._head_t = packed.DerivedWeight()  # [C, V] for one-row float32: x @ W beats F.linear's [V, C] here
         self._head_packed = packed.DerivedWeight()
         self._packed_weights = True
+        self._kv_dtype = None  # kv_dtype: None, the default for the model's weights
         # quantize(): the int8 copy of wte ([V, C] and per-row scales as int32 bits) that the LM head and the
         # embedding lookup read; wte itself is then emptied
         self.register_buffer("lm_head_qweight", None)
@@ -362,6 +372,25 @@ class GPT(nn.Module):
         head_t = self._head_t.get(w, lambda w: w.t().contiguous())  # (C, V)
         # 2-D: matmul would broadcast a strided 3-D x into a batched product with the weight expanded
         return (x.reshape(-1, x.shape[-1]) @ head_t).view(*x.shape[:-1], head_t.shape[1])
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The KV cache's dtype (new_cache): the model's dtype, except bfloat16 for an int8 model (its activations
+        stay float32; llama.cpp's q8_0 models keep an f16 cache too). Keys and values are then stored rounded to
+        bfloat16, and half the bytes: at n = 64 rollouts of GPT-2 small the cache is most of the memory. Decode
+        steps in the CPU kernels read them into float32 arithmetic; the torch path attends over a prompt in the
+        activations' dtype and over a decode step's keys in the cache's. Set it (torch.float32 or
+        torch.bfloat16) to choose; None: the default."""
+        if self._kv_dtype is not None:
+            return self._kv_dtype
+        return torch.bfloat16 if self.quantized else self.dtype
+
+    @kv_dtype.setter
+    def kv_dtype(self, dtype: torch.dtype | None) -> None:
+        if dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"kv_dtype {dtype} is not one pigpt keeps a KV cache in; use torch.float32, "
+                             "torch.bfloat16, or None for the model's default")
+        self._kv_dtype = dtype
 
     @property
     def packed_weights(self) -> bool:
@@ -513,7 +542,7 @@ class GPT(nn.Module):
         """
         c = self.config
         return KVCache(c.n_layer, batch_size, c.n_head, max_len, c.head_dim,
-                       device=self.device, dtype=self.dtype, pad=pad)
+                       device=self.device, dtype=self.kv_dtype, pad=pad)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     @classmethod

@@ -4,8 +4,9 @@ Each linear layer's weight becomes int8 with one float32 scale per output channe
 nearest: w ~ q * scale, scale = max |w| of the channel / 127); wte becomes an int8 copy with one scale per
 row, which the LM head multiplies by and the embedding lookup reads rows of (`GPT.embed`; no float wte is
 kept, as llama.cpp's q8_0 models keep none). Biases, layer norms and activations stay float (the
-model's dtype: float32, or bfloat16 after `.to(torch.bfloat16)`). A decode step reads ~125 MB of weights
-instead of ~495 MB (GPT-2 small, float32).
+model's dtype: float32, or bfloat16 after `.to(torch.bfloat16)`); the KV cache is bfloat16 (`GPT.kv_dtype`: half
+a float32 cache's bytes, as llama.cpp keeps an f16 one; on the shipped model the mean KL from float32 went 3.6e-4 ->
+3.7e-4, the table below). A decode step reads ~125 MB of weights instead of ~495 MB (GPT-2 small, float32).
 
 Where the products run: the CPU decode kernels (model/cpu_decode.py), for decode steps of up to 8 rows and,
 through `linear`, every other product where they load; there each product's input is quantized per block of 32 as
@@ -28,7 +29,10 @@ it by less (2.8e-4 -> 3.7e-4 with integer products). The rows below the shipped 
 
     model                      path         perplexity           mean KL   max |d log p|   same     identical
                                             float32 -> int8      (nats)    at the text's   argmax   greedy runs
-    pigpt/model/default (shipped; 2026-12-04, the AVX2 build; the first row is what runs by default):
+    pigpt/model/default (shipped; 2026-12-05, Zen 4, VNNI tiles, token by token; what runs by default first):
+      + bfloat16 KV cache (kv_dtype)           125.85 -> 125.89     3.7e-4    0.350           98.7%    86/100
+      float32 KV cache                         125.85 -> 125.88     3.6e-4    0.284           98.6%    84/100
+    (2026-12-04, the AVX2 build, float32 KV cache:)
       integer dot products, int8 embedding     125.85 -> 125.90     3.7e-4    0.270           98.6%    84/100
       float path (INT8_DOTS off), int8 embed   125.85 -> 125.87     2.1e-4    0.243           99.1%    89/100
       integer dot products, float32 wte        125.85 -> 125.87     2.8e-4    0.187           98.7%    82/100
