@@ -140,6 +140,12 @@ def test_the_mode_is_a_property_of_the_model_and_refuses_what_it_cannot_run(tmp_
         gpt.batch_invariant = True
     with pytest.raises(InvariantError, match="drop quantize="):
         GPT.from_pretrained(tmp_path, quantize="int8", batch_invariant=True)
+    gpt = GPT.from_pretrained(tmp_path, batch_invariant=True)
+    gpt.kv_dtype = torch.bfloat16  # a cache the invariant attention doesn't read
+    with pytest.raises(InvariantError, match="reads a float32 KV cache: set model.kv_dtype = None"):
+        gpt(torch.tensor([[1, 2]]), gpt.new_cache(1, 4))
+    gpt.kv_dtype = None
+    gpt(torch.tensor([[1, 2]]), gpt.new_cache(1, 4))
 
 
 def test_pigpt_sample_batch_invariant(capsys):

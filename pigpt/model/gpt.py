@@ -149,17 +149,19 @@ class CausalSelfAttention(nn.Module):
         q, k, v = rearrange(self.c_attn(x), "b t (three nh hs) -> three b nh t hs", three=3, nh=self.n_head)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, S_used, hs)
-            if k.dtype != q.dtype:  # a cache kept in fewer bits than the activations (GPT.kv_dtype)
-                if q.shape[2] > 1:  # a prompt, once: its attention in the activations' precision
+            if k.dtype != q.dtype:  # a cache in another dtype than the activations (GPT.kv_dtype)
+                if self.invariant:
+                    raise invariant.InvariantError("batch-invariant mode reads a float32 KV cache: set "
+                                                   "model.kv_dtype = None (or torch.float32)")
+                if q.shape[2] > 1:  # a prompt, once: its attention in the activations' dtype
                     k, v = k.to(q.dtype), v.to(q.dtype)
-                else:  # a step: in the cache's, rather than a widened copy of every key each step
-                    y = self.forward_one(q.to(k.dtype), k, v, cache, mask)
-                    return self.resid_dropout(self.c_proj(y.to(x.dtype)))
+                else:  # a step: in the cache's, rather than converting every key each step
+                    return self.resid_dropout(self.c_proj(self._attend(q.to(k.dtype), k, v, cache, mask).to(x.dtype)))
         if self.invariant:  # keys in position order from the first real one: the mask is implied
             return self.resid_dropout(self.c_proj(invariant.attention(q, k, v, self.scale, cache, self.layer_idx)))
-        return self.resid_dropout(self.c_proj(self.forward_one(q, k, v, cache, mask)))
+        return self.resid_dropout(self.c_proj(self._attend(q, k, v, cache, mask)))
 
-    def forward_one(self, q, k, v, cache, mask):
+    def _attend(self, q, k, v, cache, mask):
         """Attention of q (B, nh, T, hs) over k, v (B, nh, S, hs), all in one dtype; (B, T, C)."""
         if isinstance(cache, SharedPrefixKVCache):  # rows' own keys here, their prompt's inside the cache
             y = cache.attend(self.layer_idx, q, k, v, self.scale)
