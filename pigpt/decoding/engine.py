@@ -26,6 +26,7 @@ import torch
 
 from pigpt.kernels import sample_from_logits
 from pigpt.kernels.reference import logprob_at
+from pigpt.model import heap
 from pigpt.model.threads import Governor
 
 from .params import SamplingParams
@@ -169,6 +170,8 @@ def steps(model, prompts, params: SamplingParams, seeds, stop_ids, tokenizer=Non
             governor.tick()
             if t > 0:
                 logits = decode_one_token(model, live.tok, live.cache)  # (B, V)
+                if heap.due(t, logits):  # many rows: their freed temporaries back to the OS (model/heap.py)
+                    heap.release()
             history = live.hist[:, : P + t] if live.hist is not None else None
             tok, lp, mlp, scores = sample_one_token(logits, params, history, t, stop_ids, live.seeds, backend)
             live.push(tok, P + t)
