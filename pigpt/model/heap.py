@@ -3,11 +3,12 @@
 Why: a decode step of many rows makes and frees a few logits-sized tensors (64 rows x 50,257 floats: 12.9 MB each)
 and, in bfloat16, oneDNN's working buffers. glibc serves them from its heap once it has seen one freed (its mmap
 threshold follows the largest freed block), and keeps what they leave free in the middle of the heap resident.
-At n = 64 rollouts of GPT-2 small (128 tokens, Zen 4) that was ~100-160 MB of the peak (bfloat16 1234-1498 ->
-1156-1217 MB, int8 1021-1149 -> 971-992, trimming every 8 steps; 5 and 2 runs). A fixed threshold instead
-(MALLOC_MMAP_THRESHOLD_) saves as much but doubles the step time there: every logits tensor page-faults in anew.
-malloc_trim(0) returns whole free pages anywhere in the heap; it took ~3 ms a call here, so the decode loop calls it
-every RELEASE_EVERY steps, and only when a step's logits are at least RELEASE_BYTES.
+At n = 64 rollouts of GPT-2 small (128 tokens, Zen 4; peaks from inside the process, 3 runs each) trimming every 8
+steps took bfloat16's peak from 1255 to 1164 MB and int8's from 1157 to 995 (float32's stayed 1350), at 0.4% and 2.1%
+of the time (interleaved in one process): the trimmed pages fault back in when the next step's temporaries take
+them. A fixed threshold instead (MALLOC_MMAP_THRESHOLD_) saves as much but doubles the time there: every logits
+tensor page-faults in anew. malloc_trim(0) returns whole free pages anywhere in the heap (~3 ms a call here), so the
+decode loop calls it every RELEASE_EVERY steps, and only when a step's logits are at least RELEASE_BYTES.
 
 Only where the C library has it (glibc); elsewhere `release` does nothing. `ctypes.CDLL(None)` opens no file: it is
 the symbols this process has already loaded.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
-RELEASE_EVERY = 8  # decode steps between calls: ~0.4 ms a step at n = 64, ~0.5% of it
+RELEASE_EVERY = 8  # decode steps between calls
 RELEASE_BYTES = 4 << 20  # a step's float32 logits of at least this many bytes (GPT-2's vocabulary: 21 rows and up)
 
 
