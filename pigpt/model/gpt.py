@@ -156,13 +156,9 @@ class CausalSelfAttention(nn.Module):
                 if q.shape[2] > 1:  # a prompt, once: its attention in the activations' dtype
                     k, v = k.to(q.dtype), v.to(q.dtype)
                 else:  # a step: in the cache's, rather than converting every key each step
-                    return self.resid_dropout(self.c_proj(self._attend(q.to(k.dtype), k, v, cache, mask).to(x.dtype)))
+                    q = q.to(k.dtype)
         if self.invariant:  # keys in position order from the first real one: the mask is implied
             return self.resid_dropout(self.c_proj(invariant.attention(q, k, v, self.scale, cache, self.layer_idx)))
-        return self.resid_dropout(self.c_proj(self._attend(q, k, v, cache, mask)))
-
-    def _attend(self, q, k, v, cache, mask):
-        """Attention of q (B, nh, T, hs) over k, v (B, nh, S, hs), all in one dtype; (B, T, C)."""
         if isinstance(cache, SharedPrefixKVCache):  # rows' own keys here, their prompt's inside the cache
             y = cache.attend(self.layer_idx, q, k, v, self.scale)
         elif cache is not None and q.shape[2] == 1 and q.shape[0] >= 16 and q.device.type == "cpu":
@@ -175,7 +171,8 @@ class CausalSelfAttention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 scale=self.scale,
             )  # (B, nh, T, hs)
-        return rearrange(y, "b nh t hs -> b t (nh hs)")
+        y = rearrange(y, "b nh t hs -> b t (nh hs)").to(x.dtype)  # (from the cache's dtype, after a step in it)
+        return self.resid_dropout(self.c_proj(y))
 
 
 def _one_query_attention(q, k, v, mask, scale):
