@@ -664,8 +664,9 @@ def test_the_kernels_read_the_blocks_only_for_a_decode_step(dtype):
 @pytest.mark.parametrize("act", ["none", "gelu_new", "gelu", "relu"])
 def test_kernels_products_of_many_rows(dtype, act):
     """Products of more rows than a decode step's on [in, out] weights (kn_many_rows: panels of W copied into cache,
-    blocks of 64 rows of W, tiles of rows over them) against float64, over row counts past every tile and block
-    boundary, odd widths and a K shorter than a block: to float32 rounding of each product."""
+    blocks of 256 rows of W and 128 of its columns, tiles of rows over them, the next block fetched while one runs)
+    against float64, over row counts past every tile and block boundary, odd widths and a K shorter than a block or
+    past one: to float32 rounding of each product."""
     from pigpt.model import cpu_decode
 
     if cpu_decode.load() is None:
@@ -673,7 +674,8 @@ def test_kernels_products_of_many_rows(dtype, act):
     code = cpu_decode.ACT_NONE if act == "none" else cpu_decode.ACTIVATIONS[act]
     fn = {"none": lambda y: y, "gelu_new": lambda y: F.gelu(y, approximate="tanh"), "gelu": F.gelu, "relu": F.relu}[act]
     g = torch.Generator().manual_seed(0)
-    for K, N, M in [(5, 1000, 40), (45, 77, 9), (64, 300, 13), (100, 17, 100), (130, 529, 23), (768, 2304, 16)]:
+    for K, N, M in [(5, 1000, 40), (45, 77, 9), (64, 300, 13), (100, 17, 100), (130, 529, 23), (768, 2304, 16),
+                    (300, 1000, 24), (600, 130, 17)]:
         w = (torch.randn(K, N, generator=g) / K**0.5).to(dtype)
         b = torch.randn(N, generator=g).to(dtype)
         x = torch.randn(M, K, generator=g)
