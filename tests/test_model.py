@@ -624,6 +624,51 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
             assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
+@pytest.mark.parametrize("mode", ["bfloat16", "int8"])
+def test_decode_steps_of_many_rows_run_in_the_kernels(mode, monkeypatch):
+    """Past 8 rows a decode step still runs whole in the kernels where they are faster: bfloat16 on pair-blocked
+    copies (up to MAX_ROWS_BF16_PAIRS rows: tiles of 8 rows over each 64-column block), int8 on VNNI (up to 32 rows).
+    A step of 20 rows gives the torch path's logits to bfloat16 rounding (torch rounds bfloat16 activations, and an
+    int8 model's bfloat16 KV cache, differently), with the same argmax, and each row the logits it gets in a step
+    of its own."""
+    from pigpt.model import cpu_decode
+
+    if cpu_decode.load() is None:
+        pytest.skip(cpu_decode.status())
+    if mode == "bfloat16" and not cpu_decode.has_avx512bf16():
+        pytest.skip("this CPU has no avx512_bf16: bfloat16 steps past MAX_ROWS_BF16_WIDEN run the torch path")
+    if mode == "int8" and not cpu_decode.int8_vnni():
+        pytest.skip("this CPU has no avx512_vnni: int8 steps past 8 rows run the torch path")
+    calls = []
+    decode = cpu_decode.decode
+    monkeypatch.setattr(cpu_decode, "decode", lambda *a: calls.append(a[1].shape[0]) or decode(*a))
+    torch.manual_seed(0)
+    cfg = KERNEL_CONFIGS[1]
+    gpt = GPT(GPTConfig(**cfg)).eval()
+    with torch.no_grad():  # logits spread wide enough for an argmax that rounding doesn't flip
+        gpt.transformer.wte.weight.mul_(5)
+        for name, p in gpt.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.05)
+    gpt = gpt.quantize("int8") if mode == "int8" else gpt.to(torch.bfloat16)
+    idx = torch.randint(0, cfg["vocab_size"], (20, 8), generator=torch.Generator().manual_seed(1))
+
+    def steps(rows, kernels):  # one token at a time from the first: every step a decode step
+        gpt.cpu_kernels = kernels
+        with torch.no_grad():
+            cache = gpt.new_cache(rows.shape[0], 8)
+            return [gpt(rows[:, t:t + 1], cache).float() for t in range(8)]
+
+    fast = steps(idx, True)
+    assert calls == [20] * 8  # every step, all 20 rows in one call
+    plain = steps(idx, False)
+    alone = [steps(idx[i:i + 1], True) for i in (0, 7, 19)]
+    for t, (a, b) in enumerate(zip(fast, plain)):
+        assert _max_diff(a, b) <= 0.1 and torch.equal(a.argmax(-1), b.argmax(-1))
+        for i, one in zip((0, 7, 19), alone):
+            assert _max_diff(a[i], one[t][0]) <= 1e-4
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_kernels_read_the_blocks_only_for_a_decode_step(dtype):
     """A job whose steps all have more rows than the kernels' decode steps take (n rollouts past MAX_ROWS) uses the
@@ -660,17 +705,21 @@ def test_the_kernels_read_the_blocks_only_for_a_decode_step(dtype):
     assert [(r.tokens, r.logprobs) for r in again[0]] == [(r.tokens, r.logprobs) for r in lone[0]]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16-widened"])
 @pytest.mark.parametrize("act", ["none", "gelu_new", "gelu", "relu"])
-def test_kernels_products_of_many_rows(dtype, act):
+def test_kernels_products_of_many_rows(dtype, act, monkeypatch):
     """Products of more rows than a decode step's on [in, out] weights (kn_many_rows: panels of W copied into cache,
-    blocks of 256 rows of W and 128 of its columns, tiles of rows over them, the next block fetched while one runs)
-    against float64, over row counts past every tile and block boundary, odd widths and a K shorter than a block or
-    past one: to float32 rounding of each product."""
+    blocks of 256 rows of W and 128 of its columns, tiles of rows over them, the next block fetched while one runs;
+    bfloat16 on avx512_bf16 dot products over pairs of rows where the CPU has them, else widened to float32)
+    against float64, over row counts past every tile and block boundary, odd widths, odd K and a K shorter than a
+    block or past one: to float32 rounding of each product."""
     from pigpt.model import cpu_decode
 
     if cpu_decode.load() is None:
         pytest.skip(cpu_decode.status())
+    if dtype == "bfloat16-widened":
+        monkeypatch.setattr(cpu_decode, "has_avx512bf16", lambda: False)
+    dtype = getattr(torch, dtype.split("-")[0])
     code = cpu_decode.ACT_NONE if act == "none" else cpu_decode.ACTIVATIONS[act]
     fn = {"none": lambda y: y, "gelu_new": lambda y: F.gelu(y, approximate="tanh"), "gelu": F.gelu, "relu": F.relu}[act]
     g = torch.Generator().manual_seed(0)
@@ -678,7 +727,7 @@ def test_kernels_products_of_many_rows(dtype, act):
                     (300, 1000, 24), (600, 130, 17)]:
         w = (torch.randn(K, N, generator=g) / K**0.5).to(dtype)
         b = torch.randn(N, generator=g).to(dtype)
-        x = torch.randn(M, K, generator=g)
+        x = torch.randn(M, K, generator=g).to(dtype).float()  # a bfloat16 model's activations are bfloat16
         y = cpu_decode.linear(x, w, cpu_decode.KN, None, b, code)
         ref = fn(x.double() @ w.double() + b.double())
         assert y.shape == (M, N) and y.dtype == torch.float32
@@ -722,6 +771,7 @@ def test_prefill_products_run_in_the_kernels_where_they_take_them(dtype, monkeyp
     if cpu_decode.load() is None:
         pytest.skip(cpu_decode.status())
     monkeypatch.setattr(cpu_decode, "MANY_ROWS", {"float32": 64, "bfloat16": 128})
+    monkeypatch.setattr(cpu_decode, "MAX_ROWS_BF16_PAIRS", 8)  # so that a decode step of 24 rows is past the plan's
     ran = []
     many = cpu_decode.many_rows
     monkeypatch.setattr(cpu_decode, "many_rows", lambda *a: ran.append(y := many(*a)) or y)

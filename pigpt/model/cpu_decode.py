@@ -4,7 +4,8 @@ Why: at batch 1 a decode step should cost about the time to read the weights onc
 in float32, ~250 MB in bfloat16, ~125 MB in int8). Through torch ops it costs more: ~15 ops per block,
 each a dispatch (and a fork-join of the thread pool), SDPA's CPU kernel is slow for one query in bfloat16,
 and the matrix-vector products leave bandwidth unused on these short, strided weight streams. Here one
-call runs all blocks for a few rows (MAX_ROWS; one token each): layer norms, products with bias, GELU and
+call runs all blocks for a decode step's rows (one token each; up to MAX_ROWS: 8 in float32, 128 in bfloat16 on
+pair-blocked copies, 32 in int8 on VNNI): layer norms, products with bias, GELU and
 residual fused into their epilogues, this step's keys and values written into the cache, and attention,
 with software prefetch in the weight streams; a second call runs the LM head (benchmarks/bench_linear.py
 --decode measures both paths). Products of more rows (a prompt's prefill, scoring) run here too, up to MANY_ROWS
@@ -58,8 +59,18 @@ from . import cbuild, packed
 # (+500 MB for GPT-2 small): float32 now runs 8 rows here too.
 # AVX2, 2026-12-04, the 2-vCPU AMD EPYC (Zen 3, no AVX-512): float32 1.39x, 1.36x, 1.27x, 1.08x; bfloat16 (widened;
 # torch has no fast bfloat16 product there) 15x, 28x, 38x, 44x; int8 (NK_Q8) 2.33x, 2.76x, 2.93x, 2.29x.
-_LIMITS = {"AVX512": ({"float32": 8, "bfloat16": 8, "int8": 8}, 4),
-           "AVX2": ({"float32": 8, "bfloat16": 8, "int8": 8}, 8)}  # MAX_ROWS, MAX_ROWS_BF16_WIDEN: below, by isa()
+# AVX512, 2026-12-05, the same kind of machine, whole generate() runs (16-token prompt, 32 new tokens, one process
+# per mode, median of 3 after a warm-up): decode steps of more than 8 rows in the kernels against the torch path.
+# bfloat16 on the pair-blocked copies: n = 16 33.0 -> 23.4 ms a step, n = 64 91.5 -> 77 (peak -90 MB: no oneDNN
+# copies; XL's widths, 6 blocks, 122.7 -> 99.8 ms, -196 MB), n = 128 174 -> 152: every 64-column block of W stays in
+# L2 while the tiles of 8 rows run over it. int8 on VNNI: n = 16 45 -> 30, n = 24 61 -> 47, n = 32 79 -> 61, but
+# n = 48 74 -> 81 (past 32 rows the torch path runs oneDNN's bfloat16 products; quant.DEQUANT_ROWS); float32 n = 16
+# 52 -> 54, n = 64 137 -> 213 (its 64-row products run kn_many_rows there): float32 stays at 8.
+_LIMITS = {"AVX512": ({"float32": 8, "bfloat16": 8, "int8": 32}, 4, 128),
+           "AVX2": ({"float32": 8, "bfloat16": 8, "int8": 8}, 8, 8)}
+# MAX_ROWS, MAX_ROWS_BF16_WIDEN (bfloat16 without avx512_bf16), MAX_ROWS_BF16_PAIRS (bfloat16 on pair-blocked
+# copies; MAX_ROWS' bfloat16 is then the limit without them, on dot products over the weights as they are):
+# below, by isa(). int8's limit past 8 rows holds with VNNI (Plan: 8 without).
 
 # int8 weights multiply activations quantized per block of 32 in integers (layout NK_Q8); False: the float path
 # (int8 widened to float32 against float32 activations; NK), which tests compare it with.
@@ -157,7 +168,7 @@ def isa() -> str | None:
     return cap if cap in ISA_FLAGS else None
 
 
-MAX_ROWS, MAX_ROWS_BF16_WIDEN = _LIMITS[isa() or "AVX512"]
+MAX_ROWS, MAX_ROWS_BF16_WIDEN, MAX_ROWS_BF16_PAIRS = _LIMITS[isa() or "AVX512"]
 
 # Products of a float model's Conv1D weights ([in, out], layout KN) in the kernels outside decode steps (a prompt's
 # prefill, scoring, decode steps of more rows than MAX_ROWS), up to these many rows; more rows than 8 run
@@ -176,9 +187,10 @@ MAX_ROWS, MAX_ROWS_BF16_WIDEN = _LIMITS[isa() or "AVX512"]
 # makes for float32).
 MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128},
              "AVX512": {"float32": 128, "bfloat16": 64}}.get(isa() or "", {})
-# ... except in decode steps of more rows than MAX_ROWS (n rollouts, beams: one token a row), which run every step:
-# there bfloat16 stays on oneDNN's blocked copies where it beats the kernels (AVX512: n = 64 rollouts of GPT-2
-# small 0.78x of llama.cpp with the kernels' 64-row products, measured 2026-12-05).
+# ... except in decode steps of more rows than the plan takes (Plan.max_rows; n rollouts, beams: one token a row),
+# which run every step: there bfloat16 stays on oneDNN's blocked copies where it beats these products (AVX512: n = 64
+# rollouts of GPT-2 small 0.78x of llama.cpp with the kernels' 64-row products, measured 2026-12-05; such steps
+# now run whole in the decode kernels, on the pair-blocked copies, up to MAX_ROWS_BF16_PAIRS rows).
 STEP_ROWS = {"AVX512": {"bfloat16": 0}}.get(isa() or "", {})
 
 
@@ -308,8 +320,10 @@ class Plan:
             w = tr.wte.weight
             self.head = Linear(self._t(w), None, None, w.shape[1], w.shape[0], _TYPES[w.dtype], NK, 0)
         self.max_rows = MAX_ROWS["int8" if gpt.quantized else str(gpt.dtype).removeprefix("torch.")]
-        if gpt.dtype == torch.bfloat16 and not gpt.quantized and not self.dot:
-            self.max_rows = MAX_ROWS_BF16_WIDEN
+        if gpt.dtype == torch.bfloat16 and not gpt.quantized:
+            self.max_rows = MAX_ROWS_BF16_PAIRS if self.pairs else self.max_rows if self.dot else MAX_ROWS_BF16_WIDEN
+        if gpt.quantized and not (self.int8_layout == NK_Q8 and int8_vnni()):
+            self.max_rows = min(self.max_rows, 8)
         self.work = torch.empty(0)
         # copies made while a gradient is pending serve this call only: a fused step may still change their
         # sources without a trace (packed.watch)
@@ -442,11 +456,14 @@ def linear(x: torch.Tensor, w: torch.Tensor, layout: int, scale: torch.Tensor | 
     """One product in the kernels, for any number of rows: y (M, N) float32 = act(x (M, K) float32 times `w` in
     `layout` (KN: [K, N]; NK, NK_Q8: [N, K], int8 with its float32 `scale` [N]) plus `bias` [N] (float32 or
     bfloat16)). Up to 8 rows in the decode tiles; more rows on KN weights in the panel product (kn_many_rows in
-    csrc/decode.c). The torch path's int8 products run here where the kernels load (model/quant.py), and so do
+    csrc/decode.c; bfloat16 ones on avx512_bf16 dot products where the CPU has them, reading x rounded to
+    bfloat16, as a bfloat16 model's activations are). The torch path's int8 products run here where the kernels load (model/quant.py), and so do
     products of float models up to MANY_ROWS rows (`many_rows`)."""
     N = w.shape[1] if layout == KN else w.shape[0]
     lin = Linear(w.data_ptr(), _ptr(scale), _ptr(bias), x.shape[1], N, _TYPES[w.dtype], layout, act)
-    return _product(lin, _TYPES[bias.dtype] if bias is not None else F32, x, False)
+    # bfloat16 [K, N] at more than 8 rows: avx512_bf16 dot products on pairs of rows (kn_many_rows_dots)
+    dot = layout == KN and w.dtype == torch.bfloat16 and x.shape[0] > 8 and has_avx512bf16()
+    return _product(lin, _TYPES[bias.dtype] if bias is not None else F32, x, dot)
 
 
 def many_rows(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, act: str | None) -> torch.Tensor | None:

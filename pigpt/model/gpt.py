@@ -424,8 +424,8 @@ class GPT(nn.Module):
 
     @property
     def cpu_kernels(self) -> bool:
-        """Whether CPU decode steps of a few rows (cpu_decode.MAX_ROWS; and the LM head at those rows) run in
-        the C kernels of model/cpu_decode.py where they can be built, and an int8 model's other products too
+        """Whether CPU decode steps of up to Plan.max_rows rows (cpu_decode.MAX_ROWS; and the LM head at those rows)
+        run in the C kernels of model/cpu_decode.py where they can be built, and an int8 model's other products too
         (quant.linear), and a float model's products of up to cpu_decode.MANY_ROWS rows outside decode steps (a
         prompt's prefill) where those are faster; else the torch path runs."""
         return self._cpu_kernels

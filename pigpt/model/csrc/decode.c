@@ -902,6 +902,55 @@ static void kn_pack(const Linear* L, int64_t k0, int64_t kk, int64_t c0, int64_t
   }
 }
 
+/* The next panel's rows of W (k0 + GK, or the next columns' first rows), prefetched a group's share at a time */
+typedef struct {
+  const char* w;
+  int64_t stride, lines, total, per_group;
+} NextPanel;
+
+static inline NextPanel kn_next(const Linear* L, int64_t k0, int64_t c0, int64_t n_end, int64_t groups) {
+  const int64_t K = L->K, es = L->wtype == BF16 ? 2 : 4;
+  const int64_t nk0 = k0 + GK < K ? k0 + GK : 0, nc0 = k0 + GK < K ? c0 : c0 + GCOLS;
+  const int64_t nkk = nc0 >= n_end ? 0 : K - nk0 < GK ? K - nk0 : GK;
+  const int64_t ncols = nc0 >= n_end ? 0 : n_end - nc0 < GCOLS ? n_end - nc0 : GCOLS;
+  NextPanel nx = {(const char*)L->w + (nk0 * L->N + nc0) * es, L->N * es, (ncols * es + 63) / 64, 0, 0};
+  nx.total = nkk * nx.lines;
+  nx.per_group = (nx.total + groups - 1) / groups;
+  return nx;
+}
+
+static inline void kn_prefetch(const NextPanel* nx, int64_t g) {
+  for (int64_t i = g * nx->per_group; i < (g + 1) * nx->per_group && i < nx->total; i++)
+    _mm_prefetch(nx->w + i / nx->lines * nx->stride + i % nx->lines * 64, _MM_HINT_T1);
+}
+
+/* A tile's sums so far (zero at the first block of K), and back into y */
+static inline __attribute__((always_inline)) void kn_acc_load(vf acc[GR][GV], const float* yg, int64_t N, int r,
+                                                              int64_t gc, int first) {
+  for (int i = 0; i < GR; i++)
+    for (int j = 0; j < GV; j++)
+      acc[i][j] = first || i >= r || gc <= j * VW ? v_zero() : v_load_m(yg + i * N + j * VW, tail(gc - j * VW));
+}
+
+static inline __attribute__((always_inline)) void kn_acc_store(vf acc[GR][GV], float* yg, int64_t N, int r,
+                                                               int64_t gc) {
+  for (int i = 0; i < r; i++)
+    for (int j = 0; j < GV; j++)
+      if (gc > j * VW) v_store_m(yg + i * N + j * VW, tail(gc - j * VW), acc[i][j]);
+}
+
+static inline void kn_epilogue(const Linear* L, int ptype, int M, float* y, int64_t c0, int64_t cols) {
+  for (int m = 0; m < M; m++)  /* scale, bias, activation */
+    for (int64_t c = 0; c < cols; c += VW) {
+      vm mk = tail(cols - c);
+      float* d = y + m * L->N + c0 + c;
+      vf v = v_load_m(d, mk);
+      if (L->scale) v = v_mul(v, v_load_m(L->scale + c0 + c, mk));
+      if (L->bias) v = v_add(v, load(L->bias, c0 + c, ptype, mk));
+      v_store_m(d, mk, activate(v, L->act));
+    }
+}
+
 static void kn_many_rows(const Linear* L, int ptype, const float* x, int M, float* y, int64_t n_begin,
                          int64_t n_end) {
   const int64_t K = L->K, N = L->N;
@@ -911,15 +960,9 @@ static void kn_many_rows(const Linear* L, int ptype, const float* x, int M, floa
     for (int64_t k0 = 0; k0 < K; k0 += GK) {
       const int64_t kk = K - k0 < GK ? K - k0 : GK;
       kn_pack(L, k0, kk, c0, cols, panel);
-      const int64_t nk0 = k0 + GK < K ? k0 + GK : 0, nc0 = k0 + GK < K ? c0 : c0 + GCOLS;
-      const int64_t nkk = nc0 >= n_end ? 0 : K - nk0 < GK ? K - nk0 : GK;
-      const int64_t ncols = nc0 >= n_end ? 0 : n_end - nc0 < GCOLS ? n_end - nc0 : GCOLS;
-      const int64_t es = L->wtype == BF16 ? 2 : 4, lines = (ncols * es + 63) / 64, tiles_m = groups;
-      const int64_t per_tile = (nkk * lines + tiles_m - 1) / tiles_m;
-      int64_t pf = 0;
+      const NextPanel nx = kn_next(L, k0, c0, n_end, groups);
       for (int64_t g = 0; g < groups; g++) {  /* a group's panel (GK x GW) stays in L1 over the tiles of rows */
-        for (int64_t e = pf + per_tile; pf < e && pf < nkk * lines; pf++)
-          _mm_prefetch((const char*)L->w + ((nk0 + pf / lines) * N + nc0) * es + pf % lines * 64, _MM_HINT_T1);
+        kn_prefetch(&nx, g);
         const int64_t gc = cols - g * GW;  /* this group's columns: GW, or fewer in the last */
         for (int m0 = 0; m0 < M; m0 += GR) {
           const int r = M - m0 < GR ? M - m0 : GR;
@@ -927,9 +970,7 @@ static void kn_many_rows(const Linear* L, int ptype, const float* x, int M, floa
           for (int i = 0; i < GR; i++) xr[i] = x + (int64_t)(m0 + (i < r ? i : r - 1)) * K + k0;
           float* yg = y + m0 * N + c0 + g * GW;
           vf acc[GR][GV];
-          for (int i = 0; i < GR; i++)
-            for (int j = 0; j < GV; j++)
-              acc[i][j] = k0 == 0 || i >= r || gc <= j * VW ? v_zero() : v_load_m(yg + i * N + j * VW, tail(gc - j * VW));
+          kn_acc_load(acc, yg, N, r, gc, k0 == 0);
           const float* p = panel + g * GK * GW;
           for (int64_t k = 0; k < kk; k++, p += GW) {
             vf w[GV];
@@ -939,23 +980,87 @@ static void kn_many_rows(const Linear* L, int ptype, const float* x, int M, floa
               for (int j = 0; j < GV; j++) acc[i][j] = v_fmadd(a, w[j], acc[i][j]);
             }
           }
-          for (int i = 0; i < r; i++)
-            for (int j = 0; j < GV; j++)
-              if (gc > j * VW) v_store_m(yg + i * N + j * VW, tail(gc - j * VW), acc[i][j]);
+          kn_acc_store(acc, yg, N, r, gc);
         }
       }
     }
-    for (int m = 0; m < M; m++)  /* the epilogue: scale, bias, activation */
-      for (int64_t c = 0; c < cols; c += VW) {
-        vm mk = tail(cols - c);
-        float* d = y + m * N + c0 + c;
-        vf v = v_load_m(d, mk);
-        if (L->scale) v = v_mul(v, v_load_m(L->scale + c0 + c, mk));
-        if (L->bias) v = v_add(v, load(L->bias, c0 + c, ptype, mk));
-        v_store_m(d, mk, activate(v, L->act));
-      }
+    kn_epilogue(L, ptype, M, y, c0, cols);
   }
 }
+
+#if BF16_DOTS
+#define DGR 8
+#define DGV 2
+#define DGW (16 * DGV)
+/* kn_many_rows for bfloat16 W on CPUs with avx512_bf16: the panel holds pairs of rows interleaved per column,
+   (w[k, c], w[k + 1, c]), as the PAIRS copies are (vpermt2w, as KN_DOTS pairs them), and the tiles multiply them by
+   (x[k], x[k + 1]) of x rounded to bfloat16 (xb, rows padded to even K: a bfloat16 model's activations, so exact):
+   one dot-product instruction per 16 columns and 2 k where the widened panel takes two FMAs, and half the panel's
+   bytes. An odd K's last row pairs with itself, against x's zero padding. */
+__attribute__((target("avx512bf16"))) static void kn_pack_pairs(const Linear* L, int64_t k0, int64_t kk, int64_t c0,
+                                                                int64_t cols, uint16_t* panel) {
+  const int64_t N = L->N;
+  const uint16_t* W = (const uint16_t*)L->w;
+  const __m512i lo = _mm512_loadu_si512(KSD_PAIRS), hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  for (int64_t k = 0; k < kk; k += 2) {
+    const uint16_t* r0 = W + (k0 + k) * N + c0;
+    const uint16_t* r1 = k + 1 < kk ? r0 + N : r0;
+    if (k0 + k + GPF + 1 < L->K)
+      for (int64_t b = 0; b < cols * 2; b += 64) {
+        _mm_prefetch((const char*)(r0 + GPF * N) + b, PF_HINT);
+        _mm_prefetch((const char*)(r1 + GPF * N) + b, PF_HINT);
+      }
+    for (int64_t c = 0; c < (cols + DGW - 1) / DGW * DGW; c += 32) {  /* two vectors of 16 pairs a load */
+      const __mmask32 m = cols - c >= 32 ? ~(__mmask32)0 : cols <= c ? 0 : (__mmask32)(((uint64_t)1 << (cols - c)) - 1);
+      const __m512i A = _mm512_maskz_loadu_epi16(m, r0 + c), B = _mm512_maskz_loadu_epi16(m, r1 + c);
+      uint16_t* dst = panel + (c / DGW * (GK / 2) + k / 2) * (2 * DGW) + c % DGW * 2;
+      _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(A, lo, B));
+      _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(A, hi, B));
+    }
+  }
+}
+
+__attribute__((target("avx512bf16"))) static void kn_many_rows_dots(const Linear* L, int ptype, const uint16_t* xb,
+                                                                    int M, float* y, int64_t n_begin, int64_t n_end) {
+  const int64_t K = L->K, Kp = pair_width(K), N = L->N;
+  uint16_t panel[GCOLS / DGW * GK * DGW] __attribute__((aligned(64)));
+  for (int64_t c0 = n_begin; c0 < n_end; c0 += GCOLS) {
+    const int64_t cols = n_end - c0 < GCOLS ? n_end - c0 : GCOLS, groups = (cols + DGW - 1) / DGW;
+    for (int64_t k0 = 0; k0 < K; k0 += GK) {
+      const int64_t kk = K - k0 < GK ? K - k0 : GK, pairs = (kk + 1) / 2;
+      kn_pack_pairs(L, k0, kk, c0, cols, panel);
+      const NextPanel nx = kn_next(L, k0, c0, n_end, groups);
+      for (int64_t g = 0; g < groups; g++) {
+        kn_prefetch(&nx, g);
+        const int64_t gc = cols - g * DGW;
+        for (int m0 = 0; m0 < M; m0 += DGR) {
+          const int r = M - m0 < DGR ? M - m0 : DGR;
+          const int32_t* xr[DGR];  /* (x[k], x[k + 1]) as one word */
+          for (int i = 0; i < DGR; i++) xr[i] = (const int32_t*)(xb + (int64_t)(m0 + (i < r ? i : r - 1)) * Kp + k0);
+          float* yg = y + m0 * N + c0 + g * DGW;
+          __m512 acc[DGR][DGV];
+          for (int i = 0; i < DGR; i++)
+            for (int j = 0; j < DGV; j++)
+              acc[i][j] = k0 == 0 || i >= r || gc <= j * 16 ? v_zero() : v_load_m(yg + i * N + j * 16, tail(gc - j * 16));
+          const uint16_t* p = panel + g * (GK / 2) * (2 * DGW);
+          for (int64_t k = 0; k < pairs; k++, p += 2 * DGW) {
+            __m512i w[DGV];
+            for (int j = 0; j < DGV; j++) w[j] = _mm512_load_si512(p + 32 * j);
+            for (int i = 0; i < DGR; i++) {
+              const __m512i a = _mm512_set1_epi32(xr[i][k]);
+              for (int j = 0; j < DGV; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)a, (__m512bh)w[j]);
+            }
+          }
+          for (int i = 0; i < r; i++)
+            for (int j = 0; j < DGV; j++)
+              if (gc > j * 16) v_store_m(yg + i * N + j * 16, tail(gc - j * 16), acc[i][j]);
+        }
+      }
+    }
+    kn_epilogue(L, ptype, M, y, c0, cols);
+  }
+}
+#endif
 
 /* -- layer norm, attention ------------------------------------------------------------------------- */
 static void layer_norm(const float* x, const void* w, const void* b, int ptype, int64_t C, float eps, float* y) {
@@ -1116,6 +1221,10 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* ro
   int64_t n0, n1;
   if (j->kind == LINEAR) {
     tile_range(j->L, tiles[p], i, &n0, &n1);
+#if BF16_DOTS
+    if (j->L->layout == KN && j->M > 8 && j->lxb) kn_many_rows_dots(j->L, j->ptype, j->lxb, j->M, j->ly, n0, n1);
+    else
+#endif
     if (j->L->layout == KN && j->M > 8) kn_many_rows(j->L, j->ptype, j->lx, j->M, j->ly, n0, n1);
     else linear_cols(j->L, j->ptype, j->lx, j->lxb, j->M, j->ly, STORE, n0, n1);
     return;
@@ -1254,16 +1363,19 @@ int pigpt_has_avx512bf16(void) {  /* whether PAIRS weights (and the bfloat16 hea
 
 int pigpt_vector_width(void) { return VW; }  /* 16: the AVX-512 build; 8: the AVX2 build */
 
-/* y (M, N) = x (M, K) W^T + b for one linear (the LM head). xb: room for M * (K + 64) bfloat16 values. dot: use
-   avx512_bf16 dot products for bfloat16 weights (the caller checked pigpt_has_avx512bf16; PAIRS needs them). */
+/* y (M, N) = x (M, K) W^T + b for one linear (the LM head), or x W + b (KN). xb: room for M * (K + 64) bfloat16
+   values. dot: use avx512_bf16 dot products for bfloat16 weights (the caller checked pigpt_has_avx512bf16; PAIRS
+   needs them): NK ones, and KN ones at more than 8 rows (kn_many_rows_dots). */
 void pigpt_linear(const Linear* L, int ptype, const float* x, int M, float* y, int nthreads, uint16_t* xb, int dot) {
   int dp = BF16_DOTS && dot && L->wtype == BF16 && L->layout != KN;
+  int kd = BF16_DOTS && dot && L->wtype == BF16 && L->layout == KN && M > 8;
   if (q8_vnni < 0) pigpt_int8_vnni(-1);
   if (L->layout == NK_Q8 || L->layout == PAIRS) prepare(L, x, M, xb);
 #if BF16_DOTS
   else if (dp) round_bf16(x, (int64_t)M * L->K, xb);
+  else if (kd) round_rows(x, M, L->K, xb);
 #endif
-  Job j = {LINEAR, M, nthreads, 1, NULL, NULL, NULL, NULL, 0, L, ptype, x, dp || L->layout == NK_Q8 ? xb : NULL, y};
+  Job j = {LINEAR, M, nthreads, 1, NULL, NULL, NULL, NULL, 0, L, ptype, x, dp || kd || L->layout == NK_Q8 ? xb : NULL, y};
   run(&j);
 }
 
