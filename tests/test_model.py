@@ -724,7 +724,7 @@ def test_kernels_products_of_many_rows(dtype, act, monkeypatch):
     fn = {"none": lambda y: y, "gelu_new": lambda y: F.gelu(y, approximate="tanh"), "gelu": F.gelu, "relu": F.relu}[act]
     g = torch.Generator().manual_seed(0)
     for K, N, M in [(5, 1000, 40), (45, 77, 9), (64, 300, 13), (100, 17, 100), (130, 529, 23), (768, 2304, 16),
-                    (300, 1000, 24), (600, 130, 17)]:
+                    (300, 1000, 24), (600, 130, 17), (70, 300, 260)]:
         w = (torch.randn(K, N, generator=g) / K**0.5).to(dtype)
         b = torch.randn(N, generator=g).to(dtype)
         x = torch.randn(M, K, generator=g).to(dtype).float()  # a bfloat16 model's activations are bfloat16
