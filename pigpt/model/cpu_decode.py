@@ -185,8 +185,13 @@ MAX_ROWS, MAX_ROWS_BF16_WIDEN, MAX_ROWS_BF16_PAIRS = _LIMITS[isa() or "AVX512"]
 # weight (+170 MB for GPT-2 small, whose bfloat16 weights are 249 MB), made on the first prompt and kept, to save
 # ~4 ms per 16-token prompt; so bfloat16 prompts of up to 64 tokens run here anyway (the trade PREFILL_PACK_ROWS
 # makes for float32).
+# AVX512, later the same day, with the next panel prefetched and bfloat16 on dot products (kn_many_rows_dots), two
+# runs: float32 1.37-1.67x / 1.72-1.74x / 1.53-1.62x / 1.32-1.54x / 1.19-1.37x / 1.11-1.17x at 9 / 16 / 32 / 64 /
+# 128 / 256 rows (small), 1.62x / 1.65x / 1.48x / 1.31x / 1.21x / 1.09x (XL): float32 now up to 256 rows.
+# bfloat16 0.86-0.94x / 0.98-1.12x / 1.00-1.03x / 0.97-1.00x / 0.85-0.94x (small), 0.94x / 1.07x / 1.01x / 1.08x /
+# 1.00x (XL) at 9 / 16 / 32 / 64 / 128: level with oneDNN up to 64, still without its copies.
 MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128},
-             "AVX512": {"float32": 128, "bfloat16": 64}}.get(isa() or "", {})
+             "AVX512": {"float32": 256, "bfloat16": 64}}.get(isa() or "", {})
 # ... except in decode steps of more rows than the plan takes (Plan.max_rows; n rollouts, beams: one token a row),
 # which run every step: there bfloat16 stays on oneDNN's blocked copies where it beats these products (AVX512: n = 64
 # rollouts of GPT-2 small 0.78x of llama.cpp with the kernels' 64-row products, measured 2026-12-05; such steps
