@@ -989,9 +989,7 @@ static void kn_many_rows(const Linear* L, int ptype, const float* x, int M, floa
 }
 
 #if BF16_DOTS
-#define DGR 8
-#define DGV 2
-#define DGW (16 * DGV)
+_Static_assert(GW == 32, "kn_many_rows_dots's groups are two vectors of 16 column pairs");
 /* kn_many_rows for bfloat16 W on CPUs with avx512_bf16: the panel holds pairs of rows interleaved per column,
    (w[k, c], w[k + 1, c]), as the PAIRS copies are (vpermt2w, as KN_DOTS pairs them), and the tiles multiply them by
    (x[k], x[k + 1]) of x rounded to bfloat16 (xb, rows padded to even K: a bfloat16 model's activations, so exact):
@@ -1010,10 +1008,10 @@ __attribute__((target("avx512bf16"))) static void kn_pack_pairs(const Linear* L,
         _mm_prefetch((const char*)(r0 + GPF * N) + b, PF_HINT);
         _mm_prefetch((const char*)(r1 + GPF * N) + b, PF_HINT);
       }
-    for (int64_t c = 0; c < (cols + DGW - 1) / DGW * DGW; c += 32) {  /* two vectors of 16 pairs a load */
-      const __mmask32 m = cols - c >= 32 ? ~(__mmask32)0 : cols <= c ? 0 : (__mmask32)(((uint64_t)1 << (cols - c)) - 1);
+    for (int64_t c = 0; c < cols; c += GW) {  /* a group: 32 columns, two vectors of 16 pairs (past N: zeros) */
+      const __mmask32 m = cols - c >= 32 ? ~(__mmask32)0 : (__mmask32)(((uint64_t)1 << (cols - c)) - 1);
       const __m512i A = _mm512_maskz_loadu_epi16(m, r0 + c), B = _mm512_maskz_loadu_epi16(m, r1 + c);
-      uint16_t* dst = panel + (c / DGW * (GK / 2) + k / 2) * (2 * DGW) + c % DGW * 2;
+      uint16_t* dst = panel + (c / GW * (GK / 2) + k / 2) * 2 * GW;
       _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(A, lo, B));
       _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(A, hi, B));
     }
@@ -1023,37 +1021,33 @@ __attribute__((target("avx512bf16"))) static void kn_pack_pairs(const Linear* L,
 __attribute__((target("avx512bf16"))) static void kn_many_rows_dots(const Linear* L, int ptype, const uint16_t* xb,
                                                                     int M, float* y, int64_t n_begin, int64_t n_end) {
   const int64_t K = L->K, Kp = pair_width(K), N = L->N;
-  uint16_t panel[GCOLS / DGW * GK * DGW] __attribute__((aligned(64)));
+  uint16_t panel[GCOLS / GW * GK * GW] __attribute__((aligned(64)));
   for (int64_t c0 = n_begin; c0 < n_end; c0 += GCOLS) {
-    const int64_t cols = n_end - c0 < GCOLS ? n_end - c0 : GCOLS, groups = (cols + DGW - 1) / DGW;
+    const int64_t cols = n_end - c0 < GCOLS ? n_end - c0 : GCOLS, groups = (cols + GW - 1) / GW;
     for (int64_t k0 = 0; k0 < K; k0 += GK) {
       const int64_t kk = K - k0 < GK ? K - k0 : GK, pairs = (kk + 1) / 2;
       kn_pack_pairs(L, k0, kk, c0, cols, panel);
       const NextPanel nx = kn_next(L, k0, c0, n_end, groups);
       for (int64_t g = 0; g < groups; g++) {
         kn_prefetch(&nx, g);
-        const int64_t gc = cols - g * DGW;
-        for (int m0 = 0; m0 < M; m0 += DGR) {
-          const int r = M - m0 < DGR ? M - m0 : DGR;
-          const int32_t* xr[DGR];  /* (x[k], x[k + 1]) as one word */
-          for (int i = 0; i < DGR; i++) xr[i] = (const int32_t*)(xb + (int64_t)(m0 + (i < r ? i : r - 1)) * Kp + k0);
-          float* yg = y + m0 * N + c0 + g * DGW;
-          __m512 acc[DGR][DGV];
-          for (int i = 0; i < DGR; i++)
-            for (int j = 0; j < DGV; j++)
-              acc[i][j] = k0 == 0 || i >= r || gc <= j * 16 ? v_zero() : v_load_m(yg + i * N + j * 16, tail(gc - j * 16));
-          const uint16_t* p = panel + g * (GK / 2) * (2 * DGW);
-          for (int64_t k = 0; k < pairs; k++, p += 2 * DGW) {
-            __m512i w[DGV];
-            for (int j = 0; j < DGV; j++) w[j] = _mm512_load_si512(p + 32 * j);
-            for (int i = 0; i < DGR; i++) {
+        const int64_t gc = cols - g * GW;
+        for (int m0 = 0; m0 < M; m0 += GR) {
+          const int r = M - m0 < GR ? M - m0 : GR;
+          const int32_t* xr[GR];  /* (x[k], x[k + 1]) as one word */
+          for (int i = 0; i < GR; i++) xr[i] = (const int32_t*)(xb + (int64_t)(m0 + (i < r ? i : r - 1)) * Kp + k0);
+          float* yg = y + m0 * N + c0 + g * GW;
+          vf acc[GR][GV];
+          kn_acc_load(acc, yg, N, r, gc, k0 == 0);
+          const uint16_t* p = panel + g * (GK / 2) * 2 * GW;
+          for (int64_t k = 0; k < pairs; k++, p += 2 * GW) {
+            const __m512i w0 = _mm512_load_si512(p), w1 = _mm512_load_si512(p + 32);
+            for (int i = 0; i < GR; i++) {
               const __m512i a = _mm512_set1_epi32(xr[i][k]);
-              for (int j = 0; j < DGV; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)a, (__m512bh)w[j]);
+              acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)a, (__m512bh)w0);
+              acc[i][1] = _mm512_dpbf16_ps(acc[i][1], (__m512bh)a, (__m512bh)w1);
             }
           }
-          for (int i = 0; i < r; i++)
-            for (int j = 0; j < DGV; j++)
-              if (gc > j * 16) v_store_m(yg + i * N + j * 16, tail(gc - j * 16), acc[i][j]);
+          kn_acc_store(acc, yg, N, r, gc);
         }
       }
     }
