@@ -193,9 +193,9 @@ MAX_ROWS, MAX_ROWS_BF16_WIDEN, MAX_ROWS_BF16_PAIRS = _LIMITS[isa() or "AVX512"]
 MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128},
              "AVX512": {"float32": 256, "bfloat16": 64}}.get(isa() or "", {})
 # ... except in decode steps of more rows than the plan takes (Plan.max_rows; n rollouts, beams: one token a row),
-# which run every step: there bfloat16 stays on oneDNN's blocked copies where it beats these products (AVX512: n = 64
-# rollouts of GPT-2 small 0.78x of llama.cpp with the kernels' 64-row products, measured 2026-12-05; such steps
-# now run whole in the decode kernels, on the pair-blocked copies, up to MAX_ROWS_BF16_PAIRS rows).
+# which run every step: there bfloat16 stays on oneDNN's blocked copies, which beat these products (AVX512: n = 64
+# rollouts of GPT-2 small 0.78x of llama.cpp with the kernels' 64-row products, measured 2026-12-05). Up to
+# MAX_ROWS_BF16_PAIRS rows such steps run whole in the decode kernels, on the pair-blocked copies, instead.
 STEP_ROWS = {"AVX512": {"bfloat16": 0}}.get(isa() or "", {})
 
 
@@ -462,12 +462,12 @@ def linear(x: torch.Tensor, w: torch.Tensor, layout: int, scale: torch.Tensor | 
     `layout` (KN: [K, N]; NK, NK_Q8: [N, K], int8 with its float32 `scale` [N]) plus `bias` [N] (float32 or
     bfloat16)). Up to 8 rows in the decode tiles; more rows on KN weights in the panel product (kn_many_rows in
     csrc/decode.c; bfloat16 ones on avx512_bf16 dot products where the CPU has them, reading x rounded to
-    bfloat16, as a bfloat16 model's activations are). The torch path's int8 products run here where the kernels load (model/quant.py), and so do
-    products of float models up to MANY_ROWS rows (`many_rows`)."""
+    bfloat16, as a bfloat16 model's activations are). The torch path's int8 products run here where the kernels
+    load (model/quant.py), and so do products of float models up to MANY_ROWS rows (`many_rows`)."""
     N = w.shape[1] if layout == KN else w.shape[0]
     lin = Linear(w.data_ptr(), _ptr(scale), _ptr(bias), x.shape[1], N, _TYPES[w.dtype], layout, act)
-    # bfloat16 [K, N] at more than 8 rows: avx512_bf16 dot products on pairs of rows (kn_many_rows_dots)
-    dot = layout == KN and w.dtype == torch.bfloat16 and x.shape[0] > 8 and has_avx512bf16()
+    # bfloat16 [K, N]: avx512_bf16 dot products on pairs of rows where the C side takes them (kn_many_rows_dots)
+    dot = layout == KN and w.dtype == torch.bfloat16 and has_avx512bf16()
     return _product(lin, _TYPES[bias.dtype] if bias is not None else F32, x, dot)
 
 

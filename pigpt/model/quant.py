@@ -8,9 +8,9 @@ model's dtype: float32, or bfloat16 after `.to(torch.bfloat16)`); the KV cache i
 a float32 cache's bytes, as llama.cpp keeps an f16 one; on the shipped model the mean KL from float32 went 3.6e-4 ->
 3.7e-4, the table below). A decode step reads ~125 MB of weights instead of ~495 MB (GPT-2 small, float32).
 
-Where the products run: the CPU decode kernels (model/cpu_decode.py), for decode steps of up to 8 rows and,
-through `linear`, every other product where they load; there each product's input is quantized per block of 32 as
-llama.cpp's q8_0 does (d = max |x| / 127, q = round(x / d)) and multiplied by the int8 weights in integers
+Where the products run: the CPU decode kernels (model/cpu_decode.py), for decode steps of up to 8 rows (32 with
+AVX-512 VNNI) and, through `linear`, every other product where they load; there each product's input is quantized
+per block of 32 as llama.cpp's q8_0 does (d = max |x| / 127, q = round(x / d)) and multiplied by the int8 weights in integers
 (vpmaddubsw on AVX2, vpdpbusd where the CPU has AVX-512 VNNI; one FMA per block of 32 applies d;
 cpu_decode.INT8_DOTS = False keeps the earlier float path, int8 rows converted in registers against float32
 activations). Otherwise torch's `_weight_int8pack_mm`
