@@ -764,10 +764,10 @@ def test_bfloat16_head_dot_products_over_awkward_shapes():
 
 @pytest.mark.parametrize("kind", ["float32", "bfloat16-widened", "bfloat16-dots"])
 def test_head_rows_read_alone_give_the_same_bits(kind):
-    """The [V, C] head's tile for one row (a batch-1 decode step) reads its rows of W one after another, where the
-    tiles of 2 .. 8 rows read them side by side: its sums run in the same order, so each row's logits are the same
-    bits alone as beside other rows, and within float32 rounding of float64, over widths around a vector and
-    vocabularies past and short of a row group."""
+    """The head's tile of one row on [out, in] weights (a batch-1 decode step) reads its rows of W one after
+    another, where the tiles of 2 .. 8 rows read them side by side: the sums run in the same order, so each row's
+    logits are the same bits alone as beside other rows, and within float32 rounding of float64, over widths
+    around a vector and vocabularies past and short of a row group. (int8's: test_quant.py.)"""
     from pigpt.model import cpu_decode
 
     if cpu_decode.load() is None:
@@ -778,16 +778,16 @@ def test_head_rows_read_alone_give_the_same_bits(kind):
     dtype = torch.float32 if kind == "float32" else torch.bfloat16
     g = torch.Generator().manual_seed(1)
     for K, N in [(15, 9), (31, 5), (33, 17), (64, 257), (100, 19), (129, 300), (768, 515)]:
-        w = (torch.randn(N, K, generator=g) / K**0.5).to(dtype)
         x = torch.randn(3, K, generator=g)
         if dot:
             x = x.to(torch.bfloat16).float()  # the dot products read x rounded to bfloat16
+        w = (torch.randn(N, K, generator=g) / K**0.5).to(dtype)
         lin = cpu_decode.Linear(w.data_ptr(), None, None, K, N, cpu_decode._TYPES[dtype], cpu_decode.NK, 0)
+        ref = x.double() @ w.double().t()
         together = cpu_decode._product(lin, cpu_decode.F32, x, dot)
         for i in range(3):
             alone = cpu_decode._product(lin, cpu_decode.F32, x[i:i + 1].contiguous(), dot)
             assert torch.equal(alone[0], together[i]), (K, N, i)
-        ref = x.double() @ w.double().t()
         assert _max_diff(together.double(), ref) <= 2e-6 * (1 + ref.abs().max().item()), (K, N)
 
 

@@ -225,7 +225,8 @@ def int8_tiles(request):
 def test_integer_dot_products_against_their_float_mirror(K, N, int8_tiles):
     """One int8 product (the LM head's entry point) on the integer path at every row count 1-8 (each tile shape
     and its tails: K not a multiple of 32 or of 64, N not of the row group), on either tile set, against float64
-    sums of the quantized activations times the dequantized weights (fake_q8): 1e-6 relative. Outlier channels
+    sums of the quantized activations times the dequantized weights (fake_q8): 1e-6 relative, and each of 3 rows
+    alone the same bits as beside the others. Outlier channels
     (x20) make each block's scale differ. Against float32 activations the products differ by ~0.5% of their
     largest: the cost of quantizing activations, which model/quant.py states on real text."""
     import ctypes
@@ -244,6 +245,12 @@ def test_integer_dot_products_against_their_float_mirror(K, N, int8_tiles):
         mirror = fake_q8(x).double() @ w.t()
         assert (out - mirror).abs().max() <= 1e-6 * mirror.abs().max(), (M, K, N)
         assert (out - x.double() @ w.t()).abs().max() <= 0.03 * mirror.abs().max()
+        if M == 3:  # one row's tile reads W row after row, the others side by side: the same sums, the same bits
+            for i in range(M):
+                alone = torch.full((1, N), float("nan"))
+                cpu_decode.load().pigpt_linear(ctypes.byref(lin), cpu_decode.F32, x[i:i + 1].contiguous().data_ptr(),
+                                               1, alone.data_ptr(), 2, xb.data_ptr(), 0)
+                assert torch.equal(alone[0], out[i]), (i, K, N)
 
 
 def _gpt2_small(seed=0):

@@ -617,7 +617,38 @@ static const int Q8_NB[4] = {8, 4, 2, 1};
     for (int i = 0; i < R; i++)                                                                            \
       for (int j = 0; j < NB; j++) out[i * 256 + j] = _mm512_reduce_add_ps(acc[i][j]) - c[i < M ? i : M - 1]; \
   }
-Q8V_TILE(1, 8) Q8V_TILE(1, 1) Q8V_TILE(2, 4) Q8V_TILE(2, 1) Q8V_TILE(4, 2) Q8V_TILE(4, 1) Q8V_TILE(8, 1)
+Q8V_TILE(1, 1) Q8V_TILE(2, 4) Q8V_TILE(2, 1) Q8V_TILE(4, 2) Q8V_TILE(4, 1) Q8V_TILE(8, 1)
+/* One row of x (a decode step at batch 1) reads its 8 rows of W one after another, in memory order, as the NK tiles
+   of one row do (above); the same sums in the same order as the tiles of more rows. GPT-2 small int8 at batch 1 (Zen
+   4, 2 threads, interleaved, two runs): 5.52-5.74 -> 5.18-5.28 ms a step. Prefetches 1 KB ahead (4 KB about as good,
+   2 KB no better than side by side). */
+#define Q81_PF 1024
+__attribute__((target("avx512vnni"))) static void q8v_1_8(const Linear* L, const int8_t* q, const float* d,
+                                                            const float* c, int M, int64_t n0, float* out) {
+  const int64_t K = L->K, Kq = q8_width(K);
+  (void)M;
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  for (int j = 0; j < 8; j++) {
+    const int8_t* w = (const int8_t*)L->w + (n0 + j) * K;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t k = 0; k < Kq; k += 64) {
+      __m512i wv;
+      const int whole = Kq - k >= 64;
+      if (k + 64 <= K) {
+        _mm_prefetch((const char*)(w + k) + Q81_PF, PF_HINT);
+        wv = _mm512_xor_si512(_mm512_loadu_si512((const void*)(w + k)), flip);
+      } else {
+        const __mmask64 mw = ((__mmask64)1 << (K - k)) - 1;
+        wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mw, w + k), flip);
+      }
+      __m512i qi = _mm512_maskz_loadu_epi8(whole ? ~(__mmask64)0 : 0xffffffffull, q + k);
+      __m512 di = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_maskz_loadu_ps(whole ? 3 : 1, d + k / 32)));
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, qi)), di, acc);
+    }
+    out[j] = _mm512_reduce_add_ps(acc) - c[0];
+  }
+}
 static const q8_fn Q8V_TILES[4][2] = {{q8v_1_1, q8v_1_8}, {q8v_2_1, q8v_2_4}, {q8v_4_1, q8v_4_2}, {q8v_8_1, q8v_8_1}};
 #else
 Q8_TILE(1, 4) Q8_TILE(1, 1) Q8_TILE(2, 2) Q8_TILE(2, 1) Q8_TILE(4, 2) Q8_TILE(4, 1) Q8_TILE(8, 1)
