@@ -83,9 +83,13 @@ def parse_args(argv=None):
     ap.add_argument("--size", choices=sorted(SIZES), default="small",
                     help="random weights in the shape of GPT-2 small (124M), medium, large or xl (1.5B)")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer, width-64 model: checks that the script runs")
-    ap.add_argument("--no-copies", action="store_true",
-                    help="pigpt without copies of its weights in other layouts (GPT.packed_weights = False): its "
-                         "memory against its speed")
+    copies = ap.add_mutually_exclusive_group()
+    copies.add_argument("--no-copies", action="store_true",
+                        help="pigpt without copies of its weights in other layouts (GPT.packed_weights = False): its "
+                             "memory against its speed")
+    copies.add_argument("--copies", action="store_true",
+                        help="pigpt with them in every precision (GPT.packed_weights = True; by default a bfloat16 "
+                             "model on a CPU with avx512_bf16 runs without them)")
     harness.add_output_args(ap, "bench_generate")
     # The engine processes are this script again, told which engine to serve (internal).
     ap.add_argument("--worker", choices=["pigpt", "transformers"], help=argparse.SUPPRESS)
@@ -178,7 +182,7 @@ def worker_main(args):
     rss_imports = harness.rss_mb()
     if args.worker == "pigpt":
         model, run = load_pigpt(args.model, args.precision), run_pigpt
-        model.packed_weights = not args.no_copies
+        model.packed_weights = False if args.no_copies else True if args.copies else None  # None: the default
     else:
         model, run = load_transformers(args.model, args.precision), run_hf
     prompt = make_prompt(args.prompt_len, model.config.vocab_size)
@@ -296,7 +300,8 @@ def bench_row(key, precision, args, model_dir, peer, ggufs):
                 workers[engine] = harness.Worker([
                     __file__, "--worker", engine, "--precision", precision, "--case", key, "--model", str(model_dir),
                     "--prompt-len", str(args.prompt_len), "--new-tokens", str(T), "--threads", str(args.threads)]
-                    + (["--no-copies"] if args.no_copies and engine == "pigpt" else []))
+                    + (["--no-copies"] if args.no_copies and engine == "pigpt" else [])
+                    + (["--copies"] if args.copies and engine == "pigpt" else []))
                 fns[engine] = lambda w=workers[engine]: w.request(op="run")["seconds"]
         if args.baseline and not (precision == "int8" and "pigpt" in notes):
             # the older checkout's own worker, with that checkout first on PYTHONPATH, so that its `pigpt` (not
@@ -454,11 +459,12 @@ def main(argv=None):
     precisions = ["float32"] + (["bfloat16"] if args.bf16 else []) + (["int8"] if args.quantize else [])
     peer = LlamaCpp.from_env(args.threads)
     meta = harness.environment(prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
-                               tiny=args.tiny, size=args.size, no_copies=args.no_copies, llama_cpp=peer and {"dir": str(peer.root), "version": peer.version()})
+                               tiny=args.tiny, size=args.size, no_copies=args.no_copies, copies=args.copies, llama_cpp=peer and {"dir": str(peer.root), "version": peer.version()})
     print(f"GPT-2 {'tiny' if args.tiny else args.size} (random weights); torch {meta['torch']}, {meta['threads']} threads, {meta['cpu']} x {meta['cpu_count']}, load average "
           f"{meta['loadavg'][0]:.1f}; prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, median of "
           f"{args.repeats}" + (f"; llama.cpp {meta['llama_cpp']['version']}" if peer else "")
-          + ("; pigpt without weight copies (--no-copies)" if args.no_copies else ""), flush=True)
+          + ("; pigpt without weight copies (--no-copies)" if args.no_copies else "")
+          + ("; pigpt with weight copies in every precision (--copies)" if args.copies else ""), flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"

@@ -561,7 +561,7 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
     float32 to 1e-5; bfloat16 to its rounding (the kernels keep the residual stream and attention in float32,
     torch rounds every activation). bfloat16-widened: as on CPUs without avx512_bf16 (weights widened to
     float32 in registers, no pair-blocked copies), whatever this CPU has. bfloat16-unpacked: packed_weights off,
-    so no pair-blocked copies; with avx512_bf16, dot products on the weights as they are (KN_DOTS)."""
+    so no pair-blocked copies; with avx512_bf16, dot products on the weights' rows, stored [out, in] (NK_DOTS)."""
     from pigpt.model import cpu_decode
 
     if cpu_decode.load() is None:
@@ -614,7 +614,9 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
     fast, calls_fast = run(True), len(calls)
     dots = dtype == torch.bfloat16 and cpu_decode.has_avx512bf16()
     assert gpt._cpu_plan.pairs == (dots and not unpacked)  # the layout meant
-    assert (gpt._cpu_plan.layers[0].fc.layout == cpu_decode.KN_DOTS) == (dots and unpacked)
+    assert (gpt._cpu_plan.layers[0].fc.layout == cpu_decode.NK_DOTS) == (dots and unpacked)
+    w = gpt.transformer.h[0].mlp.c_fc.weight  # NK_DOTS reads the weight stored [out, in]: a transposed view
+    assert w.t().is_contiguous() == (dots and unpacked) and w.is_contiguous() == (not (dots and unpacked))
     plain = run(False)
     assert calls_fast == 18 and len(calls) == calls_fast  # every decode step ran in the kernels, and only then
     for a, b in zip(fast, plain):
@@ -622,6 +624,40 @@ def test_cpu_kernels_match_the_torch_path(cfg, dtype, monkeypatch):
         assert _max_diff(a.float(), b.float()) <= tol
         if dtype == torch.bfloat16:
             assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_packed_weights_default_keeps_bfloat16_in_one_copy():
+    """By default a bfloat16 model on a CPU with avx512_bf16 makes no copies of its weights: its Conv1D weights are
+    stored [out, in] (the same values, a transposed view) and the decode kernels read them there (NK_DOTS); a
+    float32 model keeps its copies; True and False override; back in float32 the weights are contiguous again."""
+    from pigpt.model import cpu_decode
+
+    if cpu_decode.load() is None:
+        pytest.skip(cpu_decode.status())
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(**KERNEL_CONFIGS[0])).eval()
+    w = gpt.transformer.h[0].attn.c_attn.weight
+    assert gpt.packed_weights is True
+    values = w.detach().to(torch.bfloat16).clone()
+    gpt = gpt.to(torch.bfloat16)
+    idx = torch.randint(0, KERNEL_CONFIGS[0]["vocab_size"], (1, 5))
+    with torch.no_grad():
+        step = gpt.new_cache(1, 8)
+        gpt(idx, step)
+        gpt(idx[:, :1], step)  # a decode step builds the plan
+    dots = cpu_decode.has_avx512bf16()
+    assert gpt.packed_weights is (not dots)
+    assert torch.equal(w, values) and w.shape == values.shape
+    assert w.t().is_contiguous() == dots and (gpt._cpu_plan.layers[0].qkv.layout == cpu_decode.NK_DOTS) == dots
+    gpt.packed_weights = True
+    with torch.no_grad():
+        gpt(idx[:, :1], step)
+    assert w.is_contiguous() and gpt._cpu_plan.pairs == dots and torch.equal(w, values)
+    gpt.packed_weights = None  # the default again
+    gpt = gpt.float()
+    with torch.no_grad():
+        gpt(idx)
+    assert gpt.packed_weights is True and w.is_contiguous()
 
 
 @pytest.mark.parametrize("mode", ["bfloat16", "int8"])
@@ -651,6 +687,7 @@ def test_decode_steps_of_many_rows_run_in_the_kernels(mode, monkeypatch):
             if name.endswith("bias"):
                 p.normal_(0, 0.05)
     gpt = gpt.quantize("int8") if mode == "int8" else gpt.to(torch.bfloat16)
+    gpt.packed_weights = True  # bfloat16: the pair-blocked copies, which a bfloat16 model makes only when asked
     idx = torch.randint(0, cfg["vocab_size"], (20, 8), generator=torch.Generator().manual_seed(1))
 
     def steps(rows, kernels):  # one token at a time from the first: every step a decode step
@@ -842,7 +879,7 @@ def test_cpu_kernels_give_the_same_bits_on_any_number_of_threads(dtype):
     if cpu_decode.load() is None:
         pytest.skip(cpu_decode.status())
     threads = torch.get_num_threads()
-    unpacked = dtype == "bfloat16-unpacked"  # packed_weights off: KN_DOTS where the CPU has avx512_bf16
+    unpacked = dtype == "bfloat16-unpacked"  # packed_weights off: NK_DOTS where the CPU has avx512_bf16
     dtype = torch.bfloat16 if unpacked else dtype
     for cfg in (KERNEL_CONFIGS[1], KERNEL_CONFIGS[4]):
         torch.manual_seed(0)

@@ -80,9 +80,9 @@ INT8_DOTS = True
 F32, BF16, I8 = 0, 1, 2  # value types
 # weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head; int8 copies), bfloat16 pair-blocked
 # [N/64, K/2, 64, 2] copies of Conv1D weights (`pair_blocked`), int8 [out, in] on integer dot products against
-# activations quantized per block of 32 (Q8_TILE, with VNNI Q8V_TILE, in csrc/decode.c), or bfloat16 [in, out]
-# read by avx512_bf16 dot products without a copy (KSD_TILE; packed_weights off)
-KN, NK, PAIRS, NK_Q8, KN_DOTS = 0, 1, 2, 3, 4
+# activations quantized per block of 32 (Q8_TILE, with VNNI Q8V_TILE, in csrc/decode.c), or a Conv1D's bfloat16
+# weight stored [out, in] (store_out_major) and read by avx512_bf16 dot products on each output's row (DP_TILE)
+KN, NK, PAIRS, NK_Q8, NK_DOTS = 0, 1, 2, 3, 4
 ACT_NONE, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU = 0, 1, 2, 3
 ACTIVATIONS = {"gelu_new": ACT_GELU_TANH, "gelu_pytorch_tanh": ACT_GELU_TANH, "gelu_fast": ACT_GELU_TANH,
                "gelu": ACT_GELU_ERF, "relu": ACT_RELU}
@@ -127,7 +127,7 @@ def python_interface() -> dict[str, int]:
         out[f"sizeof({s})"] = ctypes.sizeof(struct)
         for name, _ in struct._fields_:
             out[f"{s}.{name}"], out[f"sizeof({s}.{name})"] = getattr(struct, name).offset, getattr(struct, name).size
-    return out | dict(F32=F32, BF16=BF16, I8=I8, KN=KN, NK=NK, PAIRS=PAIRS, NK_Q8=NK_Q8, KN_DOTS=KN_DOTS,
+    return out | dict(F32=F32, BF16=BF16, I8=I8, KN=KN, NK=NK, PAIRS=PAIRS, NK_Q8=NK_Q8, NK_DOTS=NK_DOTS,
                       ACT_NONE=ACT_NONE,
                       ACT_GELU_TANH=ACT_GELU_TANH, ACT_GELU_ERF=ACT_GELU_ERF, ACT_RELU=ACT_RELU,
                       PHASES_PER_LAYER=PHASES_PER_LAYER, MAX_PHASES=MAX_PHASES)
@@ -197,6 +197,12 @@ MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128},
 # rollouts of GPT-2 small 0.78x of llama.cpp with the kernels' 64-row products, measured 2026-12-05). Up to
 # MAX_ROWS_BF16_PAIRS rows such steps run whole in the decode kernels, on the pair-blocked copies, instead.
 STEP_ROWS = {"AVX512": {"bfloat16": 0}}.get(isa() or "", {})
+# A bfloat16 weight stored [out, in] (packed_weights off, on avx512_bf16: store_out_major) runs in the dot-product
+# tiles up to this many rows, and in torch's products past them, which take the transposed view as it is. One
+# product on cold weights, Zen 4, 2 threads, ms, tiles / torch: [768, 2304] 0.21 / 0.30 at 9 rows, 0.41 / 0.48 at
+# 32, 0.59 / 0.61 at 48, 0.78 / 0.74 at 64; [768, 3072] 0.54 / 0.64 at 32; [3072, 768] 0.37 / 0.32 at 9, 0.66 / 0.56
+# at 32 (the [in, out] panel product, kn_many_rows_dots: 0.49, 0.60, 0.63 at 32).
+NK_DOTS_ROWS = 32
 
 
 def recipe() -> cbuild.Recipe | None:
@@ -293,13 +299,24 @@ def pair_blocked(w: torch.Tensor) -> torch.Tensor:
     return w.view(Kp // 2, 2, Np // 64, 64).permute(2, 0, 3, 1).contiguous()
 
 
+def store_out_major(w: torch.Tensor, on: bool) -> None:
+    """Keep the [in, out] parameter `w`'s values, stored [out, in] (on: w is then a transposed view, and each
+    output's weights lie in one row, which the dot-product tiles read in one stream) or [in, out] (contiguous).
+    Moves one weight at a time (a transient copy of it), only where the storage is the other way."""
+    if (w.t().is_contiguous() and not w.is_contiguous()) if on else w.is_contiguous():
+        return
+    with torch.no_grad():
+        w.data = w.data.t().contiguous().t() if on else w.data.contiguous()
+
+
 class Plan:
     """The model's weights as the kernels see them: pointers to its own tensors, built once and valid while no
     parameter moves to new storage (GPT drops its plan on .to(), quantize() and clear_weight_caches()). Holds
-    references to the tensors so that the pointers stay valid. A bfloat16 model's block weights and head are read
-    from pair-blocked copies where the CPU has avx512_bf16 (a second copy of them in memory, ~250 MB for GPT-2
-    small), unless the model's packed_weights is off: then by dot products on the weights as they are (KN_DOTS,
-    slower); `fresh()` says whether the weights the copies are made from are unchanged since."""
+    references to the tensors so that the pointers stay valid. Where the CPU has avx512_bf16, a bfloat16 model's
+    block weights and head are read by dot products: on the weights themselves (each block weight stored [out, in]:
+    NK_DOTS; wte's rows), or, where the model's packed_weights is on, on pair-blocked copies (a second copy of them
+    in memory, ~250 MB for GPT-2 small); `fresh()` says whether the weights the copies are made from are unchanged
+    since."""
 
     def __init__(self, gpt):
         tr = gpt.transformer
@@ -388,12 +405,14 @@ class Plan:
             q = conv.qweight
             return Linear(self._t(q), self._t(conv.scales()), b, q.shape[1], q.shape[0], I8, self.int8_layout, act)
         w = conv.weight  # [in, out]
+        if not self.pairs and self.dot and w.dtype == torch.bfloat16:  # dot products on W's rows: no copy
+            store_out_major(w, True)
+            return Linear(self._t(w), None, b, w.shape[0], w.shape[1], BF16, NK_DOTS, act)
+        store_out_major(w, False)
         if self.pairs:
             self.sources.append((w, w._version))
             packed.watch(w)
             return Linear(self._t(pair_blocked(w)), None, b, w.shape[0], w.shape[1], BF16, PAIRS, act)
-        if self.dot and w.dtype == torch.bfloat16:  # dot products on W as it is (no copy: packed_weights off)
-            return Linear(self._t(w), None, b, w.shape[0], w.shape[1], BF16, KN_DOTS, act)
         return Linear(self._t(w), None, b, w.shape[0], w.shape[1], _TYPES[w.dtype], KN, act)
 
     def __reduce__(self):  # pointers: deep copies and pickles of a model start without a plan
@@ -407,12 +426,14 @@ class Plan:
 
 
 def supports(gpt) -> bool:
-    """Whether the kernels take this model's weights: CPU, float32/bfloat16 (or int8 copies), contiguous."""
+    """Whether the kernels take this model's weights: CPU, float32/bfloat16 (or int8 copies), contiguous (a
+    Conv1D's weight may be stored [out, in] instead: the plan stores each the way its layout reads it)."""
     if gpt.dtype not in (torch.float32, torch.bfloat16) or gpt.device.type != "cpu":
         return False
     for m in gpt.modules():
         for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
-            if not t.is_contiguous() or t.device.type != "cpu":
+            stored = t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())
+            if not stored or t.device.type != "cpu":
                 return False
             if t.is_floating_point() and t.dtype != gpt.dtype:  # the kernels read them all as the model's dtype
                 return False
@@ -466,27 +487,32 @@ def linear(x: torch.Tensor, w: torch.Tensor, layout: int, scale: torch.Tensor | 
     load (model/quant.py), and so do products of float models up to MANY_ROWS rows (`many_rows`)."""
     N = w.shape[1] if layout == KN else w.shape[0]
     lin = Linear(w.data_ptr(), _ptr(scale), _ptr(bias), x.shape[1], N, _TYPES[w.dtype], layout, act)
-    # bfloat16 [K, N]: avx512_bf16 dot products on pairs of rows where the C side takes them (kn_many_rows_dots)
-    dot = layout == KN and w.dtype == torch.bfloat16 and has_avx512bf16()
+    # bfloat16 [K, N]: avx512_bf16 dot products on pairs of rows where the C side takes them (kn_many_rows_dots);
+    # NK_DOTS: on rows of W
+    dot = layout in (KN, NK_DOTS) and w.dtype == torch.bfloat16 and has_avx512bf16()
     return _product(lin, _TYPES[bias.dtype] if bias is not None else F32, x, dot)
 
 
 def many_rows(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, act: str | None) -> torch.Tensor | None:
     """act(x @ w + bias) for a Conv1D's [in, out] float weight `w` in the kernels, where they take it: inference on
-    the CPU (no gradient needed, no autocast), at most MANY_ROWS rows for w's dtype on this build; else None (the
-    torch path runs). The result in x's dtype."""
+    the CPU (no gradient needed, no autocast), at most MANY_ROWS rows for w's dtype on this build (and at most
+    NK_DOTS_ROWS for a bfloat16 weight stored [out, in]); else None (the torch path runs). The result in x's dtype."""
     rows = x.numel() // x.shape[-1]
     dtype = str(w.dtype).removeprefix("torch.")
     limit = MANY_ROWS.get(dtype, 0)
     if x.dim() == 3 and x.shape[1] == 1:  # a decode step's rows
         limit = min(limit, STEP_ROWS.get(dtype, limit))
-    if (not 0 < rows <= limit or x.dtype != w.dtype or w.device.type != "cpu" or not w.is_contiguous()
+    out_major = w.dim() == 2 and not w.is_contiguous() and w.t().is_contiguous()  # store_out_major's
+    if out_major:
+        dots = w.dtype == torch.bfloat16 and load() is not None and has_avx512bf16()
+        limit = min(limit, NK_DOTS_ROWS) if dots else 0
+    if (not 0 < rows <= limit or x.dtype != w.dtype or w.device.type != "cpu" or not (w.is_contiguous() or out_major)
             or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
             or torch.is_autocast_enabled("cpu") or (act is not None and act not in ACTIVATIONS)
             or (bias is not None and bias.dtype != w.dtype) or load() is None):
         return None
-    y = linear(x.reshape(rows, x.shape[-1]).float().contiguous(), w, KN, None, bias,
-               ACTIVATIONS[act] if act else ACT_NONE)
+    y = linear(x.reshape(rows, x.shape[-1]).float().contiguous(), w.t() if out_major else w,
+               NK_DOTS if out_major else KN, None, bias, ACTIVATIONS[act] if act else ACT_NONE)
     return y.to(x.dtype).view(x.shape[:-1] + (w.shape[1],))
 
 

@@ -89,7 +89,7 @@ class Conv1D(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
         self.register_buffer("qweight", None)
         self.register_buffer("qscale", None)
-        self.use_packed = True  # GPT.packed_weights sets it
+        self.use_packed = True  # GPT._settle_storage sets it from GPT.packed_weights
         self.use_kernels = True  # GPT.cpu_kernels sets it: int8 products in the CPU kernels (quant.linear)
         self._packed = packed.DerivedWeight()
         self.invariant = False  # GPT.batch_invariant sets it
@@ -237,7 +237,7 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         self._head_t = packed.DerivedWeight()  # [C, V] for one-row float32: x @ W beats F.linear's [V, C] here
         self._head_packed = packed.DerivedWeight()
-        self._packed_weights = True
+        self._packed_weights = None  # packed_weights as set; None: automatic (see the property)
         self._kv_dtype = None  # kv_dtype: None, the default for the model's weights
         # quantize(): the int8 copy of wte ([V, C] and per-row scales as int32 bits) that the LM head and the
         # embedding lookup read; wte itself is then emptied
@@ -245,6 +245,7 @@ class GPT(nn.Module):
         self.register_buffer("lm_head_qscale", None)
         self._cpu_kernels = True
         self._cpu_plan = None  # cpu_decode.Plan, False where the kernels can't take this model, None: not built
+        self._out_major = None  # whether the Conv1D weights are stored [out, in] (_settle_storage); None: not settled
         self._batch_invariant = False
         self._head_panels = packed.DerivedWeight()  # the batch-invariant kernels' copy of wte^T
 
@@ -301,6 +302,7 @@ class GPT(nn.Module):
             raise ValueError(f"idx must be a LongTensor of shape [batch, time], got {got}")
         B, T = idx.shape
         cfg = self.config
+        self._settle_storage()
         if self._batch_invariant:
             invariant.check(self)  # a .to() since it was turned on may have left float32 or the CPU
         if self.quantized and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
@@ -360,8 +362,8 @@ class GPT(nn.Module):
         x = x.to(w.dtype)
         if self.lm_head_qweight is not None:
             return quant.linear(x, self.lm_head_qweight, self.lm_head_qscale.view(torch.float32), None,
-                                self._head_packed if self._packed_weights else None, self._cpu_kernels)
-        if self._packed_weights and packed.preferred(x, w):
+                                self._head_packed if self.packed_weights else None, self._cpu_kernels)
+        if self.packed_weights and packed.preferred(x, w):
             return packed.linear(x, self._head_packed.get(w, packed.reorder), None)  # wte is [V, C] already
         if packed.widened(w):
             return F.linear(x.float(), w.float()).to(w.dtype)
@@ -395,19 +397,23 @@ class GPT(nn.Module):
     def packed_weights(self) -> bool:
         """Whether CPU inference keeps copies of the weights in faster layouts: oneDNN-blocked copies for the
         torch path (faster at more than one row), and for a bfloat16 model on a CPU with avx512_bf16 the decode
-        kernels' pair-blocked copies (GPT-2 small's decode steps 1.12x faster at one row, level at 2 and 4, 1.3x
-        at 8 rows; measured on Zen 4). Each is a second copy of the weight in memory; set it False to save the
-        memory (a bfloat16 GPT-2 small at one row: peak 623 -> 318 MB less torch's own; bench_generate.py
-        --no-copies)."""
-        return self._packed_weights
+        kernels' pair-blocked copies. Each is a second copy of the weight in memory.
+
+        By default (None) it is on, except for a bfloat16 model on a CPU with avx512_bf16 where the kernels load:
+        there the decode kernels read the weights themselves, stored [out, in] (dot products on each output's row
+        of weights), in the memory llama.cpp takes (GPT-2 small at one row: peak 318 MB less torch's own, 1.14x of
+        llama.cpp's, against 557 MB with the copies) and at its speed or better (Zen 4, 2 threads: batch 1 1.08x of
+        llama.cpp, n = 8 1.64x, n = 64 1.15x; with the copies 1.11x, 2.01x, 1.63x; bench_generate.py --copies).
+        Set True for the copies' speed, False to save their memory in every precision."""
+        if self._packed_weights is not None:
+            return self._packed_weights
+        return not (self.dtype == torch.bfloat16 and not self.quantized and self.device.type == "cpu"
+                    and self._cpu_kernels and cpu_decode.load() is not None and cpu_decode.has_avx512bf16())
 
     @packed_weights.setter
-    def packed_weights(self, on: bool) -> None:
-        self._packed_weights = bool(on)
-        for m in self.modules():
-            if isinstance(m, Conv1D):
-                m.use_packed = self._packed_weights
-        self.clear_weight_caches()
+    def packed_weights(self, on: bool | None) -> None:
+        self._packed_weights = None if on is None else bool(on)
+        self.clear_weight_caches()  # Conv1D.use_packed and the weights' storage follow on the next forward
 
     def clear_weight_caches(self) -> None:
         """Drop the inference copies of the weights (blocked, transposed head) and the CPU kernels' pointers to
@@ -420,7 +426,7 @@ class GPT(nn.Module):
         self._head_packed.clear()
         self._head_t.clear()
         self._head_panels.clear()
-        self._cpu_plan = None
+        self._cpu_plan = self._out_major = None
 
     @property
     def cpu_kernels(self) -> bool:
@@ -433,7 +439,7 @@ class GPT(nn.Module):
     @cpu_kernels.setter
     def cpu_kernels(self, on: bool) -> None:
         self._cpu_kernels = bool(on)
-        self._cpu_plan = None
+        self._cpu_plan = self._out_major = None
         for m in self.modules():
             if isinstance(m, Conv1D):
                 m.use_kernels = self._cpu_kernels
@@ -463,6 +469,26 @@ class GPT(nn.Module):
         """wte^T as the batch-invariant kernels read it (a cached copy, rebuilt when wte changes)."""
         return self._head_panels.get(self.transformer.wte.weight, lambda w: invariant.panels(w.t()))
 
+    def _settle_storage(self) -> None:
+        """Store the Conv1D weights the way this model's CPU products read them, before any of them runs: [out, in]
+        for a bfloat16 model without copies on a CPU with avx512_bf16 (each output's weights in one row, for the
+        dot-product tiles: cpu_decode.NK_DOTS), else [in, out]. The values and shapes stay; only the strides change
+        (the parameter is then a transposed view). Settled on the first forward after a change of dtype, device,
+        packed_weights or cpu_kernels, so that a prompt's products and a decode step's read one layout on every
+        call (the same seed, the same bits, on the first call as on later ones)."""
+        if self._out_major is not None:
+            return
+        copies = self.packed_weights
+        want = (self._cpu_kernels and not copies and self.dtype == torch.bfloat16
+                and self.device.type == "cpu" and cpu_decode.load() is not None and cpu_decode.has_avx512bf16())
+        for m in self.modules():
+            if isinstance(m, Conv1D):
+                m.use_packed = copies
+                if m.weight is not None:
+                    cpu_decode.store_out_major(m.weight, want)
+        self._out_major = want
+        self._cpu_plan = None  # its pointers may be to the old storage
+
     def _plan_for(self, rows: int):
         """The CPU kernels' plan when a step of `rows` rows can run in them: inference on the CPU (no gradients
         needed, no autocast), float32/bfloat16 or int8 weights, kernels built for this machine."""
@@ -479,7 +505,7 @@ class GPT(nn.Module):
         return self._cpu_plan if self._cpu_plan and rows <= self._cpu_plan.max_rows else None
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .float(), ...: the weights may move
-        self._cpu_plan = None
+        self._cpu_plan = self._out_major = None
         return super()._apply(fn, *args, **kwargs)
 
     # -- int8 weights -----------------------------------------------------------------------------------

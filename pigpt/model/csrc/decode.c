@@ -352,25 +352,14 @@ typedef void (*ks_fn)(const Linear*, const float*, int, int64_t, int64_t, float*
 static const ks_fn KS_TILES[2][3] = {{ks_f32_1, ks_f32_2, ks_f32_4}, {ks_bf16_1, ks_bf16_2, ks_bf16_4}}; /* R 1, 2, 4 */
 
 static int split_rows(int M) { return M == 1 ? 1 : M == 2 ? 2 : M <= 4 ? 4 : 8; }  /* the tile's R: rows of each partial */
-static int is_split(const Linear* L, int M) { return (L->layout == KN || L->layout == KN_DOTS) && M <= SPLIT_ROWS; }
+static int is_split(const Linear* L, int M) { return L->layout == KN && M <= SPLIT_ROWS; }
 static int64_t split_tiles(int64_t K) { return (K + SPLIT_K - 1) / SPLIT_K; }
 
-#if BF16_DOTS
-static void split_tile_dots(const Linear* L, const uint16_t* xb, int M, int64_t k0, int64_t k1, float* part);
-#endif
-
-/* xb: x rounded to bfloat16 (`prepare`), for KN_DOTS */
-static void split_tile(const Linear* L, const float* x, const uint16_t* xb, int M, int64_t i, float* parts) {
+static void split_tile(const Linear* L, const float* x, int M, int64_t i, float* parts) {
   const int R = split_rows(M);
   const int64_t k0 = i * SPLIT_K, k1 = k0 + SPLIT_K < L->K ? k0 + SPLIT_K : L->K;
   float* part = parts + i * R * L->N;
   memset(part, 0, sizeof(float) * R * L->N);
-#if BF16_DOTS
-  if (L->layout == KN_DOTS) {
-    split_tile_dots(L, xb, M, k0, k1, part);
-    return;
-  }
-#endif
   if (R == 8) {  /* two passes of 4 rows, the second over rows of W in cache (an 8 x 1 tile: ~1.5x slower; GPT-2 small's
                     blocks at 8 rows, bfloat16: 25.5 ms a step with passes over all 128 rows, ~22.5 ms over 16) */
     for (int64_t k = k0; k < k1; k += KS_SUB) {
@@ -667,7 +656,7 @@ int pigpt_int8_vnni(int on) {
 }
 
 #if BF16_DOTS
-/* A row of K for the pair layouts (PAIRS, KN_DOTS): padded to even K, so that (x[k], x[k + 1]) pairs are whole */
+/* A row of K for the pair layouts (PAIRS, kn_many_rows_dots' panels): padded to even K, so that (x[k], x[k + 1]) pairs are whole */
 static inline int64_t pair_width(int64_t K) { return (K + 1) & ~(int64_t)1; }
 
 /* bfloat16 NK weights on CPUs with avx512_bf16 (the LM head of a bfloat16 model without its pair-blocked copy): x
@@ -765,75 +754,9 @@ static const dp_fn DP_TILES[4][2] = {{dp_1_1, dp_1_8}, {dp_2_1, dp_2_4}, {dp_4_1
 PB_TILE(1) PB_TILE(2) PB_TILE(4) PB_TILE(8)
 static const dp_fn PB_TILES[4] = {pb_1, pb_2, pb_4, pb_8};
 
-/* Split products (above) of bfloat16 [K, N] weights with dot products, for CPUs with avx512_bf16 (layout KN_DOTS):
-   vdpbf16ps multiplies pairs, so each pass pairs rows k and k+1 of W in registers (vpermt2w: 32 columns of each row
-   into two vectors of 16 (w[k, c], w[k+1, c]) pairs) and multiplies them by the pair (x[k], x[k+1]) of x rounded to
-   bfloat16, as the PAIRS copies are multiplied, but reading W as it is: no second copy of the weights
-   (GPT.packed_weights = False). U pairs of rows a pass share each load and store of the partial sums. A tile is
-   SPLIT_K (even) rows, so pairs never straddle tiles; an odd K's last row pairs with itself against x's zero
-   padding. Slower than the PAIRS tiles (Zen 4, 2 threads, GPT-2 small's blocks: 1 row ~6.5 ms against ~5.5, 8 rows
-   ~12 against ~6.5): one stream of 64-column blocks there, eight rows of W at once here, and the partial sums'
-   loads and stores; U = 2 or 8, and vpunpck instead of vpermt2w, were no faster. */
-static const uint16_t KSD_PAIRS[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+/* vpermt2w's indices that pair two rows of 32 columns, A and B, into (A[c], B[c]) pairs: c = 0..15 (lo), 16..31 (hi) */
+static const uint16_t PAIR_INDEX[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
                                        8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-#define KSD_TILE(R, U)                                                                                     \
-  __attribute__((target("avx512bf16"))) static void ksd_##R(const Linear* L, const uint16_t* xb, int M,   \
-                                                            int64_t k0, int64_t k1, float* part) {         \
-    const int64_t K = L->K, Kp = pair_width(K), N = L->N, N32 = N & ~(int64_t)31;               \
-    const uint16_t* W = (const uint16_t*)L->w;                                                             \
-    const __m512i lo = _mm512_loadu_si512(KSD_PAIRS), hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));     \
-    for (int64_t k = k0; k < k1; k += 2 * U) {                                                             \
-      const uint16_t *w0[U], *w1[U];                                                                       \
-      __m512i a[R][U];                                                                                     \
-      for (int u = 0; u < U; u++) {  /* past k1: the last row again, times zero */                        \
-        const int64_t kk = k + 2 * u < k1 ? k + 2 * u : k1 - 1;                                            \
-        w0[u] = W + kk * N;                                                                                \
-        w1[u] = kk + 1 < k1 ? w0[u] + N : w0[u];                                                           \
-        for (int i = 0; i < R; i++) {                                                                      \
-          const uint16_t* xp = xb + (int64_t)(i < M ? i : M - 1) * Kp + kk;  /* (x[kk], x[kk + 1]) */     \
-          a[i][u] = k + 2 * u < k1 ? _mm512_set1_epi32(*(const int32_t*)xp) : _mm512_setzero_si512();     \
-        }                                                                                                 \
-      }                                                                                                    \
-      for (int64_t j = 0; j < N; j += 32) {                                                                \
-        const int whole = j < N32;                                                                         \
-        const __mmask32 mw = whole ? ~(__mmask32)0 : (__mmask32)(((uint64_t)1 << (N - j)) - 1);            \
-        const __mmask16 m0 = whole ? 0xffff : tail(N - j);                                                \
-        const __mmask16 m1 = whole ? 0xffff : N - j > 16 ? tail(N - j - 16) : 0;                          \
-        __m512i p[U][2];                                                                                   \
-        for (int u = 0; u < U; u++) {                                                                      \
-          _mm_prefetch((const char*)(w0[u] + j + KS_PF * N), PF_HINT);                                \
-          _mm_prefetch((const char*)(w1[u] + j + KS_PF * N), PF_HINT);                                \
-          __m512i A = _mm512_maskz_loadu_epi16(mw, w0[u] + j), B = _mm512_maskz_loadu_epi16(mw, w1[u] + j); \
-          p[u][0] = _mm512_permutex2var_epi16(A, lo, B);                                                   \
-          p[u][1] = _mm512_permutex2var_epi16(A, hi, B);                                                   \
-        }                                                                                                  \
-        for (int i = 0; i < R; i++) {                                                                      \
-          float* pp = part + i * N + j;                                                                    \
-          __m512 s0 = _mm512_maskz_loadu_ps(m0, pp), s1 = _mm512_maskz_loadu_ps(m1, pp + 16);            \
-          for (int u = 0; u < U; u++) {                                                                    \
-            s0 = _mm512_dpbf16_ps(s0, (__m512bh)p[u][0], (__m512bh)a[i][u]);                               \
-            s1 = _mm512_dpbf16_ps(s1, (__m512bh)p[u][1], (__m512bh)a[i][u]);                               \
-          }                                                                                                \
-          _mm512_mask_storeu_ps(pp, m0, s0);                                                               \
-          _mm512_mask_storeu_ps(pp + 16, m1, s1);                                                          \
-        }                                                                                                  \
-      }                                                                                                    \
-    }                                                                                                      \
-  }
-KSD_TILE(1, 4) KSD_TILE(2, 4) KSD_TILE(4, 4)
-static void split_tile_dots(const Linear* L, const uint16_t* xb, int M, int64_t k0, int64_t k1, float* part) {
-  const int64_t Kp = pair_width(L->K);
-  if (M > 4)  /* two passes of 4 rows over KS_SUB rows of W at a time, as split_tile's */
-    for (int64_t k = k0; k < k1; k += KS_SUB) {
-      const int64_t ke = k + KS_SUB < k1 ? k + KS_SUB : k1;
-      ksd_4(L, xb, 4, k, ke, part);
-      ksd_4(L, xb + 4 * Kp, M - 4, k, ke, part + 4 * L->N);
-    }
-  else if (M > 2) ksd_4(L, xb, M, k0, k1, part);
-  else if (M > 1) ksd_2(L, xb, M, k0, k1, part);
-  else ksd_1(L, xb, M, k0, k1, part);
-}
-
 __attribute__((target("avx512bf16"))) static void round_bf16(const float* x, int64_t n, uint16_t* xb) {
   for (int64_t i = 0; i < n; i += 16) {
     __mmask16 m = tail(n - i);
@@ -855,7 +778,8 @@ static void round_rows(const float* x, int M, int64_t K, uint16_t* xb) {  /* row
    x quantized (quantize_rows). */
 static void prepare(const Linear* L, const float* x, int M, uint16_t* xb) {
 #if BF16_DOTS
-  if (L->layout == PAIRS || L->layout == KN_DOTS) round_rows(x, M, L->K, xb);
+  if (L->layout == PAIRS) round_rows(x, M, L->K, xb);
+  if (L->layout == NK_DOTS) round_bf16(x, (int64_t)M * L->K, xb);
 #endif
   if (L->layout == NK_Q8) quantize_rows(x, M, L->K, (int8_t*)xb);
 }
@@ -897,7 +821,7 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
     }
   } else
 #endif
-  if (L->layout == KN || L->layout == KN_DOTS) {  /* tiles of up to VW * 16 / R columns, halving towards the end */
+  if (L->layout == KN) {  /* tiles of up to VW * 16 / R columns, halving towards the end */
     if (R > KN_R) R = KN_R, lg = KN_LG;
     for (int64_t n0 = n_begin; n0 < n_end;) {
       int64_t vecs = (n_end - n0 + VW - 1) / VW;
@@ -1074,7 +998,7 @@ static void kn_many_rows(const Linear* L, int ptype, const float* x, int M, floa
 #if BF16_DOTS
 _Static_assert(GW == 32, "kn_many_rows_dots's groups are two vectors of 16 column pairs");
 /* kn_many_rows for bfloat16 W on CPUs with avx512_bf16: the panel holds pairs of rows interleaved per column,
-   (w[k, c], w[k + 1, c]), as the PAIRS copies are (vpermt2w, as KN_DOTS pairs them), and the tiles multiply them by
+   (w[k, c], w[k + 1, c]), as the PAIRS copies are (vpermt2w with PAIR_INDEX), and the tiles multiply them by
    (x[k], x[k + 1]) of x rounded to bfloat16 (xb, rows padded to even K: a bfloat16 model's activations, so exact):
    one dot-product instruction per 16 columns and 2 k where the widened panel takes two FMAs, and half the panel's
    bytes. An odd K's last row pairs with itself, against x's zero padding. */
@@ -1082,7 +1006,7 @@ __attribute__((target("avx512bf16"))) static void kn_pack_pairs(const Linear* L,
                                                                 int64_t cols, uint16_t* panel) {
   const int64_t N = L->N;
   const uint16_t* W = (const uint16_t*)L->w;
-  const __m512i lo = _mm512_loadu_si512(KSD_PAIRS), hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  const __m512i lo = _mm512_loadu_si512(PAIR_INDEX), hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
   for (int64_t k = 0; k < kk; k += 2) {
     const uint16_t* r0 = W + (k0 + k) * N + c0;
     const uint16_t* r1 = k + 1 < kk ? r0 + N : r0;
@@ -1333,13 +1257,13 @@ static void run_tile(const Job* j, int p, int64_t i, int t, int* normed, int* ro
   }
   const Linear* lin = phase_linear(ly, p);
   const float* in = kind == QKV || kind == FC ? a : kind == PROJ ? att : hid;  /* final: its phase is done */
-  const int prepared = lin->layout == PAIRS || lin->layout == NK_Q8 || lin->layout == KN_DOTS;
+  const int prepared = lin->layout == PAIRS || lin->layout == NK_Q8 || lin->layout == NK_DOTS;
   if (prepared && *rounded != p) {
     prepare(lin, in, (int)M, xb);
     *rounded = p;
   }
   if (reduces[p]) {
-    split_tile(lin, in, xb, (int)M, i, hid + M * inner + j->nthreads * per_thread(M, C, inner, j->S));
+    split_tile(lin, in, (int)M, i, hid + M * inner + j->nthreads * per_thread(M, C, inner, j->S));
     return;
   }
   tile_range(lin, tiles[p], i, &n0, &n1);
@@ -1409,7 +1333,7 @@ static const InterfaceEntry INTERFACE[] = {
     SIZE(Layer) LAYER_FIELDS(FIELD_Layer)
     SIZE(Cache) CACHE_FIELDS(FIELD_Cache)
     SIZE(Model) MODEL_FIELDS(FIELD_Model)
-    VALUE(F32) VALUE(BF16) VALUE(I8) VALUE(KN) VALUE(NK) VALUE(PAIRS) VALUE(NK_Q8) VALUE(KN_DOTS)
+    VALUE(F32) VALUE(BF16) VALUE(I8) VALUE(KN) VALUE(NK) VALUE(PAIRS) VALUE(NK_Q8) VALUE(NK_DOTS)
     VALUE(ACT_NONE) VALUE(ACT_GELU_TANH) VALUE(ACT_GELU_ERF) VALUE(ACT_RELU)
     VALUE(PHASES_PER_LAYER) VALUE(MAX_PHASES)
 };

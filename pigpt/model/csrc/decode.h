@@ -13,9 +13,9 @@
 enum { F32 = 0, BF16 = 1, I8 = 2 };  /* value types */
 /* weight layouts: [in, out] (GPT-2's Conv1D), [out, in] (wte as the head; int8 copies), bfloat16 pair-blocked
    [N/64, K/2, 64, 2] copies of Conv1D weights (see PB_TILE in decode.c), int8 [out, in] multiplied in integers
-   against activations quantized per block of 32 (see Q8_TILE), or bfloat16 [in, out] whose decode-step products
-   pair rows of W in registers for avx512_bf16 dot products (see KSD_TILE) */
-enum { KN = 0, NK = 1, PAIRS = 2, NK_Q8 = 3, KN_DOTS = 4 };
+   against activations quantized per block of 32 (see Q8_TILE), or a Conv1D's bfloat16 weight stored [out, in] for
+   avx512_bf16 dot products on each output's row (see DP_TILE) */
+enum { KN = 0, NK = 1, PAIRS = 2, NK_Q8 = 3, NK_DOTS = 4 };
 enum { ACT_NONE = 0, ACT_GELU_TANH = 1, ACT_GELU_ERF = 2, ACT_RELU = 3 };
 /* the phases of one block in a decode step; a step has n_layer * PHASES_PER_LAYER + 1 (ln_f) <= MAX_PHASES */
 enum { QKV, ATTN, PROJ, FC, PROJ2, PHASES_PER_LAYER };
