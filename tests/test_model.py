@@ -648,6 +648,12 @@ def test_packed_weights_default_keeps_bfloat16_in_one_copy():
     dots = cpu_decode.has_avx512bf16()
     assert gpt.packed_weights is (not dots)
     assert torch.equal(w, values) and w.shape == values.shape
+    fresh = GPT(GPTConfig(**KERNEL_CONFIGS[0])).to(torch.bfloat16).eval()
+    with torch.inference_mode():  # stored under inference_mode, the weights stay plain tensors that can train
+        fresh(idx)
+    fresh.train()
+    fresh(idx).float().logsumexp(-1).mean().backward()
+    assert fresh.transformer.h[0].mlp.c_fc.weight.grad is not None
     assert w.t().is_contiguous() == dots and (gpt._cpu_plan.layers[0].qkv.layout == cpu_decode.NK_DOTS) == dots
     gpt.packed_weights = True
     with torch.no_grad():

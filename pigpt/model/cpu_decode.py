@@ -305,7 +305,7 @@ def store_out_major(w: torch.Tensor, on: bool) -> None:
     Moves one weight at a time (a transient copy of it), only where the storage is the other way."""
     if (w.t().is_contiguous() and not w.is_contiguous()) if on else w.is_contiguous():
         return
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor even under inference_mode: it may train later
         w.data = w.data.t().contiguous().t() if on else w.data.contiguous()
 
 
