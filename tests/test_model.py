@@ -666,10 +666,11 @@ def test_packed_weights_default_keeps_bfloat16_in_one_copy():
     assert gpt.packed_weights is True and w.is_contiguous()
 
 
-@pytest.mark.parametrize("mode", ["bfloat16", "int8"])
+@pytest.mark.parametrize("mode", ["bfloat16", "bfloat16-copies", "int8"])
 def test_decode_steps_of_many_rows_run_in_the_kernels(mode, monkeypatch):
-    """Past 8 rows a decode step still runs whole in the kernels where they are faster: bfloat16 on pair-blocked
-    copies (up to MAX_ROWS_BF16_PAIRS rows: tiles of 8 rows over each 64-column block), int8 on VNNI (up to 32 rows).
+    """Past 8 rows a decode step still runs whole in the kernels where they are faster: bfloat16 on avx512_bf16 dot
+    products (up to 128 rows: over the weights stored [out, in] by default, 8 rows a tile over each row group of W; with
+    packed_weights on, over pair-blocked copies, 8 rows a tile over each 64-column block), int8 on VNNI (up to 32 rows).
     A step of 20 rows gives the torch path's logits to bfloat16 rounding (torch rounds bfloat16 activations, and an
     int8 model's bfloat16 KV cache, differently), with the same argmax, and each row the logits it gets in a step
     of its own."""
@@ -677,7 +678,7 @@ def test_decode_steps_of_many_rows_run_in_the_kernels(mode, monkeypatch):
 
     if cpu_decode.load() is None:
         pytest.skip(cpu_decode.status())
-    if mode == "bfloat16" and not cpu_decode.has_avx512bf16():
+    if mode.startswith("bfloat16") and not cpu_decode.has_avx512bf16():
         pytest.skip("this CPU has no avx512_bf16: bfloat16 steps past MAX_ROWS_BF16_WIDEN run the torch path")
     if mode == "int8" and not cpu_decode.int8_vnni():
         pytest.skip("this CPU has no avx512_vnni: int8 steps past 8 rows run the torch path")
@@ -693,7 +694,8 @@ def test_decode_steps_of_many_rows_run_in_the_kernels(mode, monkeypatch):
             if name.endswith("bias"):
                 p.normal_(0, 0.05)
     gpt = gpt.quantize("int8") if mode == "int8" else gpt.to(torch.bfloat16)
-    gpt.packed_weights = True  # bfloat16: the pair-blocked copies, which a bfloat16 model makes only when asked
+    if mode == "bfloat16-copies":
+        gpt.packed_weights = True  # the pair-blocked copies, which a bfloat16 model makes only when asked
     idx = torch.randint(0, cfg["vocab_size"], (20, 8), generator=torch.Generator().manual_seed(1))
 
     def steps(rows, kernels):  # one token at a time from the first: every step a decode step
@@ -704,6 +706,8 @@ def test_decode_steps_of_many_rows_run_in_the_kernels(mode, monkeypatch):
 
     fast = steps(idx, True)
     assert calls == [20] * 8  # every step, all 20 rows in one call
+    if mode.startswith("bfloat16"):  # the layout meant
+        assert gpt._cpu_plan.layers[0].fc.layout == (cpu_decode.PAIRS if mode == "bfloat16-copies" else cpu_decode.NK_DOTS)
     plain = steps(idx, False)
     alone = [steps(idx[i:i + 1], True) for i in (0, 7, 19)]
     for t, (a, b) in enumerate(zip(fast, plain)):
@@ -844,6 +848,7 @@ def test_prefill_products_run_in_the_kernels_where_they_take_them(dtype, monkeyp
         pytest.skip(cpu_decode.status())
     monkeypatch.setattr(cpu_decode, "MANY_ROWS", {"float32": 64, "bfloat16": 128})
     monkeypatch.setattr(cpu_decode, "MAX_ROWS_BF16_PAIRS", 8)  # so that a decode step of 24 rows is past the plan's
+    monkeypatch.setitem(cpu_decode.MAX_ROWS, "bfloat16", 8)  # (with copies or without)
     ran = []
     many = cpu_decode.many_rows
     monkeypatch.setattr(cpu_decode, "many_rows", lambda *a: ran.append(y := many(*a)) or y)

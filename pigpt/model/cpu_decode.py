@@ -66,10 +66,14 @@ from . import cbuild, packed
 # L2 while the tiles of 8 rows run over it. int8 on VNNI: n = 16 45 -> 30, n = 24 61 -> 47, n = 32 79 -> 61, but
 # n = 48 74 -> 81 (past 32 rows the torch path runs oneDNN's bfloat16 products; quant.DEQUANT_ROWS); float32 n = 16
 # 52 -> 54, n = 64 137 -> 213 (its 64-row products run kn_many_rows there): float32 stays at 8.
-_LIMITS = {"AVX512": ({"float32": 8, "bfloat16": 8, "int8": 32}, 4, 128),
+# AVX512, the night of 2026-12-05, bfloat16 without copies on dot products over the weights stored [out, in]
+# (NK_DOTS), torch path -> kernels, ms a step (32 new tokens, one process, median of 5): n = 16 39.1 -> 20.5, n = 32
+# 57.9 -> 39.0, n = 64 79.7 -> 65.2, n = 128 141.9 -> 138.1; XL's widths (6 blocks) n = 16 57.0 -> 40.0, n = 64 123
+# -> 111: bfloat16 on dot products now runs 128 rows with or without copies.
+_LIMITS = {"AVX512": ({"float32": 8, "bfloat16": 128, "int8": 32}, 4, 128),
            "AVX2": ({"float32": 8, "bfloat16": 8, "int8": 8}, 8, 8)}
 # MAX_ROWS, MAX_ROWS_BF16_WIDEN (bfloat16 without avx512_bf16), MAX_ROWS_BF16_PAIRS (bfloat16 on pair-blocked
-# copies; MAX_ROWS' bfloat16 is then the limit without them, on dot products over the weights as they are):
+# copies; MAX_ROWS' bfloat16 is then the limit without them, on dot products over the weights stored [out, in]):
 # below, by isa(). int8's limit past 8 rows holds with VNNI (Plan: 8 without).
 
 # int8 weights multiply activations quantized per block of 32 in integers (layout NK_Q8); False: the float path
