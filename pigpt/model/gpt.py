@@ -403,7 +403,7 @@ class GPT(nn.Module):
         there the decode kernels read the weights themselves, stored [out, in] (dot products on each output's row
         of weights), in the memory llama.cpp takes (GPT-2 small at one row: peak 318 MB less torch's own, 1.14x of
         llama.cpp's, against 557 MB with the copies) and at its speed or better (Zen 4, 2 threads: batch 1 1.08x of
-        llama.cpp, n = 8 1.64x, n = 64 1.15x; with the copies 1.11x, 2.01x, 1.63x; bench_generate.py --copies).
+        llama.cpp, n = 8 1.64x, n = 64 1.40x; with the copies 1.11x, 2.01x, 1.63x; bench_generate.py --copies).
         Set True for the copies' speed, False to save their memory in every precision."""
         if self._packed_weights is not None:
             return self._packed_weights
