@@ -199,7 +199,8 @@ MANY_ROWS = {"AVX2": {"float32": 64, "bfloat16": 128},
 # ... except in decode steps of more rows than the plan takes (Plan.max_rows; n rollouts, beams: one token a row),
 # which run every step: there bfloat16 stays on oneDNN's blocked copies, which beat these products (AVX512: n = 64
 # rollouts of GPT-2 small 0.78x of llama.cpp with the kernels' 64-row products, measured 2026-12-05). Up to
-# MAX_ROWS_BF16_PAIRS rows such steps run whole in the decode kernels, on the pair-blocked copies, instead.
+# the plan's rows (MAX_ROWS_BF16_PAIRS on the pair-blocked copies, MAX_ROWS' bfloat16 without them) such steps run
+# whole in the decode kernels instead.
 STEP_ROWS = {"AVX512": {"bfloat16": 0}}.get(isa() or "", {})
 # A bfloat16 weight stored [out, in] (packed_weights off, on avx512_bf16: store_out_major) runs in the dot-product
 # tiles up to this many rows, and in torch's products past them, which take the transposed view as it is. One
@@ -303,11 +304,16 @@ def pair_blocked(w: torch.Tensor) -> torch.Tensor:
     return w.view(Kp // 2, 2, Np // 64, 64).permute(2, 0, 3, 1).contiguous()
 
 
+def is_out_major(w: torch.Tensor) -> bool:
+    """Whether the [in, out] weight `w` is stored [out, in] (a transposed view: store_out_major)."""
+    return w.dim() == 2 and not w.is_contiguous() and w.t().is_contiguous()
+
+
 def store_out_major(w: torch.Tensor, on: bool) -> None:
     """Keep the [in, out] parameter `w`'s values, stored [out, in] (on: w is then a transposed view, and each
     output's weights lie in one row, which the dot-product tiles read in one stream) or [in, out] (contiguous).
     Moves one weight at a time (a transient copy of it), only where the storage is the other way."""
-    if (w.t().is_contiguous() and not w.is_contiguous()) if on else w.is_contiguous():
+    if is_out_major(w) if on else w.is_contiguous():
         return
     with torch.inference_mode(False), torch.no_grad():  # a plain tensor even under inference_mode: it may train later
         w.data = w.data.t().contiguous().t() if on else w.data.contiguous()
@@ -436,8 +442,7 @@ def supports(gpt) -> bool:
         return False
     for m in gpt.modules():
         for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
-            stored = t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())
-            if not stored or t.device.type != "cpu":
+            if not (t.is_contiguous() or is_out_major(t)) or t.device.type != "cpu":
                 return False
             if t.is_floating_point() and t.dtype != gpt.dtype:  # the kernels read them all as the model's dtype
                 return False
@@ -484,7 +489,7 @@ def decode(plan: Plan, x: torch.Tensor, cache, desc: Cache) -> torch.Tensor:
 def linear(x: torch.Tensor, w: torch.Tensor, layout: int, scale: torch.Tensor | None = None,
            bias: torch.Tensor | None = None, act: int = ACT_NONE) -> torch.Tensor:
     """One product in the kernels, for any number of rows: y (M, N) float32 = act(x (M, K) float32 times `w` in
-    `layout` (KN: [K, N]; NK, NK_Q8: [N, K], int8 with its float32 `scale` [N]) plus `bias` [N] (float32 or
+    `layout` (KN: [K, N]; NK, NK_Q8, NK_DOTS: [N, K], int8 with its float32 `scale` [N]) plus `bias` [N] (float32 or
     bfloat16)). Up to 8 rows in the decode tiles; more rows on KN weights in the panel product (kn_many_rows in
     csrc/decode.c; bfloat16 ones on avx512_bf16 dot products where the CPU has them, reading x rounded to
     bfloat16, as a bfloat16 model's activations are). The torch path's int8 products run here where the kernels
@@ -506,7 +511,7 @@ def many_rows(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, act: 
     limit = MANY_ROWS.get(dtype, 0)
     if x.dim() == 3 and x.shape[1] == 1:  # a decode step's rows
         limit = min(limit, STEP_ROWS.get(dtype, limit))
-    out_major = w.dim() == 2 and not w.is_contiguous() and w.t().is_contiguous()  # store_out_major's
+    out_major = is_out_major(w)
     if out_major:
         dots = w.dtype == torch.bfloat16 and load() is not None and has_avx512bf16()
         limit = min(limit, NK_DOTS_ROWS) if dots else 0

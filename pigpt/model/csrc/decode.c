@@ -659,12 +659,12 @@ int pigpt_int8_vnni(int on) {
 /* A row of K for the pair layouts (PAIRS, kn_many_rows_dots' panels): padded to even K, so that (x[k], x[k + 1]) pairs are whole */
 static inline int64_t pair_width(int64_t K) { return (K + 1) & ~(int64_t)1; }
 
-/* bfloat16 NK weights on CPUs with avx512_bf16 (the LM head of a bfloat16 model without its pair-blocked copy): x
-   rounded to bfloat16 once (xb, as torch's bfloat16 path rounds it), then one dot-product instruction per 32 weights
-   instead of a load, a widening and an FMA per 16. Whole steps of 32 load without a mask: at 8 rows the masked word
-   loads ran the tile at half speed (GPT-2 small's head, Zen 4, 2 threads: 4.6 -> 2.5 ms). Prefetches go DP_PF bytes
-   ahead, further than the other tiles' PF_BYTES: NB rows are read side by side, so the stream moves NB times faster
-   than any one row. */
+/* bfloat16 NK weights on CPUs with avx512_bf16 (a bfloat16 model's LM head, and its block weights stored [out, in]
+   without pair-blocked copies: NK_DOTS): x rounded to bfloat16 once (xb, as torch's bfloat16 path rounds it), then
+   one dot-product instruction per 32 weights instead of a load, a widening and an FMA per 16. Whole steps of 32 load
+   without a mask: at 8 rows the masked word loads ran the tile at half speed (GPT-2 small's head, Zen 4, 2 threads:
+   4.6 -> 2.5 ms). Prefetches go DP_PF bytes ahead, further than the other tiles' PF_BYTES: NB rows are read side by
+   side, so the stream moves NB times faster than any one row. */
 #define DP_PF (2 * PF_BYTES)
 #define DP_TILE(R, NB)                                                                                     \
   __attribute__((target("avx512bf16"))) static void dp_##R##_##NB(const Linear* L, const uint16_t* xb,    \
