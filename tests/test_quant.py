@@ -109,24 +109,58 @@ def test_from_pretrained_quantize(tiny_checkpoint):
 
 
 # -- what int8 computes, and how far that is from float32 -----------------------------------------------------
+def q8_blocks(K: int) -> torch.Tensor:
+    """The positions of a row of K (padded to Kq, a multiple of 32) in the order of quantize_rows' blocks
+    (csrc/decode.c), 32 a block: the row cut into groups of 512 while they last, then 256, 128, 64, 32; a group of g
+    steps of 64 (16 lanes of 4 positions each) has 2g blocks of 8 / g whole lanes, across all g steps."""
+    Kq, order, k = -(-K // 32) * 32, [], 0
+    while k < Kq:
+        G = next(g for g in (512, 256, 128, 64, 32) if Kq - k >= g)
+        steps = max(1, G // 64)
+        per = 8 // steps  # lanes a block
+        for b in range(G // 32):
+            order += [k + 64 * s + 4 * lane + i for lane in range(b * per, (b + 1) * per) for s in range(steps)
+                      for i in range(4)]
+        k += G
+    return torch.tensor(order)
+
+
 def fake_q8(x: torch.Tensor) -> torch.Tensor:
-    """x as the int8 kernels' integer path sees it (csrc/decode.c: quantize_rows, llama.cpp's q8_0 scheme): per
-    block of 32 along the last dimension, d = max |x| / 127 and q = round-half-even(x * (1 / d)), in float32;
-    returns q * d. Then (q * d) @ (qw * s) is what the integer dot products compute, to float rounding."""
+    """x as the int8 kernels' integer path sees it (csrc/decode.c: quantize_rows): per block of 32 (q8_blocks), d =
+    max |x| / 127 and q = round-half-even(x * (1 / d)), in float32, as llama.cpp's q8_0 per block; returns q * d.
+    Then (q * d) @ (qw * s) is what the integer dot products compute, to float rounding."""
     K = x.shape[-1]
-    xp = torch.nn.functional.pad(x.float(), (0, -K % 32)).unflatten(-1, (-1, 32))
+    order = q8_blocks(K)
+    xp = torch.nn.functional.pad(x.float(), (0, -K % 32))[..., order].unflatten(-1, (-1, 32))
     d = xp.abs().amax(-1, keepdim=True) / 127.0
     inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
-    return (torch.round(xp * inv) * d).flatten(-2)[..., :K]
+    out = torch.empty_like(xp.flatten(-2))
+    out[..., order] = (torch.round(xp * inv) * d).flatten(-2)
+    return out[..., :K]
 
 
-def test_fake_q8_is_q8_0():
+def test_fake_q8_is_q8_0_below_128():
     x = torch.tensor([[0.0] * 31 + [12.7] + [-1.0, 0.05, 0.15] + [0.0] * 29])  # K = 64: two blocks
     got = fake_q8(x)
     assert got[0, 31] == 12.7 and got[0, 0] == 0  # the block's largest maps to 127 steps of 0.1 exactly
     d = 1.0 / 127
     assert torch.allclose(got[0, 32:35], torch.tensor([-1.0, round(0.05 / d) * d, round(0.15 / d) * d]))
     assert torch.equal(fake_q8(torch.zeros(2, 40)), torch.zeros(2, 40))  # an all-zero block: d = 0, no NaN
+
+
+def test_q8_blocks_are_32_positions_a_lane_apart_in_groups_of_512():
+    order = q8_blocks(768)  # a group of 512, then one of 256
+    assert sorted(order.tolist()) == list(range(768))
+    first = order[:32].tolist()  # lane 0 of each of the 8 steps of 64
+    assert first == [64 * s + i for s in range(8) for i in range(4)]
+    assert order[512:544].tolist() == [512 + 64 * s + 4 * lane + i for lane in (0, 1) for s in range(4) for i in range(4)]
+    assert torch.equal(q8_blocks(96), torch.arange(96))  # groups of 64 and 32: q8_0's contiguous blocks
+    x = torch.zeros(1, 768)
+    x[0, 4] = 100.0  # lane 1 of the first step: only its block's scale grows
+    got = fake_q8(x + torch.linspace(-1, 1, 768))
+    ref = x + torch.linspace(-1, 1, 768)
+    assert (got - ref)[0, 64 * torch.arange(8)].abs().max() <= 0.5 / 127 * 1.0 + 1e-6  # lane 0: small d
+    assert (got - ref)[0, 4 + 64 * torch.arange(1, 8)].abs().max() > 0.01  # lane 1: d = 100 / 127
 
 
 @pytest.mark.parametrize("path", ["kernels-dots", "kernels-dots-avx2", "kernels-float", "torch"])

@@ -14,8 +14,8 @@ rows where that beats torch's path (`many_rows`; on AVX2 float32 and bfloat16 pr
 Activations stay float32 throughout, whatever the weights are stored in (float32, bfloat16, or int8 with
 one float32 scale per output channel), with two exceptions. A bfloat16 model's products on CPUs with avx512_bf16
 (the blocks' pair-blocked copies and the LM head) read their input rounded to bfloat16, as torch's path does.
-An int8 model's products quantize their input per block of 32 (llama.cpp's q8_0 scheme) and multiply in
-integers (layout NK_Q8; INT8_DOTS = False keeps the float path, int8 widened against float32 activations). The
+An int8 model's products quantize their input per block of 32 (llama.cpp's q8_0 scheme, blocks strided within
+groups of 512: csrc/decode.c) and multiply in integers (layout NK_Q8; INT8_DOTS = False keeps the float path, int8 widened against float32 activations). The
 KV cache is float32 or bfloat16, as the model's dtype makes it. So a bfloat16 model's decode step here is
 slightly *more* precise than its torch path (which rounds every activation, the residual stream included, to
 bfloat16): logits agree to bfloat16 rounding, not bit for bit.

@@ -10,8 +10,9 @@ a float32 cache's bytes, as llama.cpp keeps an f16 one; on the shipped model the
 
 Where the products run: the CPU decode kernels (model/cpu_decode.py), for decode steps of up to 8 rows (32 with
 AVX-512 VNNI) and, through `linear`, every other product where they load; there each product's input is quantized
-per block of 32 as llama.cpp's q8_0 does (d = max |x| / 127, q = round(x / d)) and multiplied by the int8 weights in integers
-(vpmaddubsw on AVX2, vpdpbusd where the CPU has AVX-512 VNNI; one FMA per block of 32 applies d;
+per block of 32 as llama.cpp's q8_0 does (d = max |x| / 127, q = round(x / d); a block is 32 positions of a group of
+512, 4 from each 64, so that the tiles sum 8 instructions in integers before one FMA applies d: csrc/decode.c) and
+multiplied by the int8 weights in integers (vpmaddubsw on AVX2, vpdpbusd where the CPU has AVX-512 VNNI;
 cpu_decode.INT8_DOTS = False keeps the earlier float path, int8 rows converted in registers against float32
 activations). Otherwise torch's `_weight_int8pack_mm`
 (activations rounded to bfloat16, its only vectorised input type) up to DEQUANT_ROWS rows, and above that
@@ -29,7 +30,9 @@ it by less (2.8e-4 -> 3.7e-4 with integer products). The rows below the shipped 
 
     model                      path         perplexity           mean KL   max |d log p|   same     identical
                                             float32 -> int8      (nats)    at the text's   argmax   greedy runs
-    pigpt/model/default (shipped; 2026-12-05, Zen 4, VNNI tiles, token by token; what runs by default first):
+    pigpt/model/default (shipped; 2026-12-06, Zen 4, VNNI tiles, token by token; what runs by default first):
+      blocks strided in groups of 512          125.85 -> 125.91     3.7e-4    0.432           98.4%    82/100
+    (2026-12-05, the same, before: contiguous blocks of 32, as q8_0)
       + bfloat16 KV cache (kv_dtype)           125.85 -> 125.89     3.7e-4    0.350           98.7%    86/100
       float32 KV cache                         125.85 -> 125.88     3.6e-4    0.284           98.6%    84/100
     (2026-12-04, the AVX2 build, float32 KV cache:)

@@ -465,94 +465,149 @@ static const nk_fn NK_TILES[3][4][2] = {NK_TABLE(f32), NK_TABLE(bf16), NK_TABLE(
 
 
 /* -- int8 weights on integer dot products (layout NK_Q8) ---------------------------------------------------
-   The activations are quantized as llama.cpp's q8_0 does: per block of 32, d = max |x| / 127 and q = x / d
-   rounded to nearest even (x * (1/d) in float32), once per product; each block's dot product with a row of int8
-   weights is then exact in 32-bit integers, and only the sum over blocks (d times each block's integer sum) runs in
-   float32. Per 32 weights that is a load, two sign flips, vpmaddubsw, vpmaddwd, a conversion and an FMA, against
-   four widen-convert-FMA rounds on the float path (NK tiles of i8). vpmaddubsw multiplies unsigned by signed bytes,
-   so |q| meets the weights with q's sign moved onto them: |q| <= 127 and |w| <= 127 (quant.py clamps), so no pair
-   of products saturates 16 bits. Written in 256-bit AVX2 for both builds (the same bits on every machine without
-   VNNI); on CPUs with AVX-512 VNNI the Q8V tiles below run instead. x rows of K become int8 rows of Kq = K rounded
-   up to 32 (zero-padded), followed by the rows' float32 block scales (Kq / 32 each), then one float32 a row: the
-   VNNI tiles' correction c. */
+   The activations are quantized per block of 32, as llama.cpp's q8_0 does (d = max |x| / 127 and q = x / d rounded
+   to nearest even, x * (1/d) in float32, once per product), but a block is not 32 neighbours: a row of Kq (K rounded
+   up to 32) is cut into groups of 512 positions while they last, then 256, 128, 64, 32, and a group of g steps of 64
+   bytes (the VNNI tiles' vectors: 16 lanes of 4) has 2g blocks, each 8 / g whole lanes across all g steps. In a
+   group of 512 a block is one lane: positions 4l .. 4l + 3 of each of its 8 steps. Why: each lane's integer sum
+   then covers one block over the whole group, so the tiles add the group's 8 dot-product instructions in int32 and
+   convert and scale once (by a vector of the lanes' block scales), where q8_0's contiguous blocks need a conversion
+   and an FMA after every instruction (two blocks to a vector). That was ~2/3 of the instructions per 64 weights and
+   row (GPT-2 small int8: batch 1, n = 8, the head). The blocks are as many and as large, so the quantization error
+   is q8_0's in distribution (tests/test_quant.py: fake_q8 mirrors this partition); groups of 64 and 32 (rows of 64
+   and less, and tails) are q8_0's contiguous blocks exactly. Integer sums are exact: |sum| <= 8 steps x 4 x 255 x 127
+   < 2^21, so their conversion too.
+   x rows of K become int8 rows of Kq (zero-padded), followed by the rows' block scales, 16 floats a group (lane l:
+   its block's d), then one float32 a row: the VNNI tiles' correction c. Written in 256-bit AVX2 for both builds
+   (the same bits on every machine without VNNI): per 32 weights a load, two sign flips, vpmaddubsw (|q| <= 127 and
+   |w| <= 127, quant.py clamps: no pair saturates 16 bits), vpmaddwd and an add; the low and then the high 32 bytes
+   of a group's steps, each half converted and scaled once. On CPUs with AVX-512 VNNI the Q8V tiles below run. */
 static inline int64_t q8_width(int64_t K) { return (K + 31) & ~(int64_t)31; }
+static inline int64_t q8_group(int64_t Kq, int64_t k) {  /* the size of the group that starts at k */
+  const int64_t r = Kq - k;
+  return r >= 512 ? 512 : r >= 256 ? 256 : r >= 128 ? 128 : r >= 64 ? 64 : 32;
+}
+static inline int64_t q8_groups(int64_t Kq) { return Kq / 512 + __builtin_popcountll((uint64_t)(Kq % 512) / 32); }
 
 static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
-  const int64_t Kq = q8_width(K), nb = Kq / 32;
-  float *d = (float*)(q + M * Kq), *corr = d + M * nb;
+  const int64_t Kq = q8_width(K), nG = q8_groups(Kq);
+  float *dv = (float*)(q + M * Kq), *corr = dv + M * nG * 16;
   const __m256 sign = _mm256_set1_ps(-0.0f);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int m = 0; m < M; m++) {
     float cm = 0.0f;
-    for (int64_t b = 0; b < nb; b++) {
-      float t[32];
-      const float* xs = x + m * K + b * 32;
-      if (b * 32 + 32 > K) {  /* the last block of a row: through a zeroed copy */
+    int64_t g = 0;
+    for (int64_t k0 = 0; k0 < Kq; k0 += q8_group(Kq, k0), g++) {
+      const int64_t G = q8_group(Kq, k0);
+      const int steps = G >= 64 ? (int)(G / 64) : 1, nv = G >= 64 ? 8 : 4, per = 8 / steps;  /* per: lanes a block */
+      float t[512], lanes[64], dl[16] = {0}, il[16] = {0};
+      const float* xs = x + m * K + k0;
+      if (k0 + G > K) {  /* the row's last group: through a zeroed copy */
         memset(t, 0, sizeof t);
-        memcpy(t, xs, (size_t)(K - b * 32) * sizeof(float));
+        memcpy(t, xs, (size_t)(K - k0) * sizeof(float));
         xs = t;
       }
-      __m256 v[4], amax = _mm256_setzero_ps();
-      for (int i = 0; i < 4; i++) {
-        v[i] = _mm256_loadu_ps(xs + 8 * i);
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+      __m256 mx[8];
+      for (int v = 0; v < 8; v++) mx[v] = _mm256_setzero_ps();
+      for (int s = 0; s < steps; s++)
+        for (int v = 0; v < nv; v++)
+          mx[v] = _mm256_max_ps(mx[v], _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + 64 * s + 8 * v)));
+      for (int v = 0; v < 8; v++) _mm256_storeu_ps(lanes + 8 * v, mx[v]);
+      for (int b = 0; b < (int)(G / 32); b++) {
+        float amax = 0.0f;
+        for (int i = 4 * b * per; i < 4 * (b + 1) * per; i++) amax = lanes[i] > amax ? lanes[i] : amax;
+        const float dd = amax / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+        for (int l = b * per; l < (b + 1) * per; l++) dl[l] = dd, il[l] = id;
       }
-      __m128 h = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_max_ss(h, _mm_movehdup_ps(h));
-      const float dd = _mm_cvtss_f32(h) / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
-      __m256i r[4];
-      for (int i = 0; i < 4; i++)  /* the default rounding mode: to nearest even */
-        r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
-      __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
-      _mm256_storeu_si256((__m256i*)(q + m * Kq + b * 32), _mm256_permutevar8x32_epi32(p, order));
-      d[m * nb + b] = dd;
-      __m256i sq = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
-      cm += dd * sum8(_mm256_cvtepi32_ps(sq));  /* the block's sum of q: exact in float32 (|sum| <= 4064) */
+      memcpy(dv + (m * nG + g) * 16, dl, sizeof dl);
+      __m256i sums[8];
+      for (int v = 0; v < 8; v++) sums[v] = _mm256_setzero_si256();
+      for (int s = 0; s < steps; s++)
+        for (int h = 0; h < nv / 4; h++) {  /* 32 positions at a time */
+          __m256i r[4];
+          for (int i = 0; i < 4; i++) {  /* the default rounding mode: to nearest even */
+            const int v = 4 * h + i;
+            const __m256 id = _mm256_setr_ps(il[2 * v], il[2 * v], il[2 * v], il[2 * v], il[2 * v + 1], il[2 * v + 1],
+                                             il[2 * v + 1], il[2 * v + 1]);
+            r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs + 64 * s + 8 * v), id));
+            sums[v] = _mm256_add_epi32(sums[v], r[i]);
+          }
+          __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+          _mm256_storeu_si256((__m256i*)(q + m * Kq + k0 + 64 * s + 32 * h), _mm256_permutevar8x32_epi32(p, order));
+        }
+      int32_t ls[64];
+      for (int v = 0; v < 8; v++) _mm256_storeu_si256((__m256i*)(ls + 8 * v), sums[v]);
+      for (int b = 0; b < (int)(G / 32); b++) {  /* the block's sum of q: exact in float32 (|sum| <= 4064) */
+        int32_t sq = 0;
+        for (int i = 4 * b * per; i < 4 * (b + 1) * per; i++) sq += ls[i];
+        cm += dl[b * per] * (float)sq;
+      }
     }
     corr[m] = 128.0f * cm;
   }
 }
 
-#define Q8_TILE(R, NB)                                                                                     \
-  static void q8_##R##_##NB(const Linear* L, const int8_t* q, const float* d, const float* c, int M,      \
-                            int64_t n0, float* out) {                                                      \
-    const int64_t K = L->K, Kq = q8_width(K), nb = Kq / 32;                                                \
-    __m256 acc[R][NB];                                                                                     \
-    const int8_t* qr[R];                                                                                   \
-    const float* dr[R];                                                                                    \
-    for (int i = 0; i < R; i++) {                                                                          \
-      qr[i] = q + (int64_t)(i < M ? i : M - 1) * Kq;                                                       \
-      dr[i] = d + (int64_t)(i < M ? i : M - 1) * nb;                                                       \
-      for (int j = 0; j < NB; j++) acc[i][j] = _mm256_setzero_ps();                                        \
-    }                                                                                                      \
-    const int8_t* wb = (const int8_t*)L->w + n0 * K;                                                       \
-    const __m256i ones = _mm256_set1_epi16(1);                                                             \
-    for (int64_t b = 0; b < nb; b++) {                                                                     \
-      const int64_t k = b * 32;                                                                            \
-      __m256i w[NB];                                                                                       \
-      if (k + 32 <= K) {                                                                                   \
-        if (!(b & 1))                                                                                      \
-          for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, PF_HINT); \
-        for (int j = 0; j < NB; j++) w[j] = _mm256_loadu_si256((const __m256i*)(wb + j * K + k));          \
-      } else {                                                                                             \
-        for (int j = 0; j < NB; j++) {                                                                     \
-          int8_t t[32] = {0};                                                                              \
-          memcpy(t, wb + j * K + k, (size_t)(K - k));                                                      \
-          w[j] = _mm256_loadu_si256((const __m256i*)t);                                                    \
-        }                                                                                                  \
-      }                                                                                                    \
-      for (int i = 0; i < R; i++) {                                                                        \
-        __m256i qi = _mm256_loadu_si256((const __m256i*)(qr[i] + k)), ai = _mm256_sign_epi8(qi, qi);       \
-        __m256 di = _mm256_set1_ps(dr[i][b]);                                                              \
-        for (int j = 0; j < NB; j++) {                                                                     \
-          __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(ai, _mm256_sign_epi8(w[j], qi)), ones);       \
-          acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), di, acc[i][j]);                               \
-        }                                                                                                  \
-      }                                                                                                    \
-    }                                                                                                      \
-    for (int i = 0; i < R; i++)                                                                            \
-      for (int j = 0; j < NB; j++) out[i * 256 + j] = sum8(acc[i][j]);                                     \
+/* the tiles' loops over their rows and rows of W, unrolled whole: GCC otherwise kept the accumulators of the 8-row
+   tiles in memory (a zeroing rep stos and moves per step; GPT-2 small's products at 64 rows ran 1.3-1.4x slower) */
+#define UNROLL _Pragma("GCC unroll 16")
+#define Q8_TILE(R, NB)                                                                                                 \
+  static void q8_##R##_##NB(const Linear* L, const int8_t* q, const float* dv, const float* c, int M,                  \
+                            int64_t n0, float* out) {                                                                  \
+    const int64_t K = L->K, Kq = q8_width(K), nG = q8_groups(Kq);                                                      \
+    __m256 acc[R][NB];                                                                                                 \
+    __m256i lo[R][NB], hi[R][NB];                                                                                      \
+    const int8_t* qr[R];                                                                                               \
+    const float* dr[R];                                                                                                \
+    (void)c;                                                                                                           \
+    UNROLL for (int i = 0; i < R; i++) {                                                                               \
+      qr[i] = q + (int64_t)(i < M ? i : M - 1) * Kq;                                                                   \
+      dr[i] = dv + (int64_t)(i < M ? i : M - 1) * nG * 16;                                                             \
+      UNROLL for (int j = 0; j < NB; j++) acc[i][j] = _mm256_setzero_ps();                                             \
+    }                                                                                                                  \
+    const int8_t* wb = (const int8_t*)L->w + n0 * K;                                                                   \
+    const __m256i ones = _mm256_set1_epi16(1);                                                                         \
+    int64_t g = 0;                                                                                                     \
+    for (int64_t k0 = 0; k0 < Kq; k0 += q8_group(Kq, k0), g++) {                                                       \
+      const int64_t end = k0 + q8_group(Kq, k0);                                                                       \
+      UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < NB; j++) {                                         \
+        lo[i][j] = _mm256_setzero_si256();                                                                             \
+        hi[i][j] = _mm256_setzero_si256();                                                                             \
+      }                                                                                                                \
+      for (int64_t k = k0; k < end; k += 64) {  /* the low 32 bytes of each step to lo, the high ones to hi */         \
+        UNROLL for (int h = 0; h < 2; h++) {                                                                           \
+          const int64_t kh = k + 32 * h;                                                                               \
+          if (kh >= end) break;  /* a group of 32 */                                                                   \
+          __m256i w[NB];                                                                                               \
+          if (kh + 32 <= K) {                                                                                          \
+            if (!h) UNROLL for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, PF_HINT); \
+            UNROLL for (int j = 0; j < NB; j++) w[j] = _mm256_loadu_si256((const __m256i*)(wb + j * K + kh));          \
+          } else {                                                                                                     \
+            UNROLL for (int j = 0; j < NB; j++) {                                                                      \
+              int8_t t[32] = {0};                                                                                      \
+              if (kh < K) memcpy(t, wb + j * K + kh, (size_t)(K - kh));                                                \
+              w[j] = _mm256_loadu_si256((const __m256i*)t);                                                            \
+            }                                                                                                          \
+          }                                                                                                            \
+          UNROLL for (int i = 0; i < R; i++) {                                                                         \
+            __m256i qi = _mm256_loadu_si256((const __m256i*)(qr[i] + kh)), ai = _mm256_sign_epi8(qi, qi);              \
+            UNROLL for (int j = 0; j < NB; j++) {                                                                      \
+              __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(ai, _mm256_sign_epi8(w[j], qi)), ones);               \
+              if (h) hi[i][j] = _mm256_add_epi32(hi[i][j], p);                                                         \
+              else lo[i][j] = _mm256_add_epi32(lo[i][j], p);                                                           \
+            }                                                                                                          \
+          }                                                                                                            \
+        }                                                                                                              \
+      }                                                                                                                \
+      UNROLL for (int i = 0; i < R; i++) {                                                                             \
+        const __m256 dl = _mm256_loadu_ps(dr[i] + g * 16), dh = _mm256_loadu_ps(dr[i] + g * 16 + 8);                   \
+        UNROLL for (int j = 0; j < NB; j++) {                                                                          \
+          acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo[i][j]), dl, acc[i][j]);                                    \
+          acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi[i][j]), dh, acc[i][j]);                                    \
+        }                                                                                                              \
+      }                                                                                                                \
+    }                                                                                                                  \
+    UNROLL for (int i = 0; i < R; i++)                                                                                 \
+      UNROLL for (int j = 0; j < NB; j++) out[i * 256 + j] = sum8(acc[i][j]);                                          \
   }
 typedef void (*q8_fn)(const Linear*, const int8_t*, const float*, const float*, int, int64_t, float*);
 #if VW == 16
@@ -561,50 +616,65 @@ static const q8_fn Q8_TILES[4][2] = {{q8_1_1, q8_1_8}, {q8_2_1, q8_2_4}, {q8_4_1
 static const int Q8_NB[4] = {8, 4, 2, 1};
 
 /* The same products with AVX-512 VNNI (vpdpbusd: 64 byte products summed in fours into 16 int32 lanes, one
-   instruction), 64 weights (two blocks) a vector. vpdpbusd multiplies unsigned by signed bytes; rather than move
-   q's sign onto every weight (a masked negation per vector of W per row of x), the weights get 128 added (w ^ 0x80:
-   1 .. 255, once per vector of W, shared by the R rows) and q stays signed: sum (w + 128) q = sum w q + 128 sum q,
-   whose second term summed over blocks (c = 128 sum_b d_b sum q, once per row in quantize_rows) comes off at the
-   end. Per 64 weights and row: vpdpbusd, a conversion and an FMA (the AVX2 tiles: ten instructions). Each block's
-   integer sum is the same; the float sums over blocks run in another order, so the bits differ from the AVX2
-   tiles' (by float rounding; tests hold both to the same reference). */
-#define Q8V_TILE(R, NB)                                                                                    \
-  __attribute__((target("avx512vnni"))) static void q8v_##R##_##NB(                                        \
-      const Linear* L, const int8_t* q, const float* d, const float* c, int M, int64_t n0, float* out) {  \
-    const int64_t K = L->K, Kq = q8_width(K);                                                              \
-    __m512 acc[R][NB];                                                                                     \
-    const int8_t* qr[R];                                                                                   \
-    const float* dr[R];                                                                                    \
-    for (int i = 0; i < R; i++) {                                                                          \
-      qr[i] = q + (int64_t)(i < M ? i : M - 1) * Kq;                                                       \
-      dr[i] = d + (int64_t)(i < M ? i : M - 1) * (Kq / 32);                                                \
-      for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();                                        \
-    }                                                                                                      \
-    const int8_t* wb = (const int8_t*)L->w + n0 * K;                                                       \
-    const __m512i flip = _mm512_set1_epi8((char)0x80);                                                     \
-    const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);              \
-    for (int64_t k = 0; k < Kq; k += 64) {                                                                 \
-      __m512i w[NB];                                                                                       \
-      const int whole = Kq - k >= 64;                                                                      \
-      if (k + 64 <= K) {                                                                                   \
-        for (int j = 0; j < NB; j++) _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, PF_HINT);  \
-        for (int j = 0; j < NB; j++)                                                                       \
-          w[j] = _mm512_xor_si512(_mm512_loadu_si512((const void*)(wb + j * K + k)), flip);               \
-      } else {  /* past K: w = 0 (+128) against q = 0 (the padding of Kq, or masked off) */                \
-        const __mmask64 mw = ((__mmask64)1 << (K - k)) - 1;                                                \
-        for (int j = 0; j < NB; j++) w[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mw, wb + j * K + k), flip); \
-      }                                                                                                    \
-      for (int i = 0; i < R; i++) {                                                                        \
-        __m512i qi = _mm512_maskz_loadu_epi8(whole ? ~(__mmask64)0 : 0xffffffffull, qr[i] + k);            \
-        __m512 di = _mm512_permutexvar_ps(                                                                 \
-            halves, _mm512_castps128_ps512(_mm_maskz_loadu_ps(whole ? 3 : 1, dr[i] + k / 32)));            \
-        for (int j = 0; j < NB; j++)                                                                       \
-          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[j], qi)), \
-                                      di, acc[i][j]);                                                      \
-      }                                                                                                    \
-    }                                                                                                      \
-    for (int i = 0; i < R; i++)                                                                            \
-      for (int j = 0; j < NB; j++) out[i * 256 + j] = _mm512_reduce_add_ps(acc[i][j]) - c[i < M ? i : M - 1]; \
+   instruction), a step of 64 weights a vector, whose 16 lanes are 16 blocks' (or fewer) sums over a group.
+   vpdpbusd multiplies unsigned by signed bytes; rather than move q's sign onto every weight (a masked negation per
+   vector of W per row of x), the weights get 128 added (w ^ 0x80: 1 .. 255, once per vector of W, shared by the R
+   rows) and q stays signed: sum (w + 128) q = sum w q + 128 sum q, whose second term summed over blocks (c = 128
+   sum_b d_b sum q, once per row in quantize_rows) comes off at the end. Per 64 weights and row: one vpdpbusd, and
+   per group of 8 of them a conversion and an FMA. Each lane's integer sum is the same as the AVX2 tiles'; the float
+   sums over lanes and groups run in another order, so the bits differ from theirs (by float rounding; tests hold
+   both to the same reference). */
+#define Q8V_TILE(R, NB)                                                                                                \
+  __attribute__((target("avx512vnni"))) static void q8v_##R##_##NB(                                                    \
+      const Linear* L, const int8_t* q, const float* dv, const float* c, int M, int64_t n0, float* out) {              \
+    const int64_t K = L->K, Kq = q8_width(K), nG = q8_groups(Kq);                                                      \
+    __m512 acc[R][NB];                                                                                                 \
+    __m512i s[R][NB];                                                                                                  \
+    const int8_t* qr[R];                                                                                               \
+    const float* dr[R];                                                                                                \
+    UNROLL for (int i = 0; i < R; i++) {                                                                               \
+      qr[i] = q + (int64_t)(i < M ? i : M - 1) * Kq;                                                                   \
+      dr[i] = dv + (int64_t)(i < M ? i : M - 1) * nG * 16;                                                             \
+      UNROLL for (int j = 0; j < NB; j++) acc[i][j] = _mm512_setzero_ps();                                             \
+    }                                                                                                                  \
+    const int8_t* wb = (const int8_t*)L->w + n0 * K;                                                                   \
+    const __m512i flip = _mm512_set1_epi8((char)0x80);                                                                 \
+    int64_t g = 0;                                                                                                     \
+    for (int64_t k0 = 0; k0 < Kq; k0 += q8_group(Kq, k0), g++) {                                                       \
+      const int64_t end = k0 + q8_group(Kq, k0);                                                                       \
+      UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < NB; j++) s[i][j] = _mm512_setzero_si512();         \
+      if (end <= K && end - k0 >= 64) {  /* whole steps: no masks */                                                   \
+        for (int64_t k = k0; k < end; k += 64) {                                                                       \
+          __m512i w[NB];                                                                                               \
+          UNROLL for (int j = 0; j < NB; j++) {                                                                        \
+            _mm_prefetch((const char*)(wb + j * K + k) + PF_BYTES, PF_HINT);                                           \
+            w[j] = _mm512_xor_si512(_mm512_loadu_si512((const void*)(wb + j * K + k)), flip);                          \
+          }                                                                                                            \
+          UNROLL for (int i = 0; i < R; i++) {                                                                         \
+            const __m512i qi = _mm512_loadu_si512((const void*)(qr[i] + k));                                           \
+            UNROLL for (int j = 0; j < NB; j++) s[i][j] = _mm512_dpbusd_epi32(s[i][j], w[j], qi);                      \
+          }                                                                                                            \
+        }                                                                                                              \
+      } else {  /* past K: w = 0 (+128) against q = 0 (the padding of Kq, or masked off) */                            \
+        for (int64_t k = k0; k < end; k += 64) {                                                                       \
+          const __mmask64 mw = k + 64 <= K ? ~(__mmask64)0 : ((__mmask64)1 << (K - k)) - 1;                            \
+          const __mmask64 mq = end - k >= 64 ? ~(__mmask64)0 : 0xffffffffull;                                          \
+          __m512i w[NB];                                                                                               \
+          UNROLL for (int j = 0; j < NB; j++)                                                                          \
+            w[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mw, wb + j * K + k), flip);                                \
+          UNROLL for (int i = 0; i < R; i++) {                                                                         \
+            const __m512i qi = _mm512_maskz_loadu_epi8(mq, qr[i] + k);                                                 \
+            UNROLL for (int j = 0; j < NB; j++) s[i][j] = _mm512_dpbusd_epi32(s[i][j], w[j], qi);                      \
+          }                                                                                                            \
+        }                                                                                                              \
+      }                                                                                                                \
+      UNROLL for (int i = 0; i < R; i++) {                                                                             \
+        const __m512 di = _mm512_loadu_ps(dr[i] + g * 16);                                                             \
+        UNROLL for (int j = 0; j < NB; j++) acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][j]), di, acc[i][j]);   \
+      }                                                                                                                \
+    }                                                                                                                  \
+    UNROLL for (int i = 0; i < R; i++)                                                                                 \
+      UNROLL for (int j = 0; j < NB; j++) out[i * 256 + j] = _mm512_reduce_add_ps(acc[i][j]) - c[i < M ? i : M - 1];   \
   }
 Q8V_TILE(1, 1) Q8V_TILE(2, 4) Q8V_TILE(2, 1) Q8V_TILE(4, 2) Q8V_TILE(4, 1) Q8V_TILE(8, 1)
 /* One row of x (a decode step at batch 1) reads its 8 rows of W one after another, in memory order, as the NK tiles
@@ -612,28 +682,31 @@ Q8V_TILE(1, 1) Q8V_TILE(2, 4) Q8V_TILE(2, 1) Q8V_TILE(4, 2) Q8V_TILE(4, 1) Q8V_T
    4, 2 threads, interleaved, two runs): 5.52-5.74 -> 5.18-5.28 ms a step. Prefetches 1 KB ahead (4 KB about as good,
    2 KB no better than side by side). */
 #define Q81_PF 1024
-__attribute__((target("avx512vnni"))) static void q8v_1_8(const Linear* L, const int8_t* q, const float* d,
+__attribute__((target("avx512vnni"))) static void q8v_1_8(const Linear* L, const int8_t* q, const float* dv,
                                                             const float* c, int M, int64_t n0, float* out) {
   const int64_t K = L->K, Kq = q8_width(K);
   (void)M;
   const __m512i flip = _mm512_set1_epi8((char)0x80);
-  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   for (int j = 0; j < 8; j++) {
     const int8_t* w = (const int8_t*)L->w + (n0 + j) * K;
     __m512 acc = _mm512_setzero_ps();
-    for (int64_t k = 0; k < Kq; k += 64) {
-      __m512i wv;
-      const int whole = Kq - k >= 64;
-      if (k + 64 <= K) {
-        _mm_prefetch((const char*)(w + k) + Q81_PF, PF_HINT);
-        wv = _mm512_xor_si512(_mm512_loadu_si512((const void*)(w + k)), flip);
-      } else {
-        const __mmask64 mw = ((__mmask64)1 << (K - k)) - 1;
-        wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mw, w + k), flip);
+    int64_t g = 0;
+    for (int64_t k0 = 0; k0 < Kq; k0 += q8_group(Kq, k0), g++) {
+      const int64_t end = k0 + q8_group(Kq, k0);
+      __m512i s = _mm512_setzero_si512();
+      for (int64_t k = k0; k < end; k += 64) {
+        __m512i wv;
+        if (k + 64 <= K) {
+          _mm_prefetch((const char*)(w + k) + Q81_PF, PF_HINT);
+          wv = _mm512_xor_si512(_mm512_loadu_si512((const void*)(w + k)), flip);
+        } else {
+          const __mmask64 mw = k < K ? ((__mmask64)1 << (K - k)) - 1 : 0;
+          wv = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mw, w + k), flip);
+        }
+        const __m512i qk = end - k >= 64 ? _mm512_loadu_si512((const void*)(q + k)) : _mm512_maskz_loadu_epi8(0xffffffffull, q + k);
+        s = _mm512_dpbusd_epi32(s, wv, qk);
       }
-      __m512i qi = _mm512_maskz_loadu_epi8(whole ? ~(__mmask64)0 : 0xffffffffull, q + k);
-      __m512 di = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_maskz_loadu_ps(whole ? 3 : 1, d + k / 32)));
-      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, qi)), di, acc);
+      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_loadu_ps(dv + g * 16), acc);
     }
     out[j] = _mm512_reduce_add_ps(acc) - c[0];
   }
@@ -848,7 +921,8 @@ static void linear_cols(const Linear* L, int ptype, const float* x, const uint16
           float part[8 * 256] __attribute__((aligned(64)));
           int whole = c + NB <= cols, nb = whole ? NB : 1;
           if (q8) {
-            const float *qdm = qd + m0 * Kq / 32, *qc = qd + M * Kq / 32 + m0;  /* after the scales: corrections */
+            const int64_t nG = q8_groups(Kq);  /* the scales, 16 a group, then the corrections */
+            const float *qdm = qd + m0 * nG * 16, *qc = qd + M * nG * 16 + m0;
 #if VW == 16
             if (q8_vnni > 0) Q8V_TILES[lg][whole](L, qx + m0 * Kq, qdm, qc, r, n0 + c, part);
             else
