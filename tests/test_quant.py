@@ -186,7 +186,7 @@ def test_int8_model_is_the_float_model_with_dequantized_weights(path, monkeypatc
     idx = torch.randint(0, 500, (3, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = ref.hidden(idx) @ head.t()  # (3, 20, V)
-        full = q(idx)  # 60 rows: oneDNN's bfloat16 GEMM on a blocked copy where the CPU has one, else the integer path
+        full = q(idx)  # 60 rows: the integer path with VNNI or without oneDNN bfloat16, else oneDNN on a blocked copy
         assert (full - want).abs().max() <= 0.15
         q.packed_weights = False  # no copies: each product dequantizes
         assert (q(idx) - want).abs().max() <= 0.15 and (q(idx) - full).abs().max() <= 0.05
@@ -205,10 +205,12 @@ def test_int8_model_is_the_float_model_with_dequantized_weights(path, monkeypatc
             h = ref.hidden(row[None])
             alone = (fake_q8(h) if path == "kernels-dots" else h) @ head.t()
             assert (steps[b] - alone[0, -8:]).abs().max() <= tol
-        if path == "kernels-dots":  # a forward of up to DEQUANT_ROWS rows runs on the integer path too (above
-            # that, oneDNN's bfloat16 GEMM where the CPU has one: quant.linear), on every CPU
+        if path == "kernels-dots":  # a forward of up to DEQUANT_ROWS rows runs on the integer path too, on every CPU
+            # (above that, oneDNN's bfloat16 GEMM where the CPU has one, except with VNNI: quant.linear)
             one = idx[:1, :quant.DEQUANT_ROWS]
             assert (q(one) - fake_q8(ref.hidden(one)) @ head.t()).abs().max() <= tol
+            if cpu_decode.int8_vnni():  # every row count, no bfloat16 copies: the 60-row forward too
+                assert (full - fake_q8(ref.hidden(idx)) @ head.t()).abs().max() <= tol
         if path == "kernels-dots":  # activations really were quantized
             assert (steps[0] - want[0, -8:]).abs().max() > 1e-3
 

@@ -5,7 +5,7 @@ in float32, ~250 MB in bfloat16, ~125 MB in int8). Through torch ops it costs mo
 each a dispatch (and a fork-join of the thread pool), SDPA's CPU kernel is slow for one query in bfloat16,
 and the matrix-vector products leave bandwidth unused on these short, strided weight streams. Here one
 call runs all blocks for a decode step's rows (one token each; up to MAX_ROWS: 8 in float32, 128 in bfloat16 on
-pair-blocked copies, 32 in int8 on VNNI): layer norms, products with bias, GELU and
+pair-blocked copies, 128 in int8 on VNNI): layer norms, products with bias, GELU and
 residual fused into their epilogues, this step's keys and values written into the cache, and attention,
 with software prefetch in the weight streams; a second call runs the LM head (benchmarks/bench_linear.py
 --decode measures both paths). Products of more rows (a prompt's prefill, scoring) run here too, up to MANY_ROWS
@@ -70,7 +70,11 @@ from . import cbuild, packed
 # (NK_DOTS), torch path -> kernels, ms a step (32 new tokens, one process, median of 5): n = 16 39.1 -> 20.5, n = 32
 # 57.9 -> 39.0, n = 64 79.7 -> 65.2, n = 128 141.9 -> 138.1; XL's widths (6 blocks) n = 16 57.0 -> 40.0, n = 64 123
 # -> 111: bfloat16 on dot products now runs 128 rows with or without copies.
-_LIMITS = {"AVX512": ({"float32": 8, "bfloat16": 128, "int8": 32}, 4, 128),
+# AVX512, 2026-12-06, int8 after its blocks were strided in groups of 512 (csrc/decode.c), torch path (oneDNN's
+# bfloat16 products on blocked copies) -> kernels, ms a step (32 new tokens, one process, median of 3): n = 16 16.2 ->
+# 16.3, n = 48 68.3 -> 48.6, n = 64 73.4 -> 59.0, n = 128 162 -> 132; XL's widths (6 blocks) n = 16 28.7 -> 28.3, n =
+# 64 124 -> 104: int8 on VNNI runs 128 rows too, and keeps no bfloat16 copies.
+_LIMITS = {"AVX512": ({"float32": 8, "bfloat16": 128, "int8": 128}, 4, 128),
            "AVX2": ({"float32": 8, "bfloat16": 8, "int8": 8}, 8, 8)}
 # MAX_ROWS, MAX_ROWS_BF16_WIDEN (bfloat16 without avx512_bf16), MAX_ROWS_BF16_PAIRS (bfloat16 on pair-blocked
 # copies; MAX_ROWS' bfloat16 is then the limit without them, on dot products over the weights stored [out, in]):

@@ -8,13 +8,14 @@ model's dtype: float32, or bfloat16 after `.to(torch.bfloat16)`); the KV cache i
 a float32 cache's bytes, as llama.cpp keeps an f16 one; on the shipped model the mean KL from float32 went 3.6e-4 ->
 3.7e-4, the table below). A decode step reads ~125 MB of weights instead of ~495 MB (GPT-2 small, float32).
 
-Where the products run: the CPU decode kernels (model/cpu_decode.py), for decode steps of up to 8 rows (32 with
+Where the products run: the CPU decode kernels (model/cpu_decode.py), for decode steps of up to 8 rows (128 with
 AVX-512 VNNI) and, through `linear`, every other product where they load; there each product's input is quantized
 per block of 32 as llama.cpp's q8_0 does (d = max |x| / 127, q = round(x / d); a block is 32 positions of a group of
 512, 4 from each 64, so that the tiles sum 8 instructions in integers before one FMA applies d: csrc/decode.c) and
 multiplied by the int8 weights in integers (vpmaddubsw on AVX2, vpdpbusd where the CPU has AVX-512 VNNI;
 cpu_decode.INT8_DOTS = False keeps the earlier float path, int8 rows converted in registers against float32
-activations). Otherwise torch's `_weight_int8pack_mm`
+activations; products of more than DEQUANT_ROWS rows run there with VNNI, or where oneDNN has no bfloat16 GEMM:
+`linear`). Otherwise torch's `_weight_int8pack_mm`
 (activations rounded to bfloat16, its only vectorised input type) up to DEQUANT_ROWS rows, and above that
 oneDNN's bfloat16 GEMM on a blocked bfloat16 copy of the dequantized weight, built on first use (like the float
 models' blocked copies: `gpt.packed_weights = False` drops it, and then each call dequantizes). Products of many rows are
@@ -117,15 +118,19 @@ def linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Te
            dense: packed.DerivedWeight | None = None, kernels: bool = False) -> torch.Tensor:
     """x @ (q * scale[:, None]).T + bias for x [..., in], q int8 [out, in], scale float32 [out]; the result in
     x's dtype. With `kernels` (the model's cpu_kernels) and where the CPU decode kernels load, the product runs
-    there on integer dot products (cpu_decode.linear, NK_Q8), as decode steps do, up to DEQUANT_ROWS rows or at
-    any row count where oneDNN has no bfloat16 GEMM (AVX2: there torch's bfloat16 products of a 16-token
-    prefill took 66 ms, the kernels ~15). Otherwise torch's CPU kernels; `dense`: where to keep a
+    there on integer dot products (cpu_decode.linear, NK_Q8), as decode steps do, up to DEQUANT_ROWS rows, and at
+    any row count where the CPU has AVX-512 VNNI or oneDNN has no bfloat16 GEMM (AVX2: there torch's bfloat16
+    products of a 16-token prefill took 66 ms, the kernels ~15). With VNNI that keeps no bfloat16 copy: a
+    forward of GPT-2 small int8 over T tokens (all logits; Zen 4, 2 threads, two runs, ms) took 16-20 / 53-66 /
+    101-122 / 224-251 / 543-562 at T = 16 / 64 / 128 / 256 / 512, against 28 / 54-59 / 97-107 / 209-230 / 471-493
+    with the copies, which held +320 MB. Otherwise torch's CPU kernels; `dense`: where to keep a
     oneDNN-blocked bfloat16 copy of the dequantized weight for products of more than DEQUANT_ROWS rows (None:
     dequantize for each call)."""
     shape, dtype = x.shape[:-1] + (q.shape[0],), x.dtype
     rows = x.numel() // x.shape[-1]
     if (kernels and cpu_decode.INT8_DOTS and q.device.type == "cpu" and q.is_contiguous() and x.numel()
-            and (rows <= DEQUANT_ROWS or not packed.available(torch.bfloat16)) and cpu_decode.load() is not None):
+            and cpu_decode.load() is not None
+            and (rows <= DEQUANT_ROWS or cpu_decode.int8_vnni() or not packed.available(torch.bfloat16))):
         y = cpu_decode.linear(x.reshape(-1, x.shape[-1]).float().contiguous(), q, cpu_decode.NK_Q8,
                               scale.contiguous(), None if bias is None else bias.contiguous())
         return y.to(dtype).view(shape)
