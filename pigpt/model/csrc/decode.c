@@ -488,6 +488,9 @@ static inline int64_t q8_group(int64_t Kq, int64_t k) {  /* the size of the grou
   return r >= 512 ? 512 : r >= 256 ? 256 : r >= 128 ? 128 : r >= 64 ? 64 : 32;
 }
 static inline int64_t q8_groups(int64_t Kq) { return Kq / 512 + __builtin_popcountll((uint64_t)(Kq % 512) / 32); }
+/* The groups of a row of Kq, in order: positions k0 .. end - 1, the g-th group */
+#define FOR_Q8_GROUPS(Kq, k0, end, g) \
+  for (int64_t k0 = 0, end = q8_group(Kq, 0), g = 0; k0 < (Kq); g++, k0 = end, end = k0 + q8_group(Kq, k0))
 
 static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
   const int64_t Kq = q8_width(K), nG = q8_groups(Kq);
@@ -496,9 +499,8 @@ static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int m = 0; m < M; m++) {
     float cm = 0.0f;
-    int64_t g = 0;
-    for (int64_t k0 = 0; k0 < Kq; k0 += q8_group(Kq, k0), g++) {
-      const int64_t G = q8_group(Kq, k0);
+    FOR_Q8_GROUPS(Kq, k0, end, g) {
+      const int64_t G = end - k0;
       const int steps = G >= 64 ? (int)(G / 64) : 1, nv = G >= 64 ? 8 : 4, per = 8 / steps;  /* per: lanes a block */
       float t[512], lanes[64], dl[16] = {0}, il[16] = {0};
       const float* xs = x + m * K + k0;
@@ -566,9 +568,7 @@ static void quantize_rows(const float* x, int M, int64_t K, int8_t* q) {
     }                                                                                                                  \
     const int8_t* wb = (const int8_t*)L->w + n0 * K;                                                                   \
     const __m256i ones = _mm256_set1_epi16(1);                                                                         \
-    int64_t g = 0;                                                                                                     \
-    for (int64_t k0 = 0; k0 < Kq; k0 += q8_group(Kq, k0), g++) {                                                       \
-      const int64_t end = k0 + q8_group(Kq, k0);                                                                       \
+    FOR_Q8_GROUPS(Kq, k0, end, g) {                                                                                    \
       UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < NB; j++) {                                         \
         lo[i][j] = _mm256_setzero_si256();                                                                             \
         hi[i][j] = _mm256_setzero_si256();                                                                             \
@@ -639,9 +639,7 @@ static const int Q8_NB[4] = {8, 4, 2, 1};
     }                                                                                                                  \
     const int8_t* wb = (const int8_t*)L->w + n0 * K;                                                                   \
     const __m512i flip = _mm512_set1_epi8((char)0x80);                                                                 \
-    int64_t g = 0;                                                                                                     \
-    for (int64_t k0 = 0; k0 < Kq; k0 += q8_group(Kq, k0), g++) {                                                       \
-      const int64_t end = k0 + q8_group(Kq, k0);                                                                       \
+    FOR_Q8_GROUPS(Kq, k0, end, g) {                                                                                    \
       UNROLL for (int i = 0; i < R; i++) UNROLL for (int j = 0; j < NB; j++) s[i][j] = _mm512_setzero_si512();         \
       if (end <= K && end - k0 >= 64) {  /* whole steps: no masks */                                                   \
         for (int64_t k = k0; k < end; k += 64) {                                                                       \
@@ -690,9 +688,7 @@ __attribute__((target("avx512vnni"))) static void q8v_1_8(const Linear* L, const
   for (int j = 0; j < 8; j++) {
     const int8_t* w = (const int8_t*)L->w + (n0 + j) * K;
     __m512 acc = _mm512_setzero_ps();
-    int64_t g = 0;
-    for (int64_t k0 = 0; k0 < Kq; k0 += q8_group(Kq, k0), g++) {
-      const int64_t end = k0 + q8_group(Kq, k0);
+    FOR_Q8_GROUPS(Kq, k0, end, g) {
       __m512i s = _mm512_setzero_si512();
       for (int64_t k = k0; k < end; k += 64) {
         __m512i wv;
