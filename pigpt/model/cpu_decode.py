@@ -15,10 +15,10 @@ Activations stay float32 throughout, whatever the weights are stored in (float32
 one float32 scale per output channel), with two exceptions. A bfloat16 model's products on CPUs with avx512_bf16
 (the blocks' pair-blocked copies and the LM head) read their input rounded to bfloat16, as torch's path does.
 An int8 model's products quantize their input per block of 32 (llama.cpp's q8_0 scheme, blocks strided within
-groups of 512: csrc/decode.c) and multiply in integers (layout NK_Q8; INT8_DOTS = False keeps the float path, int8 widened against float32 activations). The
-KV cache is float32 or bfloat16, as the model's dtype makes it. So a bfloat16 model's decode step here is
-slightly *more* precise than its torch path (which rounds every activation, the residual stream included, to
-bfloat16): logits agree to bfloat16 rounding, not bit for bit.
+groups of 512: csrc/decode.c) and multiply in integers (layout NK_Q8; INT8_DOTS = False keeps the float path,
+int8 widened against float32 activations). The KV cache is float32 or bfloat16, as the model's dtype makes it.
+So a bfloat16 model's decode step here is slightly *more* precise than its torch path (which rounds every
+activation, the residual stream included, to bfloat16): logits agree to bfloat16 rounding, not bit for bit.
 
 The kernels (csrc/decode.c; the interface in csrc/decode.h, mirrored below in ctypes and checked against the
 library's own report when it loads) need x86-64 with AVX-512 (F, BW, VL) or AVX2 with FMA, and a C compiler with

@@ -43,8 +43,8 @@ def merge_ranks(vocab: Path) -> dict[bytes, int]:
     """GPT-2's mergeable ranks from vocab.bpe alone: the 256 bytes in data gym's order, then each merge in the
     file's order. tiktoken's `data_gym_to_mergeable_bpe_ranks` builds the same dict and then checks it against
     encoder.json, parsed whole; here both files' sha256 are pinned (bpe_files), which makes that check
-    redundant, and skipping it keeps ~40 MB of parsed JSON and merge tuples from staying resident in the heap
-    (tests compare the two dicts)."""
+    redundant. Measured after import torch: 10 MB resident and no higher peak, against tiktoken's loader's 15 MB
+    resident and 34 MB peak (its parsed JSON). Tests compare the two dicts."""
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
     order = printable + [b for b in range(256) if b not in printable]
     # data gym writes the other bytes as chr(256 + i), in order
