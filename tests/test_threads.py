@@ -13,8 +13,9 @@ from pigpt.model import threads
 @pytest.fixture
 def fake_proc(monkeypatch):
     """A machine of 4 cores whose /proc readings the test writes: (machine busy s, our own s) at each time."""
-    clock = {"t": 100.0, "busy": 0.0, "mine": 0.0}
+    clock = {"t": 100.0, "busy": 0.0, "mine": 0.0, "runnable": 0}  # runnable: other threads at this instant
     monkeypatch.setattr(threads, "_cores", lambda: 4)
+    monkeypatch.setattr(threads, "_others_running", lambda: clock["runnable"])
     monkeypatch.setattr(threads, "_busy_seconds", lambda: (clock["busy"], clock["mine"]))
     monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
     monkeypatch.setattr(threads, "_recent", None)
@@ -24,6 +25,7 @@ def fake_proc(monkeypatch):
         clock["t"] += seconds
         clock["busy"] += (others + mine) * seconds
         clock["mine"] += mine * seconds
+        clock["runnable"] = round(others)
 
     before = torch.get_num_threads()
     torch.set_num_threads(4)
@@ -34,17 +36,21 @@ def fake_proc(monkeypatch):
 def test_threads_follow_the_other_processes_load_and_come_back(fake_proc):
     with threads.Governor() as g:
         assert g.tick() == 4
-        fake_proc(0.1, others=2.0, mine=2.0)
-        assert g.tick() == 4  # not INTERVAL yet: no reading
-        fake_proc(0.2, others=2.0, mine=2.0)
+        fake_proc(0.03, others=2.0, mine=2.0)
+        assert g.tick() == 4  # not FIRST yet: no reading
+        fake_proc(0.03, others=2.0, mine=2.0)
         assert g.tick() == 2 == torch.get_num_threads()  # two cores taken: two left
+        fake_proc(0.1, others=1.0, mine=3.0)
+        assert g.tick() == 2  # after the first reading, INTERVAL: no reading yet
+        fake_proc(0.15, others=1.0, mine=3.0)
+        assert g.tick() == 3
         fake_proc(0.3, others=3.6, mine=0.4)
         assert g.tick() == 1  # never below one
         fake_proc(0.3, others=0.2, mine=1.0)
         assert g.tick() == 4  # the others stopped: the job's own count again, never more
         fake_proc(0.3, others=1.4, mine=2.6)
         assert g.tick() == 3  # 2.6 cores left rounds to 3
-    assert torch.get_num_threads() == 4 and g.changes == 4
+    assert torch.get_num_threads() == 4 and g.changes == 5
 
 
 def test_a_nested_job_defers_and_the_next_job_starts_from_the_last_reading(fake_proc):
@@ -62,8 +68,22 @@ def test_a_nested_job_defers_and_the_next_job_starts_from_the_last_reading(fake_
     with threads.Governor():  # within REMEMBER of the last reading: starts at its count
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 4
-    fake_proc(threads.REMEMBER + 1, others=3.0, mine=0.0)
-    with threads.Governor():  # an old reading: starts at full width and looks again
+    fake_proc(threads.REMEMBER + 1, others=0.0, mine=0.0)
+    with threads.Governor():  # an old reading: a look of its own (nobody else runnable now): full width
+        assert torch.get_num_threads() == 4
+
+
+def test_a_job_that_starts_beside_busy_processes_starts_at_the_cores_they_leave(fake_proc, monkeypatch):
+    fake_proc(threads.REMEMBER + 1, others=3.0, mine=0.0)  # three other threads runnable now, no recent reading
+    with threads.Governor() as g:
+        assert torch.get_num_threads() == 1  # before any step: not a first INTERVAL at full width
+        fake_proc(threads.FIRST + 0.01, others=0.0, mine=1.0)
+        assert g.tick() == 4  # they stopped: the first reading, after FIRST, gives the cores back
+    assert torch.get_num_threads() == 4
+    looks = iter([2, 0, 2])  # a passing task at one instant is not a neighbour: the least of the looks
+    monkeypatch.setattr(threads, "_others_running", lambda: next(looks))
+    fake_proc(threads.REMEMBER + 1, others=0.0, mine=0.0)
+    with threads.Governor():
         assert torch.get_num_threads() == 4
 
 

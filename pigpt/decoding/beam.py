@@ -199,37 +199,39 @@ def _greedy(model, prompts, params, length_penalty, tokenizer, on_step):
 def _search(model, prompts, params, nb, lp, early_stopping, stop_ids, tokenizer, on_step) -> BeamState:
     device, T = model.device, params.max_new_tokens
     B = len(prompts)
-    idx, cache, logits = prefill(model, prompts, T)  # (B, P), cache, (B, V)
-    P, V = idx.shape[1], logits.shape[-1]
-    expand = torch.arange(B, device=device).repeat_interleave(nb)  # (B*nb,)
-    cache, logits = cache.share(expand), logits.index_select(0, expand)  # beams share the prompt's KV
-    hist = None  # prompt + generated ids per beam, for the repetition penalty and user processors
-    if params.repetition_penalty != 1.0 or params.logits_processors:
-        hist = torch.empty(B * nb, P + T, dtype=torch.long, device=device)
-        hist[:, :P] = idx.index_select(0, expand)
-    strings = (StopStrings(stop_strings(model, params.stop), B * nb, params.min_new_tokens, tokenizer)
-               if params.stop else None)
-
-    K = max(2, 1 + len(stop_ids)) * nb  # beams_to_keep
-    top_nb = torch.arange(K, device=device) < nb  # top_num_beam_mask
-    stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    fill = stop_ids[0] if stop_ids else -1
-    run_score = torch.zeros(B, nb, device=device)
-    run_score[:, 1:] = NEG  # only beam 0 is live at the first step
-
-    def records():
-        return {"tok": torch.full((B, nb, T), fill, dtype=torch.long, device=device),
-                "lp": torch.zeros(B, nb, T, device=device), "mlp": torch.zeros(B, nb, T, device=device),
-                "src": torch.zeros(B, nb, T, dtype=torch.long, device=device)}
-
-    st = BeamState(run=records(), run_score=run_score, fin=records(), fin_score=torch.full((B, nb), NEG, device=device),
-                   fin_len=torch.zeros(B, nb, dtype=torch.long, device=device),
-                   fin_done=torch.zeros(B, nb, dtype=torch.bool, device=device),
-                   fin_stop=torch.zeros(B, nb, dtype=torch.bool, device=device),
-                   improvable=torch.ones(B, 1, dtype=torch.bool, device=device))
-    items = torch.arange(B, device=device)  # original prompt index of each batch item
-    out = _select_items(st, torch.arange(B, device=device))  # final hypotheses, filled as prompts finish
+    # the prompt's prefill too: at full width beside busy processes it can cost more than the steps
     with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/model/threads.py)
+        idx, cache, logits = prefill(model, prompts, T)  # (B, P), cache, (B, V)
+        P, V = idx.shape[1], logits.shape[-1]
+        expand = torch.arange(B, device=device).repeat_interleave(nb)  # (B*nb,)
+        cache, logits = cache.share(expand), logits.index_select(0, expand)  # beams share the prompt's KV
+        hist = None  # prompt + generated ids per beam, for the repetition penalty and user processors
+        if params.repetition_penalty != 1.0 or params.logits_processors:
+            hist = torch.empty(B * nb, P + T, dtype=torch.long, device=device)
+            hist[:, :P] = idx.index_select(0, expand)
+        strings = (StopStrings(stop_strings(model, params.stop), B * nb, params.min_new_tokens, tokenizer)
+                   if params.stop else None)
+
+        K = max(2, 1 + len(stop_ids)) * nb  # beams_to_keep
+        top_nb = torch.arange(K, device=device) < nb  # top_num_beam_mask
+        stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device)
+        fill = stop_ids[0] if stop_ids else -1
+        run_score = torch.zeros(B, nb, device=device)
+        run_score[:, 1:] = NEG  # only beam 0 is live at the first step
+
+        def records():
+            return {"tok": torch.full((B, nb, T), fill, dtype=torch.long, device=device),
+                    "lp": torch.zeros(B, nb, T, device=device), "mlp": torch.zeros(B, nb, T, device=device),
+                    "src": torch.zeros(B, nb, T, dtype=torch.long, device=device)}
+
+        st = BeamState(run=records(), run_score=run_score, fin=records(),
+                       fin_score=torch.full((B, nb), NEG, device=device),
+                       fin_len=torch.zeros(B, nb, dtype=torch.long, device=device),
+                       fin_done=torch.zeros(B, nb, dtype=torch.bool, device=device),
+                       fin_stop=torch.zeros(B, nb, dtype=torch.bool, device=device),
+                       improvable=torch.ones(B, 1, dtype=torch.bool, device=device))
+        items = torch.arange(B, device=device)  # original prompt index of each batch item
+        out = _select_items(st, torch.arange(B, device=device))  # final hypotheses, filled as prompts finish
         for t in range(T):
             governor.tick()
             if t > 0:

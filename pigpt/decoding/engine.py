@@ -161,33 +161,34 @@ def steps(model, prompts, params: SamplingParams, seeds, stop_ids, tokenizer=Non
           distributions=False) -> Iterator[Step]:
     """The decode loop over checked inputs (Stream checks them): yields a Step per step."""
     device, T = model.device, params.max_new_tokens
-    live, logits, P = _start(model, prompts, params, seeds)
-    stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device) if stop_ids else None
-    strings = (StopStrings(stop_strings(model, params.stop), len(seeds), params.min_new_tokens, tokenizer)
-               if params.stop else None)
+    # the prompt's prefill too: at full width beside busy processes it can cost more than the steps
     with Governor() as governor:  # fewer threads while other processes hold cores (pigpt/model/threads.py)
+        live, logits, P = _start(model, prompts, params, seeds)
+        stop_t = torch.tensor(stop_ids, dtype=torch.long, device=device) if stop_ids else None
+        strings = (StopStrings(stop_strings(model, params.stop), len(seeds), params.min_new_tokens, tokenizer)
+                   if params.stop else None)
         for t in range(T):
-            governor.tick()
-            if t > 0:
-                logits = decode_one_token(model, live.tok, live.cache)  # (B, V)
-                if heap.due(t, logits):  # many rows: their freed temporaries back to the OS (model/heap.py)
-                    heap.release()
-            history = live.hist[:, : P + t] if live.hist is not None else None
-            tok, lp, mlp, scores = sample_one_token(logits, params, history, t, stop_ids, live.seeds, backend)
-            live.push(tok, P + t)
-            stopped = _stopped(tok, stop_t, strings, live.rows_host, t)  # (B,) bool on device
-            finished = torch.ones_like(stopped) if t == T - 1 else stopped
-            yield Step(t, live.rows, tok, lp, mlp, finished, stopped,
-                       logits if distributions else None, scores if distributions else None)
-            if t == T - 1 or (stop_t is None and strings is None):
-                continue
-            done = stopped.tolist() if strings is not None or bool(stopped.any()) else None  # the one host sync
-            if done is None or not any(done):
-                continue
-            keep_host = [i for i, d in enumerate(done) if not d]
-            if not keep_host:
-                return
-            live.keep(keep_host)
+                governor.tick()
+                if t > 0:
+                    logits = decode_one_token(model, live.tok, live.cache)  # (B, V)
+                    if heap.due(t, logits):  # many rows: their freed temporaries back to the OS (model/heap.py)
+                        heap.release()
+                history = live.hist[:, : P + t] if live.hist is not None else None
+                tok, lp, mlp, scores = sample_one_token(logits, params, history, t, stop_ids, live.seeds, backend)
+                live.push(tok, P + t)
+                stopped = _stopped(tok, stop_t, strings, live.rows_host, t)  # (B,) bool on device
+                finished = torch.ones_like(stopped) if t == T - 1 else stopped
+                yield Step(t, live.rows, tok, lp, mlp, finished, stopped,
+                           logits if distributions else None, scores if distributions else None)
+                if t == T - 1 or (stop_t is None and strings is None):
+                    continue
+                done = stopped.tolist() if strings is not None or bool(stopped.any()) else None  # the one host sync
+                if done is None or not any(done):
+                    continue
+                keep_host = [i for i, d in enumerate(done) if not d]
+                if not keep_host:
+                    return
+                live.keep(keep_host)
 
 
 def _stopped(tok, stop_t, strings, alive_host, t) -> torch.Tensor:
