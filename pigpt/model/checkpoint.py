@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import quant
 from .textform import CONFIG_KEY, TextForm
 
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2")
@@ -354,6 +355,8 @@ def load_pretrained(cls, name_or_path, device=None, dtype=None, quantize=None):
     dtype = _parse_dtype(dtype) if dtype is not None else torch.float32
     device = torch.device(device or "cpu")
     with torch.no_grad():
+        # quant.quantize_rows's buffer, one for every weight (see there)
+        work = quant.work_buffer(config, device) if quantize else None
         for name in expected:
             module_name, _, attr = name.rpartition(".")
             module = model.get_submodule(module_name)
@@ -363,7 +366,7 @@ def load_pretrained(cls, name_or_path, device=None, dtype=None, quantize=None):
             quantized = quantize and attr == "weight" and hasattr(module, "quantize_")
             t, own = source.get(names[name], dtype, keep=not quantized)
             if quantized:
-                module.quantize_(t.to(device, dtype))  # int8 from the weight as the float model would hold it
+                module.quantize_(t.to(device, dtype), work)  # int8 from the weight as the float model would hold it
                 continue
             converted = t.to(device, dtype)
             # memory of our own, not a view of a mapped file or of the scratch buffer

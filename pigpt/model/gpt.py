@@ -95,13 +95,13 @@ class Conv1D(nn.Module):
         self.invariant = False  # GPT.batch_invariant sets it
         self._panels = packed.DerivedWeight()  # the batch-invariant kernels' copy of the weight
 
-    def quantize_(self, weight: torch.Tensor | None = None) -> None:
+    def quantize_(self, weight: torch.Tensor | None = None, work: torch.Tensor | None = None) -> None:
         """int8 from `weight` [in, out] (default: this layer's own; from_pretrained passes each as it reads it,
-        so that the float weight is never a parameter)."""
+        so that the float weight is never a parameter). `work`: quant.quantize_rows's buffer, shared by a load."""
         if weight is None and self.qweight is not None:  # already int8
             return
         w = self.weight if weight is None else weight
-        q, scale = quant.quantize_rows(w.t())  # per output channel: rows of [out, in]
+        q, scale = quant.quantize_rows(w.t(), work=work)  # per output channel: rows of [out, in]
         self.qweight, self.qscale = q, quant.scale_bits(scale)
         self.register_parameter("weight", None)
         self._packed.clear()
@@ -517,9 +517,10 @@ class GPT(nn.Module):
             raise invariant.InvariantError("this model runs batch-invariant, which needs float32 weights: set "
                                            "model.batch_invariant = False before quantize()")
         with torch.no_grad():
+            work = quant.work_buffer(self.config, self.device)
             for m in self.modules():
                 if isinstance(m, Conv1D):
-                    m.quantize_()
+                    m.quantize_(work=work)
             if self.lm_head_qweight is None:  # else done already (again, or by from_pretrained as it read wte)
                 w = self.transformer.wte.weight
                 self.quantize_embedding_([(slice(0, len(w)), w)], w.device, w.dtype)
@@ -535,8 +536,9 @@ class GPT(nn.Module):
         V, C = self.config.vocab_size, self.config.n_embd
         q = torch.empty(V, C, dtype=torch.int8, device=device)
         scale = torch.empty(V, dtype=torch.float32, device=device)
+        work = quant.work_buffer(self.config, device)
         for rows, w in chunks:
-            quant.quantize_rows(w.to(device), out=(q[rows], scale[rows]))
+            quant.quantize_rows(w.to(device), out=(q[rows], scale[rows]), work=work)
         self.lm_head_qweight, self.lm_head_qscale = q, quant.scale_bits(scale)
         self.transformer.wte.weight = nn.Parameter(torch.empty(0, dtype=dtype, device=device), requires_grad=False)
 

@@ -86,17 +86,22 @@ def quantize(model, mode: str = "int8"):
     return model.quantize(mode)
 
 
-def quantize_rows(w: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(w: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  work: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric int8 of a [rows, cols] float weight: (q int8 [rows, cols], scale float32 [rows]),
-    w ~ q * scale[:, None], written into `out` if given. An all-zero row gets scale 0 (and q 0)."""
+    w ~ q * scale[:, None], written into `out` if given. An all-zero row gets scale 0 (and q 0). `work`: a
+    float32 buffer (work_buffer) on w's device, for a caller quantizing many weights in a row."""
     w = w.detach()
     q, scale = out if out is not None else (torch.empty(w.shape, dtype=torch.int8, device=w.device),
                                             torch.empty(w.shape[0], dtype=torch.float32, device=w.device))
     # in chunks of rows, through one buffer: a whole wte's float temporaries would be ~3 copies of it, and
-    # temporaries freed chunk by chunk fragment the heap (both stay resident after a load)
+    # temporaries freed chunk by chunk fragment the heap (both stay resident after a load). A load passes one
+    # `work` for every weight: a buffer of each weight's own, freed between int8 weights, left the heap with
+    # 4 MB holes too small for what came next (GPT-2 small int8's load: +49 MB of heap in 5 loads of 16)
     step = max(1, min(w.shape[0], (1 << 20) // max(1, w.shape[1])))
-    buf = torch.empty(step, w.shape[1], dtype=torch.float32, device=w.device)
+    if work is None:
+        work = torch.empty(step * w.shape[1], dtype=torch.float32, device=w.device)
+    buf = work[: step * w.shape[1]].view(step, w.shape[1])
     for i in range(0, w.shape[0], step):
         c, b, s = w[i:i + step], buf[: min(step, w.shape[0] - i)], scale[i:i + step]
         b.copy_(c)
@@ -106,6 +111,12 @@ def quantize_rows(w: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None
         b.div_(s.clamp(min=torch.finfo(torch.float32).tiny)[:, None]).round_().clamp_(-127, 127)
         q[i:i + step].copy_(b)
     return q, scale
+
+
+def work_buffer(config, device) -> torch.Tensor:
+    """A `work` for quantize_rows that serves every weight of a GPT of `config`."""
+    widest = max(config.n_embd, config.n_inner or 4 * config.n_embd)
+    return torch.empty(max(1 << 20, widest), dtype=torch.float32, device=device)
 
 
 def scale_bits(scale: torch.Tensor) -> torch.Tensor:
