@@ -60,6 +60,22 @@ def test_quantize_rows_rounds_each_channel_to_its_own_step():
     assert torch.equal(quant.scale_bits(s).view(torch.float32), s)
 
 
+def test_one_work_buffer_serves_weights_of_every_shape_with_the_same_bits():
+    """A load passes one `work` to every weight (quant.work_buffer): chunks of rows of each width, the last one
+    short, and columns wider than the buffer's rows, all give what a buffer of the weight's own gives."""
+    from pigpt.model.gpt import GPTConfig
+
+    wide = (1 << 20) + 3  # an MLP wider than the buffer's usual 2^20 floats: a row at a time
+    work = quant.work_buffer(GPTConfig(n_embd=64, n_inner=wide, n_layer=1, n_head=1), "cpu")
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(3000, 768), (5, 3072), (3, wide), (40, 96)]:
+        w = torch.randn(*shape, generator=gen)
+        work.fill_(float("nan"))  # what the last weight left there must not leak into this one
+        q, s = quant.quantize_rows(w, work=work)
+        q0, s0 = quant.quantize_rows(w)
+        assert torch.equal(q, q0) and torch.equal(s, s0), shape
+
+
 def test_quantize_replaces_weights_and_keeps_scales_exact_under_to():
     gpt = _gpt()
     before = sum(p.numel() for p in gpt.parameters())
