@@ -361,7 +361,8 @@ def load_pretrained(cls, name_or_path, device=None, dtype=None, quantize=None):
             module_name, _, attr = name.rpartition(".")
             module = model.get_submodule(module_name)
             if quantize and name == "transformer.wte.weight":  # its int8 copy, a chunk of rows as read
-                model.quantize_embedding_(((r, c.to(dtype)) for r, c in source.chunks(names[name])), device, dtype)
+                rows = ((r, c.to(dtype)) for r, c in source.chunks(names[name]))
+                model.quantize_embedding_(rows, device, dtype, work)
                 continue
             quantized = quantize and attr == "weight" and hasattr(module, "quantize_")
             t, own = source.get(names[name], dtype, keep=not quantized)

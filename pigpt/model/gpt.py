@@ -528,15 +528,15 @@ class GPT(nn.Module):
         self.clear_weight_caches()
         return self.eval()
 
-    def quantize_embedding_(self, chunks, device, dtype) -> None:
+    def quantize_embedding_(self, chunks, device, dtype, work: torch.Tensor | None = None) -> None:
         """wte's int8 copy (one scale per row: the head's outputs) from `chunks`, (row slice, rows of wte in the
         model's dtype) pairs covering it; then wte is emptied. embed() reads the rows of the int8 copy from then
         on: keeping the float wte too would hold ~4x the int8 model's head again (GPT-2 small: 154 MB). The
-        empty wte keeps the model's dtype and device."""
+        empty wte keeps the model's dtype and device. `work`: quant.quantize_rows's buffer (a load passes its own)."""
         V, C = self.config.vocab_size, self.config.n_embd
         q = torch.empty(V, C, dtype=torch.int8, device=device)
         scale = torch.empty(V, dtype=torch.float32, device=device)
-        work = quant.work_buffer(self.config, device)
+        work = quant.work_buffer(self.config, device) if work is None else work
         for rows, w in chunks:
             quant.quantize_rows(w.to(device), out=(q[rows], scale[rows]), work=work)
         self.lm_head_qweight, self.lm_head_qscale = q, quant.scale_bits(scale)

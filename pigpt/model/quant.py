@@ -97,7 +97,7 @@ def quantize_rows(w: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None
     # in chunks of rows, through one buffer: a whole wte's float temporaries would be ~3 copies of it, and
     # temporaries freed chunk by chunk fragment the heap (both stay resident after a load). A load passes one
     # `work` for every weight: a buffer of each weight's own, freed between int8 weights, left the heap with
-    # 4 MB holes too small for what came next (GPT-2 small int8's load: +49 MB of heap in 5 loads of 16)
+    # 4 MB holes too small for what came next (GPT-2 small int8's load: +49-56 MB of heap in 3-5 loads of 16)
     step = max(1, min(w.shape[0], (1 << 20) // max(1, w.shape[1])))
     if work is None:
         work = torch.empty(step * w.shape[1], dtype=torch.float32, device=w.device)

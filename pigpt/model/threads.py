@@ -17,8 +17,9 @@ A job's first INTERVAL would otherwise run at full width against whatever holds 
 is often only a few INTERVALs long: at the start it counts the other processes' threads runnable at that instant
 (/proc/loadavg's running count less our own, the least of a few looks a moment apart, so that a passing task
 isn't taken for a neighbour), starts at the cores they leave, and takes its first reading after FIRST seconds.
-Two busy processes beside a 32-token generate call: float32 batch 1 at 2.12x the quiet time with full width at
-the start, 1.76x with one thread throughout; n = 8 2.71x against 2.39x (2-vCPU EPYC, one run).
+Two busy processes beside 32-token generate calls (2-vCPU EPYC, one process, 6 interleaved rounds, float32): batch 1
+went from 2.03x to 1.73x of the quiet time, n = 8 from 2.42x to 2.14x; one fixed thread throughout gave 1.77x and
+2.00x.
 
 What it changes: only how many threads run. In batch-invariant mode (model/invariant.py) results are the same
 bits at every thread count; otherwise torch's products may round differently with another thread count, as
@@ -134,8 +135,9 @@ class Governor:
                     torch.set_num_threads(_recent[2])
             else:
                 others = _others_guess()
-                if others is not None and self.threads_for(others) != self.cap:
-                    torch.set_num_threads(self.threads_for(others))
+                start = self.cap if others is None else self.threads_for(others)
+                if start != self.cap:
+                    torch.set_num_threads(start)
                 self._last, self._first = (time.monotonic(), _busy_seconds()), True
         return self
 
